@@ -1,0 +1,106 @@
+// CPU kernels for the fused masked MSE (see masked_mse.h for the contract).
+//
+// Rows are split across std::threads. Each gradient row is zeroed with one
+// memset while it is hot in cache, then the stored entries are scattered.
+// The loss is summed per row in double and the row sums are added in row
+// order, which makes the result independent of the thread count.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../common.h"
+#include "../masked_mse.h"
+
+namespace deeprec {
+namespace {
+
+template <typename scalar_t, typename index_t>
+void masked_mse_rows(const scalar_t* __restrict out, const int64_t* __restrict crow,
+                     const index_t* __restrict col, const scalar_t* __restrict val, int64_t N,
+                     scalar_t* __restrict grad, double coef, double* __restrict row_sums,
+                     int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const scalar_t* o = out + i * N;
+    const int64_t k0 = crow[i], k1 = crow[i + 1];
+    double sum = 0.0;
+    if (grad == nullptr) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const double d = static_cast<double>(o[col[k]]) - static_cast<double>(val[k]);
+        sum += d * d;
+      }
+    } else {
+      // Zero the whole row first (one memset, ~60 GB/s while the row sits in L1/L2),
+      // then scatter: measured 3x faster than filling each short gap between the
+      // ~1-2% stored columns separately.
+      scalar_t* g = grad + i * N;
+      std::memset(g, 0, static_cast<size_t>(N) * sizeof(scalar_t));
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t j = static_cast<int64_t>(col[k]);
+        const double d = static_cast<double>(o[j]) - static_cast<double>(val[k]);
+        sum += d * d;
+        g[j] = static_cast<scalar_t>(coef * d);
+      }
+    }
+    row_sums[i] = sum;
+  }
+}
+
+template <typename scalar_t, typename index_t>
+void masked_mse_impl(const void* out, const int64_t* crow, const void* col, const void* val,
+                     int64_t B, int64_t N, int64_t nnz, void* loss, void* grad, double grad_scale,
+                     int num_threads) {
+  std::vector<double> row_sums(static_cast<size_t>(B), 0.0);
+  const double coef = nnz > 0 ? 2.0 * grad_scale / static_cast<double>(nnz) : 0.0;
+  // A thread is worth starting for ~64K gradient writes or ~16K gathers.
+  const int64_t per_row = grad != nullptr ? N : std::max<int64_t>(1, nnz / std::max<int64_t>(B, 1));
+  const int64_t grain = std::max<int64_t>(1, (grad != nullptr ? 65536 : 16384) / std::max<int64_t>(per_row, 1));
+  parallel_for(B, num_threads, grain, [&](int64_t b, int64_t e) {
+    masked_mse_rows<scalar_t, index_t>(
+        static_cast<const scalar_t*>(out), crow, static_cast<const index_t*>(col),
+        static_cast<const scalar_t*>(val), N, static_cast<scalar_t*>(grad), coef,
+        row_sums.data(), b, e);
+  });
+  if (loss != nullptr) {
+    double total = 0.0;
+    for (double s : row_sums) total += s;
+    *static_cast<scalar_t*>(loss) =
+        static_cast<scalar_t>(nnz > 0 ? total / static_cast<double>(nnz) : 0.0);
+  }
+}
+
+template <typename scalar_t>
+int dispatch_index(const void* out, const int64_t* crow, const void* col, const void* val,
+                   int64_t B, int64_t N, int64_t nnz, int index_dtype, void* loss, void* grad,
+                   double grad_scale, int num_threads) {
+  switch (index_dtype) {
+    case kInt32:
+      masked_mse_impl<scalar_t, int32_t>(out, crow, col, val, B, N, nnz, loss, grad, grad_scale,
+                                         num_threads);
+      return kOk;
+    case kInt64:
+      masked_mse_impl<scalar_t, int64_t>(out, crow, col, val, B, N, nnz, loss, grad, grad_scale,
+                                         num_threads);
+      return kOk;
+    default:
+      return kBadIndexDtype;
+  }
+}
+
+}  // namespace
+
+int masked_mse_cpu(const void* out, const int64_t* crow, const void* col, const void* val,
+                   int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
+                   void* grad, double grad_scale, int num_threads) {
+  switch (dtype) {
+    case kFloat32:
+      return dispatch_index<float>(out, crow, col, val, B, N, nnz, index_dtype, loss, grad,
+                                   grad_scale, num_threads);
+    case kFloat64:
+      return dispatch_index<double>(out, crow, col, val, B, N, nnz, index_dtype, loss, grad,
+                                    grad_scale, num_threads);
+    default:
+      return kBadDtype;
+  }
+}
+
+}  // namespace deeprec

@@ -1,0 +1,195 @@
+// CUDA kernels for the fused masked MSE (see masked_mse.h for the contract).
+//
+// One launch computes the loss and/or the gradient. Each block owns whole
+// rows (grid-stride over rows): it zero-fills the gradient row, syncs, then
+// scatters the stored entries, so no two threads write one element. The loss
+// is reduced without float atomics: a fixed-order tree inside each block, one
+// partial per block, and the last block to finish (found with an integer
+// atomic counter) adds the partials in block order. The grid size depends only
+// on B, so the result is bitwise reproducible run to run.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "../common.h"
+#include "../masked_mse.h"
+
+namespace deeprec {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+template <typename T, typename A> __device__ __forceinline__ A to_acc(T x) { return static_cast<A>(x); }
+template <> __device__ __forceinline__ float to_acc<__half, float>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_acc<__nv_bfloat16, float>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T, typename A> __device__ __forceinline__ T from_acc(A x) { return static_cast<T>(x); }
+template <> __device__ __forceinline__ __half from_acc<__half, float>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float x) { return __float2bfloat16_rn(x); }
+
+template <typename T> __device__ __forceinline__ T zero() { return T(0); }
+template <> __device__ __forceinline__ __half zero<__half>() { return __float2half_rn(0.f); }
+template <> __device__ __forceinline__ __nv_bfloat16 zero<__nv_bfloat16>() { return __float2bfloat16_rn(0.f); }
+
+// Fixed-order shared-memory tree sum of one value per thread; result valid in thread 0.
+template <typename A>
+__device__ A block_sum(A v, A* smem) {
+  smem[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) smem[threadIdx.x] += smem[threadIdx.x + s];
+    __syncthreads();
+  }
+  return smem[0];
+}
+
+template <typename T, typename I>
+__global__ void __launch_bounds__(kThreads)
+masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
+                  const I* __restrict__ col, const T* __restrict__ val, int64_t B, int64_t N,
+                  int64_t nnz, T* __restrict__ loss, T* __restrict__ grad,
+                  const T* __restrict__ grad_scale, typename Acc<T>::type* __restrict__ partials,
+                  unsigned int* __restrict__ counter) {
+  using A = typename Acc<T>::type;
+  __shared__ A smem[kThreads];
+  __shared__ bool is_last;
+  const A inv_nnz = nnz > 0 ? A(1) / static_cast<A>(nnz) : A(0);
+  A coef = A(0);
+  if (grad != nullptr) {
+    coef = A(2) * inv_nnz;
+    if (grad_scale != nullptr) coef *= to_acc<T, A>(*grad_scale);
+  }
+  A acc = A(0);
+  for (int64_t row = blockIdx.x; row < B; row += gridDim.x) {
+    const T* o = out + row * N;
+    const int64_t k0 = crow[row], k1 = crow[row + 1];
+    if (grad != nullptr) {
+      T* g = grad + row * N;
+      for (int64_t j = threadIdx.x; j < N; j += kThreads) g[j] = zero<T>();
+      __syncthreads();  // zero-fill of this row before its scatter
+      for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) {
+        const int64_t j = static_cast<int64_t>(col[k]);
+        const A d = to_acc<T, A>(o[j]) - to_acc<T, A>(val[k]);
+        acc += d * d;
+        g[j] = from_acc<T, A>(coef * d);
+      }
+    } else {
+      for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) {
+        const A d = to_acc<T, A>(o[col[k]]) - to_acc<T, A>(val[k]);
+        acc += d * d;
+      }
+    }
+  }
+  if (loss == nullptr) return;
+  const A total = block_sum(acc, smem);
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = total;
+    __threadfence();
+    const unsigned int done = atomicAdd(counter, 1u);
+    is_last = (done == gridDim.x - 1);
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  A part = A(0);
+  const volatile A* vp = partials;
+  for (int b = threadIdx.x; b < static_cast<int>(gridDim.x); b += kThreads) part += vp[b];
+  const A all = block_sum(part, smem);
+  if (threadIdx.x == 0) {
+    *loss = from_acc<T, A>(all * inv_nnz);
+    *counter = 0u;  // leave the workspace reusable
+  }
+}
+
+template <typename T, typename I>
+int launch(const void* out, const int64_t* crow, const void* col, const void* val, int64_t B,
+           int64_t N, int64_t nnz, void* loss, void* grad, const void* grad_scale, void* partials,
+           void* counter, cudaStream_t stream, int* cuda_error) {
+  using A = typename Acc<T>::type;
+  const unsigned int blocks = static_cast<unsigned int>(std::min<int64_t>(B, kMaskedMseMaxBlocks));
+  masked_mse_kernel<T, I><<<blocks, kThreads, 0, stream>>>(
+      static_cast<const T*>(out), crow, static_cast<const I*>(col), static_cast<const T*>(val), B,
+      N, nnz, static_cast<T*>(loss), static_cast<T*>(grad), static_cast<const T*>(grad_scale),
+      static_cast<A*>(partials), static_cast<unsigned int*>(counter));
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    *cuda_error = static_cast<int>(err);
+    return kCudaError;
+  }
+  return kOk;
+}
+
+template <typename T>
+int dispatch_index(const void* out, const int64_t* crow, const void* col, const void* val,
+                   int64_t B, int64_t N, int64_t nnz, int index_dtype, void* loss, void* grad,
+                   const void* grad_scale, void* partials, void* counter, cudaStream_t stream,
+                   int* cuda_error) {
+  switch (index_dtype) {
+    case kInt32:
+      return launch<T, int32_t>(out, crow, col, val, B, N, nnz, loss, grad, grad_scale, partials,
+                                counter, stream, cuda_error);
+    case kInt64:
+      return launch<T, int64_t>(out, crow, col, val, B, N, nnz, loss, grad, grad_scale, partials,
+                                counter, stream, cuda_error);
+    default:
+      return kBadIndexDtype;
+  }
+}
+
+}  // namespace
+
+int masked_mse_cuda(const void* out, const int64_t* crow, const void* col, const void* val,
+                    int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
+                    void* grad, const void* grad_scale, void* partials, void* counter, int device,
+                    void* stream, int* cuda_error) {
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) {
+    *cuda_error = static_cast<int>(err);
+    return kCudaError;
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (B == 0) {  // nothing to launch; the loss of an empty batch is 0 (all-zero bits)
+    if (loss != nullptr) {
+      const size_t bytes = (dtype == kFloat64) ? 8 : (dtype == kFloat32 ? 4 : 2);
+      err = cudaMemsetAsync(loss, 0, bytes, s);
+      if (err != cudaSuccess) {
+        *cuda_error = static_cast<int>(err);
+        return kCudaError;
+      }
+    }
+    return kOk;
+  }
+  switch (dtype) {
+    case kFloat32:
+      return dispatch_index<float>(out, crow, col, val, B, N, nnz, index_dtype, loss, grad,
+                                   grad_scale, partials, counter, s, cuda_error);
+    case kFloat64:
+      return dispatch_index<double>(out, crow, col, val, B, N, nnz, index_dtype, loss, grad,
+                                    grad_scale, partials, counter, s, cuda_error);
+    case kFloat16:
+      return dispatch_index<__half>(out, crow, col, val, B, N, nnz, index_dtype, loss, grad,
+                                    grad_scale, partials, counter, s, cuda_error);
+    case kBFloat16:
+      return dispatch_index<__nv_bfloat16>(out, crow, col, val, B, N, nnz, index_dtype, loss,
+                                           grad, grad_scale, partials, counter, s, cuda_error);
+    default:
+      return kBadDtype;
+  }
+}
+
+int masked_mse_cuda_image_ok(int device, int* cuda_error) {
+  cudaError_t err = cudaSetDevice(device);
+  if (err == cudaSuccess) {
+    cudaFuncAttributes attr;
+    err = cudaFuncGetAttributes(&attr, masked_mse_kernel<float, int64_t>);
+  }
+  *cuda_error = static_cast<int>(err);
+  return err == cudaSuccess ? kOk : kCudaError;
+}
+
+}  // namespace deeprec

@@ -1,0 +1,12 @@
+// CUDA runtime facts for Python (error strings, versions, device count), so
+// deeprec.info and the ops can report precisely why CUDA is or is not usable.
+#pragma once
+
+namespace deeprec {
+
+const char* cuda_error_string(int cuda_error);
+int cuda_runtime_version();  // e.g. 13000
+int cuda_driver_version();   // 0 when no driver is installed
+int cuda_device_count();     // 0 when no usable device
+
+}  // namespace deeprec

@@ -1,0 +1,40 @@
+// Fused masked mean-squared error over CSR rating rows.
+//
+// O is a dense row-major (B x N) prediction matrix; the targets are CSR rows
+// (crow: int64[B+1], col: int32|int64[nnz], val: scalar[nnz]) with columns
+// strictly increasing inside each row (validated in Python). One pass computes
+//   loss = sum_k (O[i, col[k]] - val[k])^2 / nnz          (if loss != nullptr)
+//   G    = scale * 2 (O - R) / nnz at stored entries, 0 elsewhere
+//                                                         (if grad != nullptr)
+// nnz == 0 gives loss 0 and G == 0. The loss sum is accumulated in double
+// (float on CUDA for 16-bit types) and reduced in a fixed order, so it is
+// deterministic and independent of the thread count.
+#pragma once
+
+#include <cstdint>
+
+namespace deeprec {
+
+// CPU: float32 / float64. `grad_scale` multiplies G (the incoming gradient of
+// the loss). Returns a Status.
+int masked_mse_cpu(const void* out, const int64_t* crow, const void* col, const void* val,
+                   int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype,
+                   void* loss, void* grad, double grad_scale, int num_threads);
+
+// CUDA: float32 / float64 / float16 / bfloat16, one launch on `stream` of
+// device `device`. `grad_scale` is a device pointer to one scalar of `dtype`
+// (or nullptr for 1). `partials` is a device workspace of at least
+// kMaskedMseMaxBlocks doubles and `counter` a device uint32 that is zero on
+// entry (the kernel leaves it zero). Returns a Status; on kCudaError,
+// `cuda_error` holds the cudaError_t value.
+constexpr int64_t kMaskedMseMaxBlocks = 2048;
+int masked_mse_cuda(const void* out, const int64_t* crow, const void* col, const void* val,
+                    int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
+                    void* grad, const void* grad_scale, void* partials, void* counter,
+                    int device, void* stream, int* cuda_error);
+
+// Whether this build holds code that runs on CUDA device `device` (checks the
+// masked-MSE kernel's image); kCudaError with `cuda_error` set otherwise.
+int masked_mse_cuda_image_ok(int device, int* cuda_error);
+
+}  // namespace deeprec

@@ -1,0 +1,72 @@
+"""Build deeprec._C with CMake (the pybind11 cmake_example pattern).
+
+Environment knobs: DEEPREC_CUDA=0|1 (force the CUDA kernels off/on; default:
+build them when nvcc is found), DEEPREC_CUDA_ARCHS="80;90" (CUDA arch list),
+DEEPREC_SANITIZE=1 (ASan+UBSan), CMAKE_ARGS (extra CMake arguments),
+CMAKE_BUILD_PARALLEL_LEVEL (build jobs).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    """An extension whose sources are built by CMakeLists.txt, not setuptools."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, sources=[])
+
+
+def _flag(name: str) -> str | None:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in ("1", "on", "true", "yes"):
+        return "ON"
+    if value in ("0", "off", "false", "no"):
+        return "OFF"
+    raise SystemExit(f"{name}={os.environ[name]!r}: expected 0 or 1")
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: Extension) -> None:
+        import pybind11
+
+        extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
+        build_temp = Path(self.build_temp) / ext.name
+        build_temp.mkdir(parents=True, exist_ok=True)
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}{os.sep}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
+        ]
+        cuda = _flag("DEEPREC_CUDA")
+        if cuda is not None:
+            args.append(f"-DDEEPREC_CUDA={cuda}")
+        if os.environ.get("DEEPREC_CUDA_ARCHS"):
+            args.append(f"-DDEEPREC_CUDA_ARCHS={os.environ['DEEPREC_CUDA_ARCHS']}")
+        if _flag("DEEPREC_SANITIZE") == "ON":
+            args.append("-DDEEPREC_SANITIZE=ON")
+        if shutil.which("ninja"):
+            args.append("-GNinja")
+        args += shlex.split(os.environ.get("CMAKE_ARGS", ""))
+        build_args = []
+        if "CMAKE_BUILD_PARALLEL_LEVEL" not in os.environ:
+            build_args += ["--parallel", str(os.cpu_count() or 1)]
+        subprocess.run(["cmake", str(ROOT), *args], cwd=build_temp, check=True)
+        subprocess.run(["cmake", "--build", ".", *build_args], cwd=build_temp, check=True)
+
+
+setup(ext_modules=[CMakeExtension("deeprec._C")], cmdclass={"build_ext": CMakeBuild})

@@ -1,0 +1,200 @@
+"""Differentiable ops: a pure-PyTorch reference and a fused native implementation.
+
+``masked_mse`` is the training loss: the mean squared error over the entries
+stored in a CSR batch of ratings (an explicit 0.0 rating counts; absent
+entries do not). The fused version is registered with ``torch.library`` so it
+works with autograd, ``torch.compile`` and ``torch.library.opcheck``.
+
+Forward reads only the nnz stored predictions; backward recomputes the
+residuals and writes the dense gradient in one pass, already scaled by the
+incoming gradient. Saving G in forward instead costs an extra dense write and
+a dense scale in backward (measured in benchmarks/bench_masked_mse.py).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+
+from deeprec import _native, csr
+
+__all__ = ["fused_available", "masked_mse", "masked_mse_reference"]
+
+Impl = Literal["auto", "fused", "reference"]
+_warned: set[tuple[str, str]] = set()
+
+
+def fused_available(device: torch.device | str) -> bool:
+    """True when the fused kernels are compiled and can run on ``device``."""
+    return _native.unavailable_reason(device) is None
+
+
+def masked_mse(output: torch.Tensor, target: object, *, impl: Impl = "auto") -> torch.Tensor:
+    """Mean squared error between ``output`` and the ratings stored in ``target``.
+
+    output: dense (B, N) predictions. target: a torch sparse CSR tensor of shape
+    (B, N), or a (crow, col, val) triple with col indices into N. Columns must be
+    strictly increasing inside each row (canonical CSR). Returns a 0-dim tensor of
+    output's dtype, differentiable with respect to ``output``; 0 when nothing is
+    stored. ``impl``: "reference" (pure PyTorch), "fused" (native; raises if
+    unavailable), "auto" (fused when available, else reference with one warning).
+    """
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"output must be a torch.Tensor, got {type(output).__name__}")
+    if output.dim() != 2:
+        raise ValueError(f"output must be 2-D (batch x items), got shape {tuple(output.shape)}")
+    if not output.is_floating_point():
+        raise TypeError(f"output must be a floating-point tensor, got {output.dtype}")
+    parts = csr.unpack(target, tuple(output.shape))
+    if parts.val.dtype != output.dtype:
+        raise TypeError(f"target values have dtype {parts.val.dtype} but output has {output.dtype}")
+    if parts.crow.device != output.device:
+        raise ValueError(f"target is on {parts.crow.device} but output is on {output.device}")
+    if _choose(output, impl) == "reference":
+        if not torch.compiler.is_compiling():
+            csr.check_values(parts, output.shape[1])
+        return masked_mse_reference(output, *parts)
+    if not output.is_contiguous():
+        raise ValueError("output must be contiguous for the fused masked_mse (call .contiguous())")
+    return torch.ops.deeprec.masked_mse(output, *parts)
+
+
+def masked_mse_reference(
+    output: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor
+) -> torch.Tensor:
+    """Pure-PyTorch masked MSE over stored entries: the definition the fused op must match."""
+    nnz = col.numel()
+    rows = torch.repeat_interleave(
+        torch.arange(crow.numel() - 1, device=output.device), crow.diff(), output_size=nnz
+    )
+    pred = output[rows, col]
+    return ((pred - val) ** 2).sum() / max(nnz, 1)
+
+
+def _choose(output: torch.Tensor, impl: str) -> str:
+    """Resolve impl to "fused" or "reference" for this output, or raise."""
+    if impl == "reference":
+        return "reference"
+    if impl not in ("auto", "fused"):
+        raise ValueError(f"impl must be 'auto', 'fused' or 'reference', got {impl!r}")
+    reason = _native.unavailable_reason(output.device)
+    supported = _native.FUSED_DTYPES.get(output.device.type, ())
+    if reason is None and output.dtype not in supported:
+        reason = (
+            f"no fused kernel for {output.dtype} on {output.device.type} "
+            f"(supported: {', '.join(str(d) for d in supported)})"
+        )
+        if impl == "fused":
+            raise TypeError(f"masked_mse(impl='fused'): {reason}")
+    if reason is None:
+        return "fused"
+    if impl == "fused":
+        raise RuntimeError(f"masked_mse(impl='fused') is unavailable on {output.device}: {reason}")
+    key = (output.device.type, reason)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(
+            f"deeprec: using the reference masked_mse because {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "reference"
+
+
+def _run_native(
+    output: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    val: torch.Tensor,
+    loss: torch.Tensor | None,
+    grad: torch.Tensor | None,
+    grad_scale: torch.Tensor | None,
+) -> None:
+    """Launch the kernel for output's device; writes into loss and/or grad."""
+    C = _native.module()
+    B, N = output.shape
+    args = (
+        output.data_ptr(),
+        crow.data_ptr(),
+        col.data_ptr(),
+        val.data_ptr(),
+        B,
+        N,
+        col.numel(),
+        _native.DTYPE_CODE[output.dtype],
+        _native.INDEX_CODE[col.dtype],
+        0 if loss is None else loss.data_ptr(),
+        0 if grad is None else grad.data_ptr(),
+    )
+    if output.device.type == "cpu":
+        scale = 1.0 if grad_scale is None else float(grad_scale)
+        C.masked_mse_cpu(*args, scale, torch.get_num_threads())
+        return
+    device = output.device
+    if loss is not None:
+        partials = torch.empty(C.MASKED_MSE_MAX_BLOCKS, dtype=torch.float64, device=device)
+        counter = torch.zeros(1, dtype=torch.int32, device=device)
+    else:
+        partials = counter = None
+    C.masked_mse_cuda(
+        *args,
+        0 if grad_scale is None else grad_scale.data_ptr(),
+        0 if partials is None else partials.data_ptr(),
+        0 if counter is None else counter.data_ptr(),
+        device.index if device.index is not None else torch.cuda.current_device(),
+        torch.cuda.current_stream(device).cuda_stream,
+    )
+
+
+@torch.library.custom_op("deeprec::masked_mse", mutates_args=(), device_types=("cpu", "cuda"))
+def _masked_mse_op(
+    output: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor
+) -> torch.Tensor:
+    csr.check_values(csr.CSRParts(crow, col, val), output.shape[1])
+    loss = output.new_empty(())
+    _run_native(output, crow, col, val, loss=loss, grad=None, grad_scale=None)
+    return loss
+
+
+@_masked_mse_op.register_fake
+def _(output, crow, col, val):
+    return output.new_empty(())
+
+
+@torch.library.custom_op(
+    "deeprec::masked_mse_backward", mutates_args=(), device_types=("cpu", "cuda")
+)
+def _masked_mse_backward_op(
+    grad: torch.Tensor,
+    output: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    val: torch.Tensor,
+) -> torch.Tensor:
+    """d loss / d output, scaled by ``grad``; dense, zero where nothing is stored."""
+    out = torch.empty_like(output, memory_format=torch.contiguous_format)
+    scale = grad.to(output.dtype).contiguous()
+    _run_native(output, crow, col, val, loss=None, grad=out, grad_scale=scale)
+    return out
+
+
+@_masked_mse_backward_op.register_fake
+def _(grad, output, crow, col, val):
+    return torch.empty_like(output, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad):
+    output, crow, col, val = ctx.saved_tensors
+    grad_output = None
+    if ctx.needs_input_grad[0]:
+        grad_output = torch.ops.deeprec.masked_mse_backward(grad, output, crow, col, val)
+    return grad_output, None, None, None
+
+
+_masked_mse_op.register_autograd(_backward, setup_context=_setup_context)
