@@ -1,0 +1,41 @@
+"""What every deeprec command shares: one-line errors with exit code 2, and --debug."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+
+from deeprec.checkpoint import CheckpointError
+from deeprec.data import DataError
+
+# Errors that mean "bad input", reported as one line (the traceback only with --debug).
+USER_ERRORS = (DataError, CheckpointError)
+
+
+class UsageError(ValueError):
+    """A command-line value that parsed but cannot be used."""
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def run(
+    main: Callable[[argparse.Namespace], int],
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+) -> int:
+    """Parse argv and call main(args), turning input errors into 'prog: error: ...' and exit 2."""
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except (*USER_ERRORS, UsageError) as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130

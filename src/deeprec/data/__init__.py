@@ -1,0 +1,41 @@
+"""Ratings data: readers -> validation -> splits -> RatingMatrix -> batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from deeprec.data import readers, sources, validate
+from deeprec.data.errors import DataError
+from deeprec.data.matrix import Batch, RatingMatrix
+from deeprec.data.splits import SPLITS, split
+
+__all__ = ["SPLITS", "Batch", "DataError", "Dataset", "RatingMatrix", "load", "split"]
+
+
+@dataclass
+class Dataset:
+    """A validated ratings table with its item titles and rating scale."""
+
+    name: str
+    path: Path
+    ratings: pd.DataFrame  # user, item, rating[, timestamp]
+    titles: dict[int, str] = field(default_factory=dict)
+    scale: tuple[float, float] = (0.5, 5.0)
+
+
+def load(
+    data: str = "ml-latest-small",
+    data_dir: str | Path | None = None,
+    scale: tuple[float, float] | None = None,
+    download: bool = True,
+) -> Dataset:
+    """Resolve, read and validate a dataset (a known name or a path); DataError if unusable."""
+    path = sources.resolve(data, data_dir, download=download)
+    raw = readers.detect_and_read(path)
+    frame = validate.check(raw, scale)
+    if scale is None:
+        scale = raw.scale or (float(frame["rating"].min()), float(frame["rating"].max()))
+    return Dataset(data, path, frame, raw.titles, scale)

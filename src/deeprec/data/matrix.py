@@ -1,0 +1,157 @@
+"""RatingMatrix: the training ratings as canonical CSR plus id maps, and its batches.
+
+Rows are users (``by="user"``, the seed's U-AutoRec orientation) or items
+(``by="item"``, I-AutoRec). Validation ratings are kept in the same index space,
+so a prediction for (row, col) comes from the row's training vector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from deeprec.data.errors import DataError
+
+
+@dataclass
+class Batch:
+    """Rows ``rows`` of the training matrix as a CSR triple on one device."""
+
+    rows: torch.Tensor  # int64 row indices into the matrix
+    crow: torch.Tensor  # int64 (B+1)
+    col: torch.Tensor  # int64 (nnz)
+    val: torch.Tensor  # float32 (nnz)
+    n_cols: int
+
+    @property
+    def csr(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.crow, self.col, self.val
+
+    def dense(self) -> torch.Tensor:
+        """The (B, n_cols) dense rating rows (0 where unrated), the dense model's input."""
+        B = self.crow.numel() - 1
+        out = torch.zeros(B, self.n_cols, dtype=self.val.dtype, device=self.val.device)
+        r = torch.repeat_interleave(
+            torch.arange(B, device=self.val.device), self.crow.diff(), output_size=self.col.numel()
+        )
+        out[r, self.col] = self.val
+        return out
+
+
+@dataclass
+class RatingMatrix:
+    """Training CSR (rows x cols, float32, sorted), raw ids of rows and cols, validation triples."""
+
+    train: sp.csr_matrix
+    row_ids: np.ndarray
+    col_ids: np.ndarray
+    by: str
+    val_rows: np.ndarray
+    val_cols: np.ndarray
+    val_ratings: np.ndarray
+    scale: tuple[float, float]
+
+    @classmethod
+    def from_split(
+        cls,
+        train: pd.DataFrame,
+        val: pd.DataFrame,
+        by: str = "user",
+        scale: tuple[float, float] | None = None,
+    ) -> RatingMatrix:
+        if by not in ("user", "item"):
+            raise DataError(f"--by must be 'user' or 'item', got {by!r}")
+        if train.empty:
+            raise DataError("the training split is empty")
+        row_key, col_key = ("user", "item") if by == "user" else ("item", "user")
+        row_ids = np.sort(train[row_key].unique())
+        col_ids = np.sort(train[col_key].unique())
+        r = np.searchsorted(row_ids, train[row_key].to_numpy())
+        c = np.searchsorted(col_ids, train[col_key].to_numpy())
+        mat = sp.csr_matrix(
+            (train["rating"].to_numpy(np.float32), (r, c)), shape=(len(row_ids), len(col_ids))
+        )
+        mat.sort_indices()
+        vr = np.searchsorted(row_ids, val[row_key].to_numpy())
+        vc = np.searchsorted(col_ids, val[col_key].to_numpy())
+        if scale is None:
+            scale = (float(train["rating"].min()), float(train["rating"].max()))
+        return cls(
+            mat,
+            row_ids,
+            col_ids,
+            by,
+            vr.astype(np.int64),
+            vc.astype(np.int64),
+            val["rating"].to_numpy(np.float32),
+            scale,
+        )
+
+    @property
+    def n_rows(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_cols(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def n_users(self) -> int:
+        return self.n_rows if self.by == "user" else self.n_cols
+
+    @property
+    def n_items(self) -> int:
+        return self.n_cols if self.by == "user" else self.n_rows
+
+    def user_ids(self) -> np.ndarray:
+        return self.row_ids if self.by == "user" else self.col_ids
+
+    def item_ids(self) -> np.ndarray:
+        return self.col_ids if self.by == "user" else self.row_ids
+
+    def fingerprint(self) -> str:
+        """sha256 over the training matrix and id maps: identifies the data a model saw."""
+        h = hashlib.sha256()
+        for a in (
+            self.row_ids,
+            self.col_ids,
+            self.train.indptr,
+            self.train.indices,
+            self.train.data,
+        ):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(self.by.encode())
+        return h.hexdigest()
+
+    def batch(self, rows: np.ndarray, device: torch.device | str = "cpu") -> Batch:
+        """Training rows ``rows`` as a CSR batch on ``device``."""
+        sub = self.train[rows]
+        return Batch(
+            torch.as_tensor(np.asarray(rows), dtype=torch.int64).to(device),
+            torch.from_numpy(sub.indptr.astype(np.int64)).to(device),
+            torch.from_numpy(sub.indices.astype(np.int64)).to(device),
+            torch.from_numpy(sub.data.astype(np.float32)).to(device),
+            self.n_cols,
+        )
+
+    def batches(
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        *,
+        shuffle: bool = True,
+        generator: torch.Generator | None = None,
+        rows: np.ndarray | None = None,
+    ) -> Iterator[Batch]:
+        """Batches over ``rows`` (default: all rows), shuffled with ``generator``."""
+        rows = np.arange(self.n_rows) if rows is None else np.asarray(rows)
+        if shuffle:
+            rows = rows[torch.randperm(len(rows), generator=generator).numpy()]
+        for start in range(0, len(rows), batch_size):
+            yield self.batch(rows[start : start + batch_size], device)

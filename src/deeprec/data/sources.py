@@ -1,0 +1,134 @@
+"""Where datasets come from: names, local folders, the cache and GroupLens downloads.
+
+``--data NAME`` resolves under ``--data-dir``, then ``$DEEPREC_DATA``, then the user
+cache; a MovieLens set that is in none of them is downloaded with pooch (imported
+only then), checked, and cached. ``--data PATH`` reads a folder or file as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from deeprec.data.errors import DataError
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named dataset: where GroupLens serves it and which file proves it is complete."""
+
+    url: str | None
+    ratings_file: str  # relative to the dataset folder
+    ratings_sha256: str | None = None  # pinned where known (see README "Datasets")
+
+
+GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+SOURCES: dict[str, Source] = {
+    "ml-latest-small": Source(
+        f"{GROUPLENS}/ml-latest-small.zip",
+        "ratings.csv",
+        "aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
+    ),
+    "ml-latest": Source(f"{GROUPLENS}/ml-latest.zip", "ratings.csv"),
+    "ml-100k": Source(f"{GROUPLENS}/ml-100k.zip", "u.data"),
+    "ml-1m": Source(f"{GROUPLENS}/ml-1m.zip", "ratings.dat"),
+    "ml-10m": Source(f"{GROUPLENS}/ml-10m.zip", "ratings.dat"),
+    "ml-20m": Source(f"{GROUPLENS}/ml-20m.zip", "ratings.csv"),
+    "ml-25m": Source(f"{GROUPLENS}/ml-25m.zip", "ratings.csv"),
+    "ml-32m": Source(f"{GROUPLENS}/ml-32m.zip", "ratings.csv"),
+    # The Netflix Prize data has no public download; place it by hand.
+    "netflix": Source(None, "movie_titles.csv"),
+}
+# Folder names inside the GroupLens zips when they differ from the dataset name.
+_ZIP_FOLDER = {"ml-10m": "ml-10M100K"}
+
+
+def cache_dir() -> Path:
+    """The user cache for downloads (pooch's per-OS cache folder, or ~/.cache/deeprec)."""
+    try:
+        import pooch
+
+        return Path(pooch.os_cache("deeprec"))
+    except ImportError:
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deeprec"
+
+
+def search_dirs(data_dir: str | Path | None) -> list[Path]:
+    dirs = []
+    if data_dir:
+        dirs.append(Path(data_dir).expanduser())
+    if os.environ.get("DEEPREC_DATA"):
+        dirs.append(Path(os.environ["DEEPREC_DATA"]).expanduser())
+    dirs.append(cache_dir())
+    return dirs
+
+
+def resolve(data: str, data_dir: str | Path | None = None, download: bool = True) -> Path:
+    """The folder or file holding dataset ``data`` (a known name or a path)."""
+    path = Path(data).expanduser()
+    if data not in SOURCES:
+        if path.exists():
+            return path
+        known = ", ".join(sorted(SOURCES))
+        raise DataError(
+            f"--data {data!r}: no such file or folder, and not a known dataset ({known})"
+        )
+    source = SOURCES[data]
+    for base in search_dirs(data_dir):
+        for name in (data, _ZIP_FOLDER.get(data, data)):
+            if (base / name / source.ratings_file).exists():
+                return base / name
+    if source.url is None or not download:
+        where = search_dirs(data_dir)[0]
+        raise DataError(
+            f"dataset {data!r} not found: put its files in {where / data}/ "
+            f"(e.g. {where / data / source.ratings_file}) or pass --data-dir DIR"
+        )
+    return _download(data, source, data_dir)
+
+
+def _download(name: str, source: Source, data_dir: str | Path | None) -> Path:
+    target = search_dirs(data_dir)[0]
+    hint = (
+        f"put the files in {target / name}/ (e.g. {target / name / source.ratings_file}), "
+        "pass --data-dir DIR, or set DEEPREC_DATA"
+    )
+    try:
+        import pooch
+    except ImportError:
+        raise DataError(f"dataset {name!r} not found and pooch is not installed: {hint}") from None
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        # pooch downloads to a temporary file and moves it into place only when complete.
+        members = pooch.retrieve(
+            source.url,
+            known_hash=None,
+            path=target,
+            fname=f"{name}.zip",
+            processor=pooch.Unzip(extract_dir="."),
+            progressbar=False,
+        )
+    except Exception as exc:  # requests/urllib errors differ by version; all mean "no data"
+        raise DataError(
+            f"could not download {name} from {source.url} ({type(exc).__name__}); {hint}"
+        ) from None
+    folder = target / _ZIP_FOLDER.get(name, name)
+    ratings = folder / source.ratings_file
+    if not ratings.exists():
+        raise DataError(
+            f"download of {name} did not contain {source.ratings_file} ({len(members)} files)"
+        )
+    if source.ratings_sha256 and sha256(ratings) != source.ratings_sha256:
+        ratings.rename(ratings.with_suffix(ratings.suffix + ".corrupt"))
+        raise DataError(f"{ratings}: sha256 does not match the pinned value; moved aside, retry")
+    return folder
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,66 @@
+"""Train/validation splits, exactly as docs/design.md defines them.
+
+- global-time: threshold = pandas quantile(q) (linear) of all timestamps; train is
+  t <= threshold, validation t > threshold; validation keeps rows whose user and
+  item both occur in train.
+- user-time: per user, sort by (timestamp, item); the first floor((1 - f) n) go to
+  train, the rest to validation; validation drops rows whose item is not in train.
+- random: seeded split with a fraction f to validation, cleaned like global-time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from deeprec.data.errors import DataError
+
+SPLITS = ("global-time", "user-time", "random")
+
+
+def split(
+    ratings: pd.DataFrame,
+    how: str = "global-time",
+    *,
+    quantile: float = 0.98,
+    val_frac: float = 0.2,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation) frames; see the module docstring for each rule."""
+    if how == "global-time":
+        _need_time(ratings, how)
+        if not 0.0 < quantile < 1.0:
+            raise DataError(f"--quantile must be in (0, 1), got {quantile}")
+        threshold = ratings["timestamp"].quantile(quantile)
+        train = ratings[ratings["timestamp"] <= threshold]
+        val = ratings[ratings["timestamp"] > threshold]
+        return train.reset_index(drop=True), _known_users_items(val, train)
+    if how == "user-time":
+        _need_time(ratings, how)
+        if not 0.0 < val_frac < 1.0:
+            raise DataError(f"--val-frac must be in (0, 1), got {val_frac}")
+        ordered = ratings.sort_values(["user", "timestamp", "item"], kind="stable")
+        rank = ordered.groupby("user").cumcount().to_numpy()
+        size = ordered.groupby("user")["user"].transform("size").to_numpy()
+        in_train = rank < np.floor((1.0 - val_frac) * size)
+        train, val = ordered[in_train], ordered[~in_train]
+        val = val[val["item"].isin(train["item"].unique())]
+        return train.reset_index(drop=True), val.reset_index(drop=True)
+    if how == "random":
+        if not 0.0 < val_frac < 1.0:
+            raise DataError(f"--val-frac must be in (0, 1), got {val_frac}")
+        rng = np.random.default_rng(seed)
+        to_val = rng.random(len(ratings)) < val_frac
+        train, val = ratings[~to_val], ratings[to_val]
+        return train.reset_index(drop=True), _known_users_items(val, train)
+    raise DataError(f"--split must be one of {', '.join(SPLITS)}, got {how!r}")
+
+
+def _need_time(ratings: pd.DataFrame, how: str) -> None:
+    if "timestamp" not in ratings.columns:
+        raise DataError(f"--split {how} needs timestamps, and this ratings file has none")
+
+
+def _known_users_items(val: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    keep = val["user"].isin(train["user"].unique()) & val["item"].isin(train["item"].unique())
+    return val[keep].reset_index(drop=True)

@@ -1,0 +1,420 @@
+"""python -m deeprec.train: train the autoencoder and write a run folder.
+
+Defaults reproduce the seed recipe (``--preset seed``): ml-latest-small, global-time
+0.98 split, user-based, 512-512-1024 ReLU, Adam lr 1e-3, 40 epochs, batch 32. Any
+flag given on the command line overrides the preset. The run folder holds
+metrics.json, model.pt (the full training state; resume with --resume) and loss.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from deeprec import __version__, checkpoint, cli
+from deeprec.data import SPLITS, RatingMatrix, load, split
+from deeprec.model import ACTIVATIONS, AutoEncoder
+from deeprec.ops import masked_mse
+from deeprec.predict import predict_entries, rmse_mae
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
+
+
+def presets() -> list[str]:
+    return sorted(
+        p.stem for p in resources.files("deeprec.presets").iterdir() if p.name.endswith(".json")
+    )
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = resources.files("deeprec.presets") / f"{name}.json"
+    if not path.is_file():
+        raise cli.UsageError(
+            f"--preset {name!r} does not exist (choose from {', '.join(presets())})"
+        )
+    config = json.loads(path.read_text())
+    config.pop("_doc", None)
+    return config
+
+
+def parse_hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m deeprec.train",
+        description="Train a deep autoencoder recommender on explicit ratings. With no flags: "
+        "the seed recipe on ml-latest-small (see --preset).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        help="dataset name (ml-latest-small, ml-100k, ml-1m, ml-20m, ...) "
+        "or a path to a ratings folder/CSV [preset: ml-latest-small]",
+    )
+    g.add_argument(
+        "--data-dir",
+        help="folder holding dataset folders, e.g. DIR/ml-latest-small/"
+        "ratings.csv (default: $DEEPREC_DATA, then the user cache)",
+    )
+    g.add_argument("--split", choices=SPLITS, help="train/validation split [preset: global-time]")
+    g.add_argument("--quantile", type=float, help="global-time: timestamp quantile [0.98]")
+    g.add_argument("--val-frac", type=float, help="user-time/random: validation fraction [0.2]")
+    g.add_argument(
+        "--by",
+        choices=("user", "item"),
+        help="rows are users (U-AutoRec) or items (I-AutoRec) [user]",
+    )
+    m = p.add_argument_group("model")
+    m.add_argument("--hidden", type=parse_hidden, help="encoder sizes, e.g. 512,512,1024")
+    m.add_argument("--activation", choices=sorted(ACTIVATIONS), help="hidden activation [relu]")
+    m.add_argument(
+        "--last-activation", choices=sorted(ACTIVATIONS), help="output activation [none]"
+    )
+    m.add_argument("--dropout", type=float, help="dropout on the code layer [0]")
+    m.add_argument(
+        "--tied",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decoder reuses the encoder's weights, transposed [no]",
+    )
+    o = p.add_argument_group("optimization")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, help="[adam]")
+    o.add_argument("--lr", type=float, help="learning rate [1e-3]")
+    o.add_argument("--weight-decay", type=float, help="L2 weight decay [0]")
+    o.add_argument(
+        "--epochs", type=int, help="total epochs (with --resume: continue up to this) [40]"
+    )
+    o.add_argument("--batch-size", type=int, help="rows per batch [32]")
+    o.add_argument("--seed", type=int, help="random seed (init, shuffling, dropout) [0]")
+    o.add_argument(
+        "--fused",
+        action="store_true",
+        help="use deeprec's fused native masked-MSE loss (error if unavailable on --device)",
+    )
+    r = p.add_argument_group("run")
+    r.add_argument(
+        "--preset", default="seed", help=f"base recipe; flags override it ({', '.join(presets())})"
+    )
+    r.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1, or auto (cuda if available)"
+    )
+    r.add_argument("--out", type=Path, help="run folder (default: runs/<data>-<split>-<by>-<time>)")
+    r.add_argument(
+        "--resume", type=Path, metavar="DIR", help="continue the run in DIR up to --epochs"
+    )
+    r.add_argument(
+        "--save-every", type=int, default=1, help="write model.pt every N epochs (and at the end)"
+    )
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_debug(p)
+    return p
+
+
+CONFIG_KEYS = (
+    "data",
+    "split",
+    "quantile",
+    "val_frac",
+    "by",
+    "hidden",
+    "activation",
+    "last_activation",
+    "dropout",
+    "tied",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "epochs",
+    "batch_size",
+    "seed",
+)
+
+
+def build_config(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_preset(args.preset)
+    for key in CONFIG_KEYS:
+        value = getattr(args, key)
+        if value is not None:
+            config[key] = value
+    config["fused"] = bool(args.fused)
+    check_config(config)
+    return config
+
+
+def check_config(config: dict[str, Any]) -> None:
+    if config["epochs"] < 1:
+        raise cli.UsageError(f"--epochs must be >= 1, got {config['epochs']}")
+    if config["batch_size"] < 1:
+        raise cli.UsageError(f"--batch-size must be >= 1, got {config['batch_size']}")
+    if not config["lr"] > 0:
+        raise cli.UsageError(f"--lr must be > 0, got {config['lr']}")
+    if not 0 <= config["dropout"] < 1:
+        raise cli.UsageError(f"--dropout must be in [0, 1), got {config['dropout']}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise cli.UsageError(
+            f"--device {name!r} is not a device (cpu, cuda, cuda:1, auto)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise cli.UsageError(f"--device {name}: torch sees no CUDA device")
+    return device
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+
+
+def build_model(config: dict[str, Any], n_in: int) -> AutoEncoder:
+    return AutoEncoder(
+        n_in,
+        config["hidden"],
+        config["activation"],
+        config["dropout"],
+        config["tied"],
+        config["last_activation"],
+    )
+
+
+def prepare_data(config: dict[str, Any], data_dir: str | None) -> tuple[Any, RatingMatrix]:
+    """Load, split and index the data a config names (also used by evaluate and recommend)."""
+    dataset = load(config["data"], data_dir)
+    train_df, val_df = split(
+        dataset.ratings,
+        config["split"],
+        quantile=config["quantile"],
+        val_frac=config["val_frac"],
+        seed=config["seed"],
+    )
+    return dataset, RatingMatrix.from_split(train_df, val_df, config["by"], dataset.scale)
+
+
+def validate(model: AutoEncoder, matrix: RatingMatrix, device: torch.device) -> dict[str, float]:
+    pred = predict_entries(model, matrix, matrix.val_rows, matrix.val_cols, device)
+    lo, hi = matrix.scale
+    rmse, mae = rmse_mae(np.clip(pred, lo, hi), matrix.val_ratings)
+    rmse_u, mae_u = rmse_mae(pred, matrix.val_ratings)
+    return {
+        "val_rmse": rmse,
+        "val_mae": mae,
+        "val_rmse_unclipped": rmse_u,
+        "val_mae_unclipped": mae_u,
+    }
+
+
+def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train loss (masked MSE)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss (MSE)")
+    ax.set_yscale("log")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [h["val_rmse"] for h in history], "s-", ms=3, color="C1", label="val RMSE")
+    ax2.set_ylabel("validation RMSE")
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+class TrainingDiverged(cli.UsageError):
+    """The loss became NaN or infinite."""
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        state = checkpoint.load(args.resume)
+        config = dict(state["config"])
+        if args.epochs is not None:
+            config["epochs"] = args.epochs
+        out = args.resume if args.resume.is_dir() else args.resume.parent
+        if state["epoch"] >= config["epochs"]:
+            raise cli.UsageError(
+                f"{out} already ran {state['epoch']} epochs; pass --epochs N > {state['epoch']}"
+            )
+    else:
+        state = None
+        config = build_config(args)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = (
+            args.out
+            or Path("runs")
+            / f"{Path(str(config['data'])).name}-{config['split']}-{config['by']}-{stamp}"
+        )
+    device = resolve_device(args.device)
+    torch.manual_seed(config["seed"])
+    dataset, matrix = prepare_data(config, args.data_dir)
+    if state is not None and state["data"]["fingerprint"] != matrix.fingerprint():
+        raise checkpoint.CheckpointError(
+            f"{args.resume}: checkpoint was trained on different data than {dataset.path} gives now"
+        )
+    model = build_model(config, matrix.n_cols).to(device)
+    optimizer = make_optimizer(
+        config["optimizer"], model.parameters(), config["lr"], config["weight_decay"]
+    )
+    shuffle = torch.Generator().manual_seed(config["seed"])
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = list(state["history"])
+        shuffle.set_state(state["rng"]["shuffle"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    impl = "fused" if config["fused"] else "reference"
+    print(
+        f"deeprec {__version__} | {dataset.path} | split {config['split']} | by {config['by']} | "
+        f"{matrix.n_users} users x {matrix.n_items} items | {matrix.train.nnz} train / "
+        f"{len(matrix.val_ratings)} val ratings | {device} | loss: {impl}"
+    )
+    data_info = {
+        "name": config["data"],
+        "path": str(dataset.path),
+        "fingerprint": matrix.fingerprint(),
+        "n_rows": matrix.n_rows,
+        "n_cols": matrix.n_cols,
+        "scale": list(matrix.scale),
+    }
+    start = len(history)
+    metrics = None
+    for epoch in range(start + 1, config["epochs"] + 1):
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, count = 0.0, 0
+        n_batches = math.ceil(matrix.n_rows / config["batch_size"])
+        bar = tqdm(
+            matrix.batches(config["batch_size"], device, generator=shuffle),
+            total=n_batches,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=True if args.quiet else None,
+        )
+        for batch in bar:
+            loss = masked_mse(model(batch.dense()), batch.csr, impl=impl)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"loss became {value} in epoch {epoch}; the last good checkpoint is "
+                    f"{out / 'model.pt'} (try a lower --lr)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += value * batch.col.numel()
+            count += batch.col.numel()
+        seconds = time.perf_counter() - t0
+        metrics = validate(model, matrix, device)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(count, 1),
+                "val_rmse": metrics["val_rmse"],
+                "seconds": seconds,
+            }
+        )
+        tqdm.write(
+            f"epoch {epoch:3d}  train loss {history[-1]['train_loss']:.4f}  "
+            f"val RMSE {metrics['val_rmse']:.4f}  {seconds:.2f}s"
+        )
+        last = epoch == config["epochs"]
+        if last or epoch % max(args.save_every, 1) == 0:
+            rng = {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()}
+            if device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            checkpoint.save(
+                out / "model.pt",
+                {
+                    "deeprec": __version__,
+                    "config": config,
+                    "model_config": model.config,
+                    "state_dict": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "rng": rng,
+                    "data": data_info,
+                    "row_ids": torch.from_numpy(matrix.row_ids),
+                    "col_ids": torch.from_numpy(matrix.col_ids),
+                },
+            )
+        write_metrics(out, config, matrix, history, metrics)
+    plot_losses(history, out / "loss.png")
+    print(
+        f"final val RMSE {metrics['val_rmse']:.4f}  MAE {metrics['val_mae']:.4f} "
+        f"(unclipped {metrics['val_rmse_unclipped']:.4f})  -> {out}"
+    )
+    return 0
+
+
+def write_metrics(
+    out: Path,
+    config: dict[str, Any],
+    matrix: RatingMatrix,
+    history: list[dict[str, Any]],
+    final: dict[str, float],
+) -> None:
+    doc = {
+        "dataset": config["data"],
+        "split": config["split"],
+        "by": config["by"],
+        "n_users": matrix.n_users,
+        "n_items": matrix.n_items,
+        "n_train": int(matrix.train.nnz),
+        "n_val": len(matrix.val_ratings),
+        "fused": config["fused"],
+        "config": config,
+        "epochs": history,
+        "final": final,
+    }
+    text = json.dumps(doc, indent=1)
+    checkpoint.atomic_write(out / "metrics.json", lambda f: f.write(text.encode()))
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    return cli.run(main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
