@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from deeprec import __version__, checkpoint, cli
-from deeprec.data import SPLITS, RatingMatrix, load, split
+from deeprec.data import SPLITS, Batch, RatingMatrix, load, split
 from deeprec.model import ACTIVATIONS, AutoEncoder
 from deeprec.ops import masked_mse
 from deeprec.predict import predict_entries, rmse_mae
@@ -262,7 +263,48 @@ class TrainingDiverged(cli.UsageError):
     """The loss became NaN or infinite."""
 
 
+def require_fused(device: torch.device) -> None:
+    """--fused promises the native kernels: say why not before any work is done."""
+    from deeprec.ops import fused_available
+
+    if not fused_available(device):
+        from deeprec import _native
+
+        raise cli.UsageError(f"--fused: {_native.unavailable_reason(device)}")
+
+
+def batch_loss(model: AutoEncoder, batch: Batch, fused: bool) -> torch.Tensor:
+    """The training loss of one batch: masked MSE of the reconstruction at the stored ratings."""
+    return masked_mse(model(batch.dense()), batch.csr, impl="fused" if fused else "reference")
+
+
+def run_epoch(
+    model: AutoEncoder,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    fused: bool,
+) -> float:
+    """One pass over ``batches``; returns the epoch's loss (MSE over all its ratings)."""
+    model.train()
+    loss_sum, count = 0.0, 0
+    for batch in batches:
+        loss = batch_loss(model, batch, fused)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss became {value}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += value * batch.col.numel()
+        count += batch.col.numel()
+    return loss_sum / max(count, 1)
+
+
 def main(args: argparse.Namespace) -> int:
+    # Adam's moment estimates for items a batch never touches decay into denormal floats,
+    # which made late CPU epochs 2.6x slower (2.33 s vs 0.88 s on ml-latest-small). Flush them
+    # to zero; set before torch starts its worker threads, which inherit the setting.
+    torch.set_flush_denormal(True)
     if args.resume is not None:
         state = checkpoint.load(args.resume)
         config = dict(state["config"])
@@ -304,6 +346,8 @@ def main(args: argparse.Namespace) -> int:
         if device.type == "cuda" and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     impl = "fused" if config["fused"] else "reference"
+    if config["fused"]:
+        require_fused(device)
     print(
         f"deeprec {__version__} | {dataset.path} | split {config['split']} | by {config['by']} | "
         f"{matrix.n_users} users x {matrix.n_items} items | {matrix.train.nnz} train / "
@@ -320,36 +364,27 @@ def main(args: argparse.Namespace) -> int:
     start = len(history)
     metrics = None
     for epoch in range(start + 1, config["epochs"] + 1):
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum, count = 0.0, 0
-        n_batches = math.ceil(matrix.n_rows / config["batch_size"])
         bar = tqdm(
             matrix.batches(config["batch_size"], device, generator=shuffle),
-            total=n_batches,
+            total=math.ceil(matrix.n_rows / config["batch_size"]),
             desc=f"epoch {epoch}",
             leave=False,
             disable=True if args.quiet else None,
         )
-        for batch in bar:
-            loss = masked_mse(model(batch.dense()), batch.csr, impl=impl)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"loss became {value} in epoch {epoch}; the last good checkpoint is "
-                    f"{out / 'model.pt'} (try a lower --lr)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += value * batch.col.numel()
-            count += batch.col.numel()
+        t0 = time.perf_counter()
+        try:
+            train_loss = run_epoch(model, optimizer, bar, config["fused"])
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(
+                f"{exc} in epoch {epoch}; the last good checkpoint is {out / 'model.pt'} "
+                "(try a lower --lr)"
+            ) from None
         seconds = time.perf_counter() - t0
         metrics = validate(model, matrix, device)
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": loss_sum / max(count, 1),
+                "train_loss": train_loss,
                 "val_rmse": metrics["val_rmse"],
                 "seconds": seconds,
             }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The one prepared GPU check (device machine: CUDA, torch, no internet), < 8 minutes:
+#   1. build with the machine's torch: pip install --no-build-isolation .
+#   2. the CUDA tests (pytest -m cuda)
+#   3. compute-sanitizer memcheck and racecheck over the CUDA kernel tests
+#   4. the GPU benchmark report (benchmarks/report.py --device cuda)
+# Everything lands in $OUT (default benchmarks/results/gpu-run): gpu_check.log, a
+# summary line per step, and the report's .json/.md/.png. Steps run even when an
+# earlier one fails; the exit code is the number of failed steps.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/gpu-run}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1 DEEPREC_CUDA=1 MPLBACKEND=Agg
+export DEEPREC_CUDA_ARCHS=${DEEPREC_CUDA_ARCHS:-90}  # Hopper only: a 4x faster build there
+failed=0
+step() {  # step NAME TIMEOUT_S CMD...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "== $name: $*"
+  if timeout "$limit" "$@"; then
+    echo "STEP $name: ok ($((SECONDS - t0)) s)" | tee -a "$OUT/summary.txt"
+  else
+    echo "STEP $name: FAILED rc=$? ($((SECONDS - t0)) s)" | tee -a "$OUT/summary.txt"
+    failed=$((failed + 1))
+  fi
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+step build 120 python3 -m pip install -q --no-build-isolation --no-deps .
+step info 20 python3 -m deeprec.info
+step cuda-tests 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests/
+# The sanitizers see every kernel torch launches too; keep them on the kernel tests that
+# need no compile (inductor's own kernels would dominate the time).
+SAN_TESTS=(tests/test_masked_mse_cuda.py -k "not compile" -q -p no:cacheprovider)
+step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest "${SAN_TESTS[@]}"
+step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest \
+  tests/test_masked_mse_cuda.py -k "deterministic or empty or stream" -q -p no:cacheprovider
+step report 150 python3 benchmarks/report.py --device cuda --quick --out "$OUT"
+echo "gpu_check: $failed step(s) failed"
+exit "$failed"

@@ -1,0 +1,200 @@
+"""The workloads every benchmark measures, defined once.
+
+Each workload is a set of named impls that do the same math (checked once,
+outside any timed region, by ``check``) plus the work they do, so reports can
+state achieved GB/s or GFLOP/s. Used by the pytest-benchmark suites
+(bench_*.py) and by report.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import rating_batch, seed_dense_masked_mse
+
+from deeprec.data import RatingMatrix
+from deeprec.model import AutoEncoder
+from deeprec.ops import fused_available, masked_mse
+
+# (rows per batch, items, fraction rated)
+LOSS_SHAPES = {
+    "seed": (128, 9559, 0.017),
+    "netflix": (512, 17770, 0.0117),
+    "ml-20m": (512, 26744, 0.0054),
+}
+SEED_HIDDEN = (512, 512, 1024)
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@dataclass
+class Workload:
+    name: str
+    impls: dict[str, Callable[[], object]]
+    check: Callable[[], None]
+    bytes_moved: int = 0  # minimal bytes read + written by one call (loss workloads)
+    flops: float = 0.0  # dense-equivalent FLOPs of one call (training workloads)
+    baseline: str = ""  # the impl the others are compared with
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+def _fwd_bwd(loss_fn, output):
+    out = output.detach().clone().requires_grad_(True)
+
+    def step():
+        out.grad = None
+        loss_fn(out).backward()
+
+    return step
+
+
+def loss_workload(shape: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Workload:
+    """masked_mse forward+backward: seed dense loss (eager, compiled), CSR reference, fused."""
+    B, N, density = LOSS_SHAPES[shape]
+    output, parts, dense = rating_batch(B, N, density, device=device, dtype=dtype)
+    compiled = torch.compile(seed_dense_masked_mse, dynamic=False)
+    impls = {
+        "dense eager (seed)": _fwd_bwd(lambda o: seed_dense_masked_mse(o, dense), output),
+        "dense torch.compile": _fwd_bwd(lambda o: compiled(o, dense), output),
+        "reference (CSR)": _fwd_bwd(lambda o: masked_mse(o, parts, impl="reference"), output),
+    }
+    if fused_available(device):
+        impls["fused"] = _fwd_bwd(lambda o: masked_mse(o, parts, impl="fused"), output)
+
+    def check():
+        want = seed_dense_masked_mse(output.double(), dense.double())
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-2)
+        for name, impl in (("fused", "fused"), ("reference (CSR)", "reference")):
+            if name in impls:
+                got = masked_mse(output, parts, impl=impl).double()
+                torch.testing.assert_close(got, want, **tol, msg=f"{name} disagrees")
+        torch.testing.assert_close(compiled(output, dense).double(), want, **tol)
+
+    nnz = parts[1].numel()
+    size = output.element_size()
+    moved = B * N * size + nnz * (2 * size + parts[1].element_size()) + (B + 1) * 8
+    return Workload(
+        f"loss {shape} {str(dtype).removeprefix('torch.')}",
+        impls,
+        check,
+        moved,
+        baseline="dense eager (seed)",
+        notes={"B": B, "N": N, "nnz": nnz},
+    )
+
+
+def dense_flops(n_in: int, hidden=SEED_HIDDEN) -> int:
+    """Multiply-adds x 2 of one row through the dense autoencoder (forward)."""
+    sizes = [n_in, *hidden]
+    layers = [*pairwise(sizes), *pairwise(sizes[::-1])]
+    return 2 * sum(a * b for a, b in layers)
+
+
+def seed_matrix() -> tuple[RatingMatrix, str]:
+    """The seed's training matrix: real ml-latest-small when present, else a synthetic twin."""
+    data_dir = os.environ.get("DEEPREC_DATA") or (SHARED_DATA if SHARED_DATA.exists() else None)
+    try:
+        from deeprec.data import load, split
+
+        ds = load("ml-latest-small", data_dir, download=False)
+        train, val = split(ds.ratings)
+        return RatingMatrix.from_split(train, val, "user", ds.scale), "ml-latest-small"
+    except Exception:
+        import pandas as pd
+
+        rng = np.random.default_rng(0)
+        rows = [
+            (u, int(i), float(rng.integers(1, 11)) / 2, 0)
+            for u in range(595)
+            for i in rng.choice(9559, size=166, replace=False)
+        ]
+        df = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+        return RatingMatrix.from_split(df, df.iloc[:0], "user", (0.5, 5.0)), "synthetic 595x9559"
+
+
+def epoch_workload(batch_size: int, device: str = "cpu", matrix=None, source: str = "") -> Workload:
+    """One training epoch of the seed model on ml-latest-small: reference path vs --fused."""
+    from deeprec.train import batch_loss, run_epoch
+
+    if matrix is None:
+        matrix, source = seed_matrix()
+    runs = {}
+    impls = {}
+    for name, fused in (("reference (dense)", False), ("--fused", True)):
+        if fused and not fused_available(device):
+            continue
+        torch.manual_seed(0)
+        model = AutoEncoder(matrix.n_cols, SEED_HIDDEN).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(0)
+        runs[name] = (model, fused)
+        impls[name] = lambda m=model, o=opt, g=gen, f=fused: run_epoch(
+            m, o, matrix.batches(batch_size, device, generator=g), f
+        )
+
+    def check():
+        batch = matrix.batch(np.arange(min(batch_size, matrix.n_rows)), device)
+        torch.manual_seed(1)
+        model = AutoEncoder(matrix.n_cols, SEED_HIDDEN).to(device)
+        losses = {n: batch_loss(model, batch, f).item() for n, (_, f) in runs.items()}
+        ref = losses["reference (dense)"]
+        for name, value in losses.items():
+            assert abs(value - ref) <= 1e-4 * max(1.0, abs(ref)), f"{name}: {value} vs {ref}"
+
+    flops = 3 * dense_flops(matrix.n_cols) * matrix.n_rows  # forward + 2x for backward
+    return Workload(
+        f"epoch seed b{batch_size}",
+        impls,
+        check,
+        flops=flops,
+        baseline="reference (dense)",
+        notes={"data": source, "rows": matrix.n_rows},
+    )
+
+
+def step_workload(shape: str = "netflix", device: str = "cpu") -> Workload:
+    """One training step (forward, loss, backward, Adam) of the seed model at a batch shape."""
+    from deeprec.data.matrix import Batch
+    from deeprec.train import batch_loss
+
+    B, N, density = LOSS_SHAPES[shape]
+    _, (crow, col, val), _ = rating_batch(B, N, density, device=device)
+    batch = Batch(torch.arange(B, device=device), crow, col.long(), val, N)
+    impls = {}
+    models = {}
+    for name, fused in (("reference (dense)", False), ("--fused", True)):
+        if fused and not fused_available(device):
+            continue
+        torch.manual_seed(0)
+        model = AutoEncoder(N, SEED_HIDDEN).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        models[name] = (model, fused)
+
+        def step(m=model, o=opt, f=fused):
+            loss = batch_loss(m, batch, f)
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            o.step()
+
+        impls[name] = step
+
+    def check():
+        torch.manual_seed(1)
+        model = AutoEncoder(N, SEED_HIDDEN).to(device)
+        vals = {n: batch_loss(model, batch, f).item() for n, (_, f) in models.items()}
+        ref = vals["reference (dense)"]
+        assert all(abs(v - ref) <= 1e-4 * max(1.0, abs(ref)) for v in vals.values()), vals
+
+    return Workload(
+        f"step {shape} b{B}",
+        impls,
+        check,
+        flops=3 * dense_flops(N) * B,
+        baseline="reference (dense)",
+        notes={"B": B, "N": N, "nnz": int(col.numel())},
+    )
