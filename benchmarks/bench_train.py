@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from conftest import synced
-from workloads import epoch_workload, step_workload
+from workloads import TRAIN_IMPLS, epoch_workload, step_workload
 
-IMPLS = ["reference (dense)", "--fused"]
+IMPLS = [name for name, _, _ in TRAIN_IMPLS]
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -21,6 +21,8 @@ from common import rating_batch, seed_dense_masked_mse
 from deeprec.data import RatingMatrix
 from deeprec.model import AutoEncoder
 from deeprec.ops import fused_available, masked_mse
+from deeprec.optim import build as build_optimizer
+from deeprec.optim import wants_sparse_grad
 
 # (rows per batch, items, fraction rated)
 LOSS_SHAPES = {
@@ -29,6 +31,14 @@ LOSS_SHAPES = {
     "ml-20m": (512, 26744, 0.0054),
 }
 SEED_HIDDEN = (512, 512, 1024)
+# Training impls: (name, --fused, --optimizer), built exactly as deeprec.train builds them:
+# the reference uses torch's fused Adam; --fused uses ItemAdam (exact, row-sparse gradients).
+TRAIN_IMPLS = (
+    ("reference, torch default Adam (as in #3)", False, "torch-adam"),
+    ("reference (dense)", False, "adam"),
+    ("--fused", True, "adam"),
+    ("--fused --optimizer sparse-adam", True, "sparse-adam"),
+)
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -88,6 +98,13 @@ def loss_workload(shape: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     )
 
 
+def _optimizer(name: str, model, fused: bool):
+    """deeprec's optimizer choice, or torch's default (per-tensor loop) Adam for the #3 baseline."""
+    if name == "torch-adam":
+        return torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False)
+    return build_optimizer(name, model, 1e-3, 0.0, fused)
+
+
 def dense_flops(n_in: int, hidden=SEED_HIDDEN) -> int:
     """Multiply-adds x 2 of one row through the dense autoencoder (forward)."""
     sizes = [n_in, *hidden]
@@ -125,16 +142,17 @@ def epoch_workload(batch_size: int, device: str = "cpu", matrix=None, source: st
         matrix, source = seed_matrix()
     runs = {}
     impls = {}
-    for name, fused in (("reference (dense)", False), ("--fused", True)):
+    for name, fused, optimizer in TRAIN_IMPLS:
         if fused and not fused_available(device):
             continue
         torch.manual_seed(0)
         model = AutoEncoder(matrix.n_cols, SEED_HIDDEN).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = _optimizer(optimizer, model, fused)
         gen = torch.Generator().manual_seed(0)
         runs[name] = (model, fused)
-        impls[name] = lambda m=model, o=opt, g=gen, f=fused: run_epoch(
-            m, o, matrix.batches(batch_size, device, generator=g), f
+        sparse = wants_sparse_grad(opt)
+        impls[name] = lambda m=model, o=opt, g=gen, f=fused, s=sparse: run_epoch(
+            m, o, matrix.batches(batch_size, device, generator=g), f, s
         )
 
     def check():
@@ -160,23 +178,27 @@ def epoch_workload(batch_size: int, device: str = "cpu", matrix=None, source: st
 def step_workload(shape: str = "netflix", device: str = "cpu") -> Workload:
     """One training step (forward, loss, backward, Adam) of the seed model at a batch shape."""
     from deeprec.data.matrix import Batch
+    from deeprec.ops import column_index
     from deeprec.train import batch_loss
 
     B, N, density = LOSS_SHAPES[shape]
     _, (crow, col, val), _ = rating_batch(B, N, density, device=device)
     batch = Batch(torch.arange(B, device=device), crow, col.long(), val, N)
+    batch.index = column_index(batch.crow, batch.col)
     impls = {}
     models = {}
-    for name, fused in (("reference (dense)", False), ("--fused", True)):
+    for name, fused, optimizer in TRAIN_IMPLS:
         if fused and not fused_available(device):
             continue
         torch.manual_seed(0)
         model = AutoEncoder(N, SEED_HIDDEN).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = _optimizer(optimizer, model, fused)
         models[name] = (model, fused)
 
-        def step(m=model, o=opt, f=fused):
-            loss = batch_loss(m, batch, f)
+        sparse = wants_sparse_grad(opt)
+
+        def step(m=model, o=opt, f=fused, s=sparse):
+            loss = batch_loss(m, batch, f, s)
             o.zero_grad(set_to_none=True)
             loss.backward()
             o.step()

@@ -10,8 +10,9 @@ from conftest import random_csr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deeprec import _native, ops
+from deeprec import _native
 from deeprec.ops import fused_available, masked_mse, masked_mse_reference
+from deeprec.ops import loss as ops
 
 pytestmark = pytest.mark.usefixtures("native_required")
 

@@ -32,7 +32,10 @@ def test_tied_decoder_shares_weights_and_matches_untied_math():
             enc_u.weight.copy_(enc_t.weight)
             enc_u.bias.copy_(enc_t.bias)
         for i, dec in enumerate(untied.decoder):
-            dec.weight.copy_(tied.encoder[len(tied.encoder) - 1 - i].weight.t())
+            enc = tied.encoder[len(tied.encoder) - 1 - i]
+            # nn.Linear weights are (out, in): the tie transposes them; the item-major
+            # input layer (n_in, h) already has the output layer's (n_in, h) shape.
+            dec.weight.copy_(enc.weight if i == len(untied.decoder) - 1 else enc.weight.t())
             dec.bias.copy_(tied.decoder_bias[i])
     x = torch.randn(4, 20)
     torch.testing.assert_close(tied(x), untied(x))

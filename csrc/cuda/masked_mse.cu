@@ -15,38 +15,19 @@
 
 #include "../common.h"
 #include "../masked_mse.h"
+#include "reduce.cuh"
 
 namespace deeprec {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T, typename A> __device__ __forceinline__ A to_acc(T x) { return static_cast<A>(x); }
-template <> __device__ __forceinline__ float to_acc<__half, float>(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16, float>(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T, typename A> __device__ __forceinline__ T from_acc(A x) { return static_cast<T>(x); }
-template <> __device__ __forceinline__ __half from_acc<__half, float>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float x) { return __float2bfloat16_rn(x); }
+using cuda::Acc;
+using cuda::from_acc;
+using cuda::to_acc;
 
 template <typename T> __device__ __forceinline__ T zero() { return T(0); }
 template <> __device__ __forceinline__ __half zero<__half>() { return __float2half_rn(0.f); }
 template <> __device__ __forceinline__ __nv_bfloat16 zero<__nv_bfloat16>() { return __float2bfloat16_rn(0.f); }
-
-// Fixed-order shared-memory tree sum of one value per thread; result valid in thread 0.
-template <typename A>
-__device__ A block_sum(A v, A* smem) {
-  smem[threadIdx.x] = v;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) smem[threadIdx.x] += smem[threadIdx.x + s];
-    __syncthreads();
-  }
-  return smem[0];
-}
 
 template <typename T, typename I>
 __global__ void __launch_bounds__(kThreads)
@@ -57,7 +38,6 @@ masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
                   unsigned int* __restrict__ counter) {
   using A = typename Acc<T>::type;
   __shared__ A smem[kThreads];
-  __shared__ bool is_last;
   const A inv_nnz = nnz > 0 ? A(1) / static_cast<A>(nnz) : A(0);
   A coef = A(0);
   if (grad != nullptr) {
@@ -86,23 +66,11 @@ masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
     }
   }
   if (loss == nullptr) return;
-  const A total = block_sum(acc, smem);
-  if (threadIdx.x == 0) {
-    partials[blockIdx.x] = total;
-    __threadfence();
-    const unsigned int done = atomicAdd(counter, 1u);
-    is_last = (done == gridDim.x - 1);
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  A part = A(0);
-  const volatile A* vp = partials;
-  for (int b = threadIdx.x; b < static_cast<int>(gridDim.x); b += kThreads) part += vp[b];
-  const A all = block_sum(part, smem);
-  if (threadIdx.x == 0) {
+  const A block_total = cuda::block_sum<kThreads>(acc, smem);
+  A all;
+  if (cuda::grid_sum_last_block<kThreads>(block_total, partials, counter, smem, &all) &&
+      threadIdx.x == 0) {
     *loss = from_acc<T, A>(all * inv_nnz);
-    *counter = 0u;  // leave the workspace reusable
   }
 }
 

@@ -24,6 +24,23 @@ ACTIVATIONS = {
 }
 
 
+class InputLayer(nn.Module):
+    """Linear n_in -> out with the weight stored item-major, (n_in, out).
+
+    Same function as nn.Linear; row j of the weight is item j's contribution, which
+    the sparse path gathers contiguously straight from a CSR batch.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight)
+
+
 class AutoEncoder(nn.Module):
     """n_in -> hidden[0] -> ... -> hidden[-1] (the code) -> ... -> hidden[0] -> n_in.
 
@@ -31,6 +48,9 @@ class AutoEncoder(nn.Module):
     dropout: on the code layer. tied: decoder weights are the encoder's, transposed
     (each decoder layer keeps its own bias). last_activation: on the output layer
     ("none" = linear, the default). Weights are Xavier-uniform, biases zero.
+
+    ``forward`` is the dense reference path. ``sparse_loss`` computes the same masked
+    MSE from a CSR batch without any N-wide dense tensor (see deeprec.ops.sparse).
     """
 
     def __init__(
@@ -61,7 +81,9 @@ class AutoEncoder(nn.Module):
             last_activation=last_activation,
         )
         sizes = [n_in, *hidden]
-        self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(sizes))
+        self.encoder = nn.ModuleList(
+            [InputLayer(n_in, hidden[0]), *(nn.Linear(a, b) for a, b in pairwise(hidden))]
+        )
         rev = sizes[::-1]
         self.tied = tied
         if tied:
@@ -77,7 +99,12 @@ class AutoEncoder(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.encoder:
+        return self.encode_rest(self.encoder[0](x))
+
+    def encode_rest(self, z1: torch.Tensor) -> torch.Tensor:
+        """The encoder after the first layer's pre-activation z1: the code (with dropout)."""
+        x = self.act(z1)
+        for layer in self.encoder[1:]:
             x = self.act(layer(x))
         return self.drop(x)
 
@@ -94,11 +121,60 @@ class AutoEncoder(nn.Module):
         return self.decoder[i](z)
 
     def output_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight (n_in x h), bias (n_in)) of the output layer, for sparse evaluation."""
+        """(weight (n_in x h), bias (n_in)) of the output layer; rows are items.
+
+        Tied: the input layer's item-major weight itself, shared with no transpose.
+        """
         last = len(self.encoder) - 1
         if self.tied:
-            return self.encoder[0].weight.t(), self.decoder_bias[last]
+            return self.encoder[0].weight, self.decoder_bias[last]
         return self.decoder[last].weight, self.decoder[last].bias
+
+    @property
+    def supports_sparse(self) -> bool:
+        """The sparse path needs a linear output layer; a last activation needs the dense one."""
+        return self.config["last_activation"] == "none"
+
+    def sparse_loss(
+        self,
+        crow: torch.Tensor,
+        col: torch.Tensor,
+        val: torch.Tensor,
+        index=None,
+        impl: str = "fused",
+        sparse_grad: bool = False,
+    ) -> torch.Tensor:
+        """Masked MSE of this model on a CSR batch, with no dense N-wide tensor anywhere.
+
+        Equals masked_mse(self(dense batch), batch) and has the same gradients.
+        sparse_grad: the item-major weights (and output bias) get sparse COO gradients
+        holding the batch's items only (see item_parameters()).
+        """
+        from deeprec.ops import sparse_linear, sparse_output_mse
+
+        if not self.supports_sparse:
+            raise ValueError("sparse_loss needs last_activation='none' (a linear output layer)")
+        first = self.encoder[0]
+        z1 = sparse_linear(
+            (crow, col, val),
+            first.weight,
+            first.bias,
+            index=index,
+            impl=impl,
+            sparse_grad=sparse_grad,
+        )
+        h = self.decode_hidden(self.encode_rest(z1))
+        weight, bias = self.output_layer()
+        return sparse_output_mse(
+            h, weight, bias, (crow, col, val), index=index, impl=impl, sparse_grad=sparse_grad
+        )
+
+    def item_parameters(self) -> list[nn.Parameter]:
+        """The N-row parameters whose gradients the sparse path can make sparse."""
+        weight, bias = self.output_layer()
+        items = [self.encoder[0].weight, weight, bias]
+        unique: dict[int, nn.Parameter] = {id(p): p for p in items}  # tied: one weight
+        return list(unique.values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.decode_hidden(self.encode(x))

@@ -27,9 +27,9 @@ from deeprec import __version__, checkpoint, cli
 from deeprec.data import SPLITS, Batch, RatingMatrix, load, split
 from deeprec.model import ACTIVATIONS, AutoEncoder
 from deeprec.ops import masked_mse
+from deeprec.optim import OPTIMIZERS, OptimizerError, wants_sparse_grad
+from deeprec.optim import build as build_optimizer
 from deeprec.predict import predict_entries, rmse_mae
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
 
 
 def presets() -> list[str]:
@@ -101,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="decoder reuses the encoder's weights, transposed [no]",
     )
     o = p.add_argument_group("optimization")
-    o.add_argument("--optimizer", choices=OPTIMIZERS, help="[adam]")
+    o.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="[adam]; sparse-adam: lazy Adam on the "
+        "item matrices (only the batch's items move; needs --fused; different math)",
+    )
     o.add_argument("--lr", type=float, help="learning rate [1e-3]")
     o.add_argument("--weight-decay", type=float, help="L2 weight decay [0]")
     o.add_argument(
@@ -189,18 +194,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
-
-
 def build_model(config: dict[str, Any], n_in: int) -> AutoEncoder:
     return AutoEncoder(
         n_in,
@@ -273,9 +266,22 @@ def require_fused(device: torch.device) -> None:
         raise cli.UsageError(f"--fused: {_native.unavailable_reason(device)}")
 
 
-def batch_loss(model: AutoEncoder, batch: Batch, fused: bool) -> torch.Tensor:
-    """The training loss of one batch: masked MSE of the reconstruction at the stored ratings."""
-    return masked_mse(model(batch.dense()), batch.csr, impl="fused" if fused else "reference")
+def batch_loss(
+    model: AutoEncoder, batch: Batch, fused: bool, sparse_grad: bool = False
+) -> torch.Tensor:
+    """The training loss of one batch: masked MSE of the reconstruction at the stored ratings.
+
+    Reference: the dense model on the dense batch. Fused: the sparse path (sparse input
+    layer, output layer only at stored ratings); with a last activation, the dense model
+    with the fused masked-MSE kernel.
+    """
+    if not fused:
+        return masked_mse(model(batch.dense()), batch.csr, impl="reference")
+    if model.supports_sparse:
+        return model.sparse_loss(
+            *batch.csr, index=batch.index, impl="fused", sparse_grad=sparse_grad
+        )
+    return masked_mse(model(batch.dense()), batch.csr, impl="fused")
 
 
 def run_epoch(
@@ -283,12 +289,13 @@ def run_epoch(
     optimizer: torch.optim.Optimizer,
     batches: Iterable[Batch],
     fused: bool,
+    sparse_grad: bool = False,
 ) -> float:
     """One pass over ``batches``; returns the epoch's loss (MSE over all its ratings)."""
     model.train()
     loss_sum, count = 0.0, 0
     for batch in batches:
-        loss = batch_loss(model, batch, fused)
+        loss = batch_loss(model, batch, fused, sparse_grad)
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingDiverged(f"loss became {value}")
@@ -332,9 +339,14 @@ def main(args: argparse.Namespace) -> int:
             f"{args.resume}: checkpoint was trained on different data than {dataset.path} gives now"
         )
     model = build_model(config, matrix.n_cols).to(device)
-    optimizer = make_optimizer(
-        config["optimizer"], model.parameters(), config["lr"], config["weight_decay"]
-    )
+    sparse_path = config["fused"] and model.supports_sparse
+    try:
+        optimizer = build_optimizer(
+            config["optimizer"], model, config["lr"], config["weight_decay"], sparse_path
+        )
+    except OptimizerError as exc:
+        raise cli.UsageError(str(exc)) from None
+    sparse_grad = wants_sparse_grad(optimizer)
     shuffle = torch.Generator().manual_seed(config["seed"])
     history: list[dict[str, Any]] = []
     if state is not None:
@@ -373,7 +385,7 @@ def main(args: argparse.Namespace) -> int:
         )
         t0 = time.perf_counter()
         try:
-            train_loss = run_epoch(model, optimizer, bar, config["fused"])
+            train_loss = run_epoch(model, optimizer, bar, config["fused"], sparse_grad)
         except TrainingDiverged as exc:
             raise TrainingDiverged(
                 f"{exc} in epoch {epoch}; the last good checkpoint is {out / 'model.pt'} "

@@ -28,6 +28,7 @@ class Batch:
     col: torch.Tensor  # int64 (nnz)
     val: torch.Tensor  # float32 (nnz)
     n_cols: int
+    index: tuple[torch.Tensor, ...] | None = None  # its ColumnIndex (deeprec.ops.sparse)
 
     @property
     def csr(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -131,13 +132,22 @@ class RatingMatrix:
 
     def batch(self, rows: np.ndarray, device: torch.device | str = "cpu") -> Batch:
         """Training rows ``rows`` as a CSR batch on ``device``."""
+        from deeprec.ops.sparse import ColumnIndex, column_index_numpy
+
         sub = self.train[rows]
+        indptr, indices = sub.indptr.astype(np.int64), sub.indices.astype(np.int64)
+        # The column index the sparse path's backward needs, built here on the host so a
+        # training step never waits on it.
+        index = ColumnIndex(
+            *(torch.from_numpy(a).to(device) for a in column_index_numpy(indptr, indices))
+        )
         return Batch(
             torch.as_tensor(np.asarray(rows), dtype=torch.int64).to(device),
-            torch.from_numpy(sub.indptr.astype(np.int64)).to(device),
-            torch.from_numpy(sub.indices.astype(np.int64)).to(device),
+            torch.from_numpy(indptr).to(device),
+            torch.from_numpy(indices).to(device),
             torch.from_numpy(sub.data.astype(np.float32)).to(device),
             self.n_cols,
+            index,
         )
 
     def batches(

@@ -19,8 +19,16 @@ from typing import Literal
 import torch
 
 from deeprec import _native, csr
+from deeprec.ops.launch import (
+    cuda_target,
+    dtype_code,
+    index_code,
+    ptr,
+    reduction_workspace,
+    threads,
+)
 
-__all__ = ["fused_available", "masked_mse", "masked_mse_reference"]
+__all__ = ["choose_impl", "fused_available", "masked_mse", "masked_mse_reference"]
 
 Impl = Literal["auto", "fused", "reference"]
 _warned: set[tuple[str, str]] = set()
@@ -52,7 +60,7 @@ def masked_mse(output: torch.Tensor, target: object, *, impl: Impl = "auto") -> 
         raise TypeError(f"target values have dtype {parts.val.dtype} but output has {output.dtype}")
     if parts.crow.device != output.device:
         raise ValueError(f"target is on {parts.crow.device} but output is on {output.device}")
-    if _choose(output, impl) == "reference":
+    if choose_impl(output, impl, "masked_mse") == "reference":
         if not torch.compiler.is_compiling():
             csr.check_values(parts, output.shape[1])
         return masked_mse_reference(output, *parts)
@@ -73,30 +81,35 @@ def masked_mse_reference(
     return ((pred - val) ** 2).sum() / max(nnz, 1)
 
 
-def _choose(output: torch.Tensor, impl: str) -> str:
-    """Resolve impl to "fused" or "reference" for this output, or raise."""
+def choose_impl(
+    output: torch.Tensor, impl: str, op: str, dtypes: tuple[torch.dtype, ...] | None = None
+) -> str:
+    """Resolve impl to "fused" or "reference" for a tensor's device and dtype, or raise.
+
+    "auto" falls back to the reference with one warning per (device type, reason).
+    """
     if impl == "reference":
         return "reference"
     if impl not in ("auto", "fused"):
         raise ValueError(f"impl must be 'auto', 'fused' or 'reference', got {impl!r}")
     reason = _native.unavailable_reason(output.device)
-    supported = _native.FUSED_DTYPES.get(output.device.type, ())
+    supported = dtypes or _native.FUSED_DTYPES.get(output.device.type, ())
     if reason is None and output.dtype not in supported:
         reason = (
             f"no fused kernel for {output.dtype} on {output.device.type} "
             f"(supported: {', '.join(str(d) for d in supported)})"
         )
         if impl == "fused":
-            raise TypeError(f"masked_mse(impl='fused'): {reason}")
+            raise TypeError(f"{op}(impl='fused'): {reason}")
     if reason is None:
         return "fused"
     if impl == "fused":
-        raise RuntimeError(f"masked_mse(impl='fused') is unavailable on {output.device}: {reason}")
+        raise RuntimeError(f"{op}(impl='fused') is unavailable on {output.device}: {reason}")
     key = (output.device.type, reason)
     if key not in _warned:
         _warned.add(key)
         warnings.warn(
-            f"deeprec: using the reference masked_mse because {reason}",
+            f"deeprec: using the reference {op} because {reason}",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -116,35 +129,27 @@ def _run_native(
     C = _native.module()
     B, N = output.shape
     args = (
-        output.data_ptr(),
-        crow.data_ptr(),
-        col.data_ptr(),
-        val.data_ptr(),
+        ptr(output),
+        ptr(crow),
+        ptr(col),
+        ptr(val),
         B,
         N,
         col.numel(),
-        _native.DTYPE_CODE[output.dtype],
-        _native.INDEX_CODE[col.dtype],
-        0 if loss is None else loss.data_ptr(),
-        0 if grad is None else grad.data_ptr(),
+        dtype_code(output),
+        index_code(col),
+        ptr(loss),
+        ptr(grad),
     )
     if output.device.type == "cpu":
         scale = 1.0 if grad_scale is None else float(grad_scale)
-        C.masked_mse_cpu(*args, scale, torch.get_num_threads())
+        C.masked_mse_cpu(*args, scale, threads())
         return
-    device = output.device
+    partials = counter = None
     if loss is not None:
-        partials = torch.empty(C.MASKED_MSE_MAX_BLOCKS, dtype=torch.float64, device=device)
-        counter = torch.zeros(1, dtype=torch.int32, device=device)
-    else:
-        partials = counter = None
+        partials, counter = reduction_workspace(output.device, C.MASKED_MSE_MAX_BLOCKS)
     C.masked_mse_cuda(
-        *args,
-        0 if grad_scale is None else grad_scale.data_ptr(),
-        0 if partials is None else partials.data_ptr(),
-        0 if counter is None else counter.data_ptr(),
-        device.index if device.index is not None else torch.cuda.current_device(),
-        torch.cuda.current_stream(device).cuda_stream,
+        *args, ptr(grad_scale), ptr(partials), ptr(counter), *cuda_target(output.device)
     )
 
 

@@ -1,0 +1,459 @@
+"""The fully sparse path: an input layer straight from a CSR batch, and an output
+layer + masked MSE evaluated only at the stored ratings.
+
+``sparse_linear(x, W, b)`` computes ``x @ W + b`` for a CSR batch x (B x N) and an
+item-major weight W (N x H) without building the dense x; its backward accumulates
+dW only in the rows of the columns present, through the batch's column index
+(entries grouped by column), so no two threads write one row.
+``sparse_output_mse(h, W, b, target)`` computes the predictions p = h[i] . W[j] + b[j]
+only at the stored (i, j), the mean squared error against the ratings, and in
+backward dh = G W (rows), dW[j] and db[j] (columns), G the scaled residuals.
+
+Both equal their dense definitions (tests compare every gradient in float64 to
+1e-10); both have a pure-PyTorch reference (gather / index_add) and the same
+impl="auto"|"fused"|"reference" switch as masked_mse.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from deeprec import _native, csr
+from deeprec.ops.launch import (
+    cuda_target,
+    dtype_code,
+    index_code,
+    ptr,
+    reduction_workspace,
+    threads,
+)
+from deeprec.ops.loss import Impl, choose_impl
+
+__all__ = [
+    "ColumnIndex",
+    "column_index",
+    "sparse_linear",
+    "sparse_linear_reference",
+    "sparse_output_mse",
+    "sparse_output_mse_reference",
+]
+
+SPARSE_DTYPES = (torch.float32, torch.float64)
+
+
+class ColumnIndex(NamedTuple):
+    """A CSR batch's entries grouped by column (the transposed structure).
+
+    perm: entry ids sorted by (column, row); ucol: the distinct columns, ascending;
+    uptr: offsets of each distinct column's entries in perm; rows: each entry's row.
+    """
+
+    perm: torch.Tensor
+    ucol: torch.Tensor
+    uptr: torch.Tensor
+    rows: torch.Tensor
+
+
+def column_index_numpy(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(perm, ucol, uptr, rows) as int64 numpy arrays for a canonical CSR structure."""
+    counts = np.diff(indptr)
+    rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    perm = np.argsort(indices, kind="stable").astype(np.int64)
+    ucol, per_col = np.unique(indices[perm], return_counts=True)
+    uptr = np.zeros(len(ucol) + 1, dtype=np.int64)
+    np.cumsum(per_col, out=uptr[1:])
+    return perm, ucol.astype(np.int64), uptr, rows
+
+
+def column_index(crow: torch.Tensor, col: torch.Tensor) -> ColumnIndex:
+    """The column index of a CSR batch (computed on the host; cheap next to a step)."""
+    parts = column_index_numpy(crow.cpu().numpy(), col.cpu().numpy())
+    return ColumnIndex(*(torch.from_numpy(a).to(col.device) for a in parts))
+
+
+# ------------------------------------------------------------------ references
+def sparse_linear_reference(
+    parts: csr.CSRParts, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x @ W + b for CSR x, in pure PyTorch (gather rows of W, index_add into rows)."""
+    crow, col, val = parts
+    B, nnz = crow.numel() - 1, col.numel()
+    rows = torch.repeat_interleave(torch.arange(B, device=col.device), crow.diff(), output_size=nnz)
+    out = torch.zeros(B, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    out = out.index_add(0, rows, val[:, None] * weight[col])
+    return out if bias is None else out + bias
+
+
+def sparse_output_mse_reference(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, parts: csr.CSRParts
+) -> torch.Tensor:
+    """Masked MSE of h @ W^T + b at the stored entries only, in pure PyTorch."""
+    crow, col, val = parts
+    B, nnz = crow.numel() - 1, col.numel()
+    rows = torch.repeat_interleave(torch.arange(B, device=col.device), crow.diff(), output_size=nnz)
+    pred = (h[rows] * weight[col]).sum(1) + bias[col]
+    return ((pred - val) ** 2).sum() / max(nnz, 1)
+
+
+# ------------------------------------------------------------------ public ops
+def sparse_linear(
+    x: object,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    index: ColumnIndex | None = None,
+    impl: Impl = "auto",
+    sparse_grad: bool = False,
+) -> torch.Tensor:
+    """x @ weight + bias for a CSR batch x (B x N), weight (N x H), bias (H); (B x H).
+
+    Differentiable with respect to weight and bias (x is data). ``index``: the
+    batch's ColumnIndex, if already known (RatingMatrix batches carry one).
+    ``sparse_grad``: the fused path returns weight's gradient as a sparse COO tensor
+    holding only the batch's columns (for torch.optim.SparseAdam).
+    """
+    _check_weight(weight, bias, "weight", "bias", rows_dim=0)
+    parts = csr.unpack(x, (_rows_of(x), weight.shape[0]), name="x")
+    _check_same(weight, parts.val, "x values")
+    if choose_impl(weight, impl, "sparse_linear", SPARSE_DTYPES) == "reference":
+        if not torch.compiler.is_compiling():
+            csr.check_values(parts, weight.shape[0], "x")
+        return sparse_linear_reference(parts, weight, bias)
+    index = index if index is not None else column_index(parts.crow, parts.col)
+    return torch.ops.deeprec.sparse_linear(*parts, *index, weight, bias, sparse_grad)
+
+
+def sparse_output_mse(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    target: object,
+    *,
+    index: ColumnIndex | None = None,
+    impl: Impl = "auto",
+    sparse_grad: bool = False,
+) -> torch.Tensor:
+    """Masked MSE of the output layer h @ weight^T + bias, only where target stores a rating.
+
+    h: (B, H) hidden activations; weight: (N, H); bias: (N); target: CSR (B, N) ratings.
+    Differentiable with respect to h, weight and bias. ``sparse_grad``: the fused path
+    returns weight's and bias's gradients as sparse COO tensors of the batch's columns.
+    """
+    _check_weight(weight, bias, "weight", "bias", rows_dim=0)
+    if not isinstance(h, torch.Tensor) or h.dim() != 2 or h.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"h must be (B, {weight.shape[1]}) to match weight {tuple(weight.shape)}, "
+            f"got {tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}"
+        )
+    _check_same(weight, h, "h")
+    parts = csr.unpack(target, (h.shape[0], weight.shape[0]))
+    _check_same(weight, parts.val, "target values")
+    if choose_impl(weight, impl, "sparse_output_mse", SPARSE_DTYPES) == "reference":
+        if not torch.compiler.is_compiling():
+            csr.check_values(parts, weight.shape[0])
+        return sparse_output_mse_reference(h, weight, bias, parts)
+    if not h.is_contiguous():
+        h = h.contiguous()
+    index = index if index is not None else column_index(parts.crow, parts.col)
+    loss, _ = torch.ops.deeprec.sparse_output_mse(h, weight, bias, *parts, *index, sparse_grad)
+    return loss
+
+
+def _rows_of(x: object) -> int:
+    if isinstance(x, torch.Tensor) and x.layout == torch.sparse_csr:
+        return x.shape[0]
+    if isinstance(x, (tuple, list)) and len(x) == 3 and isinstance(x[0], torch.Tensor):
+        return x[0].numel() - 1
+    raise TypeError(
+        f"x must be a torch sparse CSR tensor or a (crow, col, val) triple, got {type(x).__name__}"
+    )
+
+
+def _check_weight(weight, bias, wname: str, bname: str, rows_dim: int) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError(f"{wname} must be a 2-D tensor (items x hidden)")
+    if not weight.is_floating_point():
+        raise TypeError(f"{wname} must be floating point, got {weight.dtype}")
+    if not weight.is_contiguous():
+        raise ValueError(f"{wname} must be contiguous (item-major rows)")
+    if bias is not None:
+        _check_same(weight, bias, bname)
+        if bias.dim() != 1 or not bias.is_contiguous():
+            raise ValueError(
+                f"{bname} must be a contiguous 1-D tensor, got shape {tuple(bias.shape)}"
+            )
+
+
+def _check_same(ref: torch.Tensor, other: torch.Tensor, name: str) -> None:
+    if other.dtype != ref.dtype:
+        raise TypeError(f"{name} have dtype {other.dtype} but the weight has {ref.dtype}")
+    if other.device != ref.device:
+        raise ValueError(f"{name} are on {other.device} but the weight is on {ref.device}")
+
+
+def _check_index(index: ColumnIndex, nnz: int, n_rows: int, n_cols: int) -> None:
+    """Bounds of a ColumnIndex, so no address computed from it leaves its arrays."""
+    perm, ucol, uptr, rows = (t.detach().cpu().numpy() for t in index)
+    ok = (
+        perm.size == nnz
+        and rows.size == nnz
+        and uptr.size == ucol.size + 1
+        and all(t.dtype == torch.int64 for t in index)
+        and (
+            nnz == 0
+            or (perm.min() >= 0 and perm.max() < nnz and rows.min() >= 0 and rows.max() < n_rows)
+        )
+        and (ucol.size == 0 or (ucol.min() >= 0 and ucol.max() < n_cols))
+        and uptr[0] == 0
+        and uptr[-1] == nnz
+        and bool((np.diff(uptr) >= 0).all())
+    )
+    if not ok:
+        raise ValueError(
+            "index: not a valid ColumnIndex for this batch (build it with deeprec.ops.column_index)"
+        )
+
+
+# ------------------------------------------------------------------ native launches
+def _spmm(crow, col, val, weight, bias, out, scale) -> None:
+    """out = bias + scale * CSR @ weight."""
+    C = _native.module()
+    B, H = out.shape
+    args = (ptr(crow), ptr(col), ptr(val), ptr(weight), ptr(bias), ptr(out), B, H)
+    if weight.device.type == "cpu":
+        s = 1.0 if scale is None else float(scale)
+        C.spmm_rows_cpu(*args, s, dtype_code(weight), index_code(col), threads())
+    else:
+        C.spmm_rows_cuda(
+            *args, ptr(scale), dtype_code(weight), index_code(col), *cuda_target(weight.device)
+        )
+
+
+def _col_accumulate(
+    index: ColumnIndex, coef, A, n_cols: int, with_bias: bool, scale, compact: bool = False
+):
+    """(dW, db or None): per-column sums of scale * coef * A[row].
+
+    Dense: dW (n_cols x H), db (n_cols), zero where the batch has no entry. Compact:
+    only the touched columns, dW (U x H) and db (U) in ucol order.
+    """
+    C = _native.module()
+    H = A.shape[1]
+    rows_out = index.ucol.numel() if compact else n_cols
+    dW = torch.empty(rows_out, H, dtype=A.dtype, device=A.device)
+    db = torch.empty(rows_out, dtype=A.dtype, device=A.device) if with_bias else None
+    args = (
+        *(ptr(t) for t in index),
+        ptr(coef),
+        ptr(A),
+        ptr(dW),
+        ptr(db),
+        index.ucol.numel(),
+        n_cols,
+        H,
+    )
+    if A.device.type == "cpu":
+        C.col_accumulate_cpu(
+            *args, 1.0 if scale is None else float(scale), dtype_code(A), compact, threads()
+        )
+    else:
+        C.col_accumulate_cuda(*args, ptr(scale), dtype_code(A), compact, *cuda_target(A.device))
+    return dW, db
+
+
+def _as_sparse_rows(ucol: torch.Tensor, values: torch.Tensor, shape: tuple[int, ...]):
+    """A coalesced sparse COO gradient holding rows ``ucol`` (sorted, unique) of ``shape``."""
+    return torch.sparse_coo_tensor(
+        ucol.unsqueeze(0), values, shape, is_coalesced=True, check_invariants=False
+    )
+
+
+# ------------------------------------------------------------------ torch.library ops
+@torch.library.custom_op("deeprec::sparse_linear", mutates_args=(), device_types=("cpu", "cuda"))
+def _sparse_linear_op(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    val: torch.Tensor,
+    perm: torch.Tensor,
+    ucol: torch.Tensor,
+    uptr: torch.Tensor,
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    sparse_grad: bool,
+) -> torch.Tensor:
+    B, (N, H) = crow.numel() - 1, weight.shape
+    csr.check_values(csr.CSRParts(crow, col, val), N, "x")
+    _check_index(ColumnIndex(perm, ucol, uptr, rows), col.numel(), B, N)
+    out = torch.empty(B, H, dtype=weight.dtype, device=weight.device)
+    _spmm(crow, col, val, weight, bias, out, None)
+    return out
+
+
+@_sparse_linear_op.register_fake
+def _(crow, col, val, perm, ucol, uptr, rows, weight, bias, sparse_grad):
+    return weight.new_empty(crow.shape[0] - 1, weight.shape[1])
+
+
+def _sparse_linear_setup(ctx, inputs, output):
+    _crow, _col, val, perm, ucol, uptr, rows, weight, _bias, sparse_grad = inputs
+    ctx.save_for_backward(val, perm, ucol, uptr, rows)
+    ctx.weight_shape = tuple(weight.shape)
+    ctx.sparse_grad = sparse_grad
+
+
+def _sparse_linear_backward(ctx, grad):
+    val, perm, ucol, uptr, rows = ctx.saved_tensors
+    d_weight = d_bias = None
+    if ctx.needs_input_grad[7]:
+        d_weight, _ = torch.ops.deeprec.col_accumulate(
+            perm,
+            ucol,
+            uptr,
+            rows,
+            val,
+            grad.contiguous(),
+            ctx.weight_shape[0],
+            False,
+            None,
+            ctx.sparse_grad,
+        )
+        if ctx.sparse_grad:
+            d_weight = _as_sparse_rows(ucol, d_weight, ctx.weight_shape)
+    if ctx.needs_input_grad[8]:
+        d_bias = grad.sum(0)
+    return None, None, None, None, None, None, None, d_weight, d_bias, None
+
+
+_sparse_linear_op.register_autograd(_sparse_linear_backward, setup_context=_sparse_linear_setup)
+
+
+@torch.library.custom_op(
+    "deeprec::sparse_output_mse", mutates_args=(), device_types=("cpu", "cuda")
+)
+def _sparse_output_mse_op(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    val: torch.Tensor,
+    perm: torch.Tensor,
+    ucol: torch.Tensor,
+    uptr: torch.Tensor,
+    rows: torch.Tensor,
+    sparse_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, (N, H), nnz = h.shape[0], weight.shape, col.numel()
+    csr.check_values(csr.CSRParts(crow, col, val), N)
+    _check_index(ColumnIndex(perm, ucol, uptr, rows), nnz, B, N)
+    if bias.numel() != N:
+        raise ValueError(f"bias has {bias.numel()} entries but the weight has {N} rows")
+    resid = torch.empty(nnz, dtype=h.dtype, device=h.device)
+    loss = h.new_empty(())
+    C = _native.module()
+    args = (
+        ptr(crow),
+        ptr(col),
+        ptr(val),
+        ptr(h),
+        ptr(weight),
+        ptr(bias),
+        ptr(resid),
+        ptr(loss),
+        B,
+        H,
+        nnz,
+        dtype_code(h),
+        index_code(col),
+    )
+    if h.device.type == "cpu":
+        C.sddmm_residual_cpu(*args, threads())
+    else:
+        partials, counter = reduction_workspace(h.device, C.SPARSE_MAX_BLOCKS)
+        C.sddmm_residual_cuda(*args, ptr(partials), ptr(counter), *cuda_target(h.device))
+    return loss, resid
+
+
+@_sparse_output_mse_op.register_fake
+def _(h, weight, bias, crow, col, val, perm, ucol, uptr, rows, sparse_grad):
+    return h.new_empty(()), h.new_empty(col.shape[0])
+
+
+def _sparse_output_setup(ctx, inputs, output):
+    h, weight, _bias, crow, col, _val, perm, ucol, uptr, rows, sparse_grad = inputs
+    ctx.save_for_backward(h, weight, crow, col, perm, ucol, uptr, rows, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.sparse_grad = sparse_grad
+
+
+def _sparse_output_backward(ctx, grad_loss, _grad_resid):
+    h, weight, crow, col, perm, ucol, uptr, rows, resid = ctx.saved_tensors
+    nnz = col.numel()
+    # G = 2 (p - r) / nnz * grad_loss, folded into one scale so the kernels read it in place.
+    scale = (grad_loss * (2.0 / max(nnz, 1))).to(h.dtype).reshape(())
+    d_h = d_weight = d_bias = None
+    if ctx.needs_input_grad[0]:
+        d_h = torch.ops.deeprec.spmm_rows(crow, col, resid, weight, scale)
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        d_weight, d_bias = torch.ops.deeprec.col_accumulate(
+            perm, ucol, uptr, rows, resid, h, weight.shape[0], True, scale, ctx.sparse_grad
+        )
+        if ctx.sparse_grad:
+            d_weight = _as_sparse_rows(ucol, d_weight, tuple(weight.shape))
+            d_bias = _as_sparse_rows(ucol, d_bias, (weight.shape[0],))
+    return d_h, d_weight, d_bias, None, None, None, None, None, None, None, None
+
+
+_sparse_output_mse_op.register_autograd(_sparse_output_backward, setup_context=_sparse_output_setup)
+
+
+# Backward building blocks, themselves ops so torch.compile sees them as opaque calls.
+@torch.library.custom_op("deeprec::spmm_rows", mutates_args=(), device_types=("cpu", "cuda"))
+def _spmm_rows_op(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    val: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """scale * CSR @ weight (no bias): the output layer's dh."""
+    csr.check_values(csr.CSRParts(crow, col, val), weight.shape[0])
+    out = torch.empty(crow.numel() - 1, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    _spmm(crow, col, val, weight, None, out, scale)
+    return out
+
+
+@_spmm_rows_op.register_fake
+def _(crow, col, val, weight, scale):
+    return weight.new_empty(crow.shape[0] - 1, weight.shape[1])
+
+
+@torch.library.custom_op("deeprec::col_accumulate", mutates_args=(), device_types=("cpu", "cuda"))
+def _col_accumulate_op(
+    perm: torch.Tensor,
+    ucol: torch.Tensor,
+    uptr: torch.Tensor,
+    rows: torch.Tensor,
+    coef: torch.Tensor,
+    A: torch.Tensor,
+    n_cols: int,
+    with_bias: bool,
+    scale: torch.Tensor | None,
+    compact: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column sums of scale * coef * A[row]: dense (n_cols x H) or compact (U x H) rows."""
+    _check_index(ColumnIndex(perm, ucol, uptr, rows), coef.numel(), A.shape[0], n_cols)
+    dW, db = _col_accumulate(
+        ColumnIndex(perm, ucol, uptr, rows), coef, A.contiguous(), n_cols, with_bias, scale, compact
+    )
+    return dW, (db if db is not None else A.new_empty(0))
+
+
+@_col_accumulate_op.register_fake
+def _(perm, ucol, uptr, rows, coef, A, n_cols, with_bias, scale, compact):
+    rows_out = ucol.shape[0] if compact else n_cols
+    return A.new_empty(rows_out, A.shape[1]), A.new_empty(rows_out if with_bias else 0)

@@ -1,0 +1,147 @@
+"""Optimizers for training: torch's fused kernels, and Adam for row-sparse gradients.
+
+With --fused, Adam (the default) becomes ItemAdam(lazy=False): the same update as
+torch's Adam, but the item matrices' gradients arrive as the batch's rows only and
+the dense zero-filled gradient is never written (on a 2-core CPU writing it cost
+~4 ms per matrix per step, more than the sparse kernels themselves).
+``sparse-adam`` is different math, on purpose: lazy Adam moves only the rows of the
+batch's items and leaves the moments of the others untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "sparse-adam")
+
+
+class OptimizerError(ValueError):
+    """An optimizer setting that cannot work with the rest of the configuration."""
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer, as torch's single fused kernel where torch has one for it.
+
+    Fused Adam takes 6.9 ms per step over the seed model's 11.4 M weights on a 2-core
+    CPU against 37.5 ms for the default per-tensor loop: the same update math in one pass.
+    """
+    params = list(params)
+    kinds = {
+        "adam": (torch.optim.Adam, {}),
+        "adamw": (torch.optim.AdamW, {}),
+        "sgd": (torch.optim.SGD, {"momentum": 0.9}),
+        "rmsprop": (torch.optim.RMSprop, {}),
+        "adagrad": (torch.optim.Adagrad, {}),
+    }
+    if name not in kinds:
+        raise OptimizerError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    cls, extra = kinds[name]
+    try:
+        return cls(params, lr=lr, weight_decay=weight_decay, fused=True, **extra)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this optimizer/device
+        return cls(params, lr=lr, weight_decay=weight_decay, **extra)
+
+
+class ItemAdam:
+    """Adam whose item matrices take row-sparse gradients from the sparse path.
+
+    The input weight, output weight and output bias (N rows each) get sparse COO
+    gradients holding the batch's items only and are updated by deeprec's native
+    row-sparse Adam; every other parameter by torch's fused Adam.
+    lazy=False (the default for --fused): exactly dense Adam's update, untouched rows
+    included (their gradient is zero), without ever building the dense gradient.
+    lazy=True (--optimizer sparse-adam): only the batch's rows move (SparseAdam math).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        lr: float,
+        weight_decay: float = 0.0,
+        lazy: bool = False,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.items = model.item_parameters()
+        ids = {id(p) for p in self.items}
+        self.dense = make_optimizer(
+            "adam", [p for p in model.parameters() if id(p) not in ids], lr, weight_decay
+        )
+        self.lazy, self.betas, self.eps, self.weight_decay = lazy, betas, eps, weight_decay
+        self.item_group = {"params": self.items, "lr": lr}
+        self.param_groups = [self.item_group, *self.dense.param_groups]
+        self.item_state = [
+            {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            for p in self.items
+        ]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.items:
+            p.grad = None
+        self.dense.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        from deeprec.ops.optim import row_adam_step
+
+        for p, st in zip(self.items, self.item_state, strict=True):
+            if p.grad is None:
+                continue  # as torch's Adam: a parameter without a gradient is left alone
+            st["step"] += 1
+            row_adam_step(
+                p,
+                st["exp_avg"],
+                st["exp_avg_sq"],
+                p.grad,
+                st["step"],
+                self.item_group["lr"],
+                self.betas,
+                self.eps,
+                self.weight_decay,
+                self.lazy,
+            )
+        self.dense.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "items": self.item_state,
+            "dense": self.dense.state_dict(),
+            "lazy": self.lazy,
+            "lr": self.item_group["lr"],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["items"]) != len(self.items) or state["lazy"] != self.lazy:
+            raise OptimizerError("optimizer state does not match this model/optimizer")
+        for mine, saved, p in zip(self.item_state, state["items"], self.items, strict=True):
+            mine["step"] = int(saved["step"])
+            for key in ("exp_avg", "exp_avg_sq"):
+                if saved[key].shape != p.shape:
+                    raise OptimizerError(
+                        f"optimizer state {key} has shape {tuple(saved[key].shape)}"
+                    )
+                mine[key] = saved[key].to(p.device, p.dtype).contiguous()
+        self.item_group["lr"] = state["lr"]
+        self.dense.load_state_dict(state["dense"])
+
+
+def build(
+    name: str, model: torch.nn.Module, lr: float, weight_decay: float, sparse_path: bool = False
+):
+    """The optimizer ``name`` for ``model``; sparse_path: the batches use the sparse path."""
+    if name == "sparse-adam":
+        if not sparse_path:
+            raise OptimizerError(
+                "--optimizer sparse-adam needs --fused and a linear output (--last-activation none)"
+            )
+        return ItemAdam(model, lr, weight_decay, lazy=True)
+    if name == "adam" and sparse_path:
+        return ItemAdam(model, lr, weight_decay, lazy=False)
+    return make_optimizer(name, model.parameters(), lr, weight_decay)
+
+
+def wants_sparse_grad(optimizer: object) -> bool:
+    """Whether the sparse path should hand this optimizer sparse item gradients."""
+    return isinstance(optimizer, ItemAdam)

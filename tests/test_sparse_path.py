@@ -1,0 +1,318 @@
+"""The fully sparse path: every op and the whole model equal the dense reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_csr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deeprec.model import AutoEncoder
+from deeprec.ops import (
+    column_index,
+    masked_mse,
+    sparse_linear,
+    sparse_output_mse,
+)
+from deeprec.ops.optim import row_adam_step
+from deeprec.optim import ItemAdam, build
+
+pytestmark = pytest.mark.usefixtures("native_required")
+
+F64 = dict(rtol=1e-10, atol=1e-10)
+F32 = dict(rtol=1e-5, atol=1e-5)
+
+
+def grads(loss, params):
+    return [
+        g if g is not None else torch.zeros_like(p)
+        for g, p in zip(
+            torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True),
+            params,
+            strict=True,
+        )
+    ]
+
+
+batches = st.tuples(
+    st.integers(1, 12),  # B
+    st.integers(1, 40),  # N
+    st.floats(0.0, 1.0),  # density
+    st.integers(0, 2**31 - 1),  # seed
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=batches, H=st.integers(1, 9), index_dtype=st.sampled_from([torch.int32, torch.int64]))
+def test_sparse_linear_matches_dense_matmul(batch, H, index_dtype):
+    B, N, density, seed = batch
+    crow, col, val = random_csr(B, N, density, seed=seed, index_dtype=index_dtype)
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(N, H, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(H, dtype=torch.float64, generator=g, requires_grad=True)
+    dense = torch.zeros(B, N, dtype=torch.float64)
+    rows = torch.repeat_interleave(torch.arange(B), crow.diff())
+    dense[rows, col.long()] = val
+    want = dense @ W + b
+    for impl in ("fused", "reference"):
+        got = sparse_linear((crow, col, val), W, b, impl=impl)
+        torch.testing.assert_close(got, want, **F64)
+        up = torch.randn(B, H, dtype=torch.float64, generator=g)
+        for a, r in zip(
+            grads((got * up).sum(), [W, b]), grads((want * up).sum(), [W, b]), strict=True
+        ):
+            torch.testing.assert_close(a, r, **F64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=batches, H=st.integers(1, 9), scale=st.floats(-3, 3))
+def test_sparse_output_mse_matches_dense_output_and_masked_mse(batch, H, scale):
+    B, N, density, seed = batch
+    crow, col, val = random_csr(B, N, density, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, H, dtype=torch.float64, generator=g, requires_grad=True)
+    W = torch.randn(N, H, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(N, dtype=torch.float64, generator=g, requires_grad=True)
+    want = masked_mse(h @ W.t() + b, (crow, col, val), impl="reference")
+    for impl in ("fused", "reference"):
+        got = sparse_output_mse(h, W, b, (crow, col, val), impl=impl)
+        torch.testing.assert_close(got, want, **F64)
+        for a, r in zip(grads(got * scale, [h, W, b]), grads(want * scale, [h, W, b]), strict=True):
+            torch.testing.assert_close(a, r, **F64)
+
+
+def model_grads(model, loss):
+    params = list(model.parameters())
+    return {n: g for (n, _), g in zip(model.named_parameters(), grads(loss, params), strict=True)}
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=batches, tied=st.booleans(), activation=st.sampled_from(["relu", "selu", "sigmoid"]))
+def test_model_sparse_loss_and_every_gradient_equal_the_dense_reference_float64(
+    batch, tied, activation
+):
+    B, N, density, seed = batch
+    crow, col, val = random_csr(B, N, density, seed=seed)
+    torch.manual_seed(seed)
+    model = AutoEncoder(N, (7, 5), activation=activation, tied=tied).double()
+    dense = torch.zeros(B, N, dtype=torch.float64)
+    dense[torch.repeat_interleave(torch.arange(B), crow.diff()), col] = val
+    ref = masked_mse(model(dense), (crow, col, val), impl="reference")
+    fused = model.sparse_loss(crow, col, val, impl="fused")
+    torch.testing.assert_close(fused, ref, **F64)
+    want, got = model_grads(model, ref), model_grads(model, fused)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], **F64, msg=name)
+
+
+def test_model_sparse_path_float32_within_1e5_relative():
+    crow, col, val = random_csr(64, 3000, 0.02, seed=9, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = AutoEncoder(3000, (64, 32))
+    dense = torch.zeros(64, 3000)
+    dense[torch.repeat_interleave(torch.arange(64), crow.diff()), col] = val
+    ref = masked_mse(model(dense), (crow, col, val), impl="reference")
+    fused = model.sparse_loss(crow, col, val, impl="fused")
+    torch.testing.assert_close(fused, ref, **F32)
+    want, got = model_grads(model, ref), model_grads(model, fused)
+    for name in want:
+        scale = want[name].abs().max().clamp_min(1e-12)
+        assert ((got[name] - want[name]).abs().max() / scale) < 1e-5, name
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_sparse_gradients_equal_dense_gradients(tied):
+    crow, col, val = random_csr(9, 50, 0.2, seed=3)
+    torch.manual_seed(1)
+    model = AutoEncoder(50, (6, 4), tied=tied).double()
+    model.sparse_loss(crow, col, val).backward()
+    dense = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.sparse_loss(crow, col, val, sparse_grad=True).backward()
+    items = {id(p) for p in model.item_parameters()}
+    for n, p in model.named_parameters():
+        assert p.grad.is_sparse == (id(p) in items), n
+        g = p.grad.to_dense() if p.grad.is_sparse else p.grad
+        torch.testing.assert_close(g, dense[n], rtol=0, atol=1e-14)
+
+
+def test_gradcheck_sparse_ops_float64():
+    crow, col, val = random_csr(5, 9, 0.4, seed=2)
+    W = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda W, b: sparse_linear((crow, col, val), W, b, impl="fused"), (W, b)
+    )
+    h = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    bo = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda h, W, bo: sparse_output_mse(h, W, bo, (crow, col, val), impl="fused"), (h, W, bo)
+    )
+
+
+def test_nnz_zero_and_empty_rows():
+    crow = torch.zeros(4, dtype=torch.int64)
+    col = torch.zeros(0, dtype=torch.int64)
+    val = torch.zeros(0, dtype=torch.float64)
+    W = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    out = sparse_linear((crow, col, val), W, b, impl="fused")
+    torch.testing.assert_close(out, b.expand(3, 3))
+    h = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    bo = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    loss = sparse_output_mse(h, W, bo, (crow, col, val), impl="fused")
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.count_nonzero(W.grad) == 0 and torch.count_nonzero(h.grad) == 0
+
+
+def test_opcheck_sparse_ops():
+    crow, col, val = random_csr(4, 7, 0.5, seed=1)
+    idx = column_index(crow, col)
+    W = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(
+        torch.ops.deeprec.sparse_linear.default, (crow, col, val, *idx, W, b, False)
+    )
+    h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    bo = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(
+        torch.ops.deeprec.sparse_output_mse.default, (h, W, bo, crow, col, val, *idx, False)
+    )
+
+
+def test_torch_compile_fullgraph_on_the_sparse_model():
+    crow, col, val = random_csr(8, 30, 0.3, seed=4, dtype=torch.float32)
+    idx = column_index(crow, col)
+    torch.manual_seed(0)
+    model = AutoEncoder(30, (8, 4))
+    compiled = torch.compile(
+        lambda c, k, v, *i: model.sparse_loss(c, k, v, index=i), fullgraph=True
+    )
+    got = compiled(crow, col, val, *idx)
+    torch.testing.assert_close(got, model.sparse_loss(crow, col, val), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("bad column", "outside"),
+        ("bad index", "not a valid ColumnIndex"),
+        ("weight dtype", "dtype"),
+        ("h width", "h must be"),
+    ],
+)
+def test_sparse_ops_reject_bad_input(case, message):
+    crow, col, val = random_csr(3, 5, 0.6, seed=0)
+    W = torch.randn(5, 2, dtype=torch.float64)
+    b = torch.zeros(2, dtype=torch.float64)
+    h = torch.randn(3, 2, dtype=torch.float64)
+    bo = torch.zeros(5, dtype=torch.float64)
+    with pytest.raises((ValueError, TypeError), match=message):
+        if case == "bad column":
+            bad = col.clone()
+            bad[-1] = 99
+            sparse_linear((crow, bad, val), W, b, impl="fused")
+        elif case == "bad index":
+            idx = column_index(crow, col)
+            perm = idx.perm.clone()
+            perm[0] = 10**6
+            sparse_linear((crow, col, val), W, b, index=idx._replace(perm=perm), impl="fused")
+        elif case == "weight dtype":
+            sparse_linear((crow, col, val), W.float(), b.float(), impl="fused")
+        else:
+            sparse_output_mse(h[:, :1], W, bo, (crow, col, val), impl="fused")
+
+
+# ------------------------------------------------------------------ row-sparse Adam
+def test_exact_row_adam_equals_torch_adam_with_the_dense_gradient():
+    torch.manual_seed(0)
+    N, H = 40, 6
+    p_ref = torch.randn(N, H, dtype=torch.float64, requires_grad=True)
+    p = p_ref.detach().clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    ref = torch.optim.Adam([p_ref], lr=1e-2, weight_decay=0.01, foreach=False)
+    for step in range(1, 6):
+        rows = torch.sort(torch.randperm(N)[: 7 + step]).values
+        values = torch.randn(len(rows), H, dtype=torch.float64)
+        sparse = torch.sparse_coo_tensor(rows[None], values, (N, H))
+        p_ref.grad = sparse.to_dense()
+        ref.step()
+        row_adam_step(p, m, v, sparse, step, 1e-2, (0.9, 0.999), 1e-8, 0.01, lazy=False)
+        torch.testing.assert_close(p, p_ref.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_lazy_row_adam_moves_only_touched_rows():
+    p = torch.randn(10, 3, dtype=torch.float64)
+    before = p.clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    g = torch.sparse_coo_tensor(
+        torch.tensor([[2, 5]]), torch.ones(2, 3, dtype=torch.float64), (10, 3)
+    )
+    row_adam_step(p, m, v, g, 1, 0.1, (0.9, 0.999), 1e-8, 0.0, lazy=True)
+    changed = (p != before).any(1).nonzero().flatten().tolist()
+    assert changed == [2, 5]
+
+
+def test_item_adam_trains_like_dense_adam_step_for_step():
+    crow, col, val = random_csr(16, 60, 0.2, seed=5)
+    torch.manual_seed(2)
+    a = AutoEncoder(60, (8, 4)).double()
+    b = AutoEncoder(60, (8, 4)).double()
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.Adam(a.parameters(), lr=1e-2, foreach=False)
+    opt_b = build("adam", b, 1e-2, 0.0, sparse_path=True)
+    assert isinstance(opt_b, ItemAdam)
+    for _ in range(5):
+        opt_a.zero_grad()
+        a.sparse_loss(crow, col, val).backward()
+        opt_a.step()
+        opt_b.zero_grad()
+        b.sparse_loss(crow, col, val, sparse_grad=True).backward()
+        opt_b.step()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_row_adam_rejects_bad_state():
+    p = torch.zeros(4, 2)
+    g = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.ones(1, 2), (4, 2))
+    with pytest.raises(ValueError, match="shape"):
+        row_adam_step(
+            p, torch.zeros(3, 2), torch.zeros(4, 2), g, 1, 0.1, (0.9, 0.999), 1e-8, 0.0, False
+        )
+    with pytest.raises(ValueError, match="gradient rows"):
+        row_adam_step(
+            p,
+            torch.zeros(4, 2),
+            torch.zeros(4, 2),
+            g.double(),
+            1,
+            0.1,
+            (0.9, 0.999),
+            1e-8,
+            0.0,
+            False,
+        )
+
+
+def test_batches_carry_a_correct_column_index():
+    import pandas as pd
+
+    from deeprec.data import RatingMatrix
+
+    rng = np.random.default_rng(0)
+    rows = [(u, i, 3.0, 0) for u in range(20) for i in rng.choice(30, 5, replace=False)]
+    m = RatingMatrix.from_split(
+        pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]),
+        pd.DataFrame(columns=["user", "item", "rating", "timestamp"]),
+        "user",
+    )
+    batch = m.batch(np.array([3, 0, 7]))
+    want = column_index(batch.crow, batch.col)
+    for a, b in zip(batch.index, want, strict=True):
+        assert torch.equal(a, b)
+    perm, ucol, uptr, _ = batch.index
+    assert torch.equal(batch.col[perm], torch.repeat_interleave(ucol, uptr.diff()))
