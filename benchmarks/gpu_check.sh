@@ -32,10 +32,11 @@ step info 20 python3 -m deeprec.info
 step cuda-tests 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests/
 # The sanitizers see every kernel torch launches too; keep them on the kernel tests that
 # need no compile (inductor's own kernels would dominate the time).
-SAN_TESTS=(tests/test_masked_mse_cuda.py -k "not compile" -q -p no:cacheprovider)
+SAN_TESTS=(tests/test_masked_mse_cuda.py tests/test_sparse_cuda.py -k "not compile" -q -p no:cacheprovider)
 step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest "${SAN_TESTS[@]}"
 step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest \
-  tests/test_masked_mse_cuda.py -k "deterministic or empty or stream" -q -p no:cacheprovider
+  tests/test_masked_mse_cuda.py tests/test_sparse_cuda.py -k "deterministic or empty or stream" -q \
+  -p no:cacheprovider
 step report 150 python3 benchmarks/report.py --device cuda --quick --out "$OUT"
 echo "gpu_check: $failed step(s) failed"
 exit "$failed"
