@@ -208,6 +208,11 @@ PYBIND11_MODULE(_C, m) {
                                    py::arg("bfloat16") = int(deeprec::kBFloat16));
   m.attr("INDEX_CODES") =
       py::dict(py::arg("int32") = int(deeprec::kInt32), py::arg("int64") = int(deeprec::kInt64));
+#ifdef DEEPREC_SANITIZED
+  m.attr("SANITIZED") = true;
+#else
+  m.attr("SANITIZED") = false;
+#endif
   m.def("masked_mse_cpu", &masked_mse_cpu,
         "Fused masked MSE over CSR rows on the CPU (loss and/or gradient).");
   m.def("spmm_rows_cpu", &spmm_rows_cpu, "out = bias + scale * CSR @ W (W item-major), CPU.");

@@ -58,6 +58,16 @@ def random_csr(
     )
 
 
+def pytest_sessionstart(session):
+    # The CI sanitizer step must really test the ASan/UBSan build, not an installed twin.
+    if os.environ.get("DEEPREC_EXPECT_SANITIZED") == "1":
+        C = _native.module()
+        if C is None or not getattr(C, "SANITIZED", False):
+            raise pytest.UsageError(
+                "DEEPREC_EXPECT_SANITIZED=1 but deeprec._C is not the sanitized build"
+            )
+
+
 @pytest.fixture
 def native_required():
     if _native.module() is None:

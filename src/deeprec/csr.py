@@ -64,6 +64,8 @@ def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRP
         raise TypeError(
             f"{name}: crow and col must be int32 or int64, got {crow.dtype} and {col.dtype}"
         )
+    if crow.numel() == 0:
+        raise ValueError(f"{name}: crow is empty; a batch of B rows needs B + 1 offsets")
     if crow.numel() != rows + 1:
         raise ValueError(
             f"{name}: crow has {crow.numel()} entries but the batch has {rows} rows "
