@@ -9,6 +9,7 @@ CMAKE_BUILD_PARALLEL_LEVEL (build jobs).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -45,6 +46,7 @@ class CMakeBuild(build_ext):
 
         extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_temp = Path(self.build_temp) / ext.name
+        _drop_stale_cache(build_temp)
         build_temp.mkdir(parents=True, exist_ok=True)
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}{os.sep}",
@@ -67,6 +69,26 @@ class CMakeBuild(build_ext):
             build_args += ["--parallel", str(os.cpu_count() or 1)]
         subprocess.run(["cmake", str(ROOT), *args], cwd=build_temp, check=True)
         subprocess.run(["cmake", "--build", ".", *build_args], cwd=build_temp, check=True)
+
+
+def _drop_stale_cache(build_temp: Path) -> None:
+    """Forget a CMake build whose cmake or ninja is gone or differs from this run's.
+
+    pip builds in the source tree, each time from a fresh isolated environment whose
+    tools are deleted afterwards; a second `pip install .` would otherwise find a
+    CMakeCache.txt pointing at the first environment's ninja and fail.
+    """
+    cache = build_temp / "CMakeCache.txt"
+    if not cache.exists():
+        return
+    text = cache.read_text(errors="replace")
+    now = {"CMAKE_COMMAND": shutil.which("cmake"), "CMAKE_MAKE_PROGRAM": shutil.which("ninja")}
+    for key, current in now.items():
+        found = re.search(rf"^{key}:\w+=(.*)$", text, re.MULTILINE)
+        cached = found.group(1).strip() if found else None
+        if cached and (not Path(cached).exists() or (current and Path(cached) != Path(current))):
+            shutil.rmtree(build_temp)
+            return
 
 
 setup(ext_modules=[CMakeExtension("deeprec._C")], cmdclass={"build_ext": CMakeBuild})
