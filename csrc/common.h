@@ -22,6 +22,26 @@ enum Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 // Index dtype tags.
 enum IndexDtype : int { kInt32 = 0, kInt64 = 1 };
 
+// Hot CPU loops are compiled for AVX-512, AVX2 and baseline x86-64 and the best one is
+// picked when the module loads (GCC target_clones): one build runs on any x86-64 CPU and
+// uses its vector units. Not for nvcc, clang or other architectures.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__) && \
+    !defined(DEEPREC_NO_CLONES)
+#define DEEPREC_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DEEPREC_SIMD
+#endif
+
+// Calls f(T{}) with T the scalar type of a float32/float64 dtype tag; kBadDtype otherwise.
+template <typename F>
+int dispatch_float(int dtype, F&& f) {
+  switch (dtype) {
+    case kFloat32: f(float{}); return kOk;
+    case kFloat64: f(double{}); return kOk;
+    default: return kBadDtype;
+  }
+}
+
 // Runs fn(begin, end) over [0, n) split into contiguous chunks, one per
 // thread, the first chunk on the calling thread. The other chunks run on a
 // persistent pool of std::threads (csrc/cpu/parallel.cpp): starting a thread

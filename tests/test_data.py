@@ -226,6 +226,21 @@ def test_real_ml_latest_small_seed_split():
 
 
 # ---------------------------------------------------------------- RatingMatrix
+def test_validation_ratings_without_training_row_or_column_are_dropped():
+    # users 1 and 2 rate items 1-4 in opposite orders, so each one's last item is in the
+    # other's training part; user 3 has a single rating, which user-time puts in validation,
+    # so user 3 has no training row.
+    rows = [(1, i, 4.0, i) for i in (1, 2, 3, 4)] + [(2, i, 3.0, 5 - i) for i in (1, 2, 3, 4)]
+    df = pd.DataFrame([*rows, (3, 1, 4.0, 9)], columns=["user", "item", "rating", "timestamp"])
+    train, val = split(df, "user-time", val_frac=0.25)
+    assert 3 in set(val["user"]) and 3 not in set(train["user"])
+    for by in ("user", "item"):
+        m = RatingMatrix.from_split(train, val, by)
+        users = m.row_ids[m.val_rows] if by == "user" else m.col_ids[m.val_cols]
+        assert sorted(users.tolist()) == [1, 2]  # user 3's rating is dropped, the others kept
+        assert m.val_rows.max() < m.n_rows and m.val_cols.max() < m.n_cols
+
+
 def test_rating_matrix_orientations_and_batches():
     df = crafted()
     train, val = split(df, "global-time", quantile=0.8)

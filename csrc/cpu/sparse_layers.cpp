@@ -11,12 +11,6 @@
 #include "../common.h"
 #include "../sparse_layers.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(DEEPREC_NO_CLONES)
-#define DEEPREC_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DEEPREC_SIMD
-#endif
-
 namespace deeprec {
 namespace {
 
@@ -137,15 +131,6 @@ void col_accumulate(const int64_t* perm, const int64_t* ucol, const int64_t* upt
 }
 
 template <typename F>
-int by_dtype(int dtype, F&& f) {
-  switch (dtype) {
-    case kFloat32: f(float{}); return kOk;
-    case kFloat64: f(double{}); return kOk;
-    default: return kBadDtype;
-  }
-}
-
-template <typename F>
 int by_index(int index_dtype, const void* col, F&& f) {
   switch (index_dtype) {
     case kInt32: f(static_cast<const int32_t*>(col)); return kOk;
@@ -160,7 +145,7 @@ int spmm_rows_cpu(const int64_t* crow, const void* col, const void* val, const v
                   const void* bias, void* out, int64_t B, int64_t H, double scale, int dtype,
                   int index_dtype, int num_threads) {
   int st = kOk;
-  const int dt = by_dtype(dtype, [&](auto tag) {
+  const int dt = dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     st = by_index(index_dtype, col, [&](auto c) {
       spmm_rows<T>(crow, c, static_cast<const T*>(val), static_cast<const T*>(W),
@@ -174,7 +159,7 @@ int sddmm_residual_cpu(const int64_t* crow, const void* col, const void* val, co
                        const void* W, const void* bias, void* resid, void* loss, int64_t B,
                        int64_t H, int64_t nnz, int dtype, int index_dtype, int num_threads) {
   int st = kOk;
-  const int dt = by_dtype(dtype, [&](auto tag) {
+  const int dt = dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     st = by_index(index_dtype, col, [&](auto c) {
       sddmm_residual<T>(crow, c, static_cast<const T*>(val), static_cast<const T*>(h),
@@ -189,7 +174,7 @@ int col_accumulate_cpu(const int64_t* perm, const int64_t* ucol, const int64_t* 
                        const int64_t* rows, const void* coef, const void* A, void* dW, void* db,
                        int64_t U, int64_t N, int64_t H, double scale, int dtype, bool compact,
                        int num_threads) {
-  return by_dtype(dtype, [&](auto tag) {
+  return dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     col_accumulate<T>(perm, ucol, uptr, rows, static_cast<const T*>(coef),
                       static_cast<const T*>(A), static_cast<T*>(dW), static_cast<T*>(db), U, N, H,

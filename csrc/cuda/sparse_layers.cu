@@ -121,15 +121,6 @@ int set_device(int device, int* cuda_error) {
   return kOk;
 }
 
-template <typename F>
-int by_dtype(int dtype, F&& f) {
-  switch (dtype) {
-    case kFloat32: f(float{}); return kOk;
-    case kFloat64: f(double{}); return kOk;
-    default: return kBadDtype;
-  }
-}
-
 }  // namespace
 
 int spmm_rows_cuda(const int64_t* crow, const void* col, const void* val, const void* W,
@@ -139,7 +130,7 @@ int spmm_rows_cuda(const int64_t* crow, const void* col, const void* val, const 
   if (set_device(device, cuda_error) != kOk) return kCudaError;
   if (B == 0 || H == 0) return kOk;
   auto s = static_cast<cudaStream_t>(stream);
-  const int st = by_dtype(dtype, [&](auto tag) {
+  const int st = dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     if (index_dtype == kInt32) {
       spmm_rows_kernel<T, int32_t><<<grid_for(B), kThreads, 0, s>>>(
@@ -173,7 +164,7 @@ int sddmm_residual_cuda(const int64_t* crow, const void* col, const void* val, c
     }
     return kOk;
   }
-  const int st = by_dtype(dtype, [&](auto tag) {
+  const int st = dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     auto launch = [&](auto* c) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(c)>>;
@@ -208,7 +199,7 @@ int col_accumulate_cuda(const int64_t* perm, const int64_t* ucol, const int64_t*
     return kCudaError;
   }
   if (U == 0) return kOk;
-  const int st = by_dtype(dtype, [&](auto tag) {
+  const int st = dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     col_accumulate_kernel<T><<<grid_for(U), kThreads, 0, s>>>(
         perm, ucol, uptr, rows, static_cast<const T*>(coef), static_cast<const T*>(A),

@@ -45,7 +45,9 @@ class AutoEncoder(nn.Module):
     """n_in -> hidden[0] -> ... -> hidden[-1] (the code) -> ... -> hidden[0] -> n_in.
 
     activation: applied after every hidden layer (encoder and decoder).
-    dropout: on the code layer. tied: decoder weights are the encoder's, transposed
+    dropout: on the code layer. input_dropout: on the input ratings while training (a
+    denoising autoencoder: the loss still covers the dropped ratings, so the model must
+    predict ratings it cannot see). tied: decoder weights are the encoder's, transposed
     (each decoder layer keeps its own bias). last_activation: on the output layer
     ("none" = linear, the default). Weights are Xavier-uniform, biases zero.
 
@@ -61,6 +63,7 @@ class AutoEncoder(nn.Module):
         dropout: float = 0.0,
         tied: bool = False,
         last_activation: str = "none",
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         for name in (activation, last_activation):
@@ -70,8 +73,9 @@ class AutoEncoder(nn.Module):
                 )
         if n_in < 1 or not hidden or any(h < 1 for h in hidden):
             raise ValueError(f"bad layer sizes: n_in={n_in}, hidden={tuple(hidden)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        for name, p in (("dropout", dropout), ("input_dropout", input_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
         self.config = dict(
             n_in=n_in,
             hidden=list(hidden),
@@ -79,6 +83,7 @@ class AutoEncoder(nn.Module):
             dropout=dropout,
             tied=tied,
             last_activation=last_activation,
+            input_dropout=input_dropout,
         )
         sizes = [n_in, *hidden]
         self.encoder = nn.ModuleList(
@@ -99,6 +104,7 @@ class AutoEncoder(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.dropout(x, self.config["input_dropout"], self.training)
         return self.encode_rest(self.encoder[0](x))
 
     def encode_rest(self, z1: torch.Tensor) -> torch.Tensor:
@@ -155,8 +161,10 @@ class AutoEncoder(nn.Module):
         if not self.supports_sparse:
             raise ValueError("sparse_loss needs last_activation='none' (a linear output layer)")
         first = self.encoder[0]
+        # Dropout on the stored values is dropout on the dense input (its zeros stay zero).
+        x_val = nn.functional.dropout(val, self.config["input_dropout"], self.training)
         z1 = sparse_linear(
-            (crow, col, val),
+            (crow, col, x_val),
             first.weight,
             first.bias,
             index=index,

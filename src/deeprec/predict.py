@@ -21,8 +21,13 @@ def predict_entries(
     cols: np.ndarray,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    offsets=None,
 ) -> np.ndarray:
-    """Unclipped predictions at (rows[k], cols[k]) for every k."""
+    """Unclipped predictions at (rows[k], cols[k]) for every k.
+
+    matrix holds the model's inputs. offsets: the baseline.Biases the model was trained
+    on top of (--residual); added back here.
+    """
     was_training = model.training
     model.eval()
     out = np.empty(len(rows), dtype=np.float64)
@@ -35,7 +40,7 @@ def predict_entries(
         col = torch.as_tensor(cols[pick], device=pred.device)
         out[pick] = pred[local, col].double().cpu().numpy()
     model.train(was_training)
-    return out
+    return out if offsets is None else out + offsets.at(rows, cols)
 
 
 @torch.no_grad()
@@ -47,6 +52,48 @@ def predict_vector(model: AutoEncoder, x: torch.Tensor) -> torch.Tensor:
         return model(x)
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def score_items(
+    model: AutoEncoder,
+    inputs: RatingMatrix,
+    users: np.ndarray,
+    device: torch.device | str = "cpu",
+    offsets=None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Predicted ratings of every item for each user index in ``users``: (len(users), n_items).
+
+    User-based models predict a user's row from their training vector; item-based models
+    predict every item's row and read the users' columns (items x users, in batches).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if inputs.by == "user":
+            out = np.empty((len(users), inputs.n_cols))
+            for s in range(0, len(users), batch_size):
+                chunk = users[s : s + batch_size]
+                out[s : s + len(chunk)] = (
+                    model(inputs.batch(chunk, device).dense()).double().cpu().numpy()
+                )
+        else:
+            out = np.empty((inputs.n_rows, len(users)))
+            cols = torch.as_tensor(users, device=device)
+            for s in range(0, inputs.n_rows, batch_size):
+                rows = np.arange(s, min(s + batch_size, inputs.n_rows))
+                pred = model(inputs.batch(rows, device).dense())
+                out[rows] = pred[:, cols].double().cpu().numpy()
+            out = out.T
+    finally:
+        model.train(was_training)
+    if offsets is not None:
+        if inputs.by == "user":
+            out += offsets.mu + offsets.rows[users][:, None] + offsets.cols[None, :]
+        else:
+            out += offsets.mu + offsets.cols[users][:, None] + offsets.rows[None, :]
+    return out
 
 
 def rmse_mae(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

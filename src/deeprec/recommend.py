@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import torch
 
-from deeprec import cli
+from deeprec import baseline, cli
 from deeprec.evaluate import load_run
-from deeprec.predict import predict_entries, predict_vector
+from deeprec.predict import predict_vector, score_items
 
 
 def parse_ratings(text: str, scale: tuple[float, float]) -> dict[int, float]:
@@ -63,8 +63,8 @@ def main(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise cli.UsageError(f"-k must be >= 1, got {args.k}")
     device = resolve_device(args.device)
-    model, matrix, _, dataset = load_run(args.checkpoint, args.data_dir, device)
-    items = matrix.item_ids()
+    run = load_run(args.checkpoint, args.data_dir, device)
+    matrix, items = run.matrix, run.matrix.item_ids()
     if args.user is not None:
         users = matrix.user_ids()
         u = int(np.searchsorted(users, args.user))
@@ -72,16 +72,8 @@ def main(args: argparse.Namespace) -> int:
             raise cli.UsageError(
                 f"--user {args.user} is not in the training data ({len(users)} users)"
             )
-        if matrix.by == "user":
-            rated = matrix.train[u].indices
-            scores = predict_entries(
-                model, matrix, np.full(len(items), u), np.arange(len(items)), device
-            )
-        else:
-            rated = matrix.train[:, u].nonzero()[0]
-            scores = predict_entries(
-                model, matrix, np.arange(len(items)), np.full(len(items), u), device
-            )
+        rated = matrix.train[u].indices if matrix.by == "user" else matrix.train[:, u].nonzero()[0]
+        scores = score_items(run.model, run.inputs, np.array([u]), device, run.offsets)[0]
         who = f"user {args.user} ({len(rated)} training ratings)"
     else:
         if matrix.by != "user":
@@ -91,11 +83,16 @@ def main(args: argparse.Namespace) -> int:
         unknown = [i for i, p in zip(given, pos, strict=True) if p >= len(items) or items[p] != i]
         if unknown:
             raise cli.UsageError(f"--ratings: item ids not in the training data: {unknown[:10]}")
+        values = np.array(list(given.values()))
+        offset = np.zeros(len(items))
+        if run.offsets is not None:  # --residual: the new user's bias, folded in like the rest
+            b_user = baseline.fold_in_row(run.offsets, pos, values)
+            offset = run.offsets.mu + b_user + run.offsets.cols
         x = torch.zeros(1, len(items), device=device)
-        x[0, torch.as_tensor(pos, device=device)] = torch.tensor(
-            list(given.values()), device=device
+        x[0, torch.as_tensor(pos, device=device)] = torch.as_tensor(
+            values - offset[pos], dtype=torch.float32, device=device
         )
-        scores = predict_vector(model, x)[0].double().cpu().numpy()
+        scores = predict_vector(run.model, x)[0].double().cpu().numpy() + offset
         rated = pos
         who = f"a new user ({len(given)} ratings)"
     # Rank by the raw score (clipping would tie everything above the scale's top),
@@ -106,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
     shown = np.clip(scores[top], *matrix.scale)
     print(f"Top {len(top)} for {who}:")
     for rank, (j, score) in enumerate(zip(top, shown, strict=True), 1):
-        title = dataset.titles.get(int(items[j]), f"item {items[j]}")
+        title = run.dataset.titles.get(int(items[j]), f"item {items[j]}")
         print(f"{rank:3d}. {score:.2f}  {title}  [{items[j]}]")
     return 0
 

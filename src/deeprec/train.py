@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deeprec import __version__, checkpoint, cli
+from deeprec import __version__, baseline, checkpoint, cli
 from deeprec.data import SPLITS, Batch, DataError, RatingMatrix, load, split
 from deeprec.model import ACTIVATIONS, AutoEncoder
 from deeprec.ops import masked_mse
@@ -96,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--dropout", type=float, help="dropout on the code layer [0]")
     m.add_argument(
+        "--input-dropout",
+        type=float,
+        help="dropout on the input ratings while training (denoising) [0]",
+    )
+    m.add_argument(
+        "--residual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="learn the residual over the regularized user+item bias baseline [no]",
+    )
+    m.add_argument(
         "--tied",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -140,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CONFIG_KEYS = (
+    "input_dropout",
+    "residual",
     "data",
     "split",
     "quantile",
@@ -159,8 +172,12 @@ CONFIG_KEYS = (
 )
 
 
+# Options added after the seed preset; a preset or an older checkpoint without them gets these.
+CONFIG_DEFAULTS = {"input_dropout": 0.0, "residual": False}
+
+
 def build_config(args: argparse.Namespace) -> dict[str, Any]:
-    config = load_preset(args.preset)
+    config = {**CONFIG_DEFAULTS, **load_preset(args.preset)}
     for key in CONFIG_KEYS:
         value = getattr(args, key)
         if value is not None:
@@ -203,6 +220,7 @@ def build_model(config: dict[str, Any], n_in: int) -> AutoEncoder:
         config["dropout"],
         config["tied"],
         config["last_activation"],
+        config.get("input_dropout", 0.0),
     )
 
 
@@ -225,8 +243,23 @@ def prepare_data(config: dict[str, Any], data_dir: str | None) -> tuple[Any, Rat
     return dataset, RatingMatrix.from_split(train_df, val_df, config["by"], dataset.scale)
 
 
-def validate(model: AutoEncoder, matrix: RatingMatrix, device: torch.device) -> dict[str, float]:
-    pred = predict_entries(model, matrix, matrix.val_rows, matrix.val_cols, device)
+def model_inputs(config: dict[str, Any], matrix: RatingMatrix) -> tuple[RatingMatrix, Any]:
+    """(the matrix the model reads and learns, offsets to add to its outputs or None).
+
+    With --residual the model learns r - (mu + b_user + b_item), the regularized bias
+    baseline fitted on the training ratings (deterministic, so evaluate and recommend
+    rebuild it exactly); a model that learns nothing then predicts the baseline.
+    """
+    if not config.get("residual"):
+        return matrix, None
+    offsets = baseline.fit(matrix.train, matrix.by)
+    return matrix.minus(offsets), offsets
+
+
+def validate(
+    model: AutoEncoder, matrix: RatingMatrix, device: torch.device, offsets: Any = None
+) -> dict[str, float]:
+    pred = predict_entries(model, matrix, matrix.val_rows, matrix.val_cols, device, offsets=offsets)
     lo, hi = matrix.scale
     rmse, mae = rmse_mae(np.clip(pred, lo, hi), matrix.val_ratings)
     rmse_u, mae_u = rmse_mae(pred, matrix.val_ratings)
@@ -338,7 +371,7 @@ def main(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         state = checkpoint.load(args.resume)
-        config = dict(state["config"])
+        config = {**CONFIG_DEFAULTS, **state["config"]}
         if args.epochs is not None:
             config["epochs"] = args.epochs
         out = args.resume if args.resume.is_dir() else args.resume.parent
@@ -363,6 +396,7 @@ def _train(args: argparse.Namespace) -> int:
             f"{args.resume}: checkpoint was trained on different data than {dataset.path} gives now"
         )
     model = build_model(config, matrix.n_cols).to(device)
+    inputs, offsets = model_inputs(config, matrix)
     sparse_path = config["fused"] and model.supports_sparse
     try:
         optimizer = build_optimizer(
@@ -401,7 +435,7 @@ def _train(args: argparse.Namespace) -> int:
     metrics = None
     for epoch in range(start + 1, config["epochs"] + 1):
         bar = tqdm(
-            matrix.batches(config["batch_size"], device, generator=shuffle),
+            inputs.batches(config["batch_size"], device, generator=shuffle),
             total=math.ceil(matrix.n_rows / config["batch_size"]),
             desc=f"epoch {epoch}",
             leave=False,
@@ -416,7 +450,7 @@ def _train(args: argparse.Namespace) -> int:
                 "(try a lower --lr)"
             ) from None
         seconds = time.perf_counter() - t0
-        metrics = validate(model, matrix, device)
+        metrics = validate(model, inputs, device, offsets)
         history.append(
             {
                 "epoch": epoch,

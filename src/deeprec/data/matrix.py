@@ -79,6 +79,10 @@ class RatingMatrix:
             (train["rating"].to_numpy(np.float32), (r, c)), shape=(len(row_ids), len(col_ids))
         )
         mat.sort_indices()
+        # A validation rating is only predictable when its row and its column both have
+        # training data (a user whose every rating fell in validation has no input vector).
+        known = val[row_key].isin(row_ids).to_numpy() & val[col_key].isin(col_ids).to_numpy()
+        val = val[known]
         vr = np.searchsorted(row_ids, val[row_key].to_numpy())
         vc = np.searchsorted(col_ids, val[col_key].to_numpy())
         if scale is None:
@@ -129,6 +133,24 @@ class RatingMatrix:
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(self.by.encode())
         return h.hexdigest()
+
+    def minus(self, offsets) -> RatingMatrix:
+        """The same matrix with offsets.at(row, col) subtracted from every training rating."""
+        coo = self.train.tocoo()
+        data = (coo.data - offsets.at(coo.row, coo.col)).astype(np.float32)
+        shifted = sp.csr_matrix(
+            (data, self.train.indices, self.train.indptr), shape=self.train.shape
+        )
+        return RatingMatrix(
+            shifted,
+            self.row_ids,
+            self.col_ids,
+            self.by,
+            self.val_rows,
+            self.val_cols,
+            self.val_ratings,
+            self.scale,
+        )
 
     def batch(self, rows: np.ndarray, device: torch.device | str = "cpu") -> Batch:
         """Training rows ``rows`` as a CSR batch on ``device``."""

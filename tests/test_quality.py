@@ -1,0 +1,148 @@
+"""Issue #6 machinery: residual learning, input dropout, ranking metrics, bootstrap intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import random_csr
+from datasets import write_movielens_csv
+
+from deeprec import baseline
+from deeprec.data import RatingMatrix
+from deeprec.evaluate import bootstrap_rmse, ranking_metrics
+from deeprec.evaluate import cli_main as evaluate_main
+from deeprec.model import AutoEncoder
+from deeprec.ops import masked_mse
+from deeprec.predict import predict_entries, score_items
+from deeprec.recommend import cli_main as recommend_main
+from deeprec.train import cli_main as train_main
+from deeprec.train import model_inputs
+
+
+def toy_matrix(by="user"):
+    rng = np.random.default_rng(0)
+    rows = [
+        (u, i, float(rng.integers(1, 6)), u * 100 + i)
+        for u in range(12)
+        for i in rng.choice(15, 6, replace=False)
+    ]
+    df = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    m = RatingMatrix.from_split(df.iloc[:-10], df.iloc[-10:], by, (1.0, 5.0))
+    assert len(m.val_ratings) > 0
+    return m
+
+
+@pytest.mark.parametrize("by", ["user", "item"])
+def test_residual_model_that_outputs_zero_predicts_the_bias_baseline(by):
+    m = toy_matrix(by)
+    inputs, offsets = model_inputs({"residual": True}, m)
+    fitted = baseline.fit(m.train, m.by)
+    np.testing.assert_allclose(
+        inputs.train.data, m.train.data - fitted.at(*m.train.nonzero()), atol=1e-5
+    )
+    model = AutoEncoder(m.n_cols, (4,))
+    with torch.no_grad():
+        last = model.decoder[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+    pred = predict_entries(model, inputs, m.val_rows, m.val_cols, offsets=offsets)
+    np.testing.assert_allclose(pred, fitted.at(m.val_rows, m.val_cols), atol=1e-6)
+    # score_items agrees with predict_entries in either orientation
+    users = np.unique(m.val_rows if by == "user" else m.val_cols)
+    scores = score_items(model, inputs, users, offsets=offsets)
+    for u in users[:3]:
+        items = np.arange(m.n_items)
+        r, c = (np.full_like(items, u), items) if by == "user" else (items, np.full_like(items, u))
+        np.testing.assert_allclose(
+            scores[list(users).index(u)],
+            predict_entries(model, inputs, r, c, offsets=offsets),
+            atol=1e-6,
+        )
+
+
+def test_input_dropout_is_training_only_and_the_sparse_path_matches_the_dense_one_in_eval():
+    crow, col, val = random_csr(6, 30, 0.3, seed=1)
+    model = AutoEncoder(30, (8,), input_dropout=0.5).double()
+    dense = torch.zeros(6, 30, dtype=torch.float64)
+    dense[torch.repeat_interleave(torch.arange(6), crow.diff()), col] = val
+    model.eval()
+    torch.testing.assert_close(
+        model.sparse_loss(crow, col, val),
+        masked_mse(model(dense), (crow, col, val)),
+        rtol=1e-10,
+        atol=1e-10,
+    )
+    model.train()
+    torch.manual_seed(0)
+    a = model.sparse_loss(crow, col, val)
+    torch.manual_seed(1)
+    b = model.sparse_loss(crow, col, val)
+    assert a.item() != b.item()  # different masks -> different losses
+
+
+def test_ranking_metrics_on_a_hand_example():
+    # one user, 5 items; item 0 rated in training, validation: item 3 (5 stars), item 4 (2 stars)
+    train = pd.DataFrame(
+        [(1, 0, 4.0, 0), (2, 1, 3.0, 0), (2, 2, 3.0, 0), (2, 3, 3.0, 0), (2, 4, 3.0, 0)],
+        columns=["user", "item", "rating", "timestamp"],
+    )
+    val = pd.DataFrame(
+        [(1, 3, 5.0, 1), (1, 4, 2.0, 1)], columns=["user", "item", "rating", "timestamp"]
+    )
+    m = RatingMatrix.from_split(train, val, "user")
+    scores = np.array([[9.0, 1.0, 2.0, 3.0, 8.0]])  # item 0 excluded (rated); ranking 4,3,2,1
+    got = ranking_metrics(scores, np.array([0]), m, k=10)
+    assert got["users"] == 1
+    assert got["precision@10"] == pytest.approx(1 / 10)
+    assert got["recall@10"] == pytest.approx(1.0)
+    assert got["ndcg@10"] == pytest.approx((1 / np.log2(3)) / 1.0)  # hit at rank 2
+
+
+def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_more_data():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=4000)
+    pred = truth + rng.normal(scale=0.9, size=4000)
+    rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
+    lo, hi = bootstrap_rmse(pred, truth)
+    lo_s, hi_s = bootstrap_rmse(pred[:200], truth[:200])
+    assert lo < rmse < hi and (hi - lo) < (hi_s - lo_s)
+
+
+def test_residual_and_input_dropout_runs_end_to_end(tmp_path, capsys):
+    data = write_movielens_csv(tmp_path / "toy")
+    out = tmp_path / "run"
+    args = [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--hidden",
+        "8",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--split",
+        "user-time",
+        "--epochs",
+        "2",
+        "--residual",
+        "--input-dropout",
+        "0.2",
+        "--fused",
+    ]
+    assert train_main(args) == 0
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "popularity" in text and "95% interval" in text
+    assert recommend_main(["--checkpoint", str(out), "--ratings", "3=5,4=1", "-k", "3"]) == 0
+    assert "Top 3" in capsys.readouterr().out
+
+
+def test_best_preset_exists_and_loads():
+    from deeprec.train import load_preset
+
+    best = load_preset("best")
+    assert best["residual"] is True and best["by"] in ("user", "item")
