@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,3 +148,83 @@ def test_best_preset_exists_and_loads():
 
     best = load_preset("best")
     assert best["residual"] is True and best["by"] in ("user", "item")
+
+
+def test_cosine_schedule_and_set_lr_reach_every_parameter_group():
+    from deeprec.optim import build
+    from deeprec.train import epoch_lr, set_lr
+
+    config = {"lr": 0.01, "epochs": 5, "lr_schedule": "cosine"}
+    lrs = [epoch_lr(config, e) for e in range(1, 6)]
+    assert lrs[0] == pytest.approx(0.01) and all(a > b for a, b in pairwise(lrs))
+    assert epoch_lr({**config, "lr_schedule": "constant"}, 4) == 0.01
+    model = AutoEncoder(20, (4,))
+    for sparse_path in (False, True):
+        opt = build("adam", model, 0.01, 0.0, sparse_path)
+        set_lr(opt, 0.123)
+        assert all(g["lr"] == 0.123 for g in opt.param_groups)
+
+
+def test_refeed_step_fits_the_models_own_output():
+    from deeprec.train import refeed_step
+
+    m = toy_matrix("user")
+    torch.manual_seed(0)
+    model = AutoEncoder(m.n_cols, (6,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = m.batch(np.arange(m.n_rows))
+
+    def refeed_loss():
+        with torch.no_grad():
+            y = model(batch.dense())
+            return torch.nn.functional.mse_loss(model(y), y).item()
+
+    before = refeed_loss()
+    for _ in range(20):
+        refeed_step(model, opt, batch)
+    assert refeed_loss() < before
+
+
+def test_interrupted_schedule_and_refeed_run_resumes_exactly(tmp_path, monkeypatch):
+    import json
+
+    from deeprec import train as train_mod
+
+    data = write_movielens_csv(tmp_path / "toy")
+    common = [
+        "--data",
+        str(data),
+        "--hidden",
+        "8",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--split",
+        "user-time",
+        "--fused",
+        "--lr-schedule",
+        "cosine",
+        "--refeed",
+        "--residual",
+        "--epochs",
+        "4",
+    ]
+    assert train_main([*common, "--out", str(tmp_path / "a")]) == 0
+    real, calls = train_mod.run_epoch, {"n": 0}
+
+    def stop_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "run_epoch", stop_in_epoch_3)
+    assert train_main([*common, "--out", str(tmp_path / "b")]) == 130
+    monkeypatch.setattr(train_mod, "run_epoch", real)
+    assert train_main(["--resume", str(tmp_path / "b"), "--quiet"]) == 0
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())["epochs"]
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())["epochs"]
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b, strict=True):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-6)
+        assert x["val_rmse"] == pytest.approx(y["val_rmse"], abs=1e-6)

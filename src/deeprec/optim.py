@@ -71,11 +71,15 @@ class ItemAdam:
         )
         self.lazy, self.betas, self.eps, self.weight_decay = lazy, betas, eps, weight_decay
         self.item_group = {"params": self.items, "lr": lr}
-        self.param_groups = [self.item_group, *self.dense.param_groups]
         self.item_state = [
             {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
             for p in self.items
         ]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Live groups (torch's load_state_dict replaces the dense optimizer's group dicts)."""
+        return [self.item_group, *self.dense.param_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.items:

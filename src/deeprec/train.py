@@ -120,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
         "item matrices (only the batch's items move; needs --fused; different math)",
     )
     o.add_argument("--lr", type=float, help="learning rate [1e-3]")
+    o.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        help="learning rate over the epochs: constant, or cosine annealing to 0 [constant]",
+    )
+    o.add_argument(
+        "--refeed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dense re-feeding (Kuchaiev & Ginsburg 2017): after each step, feed the dense "
+        "output back in and fit it too; needs the dense output, so it is slow [no]",
+    )
     o.add_argument("--weight-decay", type=float, help="L2 weight decay [0]")
     o.add_argument(
         "--epochs", type=int, help="total epochs (with --resume: continue up to this) [40]"
@@ -153,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 CONFIG_KEYS = (
     "input_dropout",
     "residual",
+    "lr_schedule",
+    "refeed",
     "data",
     "split",
     "quantile",
@@ -173,7 +187,12 @@ CONFIG_KEYS = (
 
 
 # Options added after the seed preset; a preset or an older checkpoint without them gets these.
-CONFIG_DEFAULTS = {"input_dropout": 0.0, "residual": False}
+CONFIG_DEFAULTS = {
+    "input_dropout": 0.0,
+    "residual": False,
+    "lr_schedule": "constant",
+    "refeed": False,
+}
 
 
 def build_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -324,12 +343,35 @@ def batch_loss(
     return masked_mse(model(batch.dense()), batch.csr, impl="fused")
 
 
+def epoch_lr(config: dict[str, Any], epoch: int) -> float:
+    """The learning rate of 1-based ``epoch`` under the config's schedule (resume-exact)."""
+    if config.get("lr_schedule", "constant") == "cosine":
+        return config["lr"] * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / config["epochs"]))
+    return config["lr"]
+
+
+def set_lr(optimizer: Any, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def refeed_step(model: AutoEncoder, optimizer: Any, batch: Batch) -> None:
+    """Dense re-feeding: fit f(f(x)) to f(x) over every item, f(x) held fixed."""
+    with torch.no_grad():
+        target = model(batch.dense())
+    loss = torch.nn.functional.mse_loss(model(target), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def run_epoch(
     model: AutoEncoder,
     optimizer: torch.optim.Optimizer,
     batches: Iterable[Batch],
     fused: bool,
     sparse_grad: bool = False,
+    refeed: bool = False,
 ) -> float:
     """One pass over ``batches``; returns the epoch's loss (MSE over all its ratings)."""
     model.train()
@@ -342,6 +384,8 @@ def run_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if refeed:
+            refeed_step(model, optimizer, batch)
         loss_sum += value * batch.col.numel()
         count += batch.col.numel()
     return loss_sum / max(count, 1)
@@ -443,7 +487,10 @@ def _train(args: argparse.Namespace) -> int:
         )
         t0 = time.perf_counter()
         try:
-            train_loss = run_epoch(model, optimizer, bar, config["fused"], sparse_grad)
+            set_lr(optimizer, epoch_lr(config, epoch))
+            train_loss = run_epoch(
+                model, optimizer, bar, config["fused"], sparse_grad, config.get("refeed", False)
+            )
         except TrainingDiverged as exc:
             raise TrainingDiverged(
                 f"{exc} in epoch {epoch}; the last good checkpoint is {out / 'model.pt'} "
