@@ -137,17 +137,22 @@ def read_movielens_csv(folder: Path) -> Ratings:
     return r
 
 
+def _id_titles(text: str, sep: str) -> dict[int, str]:
+    """{id: title} from lines "id<sep>title<sep>..." (ml-100k u.item, ml-1m/10m movies.dat)."""
+    titles = {}
+    for line in text.splitlines():
+        parts = line.split(sep)
+        if len(parts) > 1 and parts[0].strip().isdigit():
+            titles[int(parts[0])] = parts[1]
+    return titles
+
+
 def read_ml100k(folder: Path) -> Ratings:
     """ml-100k: u.data (tab-separated user item rating timestamp), u.item (Latin-1, '|')."""
     path = folder / "u.data"
     frame = _frame(_read_text(path), path, "\t", ["user", "item", "rating", "timestamp"], False)
-    titles = {}
     item_file = folder / "u.item"
-    if item_file.exists():
-        for line in _read_text(item_file, "latin-1").splitlines():
-            parts = line.split("|")
-            if len(parts) > 1 and parts[0].strip().isdigit():
-                titles[int(parts[0])] = parts[1]
+    titles = _id_titles(_read_text(item_file, "latin-1"), "|") if item_file.exists() else {}
     return Ratings(frame, path, titles, (1.0, 5.0))
 
 
@@ -163,10 +168,7 @@ def read_ml_dat(folder: Path) -> Ratings:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:  # ml-1m's movies.dat is Latin-1
             text = raw.decode("latin-1")
-        for line in text.splitlines():
-            parts = line.split("::")
-            if len(parts) > 1 and parts[0].strip().isdigit():
-                titles[int(parts[0])] = parts[1]
+        titles = _id_titles(text, "::")
     scale = (1.0, 5.0) if folder.name.lower().startswith("ml-1m") else (0.5, 5.0)
     return Ratings(frame, path, titles, scale)
 
