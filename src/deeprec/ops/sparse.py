@@ -113,9 +113,9 @@ def sparse_linear(
     Differentiable with respect to weight and bias (x is data). ``index``: the
     batch's ColumnIndex, if already known (RatingMatrix batches carry one).
     ``sparse_grad``: the fused path returns weight's gradient as a sparse COO tensor
-    holding only the batch's columns (for torch.optim.SparseAdam).
+    holding only the batch's columns (for deeprec.optim.ItemAdam).
     """
-    _check_weight(weight, bias, "weight", "bias", rows_dim=0)
+    _check_weight(weight, bias)
     parts = csr.unpack(x, (_rows_of(x), weight.shape[0]), name="x")
     _check_same(weight, parts.val, "x values")
     if choose_impl(weight, impl, "sparse_linear", SPARSE_DTYPES) == "reference":
@@ -142,7 +142,7 @@ def sparse_output_mse(
     Differentiable with respect to h, weight and bias. ``sparse_grad``: the fused path
     returns weight's and bias's gradients as sparse COO tensors of the batch's columns.
     """
-    _check_weight(weight, bias, "weight", "bias", rows_dim=0)
+    _check_weight(weight, bias)
     if not isinstance(h, torch.Tensor) or h.dim() != 2 or h.shape[1] != weight.shape[1]:
         raise ValueError(
             f"h must be (B, {weight.shape[1]}) to match weight {tuple(weight.shape)}, "
@@ -172,26 +172,25 @@ def _rows_of(x: object) -> int:
     )
 
 
-def _check_weight(weight, bias, wname: str, bname: str, rows_dim: int) -> None:
+def _check_weight(weight, bias) -> None:
+    """An item-major (items x hidden) weight and its 1-D bias, as the kernels read them."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ValueError(f"{wname} must be a 2-D tensor (items x hidden)")
+        raise ValueError("weight must be a 2-D tensor (items x hidden)")
     if not weight.is_floating_point():
-        raise TypeError(f"{wname} must be floating point, got {weight.dtype}")
+        raise TypeError(f"weight must be floating point, got {weight.dtype}")
     if not weight.is_contiguous():
-        raise ValueError(f"{wname} must be contiguous (item-major rows)")
+        raise ValueError("weight must be contiguous (item-major rows)")
     if bias is not None:
-        _check_same(weight, bias, bname)
+        _check_same(weight, bias, "bias")
         if bias.dim() != 1 or not bias.is_contiguous():
-            raise ValueError(
-                f"{bname} must be a contiguous 1-D tensor, got shape {tuple(bias.shape)}"
-            )
+            raise ValueError(f"bias must be a contiguous 1-D tensor, got shape {tuple(bias.shape)}")
 
 
 def _check_same(ref: torch.Tensor, other: torch.Tensor, name: str) -> None:
     if other.dtype != ref.dtype:
-        raise TypeError(f"{name} have dtype {other.dtype} but the weight has {ref.dtype}")
+        raise TypeError(f"{name}: dtype {other.dtype}, but the weight's dtype is {ref.dtype}")
     if other.device != ref.device:
-        raise ValueError(f"{name} are on {other.device} but the weight is on {ref.device}")
+        raise ValueError(f"{name}: on {other.device}, but the weight is on {ref.device}")
 
 
 def _check_index(index: ColumnIndex, nnz: int, n_rows: int, n_cols: int) -> None:
