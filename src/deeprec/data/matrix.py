@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,26 @@ class Batch:
     col: torch.Tensor  # int64 (nnz)
     val: torch.Tensor  # float32 (nnz)
     n_cols: int
-    index: tuple[torch.Tensor, ...] | None = None  # its ColumnIndex (deeprec.ops.sparse)
+    host: tuple[np.ndarray, np.ndarray] | None = None  # (indptr, indices) on the host
+    _index: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
+
+    @property
+    def index(self):
+        """Its ColumnIndex (deeprec.ops.sparse), built on first use: only the sparse path
+        needs it, and from the host arrays it costs no device sync."""
+        if self._index is None:
+            from deeprec.ops.sparse import ColumnIndex, column_index, column_index_numpy
+
+            if self.host is not None:
+                parts = column_index_numpy(*self.host)
+                self._index = ColumnIndex(*(torch.from_numpy(a).to(self.col.device) for a in parts))
+            else:
+                self._index = column_index(self.crow, self.col)
+        return self._index
+
+    @index.setter
+    def index(self, value) -> None:
+        self._index = value
 
     @property
     def csr(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -154,22 +173,15 @@ class RatingMatrix:
 
     def batch(self, rows: np.ndarray, device: torch.device | str = "cpu") -> Batch:
         """Training rows ``rows`` as a CSR batch on ``device``."""
-        from deeprec.ops.sparse import ColumnIndex, column_index_numpy
-
         sub = self.train[rows]
         indptr, indices = sub.indptr.astype(np.int64), sub.indices.astype(np.int64)
-        # The column index the sparse path's backward needs, built here on the host so a
-        # training step never waits on it.
-        index = ColumnIndex(
-            *(torch.from_numpy(a).to(device) for a in column_index_numpy(indptr, indices))
-        )
         return Batch(
             torch.as_tensor(np.asarray(rows), dtype=torch.int64).to(device),
             torch.from_numpy(indptr).to(device),
             torch.from_numpy(indices).to(device),
             torch.from_numpy(sub.data.astype(np.float32)).to(device),
             self.n_cols,
-            index,
+            (indptr, indices),
         )
 
     def batches(
