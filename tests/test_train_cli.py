@@ -10,8 +10,7 @@ import pytest
 import torch
 from datasets import write_movielens_csv
 
-from deeprec import checkpoint
-from deeprec.evaluate import bias_baseline
+from deeprec import baseline, checkpoint
 from deeprec.evaluate import cli_main as evaluate_main
 from deeprec.recommend import cli_main as recommend_main
 from deeprec.train import cli_main as train_main
@@ -142,8 +141,8 @@ def test_bias_baseline_recovers_additive_structure(data_dir):
     ]
     df = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
     m = RatingMatrix.from_split(df, df.iloc[:0], "user")
-    mu, b_row, b_col = bias_baseline(m, reg_user=0.0, reg_item=0.0, sweeps=50)
-    pred = mu + b_row[:, None] + b_col[None, :]
+    fitted = baseline.fit(m.train, m.by, reg_user=0.0, reg_item=0.0, sweeps=50)
+    pred = fitted.mu + fitted.rows[:, None] + fitted.cols[None, :]
     np.testing.assert_allclose(pred, 3 + bu[:, None] + bi[None, :], atol=1e-4)
 
 

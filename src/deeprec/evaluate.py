@@ -24,14 +24,6 @@ from deeprec.model import AutoEncoder
 from deeprec.predict import predict_entries, rmse_mae, score_items
 
 
-def bias_baseline(
-    matrix: RatingMatrix, reg_user: float = 15.0, reg_item: float = 10.0, sweeps: int = 10
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """(mu, row biases, col biases) of mu + b_row + b_col, fitted by ALS on the training CSR."""
-    b = baseline.fit(matrix.train, matrix.by, reg_user, reg_item, sweeps)
-    return b.mu, b.rows, b.cols
-
-
 @dataclass
 class Run:
     """A trained model with the data it was trained on, re-derived from its checkpoint."""
