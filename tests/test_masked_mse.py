@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from deeprec import _native
 from deeprec.ops import fused_available, masked_mse, masked_mse_reference
-from deeprec.ops import loss as ops
+from deeprec.ops import launch as ops
 
 pytestmark = pytest.mark.usefixtures("native_required")
 

@@ -14,7 +14,7 @@ from datasets import write_movielens_csv
 from deeprec import checkpoint, csr
 from deeprec import train as train_mod
 from deeprec.evaluate import cli_main as evaluate_main
-from deeprec.ops.sparse import column_index_numpy
+from deeprec.csr import column_index_numpy
 from deeprec.train import cli_main as train_main
 
 SMALL = ["--hidden", "8", "--batch-size", "8", "--quiet", "--split", "user-time"]

@@ -11,7 +11,7 @@ from conftest import random_csr
 
 from deeprec.model import AutoEncoder
 from deeprec.ops import column_index, masked_mse, sparse_linear, sparse_output_mse
-from deeprec.ops.optim import row_adam_step
+from deeprec.ops import row_adam_step
 
 pytestmark = pytest.mark.cuda
 

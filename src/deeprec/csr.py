@@ -1,8 +1,11 @@
-"""CSR batch unpacking and validation shared by every op that takes rating rows.
+"""CSR batches and their column index: unpacking, and the checks every native op runs.
 
-Everything is checked here, in Python, before an address reaches native code:
-structure (ranks, lengths, dtypes, devices) without touching values, then the
-values (offsets, column bounds, canonical order) on the host.
+Native kernels trust the addresses and sizes they are given, so everything they read
+is checked here first: structure (tensor kind, rank, dtype, device, contiguity,
+lengths) without touching values, then the values (offsets, column bounds,
+canonical order, and a column index's consistency with its batch) on the host.
+Each registered op runs these checks itself, so a raw ``torch.ops.deeprec.*`` call
+is as safe as the public wrappers.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-_INDEX_DTYPES = (torch.int32, torch.int64)
+INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 class CSRParts(NamedTuple):
@@ -23,11 +26,28 @@ class CSRParts(NamedTuple):
     val: torch.Tensor
 
 
+class ColumnIndex(NamedTuple):
+    """A CSR batch's entries grouped by column (the transposed structure).
+
+    perm: entry ids sorted by (column, row); ucol: the distinct columns, ascending;
+    uptr: offsets of each distinct column's entries in perm; rows: each entry's row.
+    All int64, contiguous, on the batch's device. Exactly one index describes a
+    batch: the one ``column_index`` builds.
+    """
+
+    perm: torch.Tensor
+    ucol: torch.Tensor
+    uptr: torch.Tensor
+    rows: torch.Tensor
+
+
+# ------------------------------------------------------------------ unpacking
 def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRParts:
     """Split a torch sparse CSR tensor or a (crow, col, val) triple into checked parts.
 
-    ``shape`` is the dense (B, N) shape the batch must have. Raises TypeError or
-    ValueError naming ``name`` and what is wrong.
+    ``shape`` is the dense (B, N) shape the batch must have. crow is converted to
+    int64 and every part made contiguous (copies only where needed). Raises
+    TypeError or ValueError naming ``name`` and what is wrong.
     """
     if isinstance(target, torch.Tensor):
         if target.layout != torch.sparse_csr:
@@ -35,8 +55,6 @@ def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRP
                 f"{name} must be a torch sparse CSR tensor or a (crow, col, val) triple, "
                 f"got a tensor with layout {target.layout}"
             )
-        if target.dim() != 2:
-            raise ValueError(f"{name} must be a 2-D CSR tensor, got shape {tuple(target.shape)}")
         if tuple(target.shape) != tuple(shape):
             raise ValueError(
                 f"{name} has shape {tuple(target.shape)} but output has shape {tuple(shape)}"
@@ -44,32 +62,79 @@ def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRP
         crow, col, val = target.crow_indices(), target.col_indices(), target.values()
     elif isinstance(target, (tuple, list)) and len(target) == 3:
         crow, col, val = target
-        for part, what in ((crow, "crow"), (col, "col"), (val, "val")):
-            if not isinstance(part, torch.Tensor):
-                raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(part).__name__}")
-            if part.layout != torch.strided:
-                raise TypeError(f"{name}: {what} must be a dense (strided) tensor")
     else:
         raise TypeError(
             f"{name} must be a torch sparse CSR tensor or a (crow, col, val) triple, "
             f"got {type(target).__name__}"
         )
-    rows, _ = shape
+    check_structure(crow, col, val, shape[0], name, need_contiguous=False)
+    return CSRParts(crow.to(torch.int64).contiguous(), col.contiguous(), val.contiguous())
+
+
+# ------------------------------------------------------------------ structure checks
+def check_tensor(
+    t: object,
+    name: str,
+    *,
+    dim: int | None = None,
+    dtypes: tuple[torch.dtype, ...] | None = None,
+    device: torch.device | None = None,
+    contiguous: bool = True,
+) -> None:
+    """One argument of a native op: a dense tensor of the right rank, dtype and device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        allowed = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name} must be {allowed}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous())")
+
+
+def check_structure(
+    crow: object,
+    col: object,
+    val: object,
+    n_rows: int,
+    name: str = "target",
+    *,
+    need_contiguous: bool = True,
+) -> None:
+    """Ranks, dtypes, devices, lengths (and contiguity) of a CSR triple of ``n_rows`` rows.
+
+    Native ops need crow int64 and contiguous parts; the wrappers convert, so they
+    pass ``need_contiguous=False`` and accept int32 offsets.
+    """
+    for part, what in ((crow, "crow"), (col, "col"), (val, "val")):
+        if not isinstance(part, torch.Tensor):
+            raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(part).__name__}")
+        if part.layout != torch.strided:
+            raise TypeError(f"{name}: {what} must be a dense (strided) tensor")
     if crow.dim() != 1 or col.dim() != 1 or val.dim() != 1:
         raise ValueError(
             f"{name}: crow, col and val must be 1-D, got shapes "
             f"{tuple(crow.shape)}, {tuple(col.shape)}, {tuple(val.shape)}"
         )
-    if crow.dtype not in _INDEX_DTYPES or col.dtype not in _INDEX_DTYPES:
+    crow_dtypes = INDEX_DTYPES if not need_contiguous else (torch.int64,)
+    if crow.dtype not in crow_dtypes or col.dtype not in INDEX_DTYPES:
+        want = "int64" if need_contiguous else "int32 or int64"
         raise TypeError(
-            f"{name}: crow and col must be int32 or int64, got {crow.dtype} and {col.dtype}"
+            f"{name}: crow must be {want} and col int32 or int64, got {crow.dtype} and {col.dtype}"
         )
+    if not val.is_floating_point():
+        raise TypeError(f"{name}: val must be floating point, got {val.dtype}")
     if crow.numel() == 0:
         raise ValueError(f"{name}: crow is empty; a batch of B rows needs B + 1 offsets")
-    if crow.numel() != rows + 1:
+    if crow.numel() != n_rows + 1:
         raise ValueError(
-            f"{name}: crow has {crow.numel()} entries but the batch has {rows} rows "
-            f"(expected {rows + 1})"
+            f"{name}: crow has {crow.numel()} entries but the batch has {n_rows} rows "
+            f"(expected {n_rows + 1})"
         )
     if col.numel() != val.numel():
         raise ValueError(f"{name}: col has {col.numel()} entries but val has {val.numel()}")
@@ -78,9 +143,31 @@ def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRP
             f"{name}: crow, col and val are on different devices "
             f"({crow.device}, {col.device}, {val.device})"
         )
-    return CSRParts(crow.to(torch.int64).contiguous(), col.contiguous(), val.contiguous())
+    if need_contiguous:
+        for part, what in ((crow, "crow"), (col, "col"), (val, "val")):
+            if not part.is_contiguous():
+                raise ValueError(f"{name}: {what} must be contiguous")
 
 
+def check_index_structure(index: ColumnIndex, nnz: int, device: torch.device) -> None:
+    """Every ColumnIndex component: int64, 1-D, contiguous, on ``device``, right length."""
+    if not isinstance(index, (tuple, list)) or len(index) != 4:
+        raise TypeError("index must be a ColumnIndex (perm, ucol, uptr, rows)")
+    for t, what in zip(index, ColumnIndex._fields, strict=True):
+        check_tensor(t, f"index.{what}", dim=1, dtypes=(torch.int64,), device=device)
+    perm, ucol, uptr, rows = index
+    if perm.numel() != nnz or rows.numel() != nnz:
+        raise ValueError(
+            f"index: perm and rows must have one entry per stored rating ({nnz}), got "
+            f"{perm.numel()} and {rows.numel()}"
+        )
+    if uptr.numel() != ucol.numel() + 1:
+        raise ValueError(
+            f"index: uptr must have len(ucol) + 1 = {ucol.numel() + 1} entries, got {uptr.numel()}"
+        )
+
+
+# ------------------------------------------------------------------ value checks
 def check_values(parts: CSRParts, n_cols: int, name: str = "target") -> None:
     """Check offsets, column bounds and canonical order (strictly increasing columns per row).
 
@@ -132,3 +219,98 @@ def _describe(crow: np.ndarray, col: np.ndarray, n_cols: int, name: str) -> str:
                 "torch's coalesce())"
             )
     return f"{name}: malformed CSR batch"
+
+
+def check_grouping(perm, ucol, uptr, rows, n_rows: int, n_cols: int) -> np.ndarray | None:
+    """Internal consistency of a column index, on host arrays; raises ValueError.
+
+    perm is a permutation of the entries, ucol strictly increasing inside [0, n_cols),
+    every distinct column has at least one entry (uptr strictly increasing from 0 to
+    nnz), and rows lie in [0, n_rows). Returns perm as a numpy array (None if empty).
+    What kernels rely on: every address stays inside its array, and no two column
+    groups (CUDA blocks, CPU threads) write the same output row.
+    """
+    perm, ucol, uptr, rows = (np.asarray(a) for a in (perm, ucol, uptr, rows))
+    nnz = perm.size
+    if uptr[0] != 0 or uptr[-1] != nnz or bool((uptr[1:] <= uptr[:-1]).any()):
+        raise ValueError(
+            "index: uptr must rise strictly from 0 to nnz (every distinct column has entries)"
+        )
+    if ucol.size and (ucol[0] < 0 or ucol[-1] >= n_cols or bool((ucol[1:] <= ucol[:-1]).any())):
+        raise ValueError(f"index: ucol must be strictly increasing inside [0, {n_cols})")
+    if nnz == 0:
+        return None
+    if perm.min() < 0 or perm.max() >= nnz:
+        raise ValueError(f"index: perm holds ids outside [0, {nnz})")
+    seen = np.zeros(nnz, dtype=bool)
+    seen[perm] = True
+    if not seen.all():
+        raise ValueError("index: perm repeats an entry (it must be a permutation of the entries)")
+    if rows.min() < 0 or rows.max() >= n_rows:
+        raise ValueError(f"index: rows holds rows outside [0, {n_rows})")
+    return perm
+
+
+def check_index(index: ColumnIndex, parts: CSRParts, n_cols: int) -> None:
+    """A ColumnIndex must be exactly column_index(crow, col) of *this* batch.
+
+    Checked in linear time (no sort): the grouping is consistent (check_grouping),
+    rows are each entry's row under crow, col[perm] runs through ucol group by group,
+    and inside each group perm ascends (the stable order column_index produces).
+    Call after check_values(parts, n_cols).
+    """
+    check_index_structure(index, parts.col.numel(), parts.col.device)
+    crow = parts.crow.detach().cpu().numpy()
+    col = parts.col.detach().cpu().numpy()
+    perm, ucol, uptr, rows = (t.detach().cpu().numpy() for t in index)
+    n_rows = crow.size - 1
+    checked = check_grouping(perm, ucol, uptr, rows, n_rows, n_cols)
+    if checked is None:
+        return
+    counts = np.diff(crow)
+    if not np.array_equal(rows, np.repeat(np.arange(n_rows, dtype=np.int64), counts)):
+        raise ValueError("index: rows do not match this batch's crow (an index of another batch?)")
+    if not np.array_equal(col[perm], np.repeat(ucol, np.diff(uptr))):
+        raise ValueError("index: ucol/uptr/perm do not group this batch's columns")
+    rising = perm[1:] > perm[:-1]
+    rising[uptr[1:-1] - 1] = True  # a new column group may start anywhere
+    if not rising.all():
+        raise ValueError("index: entries of a column must be listed in row order")
+
+
+# ------------------------------------------------------------------ the column index
+def column_index_numpy(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(perm, ucol, uptr, rows) as int64 numpy arrays for a canonical CSR structure.
+
+    The caller vouches for the structure (RatingMatrix batches are ours and canonical);
+    ``column_index`` checks it first.
+    """
+    counts = np.diff(indptr)
+    rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    perm = np.argsort(indices, kind="stable").astype(np.int64)
+    ucol, per_col = np.unique(indices[perm], return_counts=True)
+    uptr = np.zeros(len(ucol) + 1, dtype=np.int64)
+    np.cumsum(per_col, out=uptr[1:])
+    return perm, ucol.astype(np.int64), uptr, rows
+
+
+def column_index(
+    crow: torch.Tensor, col: torch.Tensor, n_cols: int | None = None, name: str = "batch"
+) -> ColumnIndex:
+    """The column index of a CSR batch, built on the host after the batch is validated.
+
+    n_cols: the batch's width, if known (else only the offsets and order are checked).
+    """
+    placeholder = col.new_empty(col.numel(), dtype=torch.float32) if torch.is_tensor(col) else col
+    check_structure(
+        crow,
+        col,
+        placeholder,
+        crow.numel() - 1 if torch.is_tensor(crow) else 0,
+        name,
+        need_contiguous=False,
+    )
+    parts = CSRParts(crow.to(torch.int64), col, col)
+    check_values(parts, n_cols if n_cols is not None else np.iinfo(np.int64).max, name)
+    arrays = column_index_numpy(parts.crow.cpu().numpy(), col.cpu().numpy())
+    return ColumnIndex(*(torch.from_numpy(a).to(col.device) for a in arrays))

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from deeprec.ops.row_adam import row_adam_step
+
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "sparse-adam")
 
 
@@ -88,8 +90,6 @@ class ItemAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        from deeprec.ops.optim import row_adam_step
-
         for p, st in zip(self.items, self.item_state, strict=True):
             if p.grad is None:
                 continue  # as torch's Adam: a parameter without a gradient is left alone

@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from deeprec.csr import ColumnIndex, column_index, column_index_numpy
 from deeprec.data.errors import DataError
 
 
@@ -33,16 +34,14 @@ class Batch:
 
     @property
     def index(self):
-        """Its ColumnIndex (deeprec.ops.sparse), built on first use: only the sparse path
+        """Its ColumnIndex (deeprec.csr), built on first use: only the sparse path
         needs it, and from the host arrays it costs no device sync."""
         if self._index is None:
-            from deeprec.ops.sparse import ColumnIndex, column_index, column_index_numpy
-
             if self.host is not None:
                 parts = column_index_numpy(*self.host)
                 self._index = ColumnIndex(*(torch.from_numpy(a).to(self.col.device) for a in parts))
             else:
-                self._index = column_index(self.crow, self.col)
+                self._index = column_index(self.crow, self.col, self.n_cols)
         return self._index
 
     @index.setter

@@ -1,13 +1,89 @@
-"""How an op hands tensors to native code: addresses, dtype codes, device, stream.
+"""How an op reaches native code: the impl choice, the checks shared by every op, and
+the one launch helper that picks the CPU or CUDA entry point of a kernel family.
 
-Shared by every op module so launch details live in one place.
+Kept in one place so every op module launches the same way: addresses of
+contiguous tensors, dtype codes read from the compiled module, torch's thread
+count on the CPU, torch's current stream on CUDA.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import Literal
+
 import torch
 
 from deeprec import _native
+
+Impl = Literal["auto", "fused", "reference"]
+_warned: set[tuple[str, str]] = set()
+
+
+def fused_available(device: torch.device | str) -> bool:
+    """True when the fused kernels are compiled and can run on ``device``."""
+    return _native.unavailable_reason(device) is None
+
+
+def choose_impl(
+    t: torch.Tensor, impl: str, op: str, dtypes: tuple[torch.dtype, ...] | None = None
+) -> str:
+    """Resolve impl to "fused" or "reference" for a tensor's device and dtype, or raise.
+
+    "auto" falls back to the reference with one warning per (device type, reason).
+    """
+    if impl == "reference":
+        return "reference"
+    if impl not in ("auto", "fused"):
+        raise ValueError(f"impl must be 'auto', 'fused' or 'reference', got {impl!r}")
+    reason = _native.unavailable_reason(t.device)
+    supported = dtypes or _native.FUSED_DTYPES.get(t.device.type, ())
+    if reason is None and t.dtype not in supported:
+        reason = (
+            f"no fused kernel for {t.dtype} on {t.device.type} "
+            f"(supported: {', '.join(str(d) for d in supported)})"
+        )
+        if impl == "fused":
+            raise TypeError(f"{op}(impl='fused'): {reason}")
+    if reason is None:
+        return "fused"
+    if impl == "fused":
+        raise RuntimeError(f"{op}(impl='fused') is unavailable on {t.device}: {reason}")
+    key = (t.device.type, reason)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(
+            f"deeprec: using the reference {op} because {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "reference"
+
+
+def check_kernel(op: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...] | None = None) -> None:
+    """Inside a registered op: the native kernels exist for t's device and dtype."""
+    reason = _native.unavailable_reason(t.device)
+    if reason is not None:
+        raise RuntimeError(f"deeprec::{op}: no native kernel on {t.device}: {reason}")
+    supported = dtypes or _native.FUSED_DTYPES.get(t.device.type, ())
+    if t.dtype not in supported:
+        raise TypeError(
+            f"deeprec::{op}: no kernel for {t.dtype} on {t.device.type} "
+            f"(supported: {', '.join(str(d) for d in supported)})"
+        )
+
+
+def check_scale(scale: torch.Tensor | None, like: torch.Tensor, name: str = "scale") -> None:
+    """An optional one-element scale the kernels read in place: like's dtype and device."""
+    if scale is None:
+        return
+    if not isinstance(scale, torch.Tensor) or scale.numel() != 1:
+        raise ValueError(f"{name} must be a one-element tensor")
+    if scale.dtype != like.dtype or scale.device != like.device:
+        raise TypeError(
+            f"{name} must be {like.dtype} on {like.device}, got {scale.dtype} on {scale.device}"
+        )
+    if not scale.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
 
 
 def ptr(t: torch.Tensor | None) -> int:

@@ -8,18 +8,20 @@ works with autograd, ``torch.compile`` and ``torch.library.opcheck``.
 Forward reads only the nnz stored predictions; backward recomputes the
 residuals and writes the dense gradient in one pass, already scaled by the
 incoming gradient. Saving G in forward instead costs an extra dense write and
-a dense scale in backward (measured in benchmarks/bench_masked_mse.py).
+a dense scale in backward: 1.46x slower (benchmarks/masked_mse_speed.py,
+benchmarks/results/masked_mse-cpu.md).
 """
 
 from __future__ import annotations
-
-import warnings
-from typing import Literal
 
 import torch
 
 from deeprec import _native, csr
 from deeprec.ops.launch import (
+    Impl,
+    check_kernel,
+    check_scale,
+    choose_impl,
     cuda_target,
     dtype_code,
     index_code,
@@ -28,15 +30,7 @@ from deeprec.ops.launch import (
     threads,
 )
 
-__all__ = ["choose_impl", "fused_available", "masked_mse", "masked_mse_reference"]
-
-Impl = Literal["auto", "fused", "reference"]
-_warned: set[tuple[str, str]] = set()
-
-
-def fused_available(device: torch.device | str) -> bool:
-    """True when the fused kernels are compiled and can run on ``device``."""
-    return _native.unavailable_reason(device) is None
+__all__ = ["masked_mse", "masked_mse_reference"]
 
 
 def masked_mse(output: torch.Tensor, target: object, *, impl: Impl = "auto") -> torch.Tensor:
@@ -81,41 +75,6 @@ def masked_mse_reference(
     return ((pred - val) ** 2).sum() / max(nnz, 1)
 
 
-def choose_impl(
-    output: torch.Tensor, impl: str, op: str, dtypes: tuple[torch.dtype, ...] | None = None
-) -> str:
-    """Resolve impl to "fused" or "reference" for a tensor's device and dtype, or raise.
-
-    "auto" falls back to the reference with one warning per (device type, reason).
-    """
-    if impl == "reference":
-        return "reference"
-    if impl not in ("auto", "fused"):
-        raise ValueError(f"impl must be 'auto', 'fused' or 'reference', got {impl!r}")
-    reason = _native.unavailable_reason(output.device)
-    supported = dtypes or _native.FUSED_DTYPES.get(output.device.type, ())
-    if reason is None and output.dtype not in supported:
-        reason = (
-            f"no fused kernel for {output.dtype} on {output.device.type} "
-            f"(supported: {', '.join(str(d) for d in supported)})"
-        )
-        if impl == "fused":
-            raise TypeError(f"{op}(impl='fused'): {reason}")
-    if reason is None:
-        return "fused"
-    if impl == "fused":
-        raise RuntimeError(f"{op}(impl='fused') is unavailable on {output.device}: {reason}")
-    key = (output.device.type, reason)
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(
-            f"deeprec: using the reference {op} because {reason}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return "reference"
-
-
 def _run_native(
     output: torch.Tensor,
     crow: torch.Tensor,
@@ -153,11 +112,23 @@ def _run_native(
     )
 
 
+def _check_args(op: str, output, crow, col, val) -> None:
+    """Everything the kernel reads, checked inside the op (raw torch.ops calls included)."""
+    csr.check_tensor(output, "output", dim=2)
+    check_kernel(op, output)
+    csr.check_structure(crow, col, val, output.shape[0])
+    if val.dtype != output.dtype:
+        raise TypeError(f"target values have dtype {val.dtype} but output has {output.dtype}")
+    if crow.device != output.device:
+        raise ValueError(f"target is on {crow.device} but output is on {output.device}")
+    csr.check_values(csr.CSRParts(crow, col, val), output.shape[1])
+
+
 @torch.library.custom_op("deeprec::masked_mse", mutates_args=(), device_types=("cpu", "cuda"))
 def _masked_mse_op(
     output: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor
 ) -> torch.Tensor:
-    csr.check_values(csr.CSRParts(crow, col, val), output.shape[1])
+    _check_args("masked_mse", output, crow, col, val)
     loss = output.new_empty(())
     _run_native(output, crow, col, val, loss=loss, grad=None, grad_scale=None)
     return loss
@@ -179,8 +150,14 @@ def _masked_mse_backward_op(
     val: torch.Tensor,
 ) -> torch.Tensor:
     """d loss / d output, scaled by ``grad``; dense, zero where nothing is stored."""
+    _check_args("masked_mse_backward", output, crow, col, val)
+    if not isinstance(grad, torch.Tensor) or grad.numel() != 1 or not grad.is_floating_point():
+        raise ValueError("deeprec::masked_mse_backward: grad must be a one-element float tensor")
+    if grad.device != output.device:
+        raise ValueError(f"grad is on {grad.device} but output is on {output.device}")
     out = torch.empty_like(output, memory_format=torch.contiguous_format)
-    scale = grad.to(output.dtype).contiguous()
+    scale = grad.to(output.dtype).reshape(()).contiguous()
+    check_scale(scale, output)
     _run_native(output, crow, col, val, loss=None, grad=out, grad_scale=scale)
     return out
 

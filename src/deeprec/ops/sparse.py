@@ -16,13 +16,15 @@ impl="auto"|"fused"|"reference" switch as masked_mse.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import numpy as np
 import torch
 
 from deeprec import _native, csr
+from deeprec.csr import ColumnIndex, column_index
 from deeprec.ops.launch import (
+    Impl,
+    check_kernel,
+    check_scale,
+    choose_impl,
     cuda_target,
     dtype_code,
     index_code,
@@ -30,11 +32,8 @@ from deeprec.ops.launch import (
     reduction_workspace,
     threads,
 )
-from deeprec.ops.loss import Impl, choose_impl
 
 __all__ = [
-    "ColumnIndex",
-    "column_index",
     "sparse_linear",
     "sparse_linear_reference",
     "sparse_output_mse",
@@ -42,36 +41,6 @@ __all__ = [
 ]
 
 SPARSE_DTYPES = (torch.float32, torch.float64)
-
-
-class ColumnIndex(NamedTuple):
-    """A CSR batch's entries grouped by column (the transposed structure).
-
-    perm: entry ids sorted by (column, row); ucol: the distinct columns, ascending;
-    uptr: offsets of each distinct column's entries in perm; rows: each entry's row.
-    """
-
-    perm: torch.Tensor
-    ucol: torch.Tensor
-    uptr: torch.Tensor
-    rows: torch.Tensor
-
-
-def column_index_numpy(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(perm, ucol, uptr, rows) as int64 numpy arrays for a canonical CSR structure."""
-    counts = np.diff(indptr)
-    rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    perm = np.argsort(indices, kind="stable").astype(np.int64)
-    ucol, per_col = np.unique(indices[perm], return_counts=True)
-    uptr = np.zeros(len(ucol) + 1, dtype=np.int64)
-    np.cumsum(per_col, out=uptr[1:])
-    return perm, ucol.astype(np.int64), uptr, rows
-
-
-def column_index(crow: torch.Tensor, col: torch.Tensor) -> ColumnIndex:
-    """The column index of a CSR batch (computed on the host; cheap next to a step)."""
-    parts = column_index_numpy(crow.cpu().numpy(), col.cpu().numpy())
-    return ColumnIndex(*(torch.from_numpy(a).to(col.device) for a in parts))
 
 
 # ------------------------------------------------------------------ references
@@ -115,14 +84,15 @@ def sparse_linear(
     ``sparse_grad``: the fused path returns weight's gradient as a sparse COO tensor
     holding only the batch's columns (for deeprec.optim.ItemAdam).
     """
-    _check_weight(weight, bias)
+    _check_weight(weight, bias, weight.shape[1] if isinstance(weight, torch.Tensor) else 0)
     parts = csr.unpack(x, (_rows_of(x), weight.shape[0]), name="x")
     _check_same(weight, parts.val, "x values")
     if choose_impl(weight, impl, "sparse_linear", SPARSE_DTYPES) == "reference":
         if not torch.compiler.is_compiling():
             csr.check_values(parts, weight.shape[0], "x")
         return sparse_linear_reference(parts, weight, bias)
-    index = index if index is not None else column_index(parts.crow, parts.col)
+    if index is None:
+        index = column_index(parts.crow, parts.col, weight.shape[0], "x")
     return torch.ops.deeprec.sparse_linear(*parts, *index, weight, bias, sparse_grad)
 
 
@@ -142,7 +112,7 @@ def sparse_output_mse(
     Differentiable with respect to h, weight and bias. ``sparse_grad``: the fused path
     returns weight's and bias's gradients as sparse COO tensors of the batch's columns.
     """
-    _check_weight(weight, bias)
+    _check_weight(weight, bias, weight.shape[0] if isinstance(weight, torch.Tensor) else 0)
     if not isinstance(h, torch.Tensor) or h.dim() != 2 or h.shape[1] != weight.shape[1]:
         raise ValueError(
             f"h must be (B, {weight.shape[1]}) to match weight {tuple(weight.shape)}, "
@@ -157,7 +127,8 @@ def sparse_output_mse(
         return sparse_output_mse_reference(h, weight, bias, parts)
     if not h.is_contiguous():
         h = h.contiguous()
-    index = index if index is not None else column_index(parts.crow, parts.col)
+    if index is None:
+        index = column_index(parts.crow, parts.col, weight.shape[0])
     loss, _ = torch.ops.deeprec.sparse_output_mse(h, weight, bias, *parts, *index, sparse_grad)
     return loss
 
@@ -172,8 +143,8 @@ def _rows_of(x: object) -> int:
     )
 
 
-def _check_weight(weight, bias) -> None:
-    """An item-major (items x hidden) weight and its 1-D bias, as the kernels read them."""
+def _check_weight(weight, bias, bias_len: int) -> None:
+    """An item-major (items x hidden) weight and its bias of ``bias_len`` entries (or None)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError("weight must be a 2-D tensor (items x hidden)")
     if not weight.is_floating_point():
@@ -181,9 +152,14 @@ def _check_weight(weight, bias) -> None:
     if not weight.is_contiguous():
         raise ValueError("weight must be contiguous (item-major rows)")
     if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
         _check_same(weight, bias, "bias")
-        if bias.dim() != 1 or not bias.is_contiguous():
-            raise ValueError(f"bias must be a contiguous 1-D tensor, got shape {tuple(bias.shape)}")
+        if tuple(bias.shape) != (bias_len,) or not bias.is_contiguous():
+            raise ValueError(
+                f"bias must be a contiguous 1-D tensor of {bias_len} entries, got shape "
+                f"{tuple(bias.shape)}"
+            )
 
 
 def _check_same(ref: torch.Tensor, other: torch.Tensor, name: str) -> None:
@@ -193,27 +169,16 @@ def _check_same(ref: torch.Tensor, other: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: on {other.device}, but the weight is on {ref.device}")
 
 
-def _check_index(index: ColumnIndex, nnz: int, n_rows: int, n_cols: int) -> None:
-    """Bounds of a ColumnIndex, so no address computed from it leaves its arrays."""
-    perm, ucol, uptr, rows = (t.detach().cpu().numpy() for t in index)
-    ok = (
-        perm.size == nnz
-        and rows.size == nnz
-        and uptr.size == ucol.size + 1
-        and all(t.dtype == torch.int64 for t in index)
-        and (
-            nnz == 0
-            or (perm.min() >= 0 and perm.max() < nnz and rows.min() >= 0 and rows.max() < n_rows)
-        )
-        and (ucol.size == 0 or (ucol.min() >= 0 and ucol.max() < n_cols))
-        and uptr[0] == 0
-        and uptr[-1] == nnz
-        and bool((np.diff(uptr) >= 0).all())
-    )
-    if not ok:
-        raise ValueError(
-            "index: not a valid ColumnIndex for this batch (build it with deeprec.ops.column_index)"
-        )
+def _check_batch(op: str, weight, crow, col, val, n_rows: int, index=None, name="target"):
+    """Inside an op: the kernel exists, the batch is a valid CSR batch of n_rows rows over
+    weight's rows, and the index (if given) is exactly this batch's column index."""
+    check_kernel(op, weight, SPARSE_DTYPES)
+    csr.check_structure(crow, col, val, n_rows, name)
+    _check_same(weight, val, f"{name} values")
+    parts = csr.CSRParts(crow, col, val)
+    csr.check_values(parts, weight.shape[0], name)
+    if index is not None:
+        csr.check_index(ColumnIndex(*index), parts, weight.shape[0])
 
 
 # ------------------------------------------------------------------ native launches
@@ -284,9 +249,9 @@ def _sparse_linear_op(
     bias: torch.Tensor,
     sparse_grad: bool,
 ) -> torch.Tensor:
-    B, (N, H) = crow.numel() - 1, weight.shape
-    csr.check_values(csr.CSRParts(crow, col, val), N, "x")
-    _check_index(ColumnIndex(perm, ucol, uptr, rows), col.numel(), B, N)
+    _check_weight(weight, bias, weight.shape[1] if isinstance(weight, torch.Tensor) else 0)
+    B, H = crow.numel() - 1, weight.shape[1]
+    _check_batch("sparse_linear", weight, crow, col, val, B, (perm, ucol, uptr, rows), "x")
     out = torch.empty(B, H, dtype=weight.dtype, device=weight.device)
     _spmm(crow, col, val, weight, bias, out, None)
     return out
@@ -346,11 +311,13 @@ def _sparse_output_mse_op(
     rows: torch.Tensor,
     sparse_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    B, (N, H), nnz = h.shape[0], weight.shape, col.numel()
-    csr.check_values(csr.CSRParts(crow, col, val), N)
-    _check_index(ColumnIndex(perm, ucol, uptr, rows), nnz, B, N)
-    if bias.numel() != N:
-        raise ValueError(f"bias has {bias.numel()} entries but the weight has {N} rows")
+    _check_weight(weight, bias, weight.shape[0] if isinstance(weight, torch.Tensor) else 0)
+    csr.check_tensor(h, "h", dim=2)
+    _check_same(weight, h, "h")
+    if h.shape[1] != weight.shape[1]:
+        raise ValueError(f"h has {h.shape[1]} columns but the weight has {weight.shape[1]}")
+    B, H, nnz = h.shape[0], weight.shape[1], col.numel()
+    _check_batch("sparse_output_mse", weight, crow, col, val, B, (perm, ucol, uptr, rows))
     resid = torch.empty(nnz, dtype=h.dtype, device=h.device)
     loss = h.new_empty(())
     C = _native.module()
@@ -420,7 +387,9 @@ def _spmm_rows_op(
     scale: torch.Tensor | None,
 ) -> torch.Tensor:
     """scale * CSR @ weight (no bias): the output layer's dh."""
-    csr.check_values(csr.CSRParts(crow, col, val), weight.shape[0])
+    _check_weight(weight, None, 0)
+    _check_batch("spmm_rows", weight, crow, col, val, crow.numel() - 1)
+    check_scale(scale, weight)
     out = torch.empty(crow.numel() - 1, weight.shape[1], dtype=weight.dtype, device=weight.device)
     _spmm(crow, col, val, weight, None, out, scale)
     return out
@@ -445,10 +414,16 @@ def _col_accumulate_op(
     compact: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-column sums of scale * coef * A[row]: dense (n_cols x H) or compact (U x H) rows."""
-    _check_index(ColumnIndex(perm, ucol, uptr, rows), coef.numel(), A.shape[0], n_cols)
-    dW, db = _col_accumulate(
-        ColumnIndex(perm, ucol, uptr, rows), coef, A.contiguous(), n_cols, with_bias, scale, compact
-    )
+    csr.check_tensor(A, "A", dim=2)
+    check_kernel("col_accumulate", A, SPARSE_DTYPES)
+    csr.check_tensor(coef, "coef", dim=1, dtypes=(A.dtype,), device=A.device)
+    if n_cols < 0:
+        raise ValueError(f"n_cols must be >= 0, got {n_cols}")
+    index = ColumnIndex(perm, ucol, uptr, rows)
+    csr.check_index_structure(index, coef.numel(), A.device)
+    csr.check_grouping(*(t.detach().cpu().numpy() for t in index), A.shape[0], n_cols)
+    check_scale(scale, A)
+    dW, db = _col_accumulate(index, coef, A, n_cols, with_bias, scale, compact)
     return dW, (db if db is not None else A.new_empty(0))
 
 

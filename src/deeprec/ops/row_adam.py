@@ -1,0 +1,176 @@
+"""Adam for an item-major parameter whose gradient holds only some rows.
+
+``row_adam_step`` updates a parameter in place from a sparse COO gradient of
+sorted, unique rows (or a dense one). exact (lazy=False): torch's Adam update,
+untouched rows included with a zero gradient, without building the dense gradient.
+lazy=True: only the gradient's rows move (SparseAdam semantics). A native kernel
+(csrc/row_adam.*) and a pure-PyTorch reference compute the same update.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from deeprec import _native, csr
+from deeprec.ops.launch import (
+    Impl,
+    check_kernel,
+    choose_impl,
+    cuda_target,
+    dtype_code,
+    ptr,
+    threads,
+)
+
+__all__ = ["row_adam_reference", "row_adam_step"]
+
+ROW_ADAM_DTYPES = (torch.float32, torch.float64)
+
+
+def row_adam_step(
+    p: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    grad: torch.Tensor,
+    step: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    lazy: bool,
+    *,
+    impl: Impl = "auto",
+) -> None:
+    """In-place Adam update of ``p`` (and its moments) from a row-sparse or dense gradient.
+
+    p, exp_avg, exp_avg_sq: contiguous, same shape, dtype and device; rows are the
+    first dimension. grad: a sparse COO tensor of p's shape over dimension 0 (rows
+    sorted and unique, or merged here when autograd left them uncoalesced) or a dense
+    tensor of p's shape. ``step`` counts from 1.
+    """
+    ucol, values = _rows_of_grad(p, exp_avg, exp_avg_sq, grad)
+    _check_hyper(step, lr, betas, eps, weight_decay)
+    b1, b2 = betas
+    step_size = lr / (1.0 - b1**step)
+    inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2**step)
+    coefs = (step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay, lazy)
+    if choose_impl(p, impl, "row_adam_step", ROW_ADAM_DTYPES) == "reference":
+        row_adam_reference(p, exp_avg, exp_avg_sq, ucol, values, *coefs)
+        return
+    check_kernel("row_adam_step", p, ROW_ADAM_DTYPES)
+    N = p.shape[0]
+    H = p[0].numel() if N else 0
+    args = (
+        ptr(p), ptr(exp_avg), ptr(exp_avg_sq), ptr(values), ptr(ucol),
+        ucol.numel(), N, H, *coefs, dtype_code(p),
+    )  # fmt: skip
+    C = _native.module()
+    if p.device.type == "cpu":
+        C.row_adam_cpu(*args, threads())
+    else:
+        C.row_adam_cuda(*args, *cuda_target(p.device))
+
+
+@torch.no_grad()
+def row_adam_reference(
+    p: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    ucol: torch.Tensor,
+    values: torch.Tensor,
+    step_size: float,
+    inv_sqrt_bc2: float,
+    b1: float,
+    b2: float,
+    eps: float,
+    weight_decay: float,
+    lazy: bool,
+) -> None:
+    """The same update in pure PyTorch (the definition the native kernel must match)."""
+    values = values.reshape(ucol.numel(), *p.shape[1:])
+    if lazy:
+        rows = (p[ucol], exp_avg[ucol], exp_avg_sq[ucol])
+        _adam(*rows, values, step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay)
+        p[ucol], exp_avg[ucol], exp_avg_sq[ucol] = rows
+        return
+    g = torch.zeros_like(p)
+    g[ucol] = values
+    _adam(p, exp_avg, exp_avg_sq, g, step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay)
+
+
+def _adam(p, m, v, g, step_size, inv_sqrt_bc2, b1, b2, eps, wd) -> None:
+    g = g + wd * p
+    m.mul_(b1).add_(g, alpha=1.0 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+    p.sub_(step_size * m / (v.sqrt() * inv_sqrt_bc2 + eps))
+
+
+def _rows_of_grad(p, exp_avg, exp_avg_sq, grad) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ucol int64 sorted unique, values (U, *row shape) contiguous), after every check."""
+    csr.check_tensor(p, "param")
+    if p.dim() == 0:
+        raise ValueError("row_adam_step: param must have at least one dimension (rows)")
+    for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        csr.check_tensor(t, name, dtypes=(p.dtype,), device=p.device)
+        if t.shape != p.shape:
+            raise ValueError(
+                f"row_adam_step: {name} has shape {tuple(t.shape)}, param {tuple(p.shape)}"
+            )
+    if not isinstance(grad, torch.Tensor):
+        raise TypeError(f"row_adam_step: grad must be a tensor, got {type(grad).__name__}")
+    if grad.device != p.device or grad.dtype != p.dtype:
+        raise ValueError(
+            f"row_adam_step: grad is {grad.dtype} on {grad.device}, param {p.dtype} on {p.device}"
+        )
+    if grad.shape != p.shape:
+        raise ValueError(
+            f"row_adam_step: grad has shape {tuple(grad.shape)}, param {tuple(p.shape)}"
+        )
+    N = p.shape[0]
+    if not grad.is_sparse:
+        if grad.layout != torch.strided:
+            raise TypeError(f"row_adam_step: grad layout {grad.layout} is not supported")
+        return torch.arange(N, device=p.device), grad.contiguous()
+    if grad.sparse_dim() != 1:
+        raise ValueError(
+            "row_adam_step: a sparse grad must be sparse over rows only (sparse_dim 1)"
+        )
+    if not grad.is_coalesced():
+        cols = grad._indices()[0].cpu().numpy()
+        if cols.size > 1 and bool((np.diff(cols) <= 0).any()):
+            # Rows out of order or repeated (tied weights sum two sparse gradients): merge
+            # them. Our own gradients arrive sorted and unique; autograd may drop the flag.
+            grad = grad.coalesce()
+    ucol, values = grad._indices()[0], grad._values()
+    csr.check_tensor(ucol, "grad rows", dtypes=(torch.int64,), device=p.device, contiguous=False)
+    ucol, values = ucol.contiguous(), values.contiguous()
+    cols = ucol.cpu().numpy()
+    if cols.size and (cols[0] < 0 or cols[-1] >= N or bool((np.diff(cols) <= 0).any())):
+        raise ValueError(
+            "row_adam_step: gradient rows must be sorted, unique and inside the parameter"
+        )
+    if values.shape != (ucol.numel(), *p.shape[1:]):
+        raise ValueError(
+            f"row_adam_step: gradient rows have shape {tuple(values.shape)}, expected "
+            f"{(ucol.numel(), *p.shape[1:])}"
+        )
+    return ucol, values
+
+
+def _check_hyper(step, lr, betas, eps, weight_decay) -> None:
+    b1, b2 = betas
+    ok = (
+        isinstance(step, int) and step >= 1
+        and math.isfinite(lr) and lr >= 0
+        and 0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0
+        and math.isfinite(eps) and eps >= 0
+        and math.isfinite(weight_decay) and weight_decay >= 0
+    )  # fmt: skip
+    if not ok:
+        raise ValueError(
+            f"row_adam_step: bad hyperparameters (step={step}, lr={lr}, betas={betas}, "
+            f"eps={eps}, weight_decay={weight_decay})"
+        )
