@@ -123,7 +123,8 @@ def _rows_of_grad(p, exp_avg, exp_avg_sq, grad) -> tuple[torch.Tensor, torch.Ten
         raise TypeError(f"row_adam_step: grad must be a tensor, got {type(grad).__name__}")
     if grad.device != p.device or grad.dtype != p.dtype:
         raise ValueError(
-            f"row_adam_step: grad is {grad.dtype} on {grad.device}, param {p.dtype} on {p.device}"
+            f"row_adam_step: gradient rows are {grad.dtype} on {grad.device}, but param is "
+            f"{p.dtype} on {p.device}"
         )
     if grad.shape != p.shape:
         raise ValueError(
