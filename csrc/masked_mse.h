@@ -6,9 +6,10 @@
 //   loss = sum_k (O[i, col[k]] - val[k])^2 / nnz          (if loss != nullptr)
 //   G    = scale * 2 (O - R) / nnz at stored entries, 0 elsewhere
 //                                                         (if grad != nullptr)
-// nnz == 0 gives loss 0 and G == 0. The loss sum is accumulated in double
-// (float on CUDA for 16-bit types) and reduced in a fixed order, so it is
-// deterministic and independent of the thread count.
+// nnz == 0 gives loss 0 and G == 0. The loss sum is accumulated in double on
+// the CPU; on CUDA in double for float64 and in float for float32, float16 and
+// bfloat16 (reduce.cuh, Acc<T>). Either way it is reduced in a fixed order, so it
+// is deterministic (and, on the CPU, independent of the thread count).
 #pragma once
 
 #include <cstdint>

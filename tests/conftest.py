@@ -12,19 +12,26 @@ from deeprec import _native
 # Tests run against the installed package; a missing native module must fail CI
 # loudly instead of silently skipping every fused test.
 REQUIRE_NATIVE = os.environ.get("DEEPREC_ALLOW_NO_NATIVE", "0") != "1"
+# On a GPU machine a skipped CUDA test is a failure: a wrong arch or an old driver makes
+# every kernel unusable, and "all skipped" must not read as "all passed".
+REQUIRE_CUDA = os.environ.get("DEEPREC_REQUIRE_CUDA", "0") == "1"
 
 
-def cuda_ready() -> bool:
-    return _native.unavailable_reason("cuda") is None
+def cuda_problem() -> str | None:
+    """Why the CUDA tests cannot run here, or None."""
+    reason = _native.unavailable_reason("cuda")
+    return None if reason is None else f"needs a CUDA GPU and deeprec's CUDA kernels ({reason})"
 
 
-cuda = pytest.mark.skipif(not cuda_ready(), reason="needs a CUDA GPU and deeprec's CUDA kernels")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if "cuda" in item.keywords and not cuda_ready():
-            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU and deeprec's CUDA kernels"))
+def pytest_runtest_setup(item):
+    if "cuda" in item.keywords:
+        problem = cuda_problem()
+        if problem is not None:
+            if REQUIRE_CUDA:
+                pytest.fail(f"DEEPREC_REQUIRE_CUDA=1: {problem}", pytrace=False)
+            pytest.skip(problem)
+    if "multi_gpu" in item.keywords and torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
 
 
 def random_csr(
@@ -74,3 +81,28 @@ def native_required():
         if REQUIRE_NATIVE:
             pytest.fail(f"deeprec._C is not importable: {_native.IMPORT_ERROR}")
         pytest.skip("native module not built")
+
+
+def run_while_default_stream_is_busy(fn, poison_numel: int = 0):
+    """fn() on a side stream while the default stream sleeps; returns fn's tensors as the
+    side stream saw them, plus whether the default stream was still busy at that point.
+
+    A kernel launched on the default (or any other) stream instead of the current one
+    would still be queued behind the sleep when the side stream copies its results, so
+    the copies would hold whatever the buffers held before: NaN poison, when the caching
+    allocator hands back the poisoned block of ``poison_numel`` floats freed just before.
+    Nothing synchronises both streams before the copies are taken.
+    """
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        if poison_numel:
+            torch.full((poison_numel,), float("nan"), device="cuda")  # freed at once, poisoned
+        torch.cuda.current_stream().synchronize()
+    torch.cuda._sleep(200_000_000)  # on the default stream: ~0.1 s of GPU time on an H100
+    with torch.cuda.stream(side):
+        result = fn()
+        snapshot = [t.detach().clone() for t in result]
+    side.synchronize()
+    busy = not torch.cuda.default_stream().query()
+    torch.cuda.synchronize()
+    return snapshot, busy

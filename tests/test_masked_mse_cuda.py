@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_csr
+from conftest import random_csr, run_while_default_stream_is_busy
 
 from deeprec import _native
 from deeprec.ops import masked_mse
@@ -55,15 +55,19 @@ def test_cuda_loss_is_bitwise_deterministic():
 
 
 def test_cuda_runs_on_the_current_stream():
-    crow, col, val = random_csr(64, 500, 0.1, seed=2, dtype=torch.float32, device="cuda")
-    output = torch.randn(64, 500, device="cuda")
-    expected = masked_mse(output, (crow, col, val), impl="reference")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        got = masked_mse(output, (crow, col, val), impl="fused")
-    torch.cuda.current_stream().wait_stream(side)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    B, N = 512, 4000
+    crow, col, val = random_csr(B, N, 0.02, seed=2, dtype=torch.float32, device="cuda")
+    output = torch.randn(B, N, device="cuda")
+    expected = loss_and_grad(output, (crow, col, val), "reference")
+    torch.cuda.synchronize()
+
+    def fused():
+        return loss_and_grad(output, (crow, col, val), "fused")
+
+    got, busy = run_while_default_stream_is_busy(fused, poison_numel=B * N)
+    assert busy, "the default stream's sleep ended too soon for this test to mean anything"
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_cuda_empty_batch_and_no_ratings():

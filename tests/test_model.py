@@ -47,15 +47,40 @@ def test_output_is_linear_by_default_and_last_activation_applies():
     assert (AutoEncoder(10, (4,), last_activation="relu")(x) >= 0).all()
 
 
-def test_dropout_on_the_code_only_in_training():
-    model = AutoEncoder(10, (50,), dropout=0.5)
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_dropout_on_the_code_only_in_training(activation):
+    # ReLU zeroes about half the code by itself, so count only units that eval mode keeps,
+    # and check the survivors are scaled by 1 / (1 - p), as dropout (and nothing else) does.
+    model = AutoEncoder(10, (400,), activation=activation, dropout=0.5)
     x = torch.randn(3, 10)
     model.eval()
     torch.testing.assert_close(model(x), model(x))
+    plain = model.encode(x)
     model.train()
     torch.manual_seed(0)
     code = model.encode(x)
-    assert (code == 0).float().mean() > 0.3
+    alive = plain != 0
+    dropped = (code == 0) & alive
+    assert 0.4 < dropped.sum() / alive.sum() < 0.6
+    torch.testing.assert_close(code[~dropped & alive], 2 * plain[~dropped & alive])
+
+
+def test_input_dropout_drops_inputs_only_in_training():
+    model = AutoEncoder(2000, (8,), input_dropout=0.25)
+    x = torch.rand(4, 2000) + 0.5  # no zero inputs of its own
+    first = model.encoder[0]
+    seen = {}
+    first.register_forward_hook(lambda m, inp, out: seen.__setitem__("x", inp[0]))
+    model.train()
+    torch.manual_seed(0)
+    model(x)
+    dropped = (seen["x"] == 0).float().mean()
+    assert 0.2 < dropped < 0.3
+    kept = seen["x"] != 0
+    torch.testing.assert_close(seen["x"][kept], x[kept] / 0.75)
+    model.eval()
+    model(x)
+    assert torch.equal(seen["x"], x)
 
 
 def test_xavier_uniform_init_and_zero_bias():

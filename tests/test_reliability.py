@@ -13,8 +13,8 @@ from datasets import write_movielens_csv
 
 from deeprec import checkpoint, csr
 from deeprec import train as train_mod
-from deeprec.evaluate import cli_main as evaluate_main
 from deeprec.csr import column_index_numpy
+from deeprec.evaluate import cli_main as evaluate_main
 from deeprec.train import cli_main as train_main
 
 SMALL = ["--hidden", "8", "--batch-size", "8", "--quiet", "--split", "user-time"]

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_csr
+from conftest import random_csr, run_while_default_stream_is_busy
 
 from deeprec.model import AutoEncoder
-from deeprec.ops import column_index, masked_mse, sparse_linear, sparse_output_mse
-from deeprec.ops import row_adam_step
+from deeprec.ops import column_index, masked_mse, row_adam_step, sparse_linear, sparse_output_mse
 
 pytestmark = pytest.mark.cuda
 
@@ -55,13 +54,22 @@ def test_cuda_sparse_ops_are_deterministic_and_on_the_current_stream():
         return [out, loss, *torch.autograd.grad(loss + out.square().mean(), (W, b, h, bo))]
 
     first = run()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        again = run()
-    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    again, busy = run_while_default_stream_is_busy(run, poison_numel=4000 * 128)
+    assert busy, "the default stream's sleep ended too soon for this test to mean anything"
     for a, b_ in zip(first, again, strict=True):
         assert torch.equal(a, b_)
+
+
+@pytest.mark.multi_gpu
+def test_cuda_ops_leave_the_callers_current_device_alone():
+    with torch.cuda.device(0):
+        crow, col, val = random_csr(8, 30, 0.3, seed=3, dtype=torch.float32, device="cuda:1")
+        out = torch.randn(8, 30, device="cuda:1", requires_grad=True)
+        masked_mse(out, (crow, col, val), impl="fused").backward()
+        W = torch.randn(30, 4, device="cuda:1", requires_grad=True)
+        sparse_linear((crow, col, val), W, torch.zeros(4, device="cuda:1"), impl="fused")
+        assert torch.cuda.current_device() == 0
 
 
 @pytest.mark.parametrize("lazy", [False, True])

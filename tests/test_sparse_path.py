@@ -13,10 +13,10 @@ from deeprec.model import AutoEncoder
 from deeprec.ops import (
     column_index,
     masked_mse,
+    row_adam_step,
     sparse_linear,
     sparse_output_mse,
 )
-from deeprec.ops import row_adam_step
 from deeprec.optim import ItemAdam, build
 
 pytestmark = pytest.mark.usefixtures("native_required")

@@ -5,7 +5,16 @@
 // pool busy (another Python thread with the GIL released) runs its whole range
 // inline instead of waiting. After fork() the child gets a fresh pool, since
 // the parent's threads do not exist there.
+//
+// Denormal handling is explicit: a job runs on every worker with the calling
+// thread's flush-to-zero / denormals-are-zero bits (what torch.set_flush_denormal
+// set there), and each worker restores its own bits afterwards. A setting never
+// leaks into a later job, whichever thread created the pool and when.
 #include <unistd.h>
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define DEEPREC_HAVE_MXCSR 1
+#endif
 
 #include <algorithm>
 #include <condition_variable>
@@ -17,6 +26,23 @@
 
 namespace deeprec {
 namespace {
+
+#ifdef DEEPREC_HAVE_MXCSR
+constexpr unsigned int kDenormalBits = 0x8040u;  // FTZ (bit 15) | DAZ (bit 6)
+unsigned int denormal_mode() { return _mm_getcsr() & kDenormalBits; }
+// Runs fn with the given FTZ/DAZ bits, then restores this thread's own.
+template <typename F>
+void with_denormal_mode(unsigned int mode, F&& fn) {
+  const unsigned int own = _mm_getcsr();
+  _mm_setcsr((own & ~kDenormalBits) | mode);
+  fn();
+  _mm_setcsr(own);
+}
+#else
+unsigned int denormal_mode() { return 0; }
+template <typename F>
+void with_denormal_mode(unsigned int, F&& fn) { fn(); }
+#endif
 
 class Pool {
  public:
@@ -32,6 +58,7 @@ class Pool {
     {
       std::lock_guard<std::mutex> lk(m_);
       fn_ = &fn;
+      mode_ = denormal_mode();
       n_ = n;
       chunk_ = chunk;
       active_ = t - 1;
@@ -61,9 +88,10 @@ class Pool {
       seen = generation_;
       if (id >= active_) continue;  // this job needs fewer workers
       const auto* fn = fn_;
+      const unsigned int mode = mode_;
       const int64_t b = (id + 1) * chunk_, e = std::min(n_, b + chunk_);
       lk.unlock();
-      if (b < e) (*fn)(b, e);
+      if (b < e) with_denormal_mode(mode, [&] { (*fn)(b, e); });
       lk.lock();
       if (--remaining_ == 0) done_.notify_one();
     }
@@ -74,6 +102,7 @@ class Pool {
   std::condition_variable wake_, done_;
   std::vector<std::thread> threads_;
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  unsigned int mode_ = 0;  // the caller's denormal bits for the current job
   int64_t n_ = 0, chunk_ = 0;
   int active_ = 0, remaining_ = 0;
   uint64_t generation_ = 0;

@@ -15,6 +15,7 @@
 
 #include "../common.h"
 #include "../masked_mse.h"
+#include "common.cuh"
 #include "reduce.cuh"
 
 namespace deeprec {
@@ -84,12 +85,7 @@ int launch(const void* out, const int64_t* crow, const void* col, const void* va
       static_cast<const T*>(out), crow, static_cast<const I*>(col), static_cast<const T*>(val), B,
       N, nnz, static_cast<T*>(loss), static_cast<T*>(grad), static_cast<const T*>(grad_scale),
       static_cast<A*>(partials), static_cast<unsigned int*>(counter));
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    *cuda_error = static_cast<int>(err);
-    return kCudaError;
-  }
-  return kOk;
+  return cuda::check_launch(cuda_error);
 }
 
 template <typename T>
@@ -115,11 +111,9 @@ int masked_mse_cuda(const void* out, const int64_t* crow, const void* col, const
                     int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
                     void* grad, const void* grad_scale, void* partials, void* counter, int device,
                     void* stream, int* cuda_error) {
-  cudaError_t err = cudaSetDevice(device);
-  if (err != cudaSuccess) {
-    *cuda_error = static_cast<int>(err);
-    return kCudaError;
-  }
+  cuda::DeviceGuard guard;
+  if (const int st = cuda::fail(guard.set(device), cuda_error)) return st;
+  cudaError_t err;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (B == 0) {  // nothing to launch; the loss of an empty batch is 0 (all-zero bits)
     if (loss != nullptr) {
@@ -151,7 +145,8 @@ int masked_mse_cuda(const void* out, const int64_t* crow, const void* col, const
 }
 
 int masked_mse_cuda_image_ok(int device, int* cuda_error) {
-  cudaError_t err = cudaSetDevice(device);
+  cuda::DeviceGuard guard;
+  cudaError_t err = guard.set(device);
   if (err == cudaSuccess) {
     cudaFuncAttributes attr;
     err = cudaFuncGetAttributes(&attr, masked_mse_kernel<float, int64_t>);

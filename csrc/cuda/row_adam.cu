@@ -8,6 +8,7 @@
 
 #include "../common.h"
 #include "../row_adam.h"
+#include "common.cuh"
 
 namespace deeprec {
 namespace {
@@ -51,11 +52,8 @@ int row_adam_cuda(void* p, void* m, void* v, const void* g, const int64_t* ucol,
                   int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
                   double b2, double eps, double wd, bool lazy, int dtype, int device,
                   void* stream, int* cuda_error) {
-  cudaError_t err = cudaSetDevice(device);
-  if (err != cudaSuccess) {
-    *cuda_error = static_cast<int>(err);
-    return kCudaError;
-  }
+  cuda::DeviceGuard guard;
+  if (const int st = cuda::fail(guard.set(device), cuda_error)) return st;
   const int64_t rows = lazy ? U : N;
   if (rows == 0 || H == 0) return kOk;
   const unsigned int blocks = static_cast<unsigned int>(std::min(rows, kMaxBlocks));
@@ -77,12 +75,7 @@ int row_adam_cuda(void* p, void* m, void* v, const void* g, const int64_t* ucol,
     default:
       return kBadDtype;
   }
-  err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    *cuda_error = static_cast<int>(err);
-    return kCudaError;
-  }
-  return kOk;
+  return cuda::check_launch(cuda_error);
 }
 
 }  // namespace deeprec

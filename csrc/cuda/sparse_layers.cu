@@ -10,6 +10,7 @@
 
 #include "../common.h"
 #include "../sparse_layers.h"
+#include "common.cuh"
 #include "reduce.cuh"
 
 namespace deeprec {
@@ -103,31 +104,14 @@ unsigned int grid_for(int64_t n) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(n, kSparseMaxBlocks)));
 }
 
-int finish(int* cuda_error) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    *cuda_error = static_cast<int>(err);
-    return kCudaError;
-  }
-  return kOk;
-}
-
-int set_device(int device, int* cuda_error) {
-  const cudaError_t err = cudaSetDevice(device);
-  if (err != cudaSuccess) {
-    *cuda_error = static_cast<int>(err);
-    return kCudaError;
-  }
-  return kOk;
-}
-
 }  // namespace
 
 int spmm_rows_cuda(const int64_t* crow, const void* col, const void* val, const void* W,
                    const void* bias, void* out, int64_t B, int64_t H, const void* scale_ptr,
                    int dtype, int index_dtype, int device, void* stream, int* cuda_error) {
   if (index_dtype != kInt32 && index_dtype != kInt64) return kBadIndexDtype;
-  if (set_device(device, cuda_error) != kOk) return kCudaError;
+  cuda::DeviceGuard guard;
+  if (const int err = cuda::fail(guard.set(device), cuda_error)) return err;
   if (B == 0 || H == 0) return kOk;
   auto s = static_cast<cudaStream_t>(stream);
   const int st = dispatch_float(dtype, [&](auto tag) {
@@ -144,7 +128,7 @@ int spmm_rows_cuda(const int64_t* crow, const void* col, const void* val, const 
           static_cast<const T*>(scale_ptr));
     }
   });
-  return st != kOk ? st : finish(cuda_error);
+  return st != kOk ? st : cuda::check_launch(cuda_error);
 }
 
 int sddmm_residual_cuda(const int64_t* crow, const void* col, const void* val, const void* h,
@@ -152,7 +136,8 @@ int sddmm_residual_cuda(const int64_t* crow, const void* col, const void* val, c
                         int64_t H, int64_t nnz, int dtype, int index_dtype, void* partials,
                         void* counter, int device, void* stream, int* cuda_error) {
   if (index_dtype != kInt32 && index_dtype != kInt64) return kBadIndexDtype;
-  if (set_device(device, cuda_error) != kOk) return kCudaError;
+  cuda::DeviceGuard guard;
+  if (const int err = cuda::fail(guard.set(device), cuda_error)) return err;
   auto s = static_cast<cudaStream_t>(stream);
   if (B == 0) {  // no rows: the loss is 0 (all-zero bits)
     if (loss != nullptr) {
@@ -179,14 +164,15 @@ int sddmm_residual_cuda(const int64_t* crow, const void* col, const void* val, c
       launch(static_cast<const int64_t*>(col));
     }
   });
-  return st != kOk ? st : finish(cuda_error);
+  return st != kOk ? st : cuda::check_launch(cuda_error);
 }
 
 int col_accumulate_cuda(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
                         const int64_t* rows, const void* coef, const void* A, void* dW, void* db,
                         int64_t U, int64_t N, int64_t H, const void* scale_ptr, int dtype,
                         bool compact, int device, void* stream, int* cuda_error) {
-  if (set_device(device, cuda_error) != kOk) return kCudaError;
+  cuda::DeviceGuard guard;
+  if (const int err = cuda::fail(guard.set(device), cuda_error)) return err;
   auto s = static_cast<cudaStream_t>(stream);
   const size_t elem = dtype == kFloat64 ? 8 : 4;
   cudaError_t err = cudaSuccess;
@@ -205,7 +191,7 @@ int col_accumulate_cuda(const int64_t* perm, const int64_t* ucol, const int64_t*
         perm, ucol, uptr, rows, static_cast<const T*>(coef), static_cast<const T*>(A),
         static_cast<T*>(dW), static_cast<T*>(db), U, H, static_cast<const T*>(scale_ptr), compact);
   });
-  return st != kOk ? st : finish(cuda_error);
+  return st != kOk ? st : cuda::check_launch(cuda_error);
 }
 
 }  // namespace deeprec
