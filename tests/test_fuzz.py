@@ -1,8 +1,13 @@
-"""Malformed input never crashes the process: the fuzzer runs in a subprocess."""
+"""Malformed input never crashes the process: the fuzzer runs in a subprocess.
+
+Under the CI sanitizer step the subprocess inherits ASan/UBSan (LD_PRELOAD), so the raw
+ops, wrappers and row Adam are fuzzed under the sanitizers too.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +27,7 @@ def test_native_ops_survive_malformed_csr_fuzzing():
         f"fuzzer exited {r.returncode} (negative = killed by a signal)\n{r.stdout[-2000:]}\n"
         f"{r.stderr[-4000:]}"
     )
+    # The run must have exercised every outcome, or it proves nothing.
+    counts = dict(re.findall(r"(valid|refused|accepted)=(\d+)", r.stdout))
+    assert int(counts["valid"]) > 500 and int(counts["refused"]) > 500, counts
+    assert int(counts["accepted"]) > 100, counts

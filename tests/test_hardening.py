@@ -131,7 +131,7 @@ def test_index_is_built_only_after_the_batch_validates():
 
 # ------------------------------------------------------------------ row Adam
 @pytest.mark.parametrize("lazy", [False, True])
-@pytest.mark.parametrize("shape", [(50, 17), (40,)])
+@pytest.mark.parametrize("shape", [(50, 17), (30, 70), (40,)])
 def test_row_adam_reference_equals_native_and_torch_adam(lazy, shape):
     torch.manual_seed(0)
     p0 = torch.randn(*shape, dtype=torch.float64)

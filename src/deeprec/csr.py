@@ -314,3 +314,22 @@ def column_index(
     check_values(parts, n_cols if n_cols is not None else np.iinfo(np.int64).max, name)
     arrays = column_index_numpy(parts.crow.cpu().numpy(), col.cpu().numpy())
     return ColumnIndex(*(torch.from_numpy(a).to(col.device) for a in arrays))
+
+
+def entry_rows(crow: torch.Tensor, nnz: int) -> torch.Tensor:
+    """The row of every stored entry, for the pure-PyTorch references.
+
+    torch.repeat_interleave trusts ``output_size`` and writes past its buffer when crow
+    disagrees with it, so it is given only under torch.compile (where it avoids a host
+    sync and a data-dependent shape); eagerly torch sizes the result from crow and a
+    mismatch is a ValueError.
+    """
+    rows = torch.arange(crow.numel() - 1, device=crow.device)
+    if torch.compiler.is_compiling():
+        return torch.repeat_interleave(rows, crow.diff(), output_size=nnz)
+    if crow.numel() and bool((crow.diff() < 0).any()):
+        raise ValueError("crow must be non-decreasing")
+    rows = torch.repeat_interleave(rows, crow.diff())
+    if rows.numel() != nnz:
+        raise ValueError(f"crow spans {rows.numel()} entries but the batch stores {nnz}")
+    return rows

@@ -68,9 +68,7 @@ def masked_mse_reference(
 ) -> torch.Tensor:
     """Pure-PyTorch masked MSE over stored entries: the definition the fused op must match."""
     nnz = col.numel()
-    rows = torch.repeat_interleave(
-        torch.arange(crow.numel() - 1, device=output.device), crow.diff(), output_size=nnz
-    )
+    rows = csr.entry_rows(crow, nnz)
     pred = output[rows, col]
     return ((pred - val) ** 2).sum() / max(nnz, 1)
 

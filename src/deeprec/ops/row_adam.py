@@ -139,14 +139,16 @@ def _rows_of_grad(p, exp_avg, exp_avg_sq, grad) -> tuple[torch.Tensor, torch.Ten
         raise ValueError(
             "row_adam_step: a sparse grad must be sparse over rows only (sparse_dim 1)"
         )
-    if not grad.is_coalesced():
-        cols = grad._indices()[0].cpu().numpy()
-        if cols.size > 1 and bool((np.diff(cols) <= 0).any()):
-            # Rows out of order or repeated (tied weights sum two sparse gradients): merge
-            # them. Our own gradients arrive sorted and unique; autograd may drop the flag.
-            grad = grad.coalesce()
+    raw = grad._indices()
+    csr.check_tensor(raw, "grad rows", dtypes=(torch.int64,), device=p.device, contiguous=False)
+    cols = raw[0].cpu().numpy()
+    if cols.size and (cols.min() < 0 or cols.max() >= N):  # before coalesce() reads them
+        raise ValueError(f"row_adam_step: gradient rows must lie inside the parameter [0, {N})")
+    if not grad.is_coalesced() and cols.size > 1 and bool((np.diff(cols) <= 0).any()):
+        # Rows out of order or repeated (tied weights sum two sparse gradients): merge
+        # them. Our own gradients arrive sorted and unique; autograd may drop the flag.
+        grad = grad.coalesce()
     ucol, values = grad._indices()[0], grad._values()
-    csr.check_tensor(ucol, "grad rows", dtypes=(torch.int64,), device=p.device, contiguous=False)
     ucol, values = ucol.contiguous(), values.contiguous()
     cols = ucol.cpu().numpy()
     if cols.size and (cols[0] < 0 or cols[-1] >= N or bool((np.diff(cols) <= 0).any())):

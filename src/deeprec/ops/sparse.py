@@ -50,7 +50,7 @@ def sparse_linear_reference(
     """x @ W + b for CSR x, in pure PyTorch (gather rows of W, index_add into rows)."""
     crow, col, val = parts
     B, nnz = crow.numel() - 1, col.numel()
-    rows = torch.repeat_interleave(torch.arange(B, device=col.device), crow.diff(), output_size=nnz)
+    rows = csr.entry_rows(crow, nnz)
     out = torch.zeros(B, weight.shape[1], dtype=weight.dtype, device=weight.device)
     out = out.index_add(0, rows, val[:, None] * weight[col])
     return out if bias is None else out + bias
@@ -61,8 +61,8 @@ def sparse_output_mse_reference(
 ) -> torch.Tensor:
     """Masked MSE of h @ W^T + b at the stored entries only, in pure PyTorch."""
     crow, col, val = parts
-    B, nnz = crow.numel() - 1, col.numel()
-    rows = torch.repeat_interleave(torch.arange(B, device=col.device), crow.diff(), output_size=nnz)
+    nnz = col.numel()
+    rows = csr.entry_rows(crow, nnz)
     pred = (h[rows] * weight[col]).sum(1) + bias[col]
     return ((pred - val) ** 2).sum() / max(nnz, 1)
 
@@ -84,7 +84,7 @@ def sparse_linear(
     ``sparse_grad``: the fused path returns weight's gradient as a sparse COO tensor
     holding only the batch's columns (for deeprec.optim.ItemAdam).
     """
-    _check_weight(weight, bias, weight.shape[1] if isinstance(weight, torch.Tensor) else 0)
+    _check_weight(weight, bias, 1)
     parts = csr.unpack(x, (_rows_of(x), weight.shape[0]), name="x")
     _check_same(weight, parts.val, "x values")
     if choose_impl(weight, impl, "sparse_linear", SPARSE_DTYPES) == "reference":
@@ -112,7 +112,7 @@ def sparse_output_mse(
     Differentiable with respect to h, weight and bias. ``sparse_grad``: the fused path
     returns weight's and bias's gradients as sparse COO tensors of the batch's columns.
     """
-    _check_weight(weight, bias, weight.shape[0] if isinstance(weight, torch.Tensor) else 0)
+    _check_weight(weight, bias, 0)
     if not isinstance(h, torch.Tensor) or h.dim() != 2 or h.shape[1] != weight.shape[1]:
         raise ValueError(
             f"h must be (B, {weight.shape[1]}) to match weight {tuple(weight.shape)}, "
@@ -143,14 +143,16 @@ def _rows_of(x: object) -> int:
     )
 
 
-def _check_weight(weight, bias, bias_len: int) -> None:
-    """An item-major (items x hidden) weight and its bias of ``bias_len`` entries (or None)."""
+def _check_weight(weight, bias, bias_dim: int) -> None:
+    """An item-major (items x hidden) weight and its bias (or None) of as many entries as
+    the weight's dimension ``bias_dim`` (1: the input layer's H, 0: the output layer's N)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError("weight must be a 2-D tensor (items x hidden)")
     if not weight.is_floating_point():
         raise TypeError(f"weight must be floating point, got {weight.dtype}")
     if not weight.is_contiguous():
         raise ValueError("weight must be contiguous (item-major rows)")
+    bias_len = weight.shape[bias_dim]
     if bias is not None:
         if not isinstance(bias, torch.Tensor):
             raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
@@ -249,7 +251,7 @@ def _sparse_linear_op(
     bias: torch.Tensor,
     sparse_grad: bool,
 ) -> torch.Tensor:
-    _check_weight(weight, bias, weight.shape[1] if isinstance(weight, torch.Tensor) else 0)
+    _check_weight(weight, bias, 1)
     B, H = crow.numel() - 1, weight.shape[1]
     _check_batch("sparse_linear", weight, crow, col, val, B, (perm, ucol, uptr, rows), "x")
     out = torch.empty(B, H, dtype=weight.dtype, device=weight.device)
@@ -311,7 +313,7 @@ def _sparse_output_mse_op(
     rows: torch.Tensor,
     sparse_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_weight(weight, bias, weight.shape[0] if isinstance(weight, torch.Tensor) else 0)
+    _check_weight(weight, bias, 0)
     csr.check_tensor(h, "h", dim=2)
     _check_same(weight, h, "h")
     if h.shape[1] != weight.shape[1]:
