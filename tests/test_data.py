@@ -257,3 +257,52 @@ def test_rating_matrix_orientations_and_batches():
         np.testing.assert_array_equal(b.dense().numpy(), by_user.train[b.rows.numpy()].toarray())
         seen += b.rows.tolist()
     assert sorted(seen) == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- spreadsheet CSVs
+SPREADSHEET_ROWS = [(1, 10, 4.5, 100), (1, 11, 3.0, 101), (2, 10, 5.0, 102), (2, 12, 2.5, 103)]
+
+
+@pytest.mark.parametrize(
+    "encoding,sep,decimal,quote,newline",
+    [
+        ("utf-8-sig", ",", ".", "", "\r\n"),  # Excel "CSV UTF-8": a byte-order mark
+        ("utf-8-sig", ";", ",", "", "\r\n"),  # a decimal-comma locale: ';' and 4,5
+        ("utf-16", "\t", ".", "", "\r\n"),  # "Unicode text": UTF-16 with a BOM, tabs
+        ("utf-8", ",", ".", '"', "\r"),  # quoted fields, old Mac line ends
+    ],
+)
+def test_spreadsheet_saved_csvs_are_read(tmp_path, encoding, sep, decimal, quote, newline):
+    q = quote
+    head = sep.join(f"{q}{h}{q}" for h in ("UserId", "MovieId", "Rating", "Timestamp"))
+    lines = [head] + [
+        sep.join(f"{q}{v}{q}" for v in (u, i, str(r).replace(".", decimal), t))
+        for u, i, r, t in SPREADSHEET_ROWS
+    ]
+    path = tmp_path / "mine.csv"
+    path.write_bytes((newline.join(lines) + newline).encode(encoding))
+    ds = load(str(path))
+    got = ds.ratings[["user", "item", "rating", "timestamp"]].to_numpy().tolist()
+    assert got == [list(map(float, row)) for row in SPREADSHEET_ROWS]
+
+
+def test_a_bad_row_in_a_bom_file_still_names_its_line(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_bytes("\ufeffuser,item,rating\n1,2,4\n1,3,x\n".encode())
+    with pytest.raises(DataError, match=r"mine.csv:3: rating 'x' is not a number"):
+        load(str(path))
+
+
+def test_a_found_copy_of_a_pinned_dataset_is_checked_every_time(tmp_path, monkeypatch):
+    write_movielens_csv(tmp_path / "mine" / "ml-latest-small")  # not the GroupLens file
+    monkeypatch.delenv("DEEPREC_DATA", raising=False)
+    with pytest.raises(DataError, match="sha256 does not match the pinned value"):
+        load("ml-latest-small", data_dir=tmp_path / "mine", download=False)
+    assert (tmp_path / "mine" / "ml-latest-small" / "ratings.csv").exists()  # user's: kept
+    # the same bad copy in the cache is moved aside, so the next run downloads it again
+    cache = tmp_path / "cache"
+    write_movielens_csv(cache / "ml-latest-small")
+    monkeypatch.setattr(sources, "cache_dir", lambda: cache)
+    with pytest.raises(DataError, match=r"moved to ratings\.csv\.corrupt"):
+        load("ml-latest-small", download=False)
+    assert not (cache / "ml-latest-small" / "ratings.csv").exists()

@@ -202,3 +202,58 @@ def test_train_rejects_bad_flags_with_one_line(data_dir, tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert train_main(["--preset", "nope"]) == 2
     assert "--preset 'nope' does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--input-dropout", "1.5", "--input-dropout must be in [0, 1)"),
+        ("--dropout", "-0.1", "--dropout must be in [0, 1)"),
+        ("--weight-decay", "-1", "--weight-decay must be >= 0"),
+        ("--lr", "0", "--lr must be > 0"),
+        ("--lr", "nan", "--lr must be > 0"),
+        ("--lr", "inf", "--lr must be > 0"),
+        ("--quantile", "1.0", "--quantile must be in (0, 1)"),
+        ("--val-frac", "0", "--val-frac must be in (0, 1)"),
+        ("--batch-size", "0", "--batch-size must be >= 1"),
+        ("--seed", "-1", "--seed must be in [0, "),
+    ],
+)
+def test_every_numeric_flag_is_range_checked(data_dir, tmp_path, capsys, flag, value, message):
+    rc = train_main(["--data", str(data_dir), "--out", str(tmp_path / "r"), flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_save_every_is_range_checked_by_argparse(capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_main(["--save-every", "0"])
+    assert stop.value.code == 2 and "--save-every: must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,named",
+    [
+        (["--lr", "0.05"], "--lr 0.05 (the run has 0.001)"),
+        (["--fused"], "--fused True"),
+        (["--hidden", "32"], "--hidden [32]"),
+        (["--preset", "best"], "--preset best"),
+        (["--out", "elsewhere"], "--out elsewhere"),
+    ],
+)
+def test_resume_refuses_flags_that_would_change_the_run(data_dir, tmp_path, capsys, extra, named):
+    train(data_dir, tmp_path / "r", "--epochs", "1")
+    before = (tmp_path / "r" / "metrics.json").read_text()
+    rc = train_main(["--resume", str(tmp_path / "r"), "--epochs", "2", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and named in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "r" / "metrics.json").read_text() == before
+
+
+def test_resume_accepts_flags_equal_to_the_saved_ones_and_run_options(data_dir, tmp_path):
+    train(data_dir, tmp_path / "r", "--epochs", "1")
+    args = ["--resume", str(tmp_path / "r"), "--epochs", "2", "--quiet", "--device", "cpu"]
+    assert train_main([*args, "--lr", "0.001", "--hidden", "16,8", "--save-every", "1"]) == 0
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2]

@@ -62,6 +62,16 @@ def parse_hidden(text: str) -> list[int]:
     return sizes
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m deeprec.train",
@@ -141,11 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--fused",
         action="store_true",
+        default=None,
         help="use deeprec's fused native masked-MSE loss (error if unavailable on --device)",
     )
     r = p.add_argument_group("run")
     r.add_argument(
-        "--preset", default="seed", help=f"base recipe; flags override it ({', '.join(presets())})"
+        "--preset", help=f"base recipe; flags override it ({', '.join(presets())}) [seed]"
     )
     r.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1, or auto (cuda if available)"
@@ -155,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", type=Path, metavar="DIR", help="continue the run in DIR up to --epochs"
     )
     r.add_argument(
-        "--save-every", type=int, default=1, help="write model.pt every N epochs (and at the end)"
+        "--save-every",
+        type=positive_int,
+        default=1,
+        help="write model.pt every N epochs (and at the end)",
     )
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     cli.add_debug(p)
@@ -196,7 +210,7 @@ CONFIG_DEFAULTS = {
 
 
 def build_config(args: argparse.Namespace) -> dict[str, Any]:
-    config = {**CONFIG_DEFAULTS, **load_preset(args.preset)}
+    config = {**CONFIG_DEFAULTS, **load_preset(args.preset or "seed")}
     for key in CONFIG_KEYS:
         value = getattr(args, key)
         if value is not None:
@@ -206,15 +220,60 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
+# Allowed range of every numeric option: (low, high, low included, high included); None is
+# unbounded. NaN fails every comparison, so it is refused too.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "epochs": (1, None, True, False),
+    "batch_size": (1, None, True, False),
+    "lr": (0, None, False, False),
+    "weight_decay": (0, None, True, False),
+    "dropout": (0, 1, True, False),
+    "input_dropout": (0, 1, True, False),
+    "quantile": (0, 1, False, False),
+    "val_frac": (0, 1, False, False),
+    "seed": (0, 2**63 - 1, True, True),
+}
+
+
+def check_range(key: str, value: float) -> None:
+    """One numeric option inside its range (and finite), or a one-line UsageError."""
+    lo, hi, lo_in, hi_in = RANGES[key]
+    ok = math.isfinite(value)
+    if lo is not None:
+        ok = ok and (value >= lo if lo_in else value > lo)
+    if hi is not None:
+        ok = ok and (value <= hi if hi_in else value < hi)
+    if not ok:  # every range has a lower bound; e.g. "in [0, 1)" or ">= 1"
+        if hi is None:
+            wanted = f">{'=' if lo_in else ''} {lo}"
+        else:
+            wanted = f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+        raise cli.UsageError(f"--{key.replace('_', '-')} must be {wanted}, got {value}")
+
+
 def check_config(config: dict[str, Any]) -> None:
-    if config["epochs"] < 1:
-        raise cli.UsageError(f"--epochs must be >= 1, got {config['epochs']}")
-    if config["batch_size"] < 1:
-        raise cli.UsageError(f"--batch-size must be >= 1, got {config['batch_size']}")
-    if not config["lr"] > 0:
-        raise cli.UsageError(f"--lr must be > 0, got {config['lr']}")
-    if not 0 <= config["dropout"] < 1:
-        raise cli.UsageError(f"--dropout must be in [0, 1), got {config['dropout']}")
+    for key in RANGES:
+        check_range(key, config[key])
+
+
+def refuse_changes_on_resume(args: argparse.Namespace, saved: dict[str, Any]) -> None:
+    """--resume continues the saved configuration exactly; a flag that would change it is
+    refused by name, never dropped. --epochs (how far to continue) and the run options
+    (--device, --data-dir, --save-every, --quiet) are allowed."""
+    changed = []
+    for key in (*CONFIG_KEYS, "fused"):
+        given = getattr(args, key)
+        if key != "epochs" and given is not None and given != saved.get(key):
+            changed.append(f"--{key.replace('_', '-')} {given} (the run has {saved.get(key)})")
+    if args.preset is not None:
+        changed.append(f"--preset {args.preset}")
+    if args.out is not None:
+        changed.append(f"--out {args.out} (a resumed run writes to its own folder)")
+    if changed:
+        raise cli.UsageError(
+            "--resume continues the saved configuration; these flags would change it: "
+            f"{'; '.join(changed)}. Drop them, or start a new run instead"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -416,7 +475,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         state = checkpoint.load(args.resume)
         config = {**CONFIG_DEFAULTS, **state["config"]}
+        refuse_changes_on_resume(args, config)
         if args.epochs is not None:
+            check_range("epochs", args.epochs)
             config["epochs"] = args.epochs
         out = args.resume if args.resume.is_dir() else args.resume.parent
         if state["epoch"] >= config["epochs"]:

@@ -8,6 +8,7 @@ Values are parsed leniently here; ``validate.check`` decides what is acceptable.
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 from dataclasses import dataclass, field
@@ -29,9 +30,19 @@ class Ratings:
     scale: tuple[float, float] | None = None  # the dataset's rating scale, if known
 
 
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
 def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The file's text. A byte-order mark (spreadsheets save UTF-8 CSV with one, and
+    "Unicode text" exports as UTF-16) picks the encoding and is dropped."""
     try:
-        return path.read_text(encoding=encoding)
+        raw = path.read_bytes()
+        for bom, codec in _BOMS:
+            if raw.startswith(bom):
+                encoding = codec
+                break
+        return raw.decode(encoding)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as exc:
@@ -89,12 +100,32 @@ _RATING_COLS = ("rating", "score", "stars")
 _TIME_COLS = ("timestamp", "time", "date", "ts")
 
 
+def _header(line: str) -> tuple[list[str], str]:
+    """(lower-cased column names, delimiter) of a header line.
+
+    Spreadsheets write ',' or, in locales with a decimal comma, ';'; tab-separated
+    exports are common too. Names may be quoted and padded.
+    """
+    best: tuple[list[str], str] = ([], ",")
+    for sep in (",", ";", "\t"):
+        names = [
+            h.strip().strip('"').strip().lower() for h in next(csv.reader([line], delimiter=sep))
+        ]
+        if len(names) > len(best[0]):
+            best = (names, sep)
+    return best
+
+
 def read_csv_ratings(path: Path, titles_path: Path | None = None) -> Ratings:
-    """Any CSV with a header naming user, item, rating[, timestamp] (MovieLens names accepted)."""
-    text = _read_text(path).replace("\r\n", "\n")
+    """Any CSV with a header naming user, item, rating[, timestamp] (MovieLens names accepted).
+
+    Also what spreadsheets save: a UTF-8 byte-order mark or UTF-16, CRLF or CR line
+    ends, quoted fields, ';' or tab delimiters, and with ';' a decimal comma (4,5).
+    """
+    text = _read_text(path).replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         raise DataError(f"{path}: file is empty")
-    header = [h.strip().lower() for h in text.split("\n", 1)[0].split(",")]
+    header, sep = _header(text.split("\n", 1)[0])
 
     def pick(options: tuple[str, ...], what: str, required: bool = True) -> int | None:
         for i, h in enumerate(header):
@@ -111,8 +142,10 @@ def read_csv_ratings(path: Path, titles_path: Path | None = None) -> Ratings:
     t = pick(_TIME_COLS, "timestamp", required=False)
     names = ["user", "item", "rating"] + (["timestamp"] if t is not None else [])
     order = cols + ([t] if t is not None else [])
-    raw = _frame(text, path, ",", [f"c{i}" for i in range(max(order) + 1)], header=True)
+    raw = _frame(text, path, sep, [f"c{i}" for i in range(max(order) + 1)], header=True)
     frame = pd.DataFrame({n: raw[f"c{i}"] for n, i in zip(names, order, strict=True)})
+    if sep == ";":  # a decimal-comma locale writes 4,5 for 4.5
+        frame["rating"] = frame["rating"].str.replace(",", ".", regex=False)
     frame["line"] = raw["line"]
     titles = read_movielens_titles(titles_path) if titles_path is not None else {}
     return Ratings(frame, path, titles)

@@ -79,7 +79,7 @@ def resolve(data: str, data_dir: str | Path | None = None, download: bool = True
     for base in search_dirs(data_dir):
         for name in (data, _ZIP_FOLDER.get(data, data)):
             if (base / name / source.ratings_file).exists():
-                return base / name
+                return _verified(base / name, source, in_cache=base == cache_dir())
     if source.url is None or not download:
         where = search_dirs(data_dir)[0]
         raise DataError(
@@ -124,6 +124,27 @@ def _download(name: str, source: Source, data_dir: str | Path | None) -> Path:
         ratings.rename(ratings.with_suffix(ratings.suffix + ".corrupt"))
         raise DataError(f"{ratings}: sha256 does not match the pinned value; moved aside, retry")
     return folder
+
+
+def _verified(folder: Path, source: Source, in_cache: bool) -> Path:
+    """A found copy of a dataset with a pinned checksum is checked every time it is used
+    (~5 ms for ml-latest-small). A bad cached copy is moved aside (the next run downloads
+    it again); a bad copy the user pointed at is refused, never read."""
+    ratings = folder / source.ratings_file
+    if source.ratings_sha256 is None or sha256(ratings) == source.ratings_sha256:
+        return folder
+    if in_cache:
+        aside = ratings.with_suffix(ratings.suffix + ".corrupt")
+        ratings.replace(aside)
+        raise DataError(
+            f"{ratings}: sha256 does not match the pinned value; the cached copy was moved to "
+            f"{aside.name} and is downloaded again on the next run"
+        )
+    raise DataError(
+        f"{ratings}: sha256 does not match the pinned value for {folder.name} "
+        f"({source.ratings_sha256[:12]}...): not the GroupLens release; use the original file "
+        "or pass the folder as a path (--data PATH) to train on it as your own data"
+    )
 
 
 def sha256(path: Path) -> str:
