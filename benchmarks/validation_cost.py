@@ -31,38 +31,44 @@ def main() -> None:
     print(f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print("| shape | CSR checks | index check | masked_mse fwd+bwd | sparse_output_mse fwd+bwd |")
     print("|---|---:|---:|---:|---:|")
-    for name, (B, N, density, H) in SHAPES.items():
-        output, (crow, col, val), _ = rating_batch(B, N, density)
-        col = col.long()
-        parts = csr.CSRParts(crow, col, val)
-        idx = column_index(crow, col)
-
-        def checks():
-            csr.check_structure(crow, col, val, B)
-            csr.check_values(parts, N)
-
-        out = output.clone().requires_grad_()
-
-        def loss_step():
-            masked_mse(out, (crow, col, val), impl="fused").backward()
-
-        h = torch.randn(B, H, requires_grad=True)
-        W = torch.randn(N, H, requires_grad=True)
-        b = torch.randn(N, requires_grad=True)
-
-        def output_step():
-            sparse_output_mse(h, W, b, (crow, col, val), index=idx, impl="fused").backward()
-
-        t = {
-            "checks": measure(checks, runs=31)["median"],
-            "index": measure(lambda: csr.check_index(idx, parts, N), runs=31)["median"],
-            "mse": measure(loss_step, runs=21)["median"],
-            "out": measure(output_step, runs=11)["median"],
-        }
+    for name, shape in SHAPES.items():
+        t = shape_costs(*shape)
         print(
             f"| {name} | {t['checks'] * 1e6:.0f} us | {t['index'] * 1e6:.0f} us | "
             f"{t['mse'] * 1e3:.3f} ms | {t['out'] * 1e3:.2f} ms |"
         )
+
+
+def shape_costs(B: int, N: int, density: float, H: int) -> dict[str, float]:
+    """Median seconds of the checks and of the ops they guard, at one batch shape."""
+    output, (crow, col, val), _ = rating_batch(B, N, density)
+    col = col.long()
+    parts = csr.CSRParts(crow, col, val)
+    idx = column_index(crow, col)
+
+    def checks():
+        csr.check_structure(crow, col, val, B)
+        csr.check_values(parts, N)
+
+    out = output.clone().requires_grad_()
+
+    def loss_step():
+        masked_mse(out, (crow, col, val), impl="fused").backward()
+
+    h = torch.randn(B, H, requires_grad=True)
+    W = torch.randn(N, H, requires_grad=True)
+    b = torch.randn(N, requires_grad=True)
+
+    def output_step():
+        sparse_output_mse(h, W, b, (crow, col, val), index=idx, impl="fused").backward()
+
+    t = {
+        "checks": measure(checks, runs=31)["median"],
+        "index": measure(lambda: csr.check_index(idx, parts, N), runs=31)["median"],
+        "mse": measure(loss_step, runs=21)["median"],
+        "out": measure(output_step, runs=11)["median"],
+    }
+    return t
 
 
 if __name__ == "__main__":
