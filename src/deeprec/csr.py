@@ -301,15 +301,11 @@ def column_index(
 
     n_cols: the batch's width, if known (else only the offsets and order are checked).
     """
-    placeholder = col.new_empty(col.numel(), dtype=torch.float32) if torch.is_tensor(col) else col
-    check_structure(
-        crow,
-        col,
-        placeholder,
-        crow.numel() - 1 if torch.is_tensor(crow) else 0,
-        name,
-        need_contiguous=False,
-    )
+    check_tensor(crow, f"{name}: crow", dim=1, dtypes=INDEX_DTYPES, contiguous=False)
+    check_tensor(col, f"{name}: col", dim=1, dtypes=INDEX_DTYPES, device=crow.device,
+                 contiguous=False)  # fmt: skip
+    if crow.numel() == 0:
+        raise ValueError(f"{name}: crow is empty; a batch of B rows needs B + 1 offsets")
     parts = CSRParts(crow.to(torch.int64), col, col)
     check_values(parts, n_cols if n_cols is not None else np.iinfo(np.int64).max, name)
     arrays = column_index_numpy(parts.crow.cpu().numpy(), col.cpu().numpy())
