@@ -288,9 +288,17 @@ def make_case(op, B, N, H, density, seed):
     return c
 
 
+def _repeat(values, counts):
+    """repeat_interleave that refuses absurd counts (a mutated offset of 10**15 would make
+    it allocate petabytes, which ASan aborts on instead of raising)."""
+    if bool((counts < 0).any()) or int(counts.sum()) > 10**6:
+        raise ValueError("reference: counts out of range")
+    return torch.repeat_interleave(values, counts)
+
+
 def _dense(crow, col, val, B, N):
     dense = torch.zeros(B, N, dtype=D)
-    rows = torch.repeat_interleave(torch.arange(B), crow.long().diff())
+    rows = _repeat(torch.arange(B), crow.long().diff())
     dense[rows, col.long()] = val.to(D)
     return dense
 
@@ -322,7 +330,7 @@ def reference(c):
         # col_accumulate sees only the index: each entry's column and row come from it
         perm, ucol, uptr, rows = c["index"]
         col = torch.zeros(perm.numel(), dtype=torch.int64)
-        col[perm] = torch.repeat_interleave(ucol, uptr.diff())
+        col[perm] = _repeat(ucol, uptr.diff())
         terms = c["scale"] * c["coef"]
         A, n = c["A"], c["n_cols"]
         dW = torch.zeros(n, A.shape[1], dtype=D).index_add(0, col, terms[:, None] * A[rows])

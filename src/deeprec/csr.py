@@ -317,15 +317,18 @@ def entry_rows(crow: torch.Tensor, nnz: int) -> torch.Tensor:
 
     torch.repeat_interleave trusts ``output_size`` and writes past its buffer when crow
     disagrees with it, so it is given only under torch.compile (where it avoids a host
-    sync and a data-dependent shape); eagerly torch sizes the result from crow and a
-    mismatch is a ValueError.
+    sync and a data-dependent shape). Eagerly the offsets are checked first (crow[0] == 0,
+    non-decreasing, crow[-1] == nnz), so a bad crow is a ValueError, not a wild write or
+    an allocation of crow[-1] entries.
     """
     rows = torch.arange(crow.numel() - 1, device=crow.device)
     if torch.compiler.is_compiling():
         return torch.repeat_interleave(rows, crow.diff(), output_size=nnz)
-    if crow.numel() and bool((crow.diff() < 0).any()):
-        raise ValueError("crow must be non-decreasing")
-    rows = torch.repeat_interleave(rows, crow.diff())
-    if rows.numel() != nnz:
-        raise ValueError(f"crow spans {rows.numel()} entries but the batch stores {nnz}")
-    return rows
+    if crow.numel() == 0:
+        raise ValueError("crow is empty; a batch of B rows needs B + 1 offsets")
+    first, last = int(crow[0]), int(crow[-1])
+    if first != 0 or last != nnz or bool((crow.diff() < 0).any()):
+        raise ValueError(
+            f"crow must rise from 0 to nnz = {nnz} without decreasing, got {first}..{last}"
+        )
+    return torch.repeat_interleave(rows, crow.diff(), output_size=nnz)
