@@ -221,12 +221,12 @@ def _describe(crow: np.ndarray, col: np.ndarray, n_cols: int, name: str) -> str:
     return f"{name}: malformed CSR batch"
 
 
-def check_grouping(perm, ucol, uptr, rows, n_rows: int, n_cols: int) -> np.ndarray | None:
+def check_grouping(perm, ucol, uptr, rows, n_rows: int, n_cols: int) -> None:
     """Internal consistency of a column index, on host arrays; raises ValueError.
 
     perm is a permutation of the entries, ucol strictly increasing inside [0, n_cols),
     every distinct column has at least one entry (uptr strictly increasing from 0 to
-    nnz), and rows lie in [0, n_rows). Returns perm as a numpy array (None if empty).
+    nnz), and rows lie in [0, n_rows).
     What kernels rely on: every address stays inside its array, and no two column
     groups (CUDA blocks, CPU threads) write the same output row.
     """
@@ -239,7 +239,7 @@ def check_grouping(perm, ucol, uptr, rows, n_rows: int, n_cols: int) -> np.ndarr
     if ucol.size and (ucol[0] < 0 or ucol[-1] >= n_cols or bool((ucol[1:] <= ucol[:-1]).any())):
         raise ValueError(f"index: ucol must be strictly increasing inside [0, {n_cols})")
     if nnz == 0:
-        return None
+        return
     if perm.min() < 0 or perm.max() >= nnz:
         raise ValueError(f"index: perm holds ids outside [0, {nnz})")
     seen = np.zeros(nnz, dtype=bool)
@@ -248,7 +248,6 @@ def check_grouping(perm, ucol, uptr, rows, n_rows: int, n_cols: int) -> np.ndarr
         raise ValueError("index: perm repeats an entry (it must be a permutation of the entries)")
     if rows.min() < 0 or rows.max() >= n_rows:
         raise ValueError(f"index: rows holds rows outside [0, {n_rows})")
-    return perm
 
 
 def check_index(index: ColumnIndex, parts: CSRParts, n_cols: int) -> None:
@@ -264,8 +263,8 @@ def check_index(index: ColumnIndex, parts: CSRParts, n_cols: int) -> None:
     col = parts.col.detach().cpu().numpy()
     perm, ucol, uptr, rows = (t.detach().cpu().numpy() for t in index)
     n_rows = crow.size - 1
-    checked = check_grouping(perm, ucol, uptr, rows, n_rows, n_cols)
-    if checked is None:
+    check_grouping(perm, ucol, uptr, rows, n_rows, n_cols)
+    if perm.size == 0:
         return
     counts = np.diff(crow)
     if not np.array_equal(rows, np.repeat(np.arange(n_rows, dtype=np.int64), counts)):

@@ -20,7 +20,6 @@ from deeprec import _native, csr
 from deeprec.ops.launch import (
     Impl,
     check_kernel,
-    check_scale,
     choose_impl,
     cuda_target,
     dtype_code,
@@ -155,7 +154,6 @@ def _masked_mse_backward_op(
         raise ValueError(f"grad is on {grad.device} but output is on {output.device}")
     out = torch.empty_like(output, memory_format=torch.contiguous_format)
     scale = grad.to(output.dtype).reshape(()).contiguous()
-    check_scale(scale, output)
     _run_native(output, crow, col, val, loss=None, grad=out, grad_scale=scale)
     return out
 

@@ -148,10 +148,9 @@ def _rows_of_grad(p, exp_avg, exp_avg_sq, grad) -> tuple[torch.Tensor, torch.Ten
         # Rows out of order or repeated (tied weights sum two sparse gradients): merge
         # them. Our own gradients arrive sorted and unique; autograd may drop the flag.
         grad = grad.coalesce()
-    ucol, values = grad._indices()[0], grad._values()
-    ucol, values = ucol.contiguous(), values.contiguous()
-    cols = ucol.cpu().numpy()
-    if cols.size and (cols[0] < 0 or cols[-1] >= N or bool((np.diff(cols) <= 0).any())):
+        cols = grad._indices()[0].cpu().numpy()
+    ucol, values = grad._indices()[0].contiguous(), grad._values().contiguous()
+    if cols.size > 1 and bool((np.diff(cols) <= 0).any()):  # flagged coalesced, but is not
         raise ValueError(
             "row_adam_step: gradient rows must be sorted, unique and inside the parameter"
         )
