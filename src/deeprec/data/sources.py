@@ -79,7 +79,7 @@ def resolve(data: str, data_dir: str | Path | None = None, download: bool = True
     for base in search_dirs(data_dir):
         for name in (data, _ZIP_FOLDER.get(data, data)):
             if (base / name / source.ratings_file).exists():
-                return _verified(base / name, source, in_cache=base == cache_dir())
+                return _verified(base / name, source, ours=base == cache_dir())
     if source.url is None or not download:
         where = search_dirs(data_dir)[0]
         raise DataError(
@@ -120,24 +120,22 @@ def _download(name: str, source: Source, data_dir: str | Path | None) -> Path:
         raise DataError(
             f"download of {name} did not contain {source.ratings_file} ({len(members)} files)"
         )
-    if source.ratings_sha256 and sha256(ratings) != source.ratings_sha256:
-        ratings.rename(ratings.with_suffix(ratings.suffix + ".corrupt"))
-        raise DataError(f"{ratings}: sha256 does not match the pinned value; moved aside, retry")
-    return folder
+    return _verified(folder, source, ours=True)
 
 
-def _verified(folder: Path, source: Source, in_cache: bool) -> Path:
-    """A found copy of a dataset with a pinned checksum is checked every time it is used
-    (~5 ms for ml-latest-small). A bad cached copy is moved aside (the next run downloads
-    it again); a bad copy the user pointed at is refused, never read."""
+def _verified(folder: Path, source: Source, ours: bool) -> Path:
+    """A copy of a dataset with a pinned checksum is checked every time it is used (~5 ms
+    for ml-latest-small) and after every download. A bad copy of ours (cached or just
+    downloaded) is moved aside, so the next run downloads it again; a bad copy the user
+    pointed at is refused, never read, and kept."""
     ratings = folder / source.ratings_file
     if source.ratings_sha256 is None or sha256(ratings) == source.ratings_sha256:
         return folder
-    if in_cache:
+    if ours:
         aside = ratings.with_suffix(ratings.suffix + ".corrupt")
         ratings.replace(aside)
         raise DataError(
-            f"{ratings}: sha256 does not match the pinned value; the cached copy was moved to "
+            f"{ratings}: sha256 does not match the pinned value; the copy was moved to "
             f"{aside.name} and is downloaded again on the next run"
         )
     raise DataError(
