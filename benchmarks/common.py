@@ -29,7 +29,7 @@ def cpu_model() -> str:
 
 def machine_info(device: str = "cpu") -> dict[str, object]:
     """What the numbers were measured on: CPU model, threads, GPU, versions."""
-    from deeprec.info import collect
+    from deeprec.environment import collect
 
     info: dict[str, object] = {
         "cpu": cpu_model(),

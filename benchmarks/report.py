@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for <device>.json/.md/.png")
     p.add_argument("--name", help="file stem instead of the automatic one (e.g. cpu-epyc-2t, h100)")
     args = p.parse_args(argv)
-    torch.set_flush_denormal(True)  # as deeprec.train does (see its main)
+    torch.set_flush_denormal(True)  # as deeprec.training.fit does (flushed_denormals)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         if args.device == "cuda":

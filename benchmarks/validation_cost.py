@@ -19,7 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model, measure, rating_batch
 
 from deeprec import csr
+from deeprec.config import decide_path, load_preset
 from deeprec.ops import column_index, masked_mse, sparse_output_mse
+from deeprec.optim import build
+from deeprec.run import build_model, prepare_data
+from deeprec.training import flushed_denormals, run_epoch
 
 SHAPES = {  # name: (B, N, density, H)
     "seed (128 x 9,559, 1.7%)": (128, 9559, 0.017, 512),
@@ -80,18 +84,16 @@ def epoch_cost(batch_size: int = 128) -> tuple[float, float]:
     epoch on the fused sparse path (ml-latest-small; needs the data)."""
     from unittest import mock
 
-    from deeprec.optim import build
-    from deeprec.train import build_model, flushed_denormals, load_preset, prepare_data, run_epoch
-
-    config = {"input_dropout": 0.0, "residual": False, **load_preset("seed")}
+    config = load_preset("seed").replace(fused=True)
+    path = decide_path(config, torch.device("cpu"))
     _, matrix = prepare_data(config, None)
     torch.manual_seed(0)
     model = build_model(config, matrix.n_cols)
-    opt = build("adam", model, 1e-3, 0.0, sparse_path=True)
+    opt = build("adam", model, 1e-3, 0.0, path.sparse_grad)
     batches = list(matrix.batches(batch_size))
 
     def epoch():
-        run_epoch(model, opt, batches, True, sparse_grad=True)
+        run_epoch(model, opt, batches, path)
 
     with flushed_denormals():
         full = measure(epoch, runs=7, warmup=1)["median"]

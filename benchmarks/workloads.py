@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from common import rating_batch, seed_dense_masked_mse
 
-from deeprec.data import RatingMatrix
+from deeprec.config import Config, TrainingPath, decide_path
+from deeprec.data import Batch, RatingMatrix, load, split
 from deeprec.model import AutoEncoder
-from deeprec.ops import fused_available, masked_mse
+from deeprec.ops import column_index, fused_available, masked_mse
 from deeprec.optim import build as build_optimizer
-from deeprec.optim import wants_sparse_grad
+from deeprec.training import batch_loss, run_epoch
 
 # (rows per batch, items, fraction rated)
 LOSS_SHAPES = {
@@ -98,11 +99,14 @@ def loss_workload(shape: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     )
 
 
-def _optimizer(name: str, model, fused: bool):
-    """deeprec's optimizer choice, or torch's default (per-tensor loop) Adam for the #3 baseline."""
+def _path_and_optimizer(name: str, model, fused: bool, device: str) -> tuple[TrainingPath, object]:
+    """The training path and optimizer deeprec.train would use, or torch's default (per-tensor
+    loop) Adam on the reference path for the #3 baseline."""
+    config = Config(fused=fused, optimizer="adam" if name == "torch-adam" else name)
+    path = decide_path(config, torch.device(device))
     if name == "torch-adam":
-        return torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False)
-    return build_optimizer(name, model, 1e-3, 0.0, fused)
+        return path, torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False)
+    return path, build_optimizer(name, model, 1e-3, 0.0, path.sparse_grad)
 
 
 def dense_flops(n_in: int, hidden=SEED_HIDDEN) -> int:
@@ -116,8 +120,6 @@ def seed_matrix() -> tuple[RatingMatrix, str]:
     """The seed's training matrix: real ml-latest-small when present, else a synthetic twin."""
     data_dir = os.environ.get("DEEPREC_DATA") or (SHARED_DATA if SHARED_DATA.exists() else None)
     try:
-        from deeprec.data import load, split
-
         ds = load("ml-latest-small", data_dir, download=False)
         train, val = split(ds.ratings)
         return RatingMatrix.from_split(train, val, "user", ds.scale), "ml-latest-small"
@@ -136,8 +138,6 @@ def seed_matrix() -> tuple[RatingMatrix, str]:
 
 def epoch_workload(batch_size: int, device: str = "cpu", matrix=None, source: str = "") -> Workload:
     """One training epoch of the seed model on ml-latest-small: reference path vs --fused."""
-    from deeprec.train import batch_loss, run_epoch
-
     if matrix is None:
         matrix, source = seed_matrix()
     runs = {}
@@ -147,19 +147,18 @@ def epoch_workload(batch_size: int, device: str = "cpu", matrix=None, source: st
             continue
         torch.manual_seed(0)
         model = AutoEncoder(matrix.n_cols, SEED_HIDDEN).to(device)
-        opt = _optimizer(optimizer, model, fused)
+        path, opt = _path_and_optimizer(optimizer, model, fused, device)
         gen = torch.Generator().manual_seed(0)
-        runs[name] = (model, fused)
-        sparse = wants_sparse_grad(opt)
-        impls[name] = lambda m=model, o=opt, g=gen, f=fused, s=sparse: run_epoch(
-            m, o, matrix.batches(batch_size, device, generator=g), f, s
+        runs[name] = (model, path)
+        impls[name] = lambda m=model, o=opt, g=gen, p=path: run_epoch(
+            m, o, matrix.batches(batch_size, device, generator=g), p
         )
 
     def check():
         batch = matrix.batch(np.arange(min(batch_size, matrix.n_rows)), device)
         torch.manual_seed(1)
         model = AutoEncoder(matrix.n_cols, SEED_HIDDEN).to(device)
-        losses = {n: batch_loss(model, batch, f).item() for n, (_, f) in runs.items()}
+        losses = {n: batch_loss(model, batch, p).item() for n, (_, p) in runs.items()}
         ref = losses["reference (dense)"]
         for name, value in losses.items():
             assert abs(value - ref) <= 1e-4 * max(1.0, abs(ref)), f"{name}: {value} vs {ref}"
@@ -177,10 +176,6 @@ def epoch_workload(batch_size: int, device: str = "cpu", matrix=None, source: st
 
 def step_workload(shape: str = "netflix", device: str = "cpu") -> Workload:
     """One training step (forward, loss, backward, Adam) of the seed model at a batch shape."""
-    from deeprec.data.matrix import Batch
-    from deeprec.ops import column_index
-    from deeprec.train import batch_loss
-
     B, N, density = LOSS_SHAPES[shape]
     _, (crow, col, val), _ = rating_batch(B, N, density, device=device)
     batch = Batch(torch.arange(B, device=device), crow, col.long(), val, N)
@@ -194,13 +189,11 @@ def step_workload(shape: str = "netflix", device: str = "cpu") -> Workload:
             continue
         torch.manual_seed(0)
         model = AutoEncoder(N, SEED_HIDDEN).to(device)
-        opt = _optimizer(optimizer, model, fused)
-        models[name] = (model, fused)
+        path, opt = _path_and_optimizer(optimizer, model, fused, device)
+        models[name] = (model, path)
 
-        sparse = wants_sparse_grad(opt)
-
-        def step(m=model, o=opt, f=fused, s=sparse):
-            loss = batch_loss(m, batch, f, s)
+        def step(m=model, o=opt, p=path):
+            loss = batch_loss(m, batch, p)
             o.zero_grad(set_to_none=True)
             loss.backward()
             o.step()
@@ -210,7 +203,7 @@ def step_workload(shape: str = "netflix", device: str = "cpu") -> Workload:
     def check():
         torch.manual_seed(1)
         model = AutoEncoder(N, SEED_HIDDEN).to(device)
-        vals = {n: batch_loss(model, batch, f).item() for n, (_, f) in models.items()}
+        vals = {n: batch_loss(model, batch, p).item() for n, (_, p) in models.items()}
         ref = vals["reference (dense)"]
         assert all(abs(v - ref) <= 1e-4 * max(1.0, abs(ref)) for v in vals.values()), vals
 

@@ -19,23 +19,26 @@ from pathlib import Path
 
 import torch
 
-from deeprec import train as lib  # noqa: F401  (the library functions live here for now)
+from deeprec.config import Config, decide_path, load_preset
 from deeprec.optim import build as build_optimizer
-from deeprec.train import build_model, flushed_denormals, load_preset, prepare_data, run_epoch
+from deeprec.run import build_model, prepare_data
+from deeprec.training import flushed_denormals, run_epoch
 
 
-def losses(config, matrix, fused: bool, dtype: torch.dtype, epochs: int) -> list[float]:
-    torch.manual_seed(config["seed"])
+def losses(config: Config, matrix, fused: bool, dtype: torch.dtype, epochs: int) -> list[float]:
+    config = config.replace(fused=fused)
+    path = decide_path(config, torch.device("cpu"))
+    torch.manual_seed(config.seed)
     model = build_model(config, matrix.n_cols).to(dtype)
-    opt = build_optimizer(config["optimizer"], model, config["lr"], config["weight_decay"], fused)
-    shuffle = torch.Generator().manual_seed(config["seed"])
+    opt = build_optimizer(config.optimizer, model, config.lr, config.weight_decay, path.sparse_grad)
+    shuffle = torch.Generator().manual_seed(config.seed)
     out = []
     for _ in range(epochs):
         batches = []
-        for b in matrix.batches(config["batch_size"], generator=shuffle):
+        for b in matrix.batches(config.batch_size, generator=shuffle):
             b.val = b.val.to(dtype)
             batches.append(b)
-        out.append(run_epoch(model, opt, batches, fused, sparse_grad=fused))
+        out.append(run_epoch(model, opt, batches, path))
     return out
 
 
@@ -45,7 +48,7 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    config = {"input_dropout": 0.0, "residual": False, **load_preset("seed")}
+    config = load_preset("seed")
     _, matrix = prepare_data(config, args.data_dir)
     result = {}
     with flushed_denormals():

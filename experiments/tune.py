@@ -22,23 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deeprec.config import Config, decide_path, load_preset
 from deeprec.data import RatingMatrix, load, split
 from deeprec.optim import build as build_optimizer
-from deeprec.optim import wants_sparse_grad
-from deeprec.train import (
-    CONFIG_DEFAULTS,
-    build_model,
-    epoch_lr,
-    flushed_denormals,
-    load_preset,
-    model_inputs,
-    run_epoch,
-    set_lr,
-    validate,
-)
+from deeprec.run import build_model, model_inputs
+from deeprec.training import epoch_lr, flushed_denormals, run_epoch, set_lr, validate
 
 SPLITS = {"user-time": {}, "global-time": {}}
-BASE = {**CONFIG_DEFAULTS, **load_preset("seed"), "fused": True}
+BASE = load_preset("seed").replace(fused=True)
 # The search space: orientation, residual learning over the bias baseline, width, activation,
 # denoising (input dropout), code dropout, L2 weight decay.
 GRID = [
@@ -171,22 +162,26 @@ GRID += [
 COMMON = dict(lr=1e-3, batch_size=64, optimizer="adam")
 
 
-def fit(config: dict, matrix: RatingMatrix, epochs: int, every: int = 5) -> list[tuple[int, float]]:
+def fit(
+    config: Config, matrix: RatingMatrix, epochs: int, every: int = 5
+) -> list[tuple[int, float]]:
     """Train on matrix's training part; (epoch, validation RMSE) every `every` epochs.
 
     The same code path as `python -m deeprec.train --fused` (model, optimizer, learning-rate
     schedule, re-feeding, epochs), without checkpoints.
     """
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(config.seed)
     inputs, offsets = model_inputs(config, matrix)
     model = build_model(config, matrix.n_cols)
-    opt = build_optimizer(config["optimizer"], model, config["lr"], config["weight_decay"], True)
-    gen = torch.Generator().manual_seed(config["seed"])
+    path = decide_path(config, torch.device("cpu"))
+    opt = build_optimizer(config.optimizer, model, config.lr, config.weight_decay, path.sparse_grad)
+    gen = torch.Generator().manual_seed(config.seed)
+    schedule = config.replace(epochs=epochs)
     out = []
     for epoch in range(1, epochs + 1):
-        set_lr(opt, epoch_lr({**config, "epochs": epochs}, epoch))
-        batches = inputs.batches(config["batch_size"], generator=gen)
-        run_epoch(model, opt, batches, True, wants_sparse_grad(opt), config.get("refeed", False))
+        set_lr(opt, epoch_lr(schedule, epoch))
+        batches = inputs.batches(config.batch_size, generator=gen)
+        run_epoch(model, opt, batches, path, config.refeed)
         if epoch % every == 0 or epoch == epochs:
             out.append((epoch, validate(model, inputs, "cpu", offsets)["val_rmse"]))
     return out
@@ -219,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = json.loads(cache_file.read_text()) if cache_file.exists() and not args.quick else {}
         rows = []
         for i, cand in enumerate(grid):
-            config = {**BASE, **COMMON, **cand}
+            config = BASE.replace(**{**COMMON, **cand})
             t0 = time.time()
             n = cand.get("epochs", epochs)  # a schedule's candidate brings its own length
             every = n if "lr_schedule" in cand else 5
@@ -253,15 +248,19 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         best = min(rows, key=lambda r: r["mean_inner_rmse"])
-        config = {**BASE, **COMMON, **best["config"], "epochs": best["best_epoch"]}
+        config = BASE.replace(**{**COMMON, **best["config"], "epochs": best["best_epoch"]})
         final = {}
         for how in SPLITS:
-            outer = matrices(args.data_dir, how, nested=False)[config["by"]]
-            final[how] = fit(config, outer, config["epochs"], every=config["epochs"])[-1][1]
+            outer = matrices(args.data_dir, how, nested=False)[config.by]
+            final[how] = fit(config, outer, config.epochs, every=config.epochs)[-1][1]
             print(f"final {how}: validation RMSE {final[how]:.4f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tuning.json").write_text(
-        json.dumps({"grid": rows, "chosen": config, "final_val_rmse": final}, indent=1, default=str)
+        json.dumps(
+            {"grid": rows, "chosen": config.to_dict(), "final_val_rmse": final},
+            indent=1,
+            default=str,
+        )
     )
     lines = [
         "# Hyper-parameter search (nested splits; reported validation never used to choose)",

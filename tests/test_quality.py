@@ -12,15 +12,16 @@ from conftest import random_csr
 from datasets import write_movielens_csv
 
 from deeprec import baseline
+from deeprec.config import Config
 from deeprec.data import RatingMatrix
-from deeprec.evaluate import bootstrap_rmse, ranking_metrics
 from deeprec.evaluate import cli_main as evaluate_main
+from deeprec.evaluation import bootstrap_rmse, ranking_metrics
 from deeprec.model import AutoEncoder
 from deeprec.ops import masked_mse
 from deeprec.predict import predict_entries, score_items
 from deeprec.recommend import cli_main as recommend_main
+from deeprec.run import model_inputs
 from deeprec.train import cli_main as train_main
-from deeprec.train import model_inputs
 
 
 def toy_matrix(by="user"):
@@ -39,7 +40,7 @@ def toy_matrix(by="user"):
 @pytest.mark.parametrize("by", ["user", "item"])
 def test_residual_model_that_outputs_zero_predicts_the_bias_baseline(by):
     m = toy_matrix(by)
-    inputs, offsets = model_inputs({"residual": True}, m)
+    inputs, offsets = model_inputs(Config(residual=True), m)
     fitted = baseline.fit(m.train, m.by)
     np.testing.assert_allclose(
         inputs.train.data, m.train.data - fitted.at(*m.train.nonzero()), atol=1e-5
@@ -144,20 +145,20 @@ def test_residual_and_input_dropout_runs_end_to_end(tmp_path, capsys):
 
 
 def test_best_preset_exists_and_loads():
-    from deeprec.train import load_preset
+    from deeprec.config import load_preset
 
     best = load_preset("best")
-    assert best["residual"] is True and best["by"] in ("user", "item")
+    assert best.residual is True and best.by in ("user", "item")
 
 
 def test_cosine_schedule_and_set_lr_reach_every_parameter_group():
     from deeprec.optim import build
-    from deeprec.train import epoch_lr, set_lr
+    from deeprec.training import epoch_lr, set_lr
 
-    config = {"lr": 0.01, "epochs": 5, "lr_schedule": "cosine"}
+    config = Config(lr=0.01, epochs=5, lr_schedule="cosine")
     lrs = [epoch_lr(config, e) for e in range(1, 6)]
     assert lrs[0] == pytest.approx(0.01) and all(a > b for a, b in pairwise(lrs))
-    assert epoch_lr({**config, "lr_schedule": "constant"}, 4) == 0.01
+    assert epoch_lr(config.replace(lr_schedule="constant"), 4) == 0.01
     model = AutoEncoder(20, (4,))
     for sparse_path in (False, True):
         opt = build("adam", model, 0.01, 0.0, sparse_path)
@@ -166,7 +167,7 @@ def test_cosine_schedule_and_set_lr_reach_every_parameter_group():
 
 
 def test_refeed_step_fits_the_models_own_output():
-    from deeprec.train import refeed_step
+    from deeprec.training import refeed_step
 
     m = toy_matrix("user")
     torch.manual_seed(0)
@@ -188,7 +189,7 @@ def test_refeed_step_fits_the_models_own_output():
 def test_interrupted_schedule_and_refeed_run_resumes_exactly(tmp_path, monkeypatch):
     import json
 
-    from deeprec import train as train_mod
+    from deeprec import training as train_mod
 
     data = write_movielens_csv(tmp_path / "toy")
     common = [

@@ -12,7 +12,7 @@ import torch
 from datasets import write_movielens_csv
 
 from deeprec import checkpoint, csr
-from deeprec import train as train_mod
+from deeprec import training as train_mod
 from deeprec.csr import column_index_numpy
 from deeprec.evaluate import cli_main as evaluate_main
 from deeprec.train import cli_main as train_main
@@ -124,9 +124,9 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
     real = train_mod.batch_loss
     state = {"epoch_batches": 0}
 
-    def diverging(model, batch, fused, sparse_grad=False):
+    def diverging(model, batch, path):
         state["epoch_batches"] += 1
-        loss = real(model, batch, fused, sparse_grad)
+        loss = real(model, batch, path)
         return loss * float("nan") if state["epoch_batches"] > 6 else loss
 
     monkeypatch.setattr(train_mod, "batch_loss", diverging)

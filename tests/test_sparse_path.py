@@ -272,7 +272,7 @@ def test_item_adam_trains_like_dense_adam_step_for_step():
     b = AutoEncoder(60, (8, 4)).double()
     b.load_state_dict(a.state_dict())
     opt_a = torch.optim.Adam(a.parameters(), lr=1e-2, foreach=False)
-    opt_b = build("adam", b, 1e-2, 0.0, sparse_path=True)
+    opt_b = build("adam", b, 1e-2, 0.0, sparse_grad=True)
     assert isinstance(opt_b, ItemAdam)
     for _ in range(5):
         opt_a.zero_grad()
@@ -336,23 +336,26 @@ def test_fused_and_reference_training_stay_together_in_float64():
     train losses agree to 1e-10 relative through epoch 6, past the loss spike at epoch 5
     where float32 runs start to part (1e-4 at epoch 6, 1e-2 by epoch 9; see
     experiments/results/fused_drift.md). So the float32 gap is rounding, amplified."""
-    from deeprec.train import build_model, flushed_denormals, load_preset, prepare_data, run_epoch
+    from deeprec.config import decide_path, load_preset
+    from deeprec.run import build_model, prepare_data
+    from deeprec.training import flushed_denormals, run_epoch
 
-    config = {"input_dropout": 0.0, "residual": False, **load_preset("seed")}
+    config = load_preset("seed")
     _, matrix = prepare_data(config, str(REAL))
     runs = {}
     with flushed_denormals():
         for fused in (False, True):
+            path = decide_path(config.replace(fused=fused), torch.device("cpu"))
             torch.manual_seed(0)
             model = build_model(config, matrix.n_cols).double()
-            opt = build("adam", model, 1e-3, 0.0, sparse_path=fused)
+            opt = build("adam", model, 1e-3, 0.0, sparse_grad=path.sparse_grad)
             shuffle = torch.Generator().manual_seed(0)
             losses = []
             for _ in range(6):
                 batches = list(matrix.batches(32, generator=shuffle))
                 for b in batches:
                     b.val = b.val.double()
-                losses.append(run_epoch(model, opt, batches, fused, sparse_grad=fused))
+                losses.append(run_epoch(model, opt, batches, path))
             runs[fused] = losses
     for epoch, (a, b) in enumerate(zip(runs[False], runs[True], strict=True), 1):
         assert abs(a - b) <= 1e-10 * abs(a), f"epoch {epoch}: reference {a!r} fused {b!r}"

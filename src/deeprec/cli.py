@@ -8,13 +8,14 @@ import traceback
 from collections.abc import Callable
 
 from deeprec.checkpoint import CheckpointError
+from deeprec.config import ConfigError
 from deeprec.data import DataError
 
 # Errors that mean "bad input", reported as one line (the traceback only with --debug).
-USER_ERRORS = (DataError, CheckpointError)
+USER_ERRORS = (DataError, CheckpointError, ConfigError)
 
 
-class UsageError(ValueError):
+class UsageError(ConfigError):
     """A command-line value that parsed but cannot be used."""
 
 
@@ -31,7 +32,7 @@ def run(
     args = parser.parse_args(argv)
     try:
         return main(args)
-    except (*USER_ERRORS, UsageError) as exc:
+    except USER_ERRORS as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

@@ -12,6 +12,8 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from deeprec.ops import sparse_linear, sparse_output_mse
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "selu": nn.SELU,
@@ -156,8 +158,6 @@ class AutoEncoder(nn.Module):
         sparse_grad: the item-major weights (and output bias) get sparse COO gradients
         holding the batch's items only (see item_parameters()).
         """
-        from deeprec.ops import sparse_linear, sparse_output_mse
-
         if not self.supports_sparse:
             raise ValueError("sparse_loss needs last_activation='none' (a linear output layer)")
         first = self.encoder[0]

@@ -132,20 +132,19 @@ class ItemAdam:
 
 
 def build(
-    name: str, model: torch.nn.Module, lr: float, weight_decay: float, sparse_path: bool = False
+    name: str, model: torch.nn.Module, lr: float, weight_decay: float, sparse_grad: bool = False
 ):
-    """The optimizer ``name`` for ``model``; sparse_path: the batches use the sparse path."""
+    """The optimizer ``name`` for ``model``.
+
+    sparse_grad: the item matrices' gradients arrive row-sparse (TrainingPath.sparse_grad),
+    so Adam becomes ItemAdam (exact), and sparse-adam the lazy ItemAdam.
+    """
     if name == "sparse-adam":
-        if not sparse_path:
+        if not sparse_grad:
             raise OptimizerError(
                 "--optimizer sparse-adam needs --fused and a linear output (--last-activation none)"
             )
         return ItemAdam(model, lr, weight_decay, lazy=True)
-    if name == "adam" and sparse_path:
+    if name == "adam" and sparse_grad:
         return ItemAdam(model, lr, weight_decay, lazy=False)
     return make_optimizer(name, model.parameters(), lr, weight_decay)
-
-
-def wants_sparse_grad(optimizer: object) -> bool:
-    """Whether the sparse path should hand this optimizer sparse item gradients."""
-    return isinstance(optimizer, ItemAdam)

@@ -12,11 +12,8 @@ import argparse
 import sys
 
 import numpy as np
-import torch
 
-from deeprec import baseline, cli
-from deeprec.evaluate import load_run
-from deeprec.predict import predict_vector, score_items
+from deeprec import cli, recommendation, run
 
 
 def parse_ratings(text: str, scale: tuple[float, float]) -> dict[int, float]:
@@ -58,53 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from deeprec.train import resolve_device
-
     if args.k < 1:
         raise cli.UsageError(f"-k must be >= 1, got {args.k}")
-    device = resolve_device(args.device)
-    run = load_run(args.checkpoint, args.data_dir, device)
-    matrix, items = run.matrix, run.matrix.item_ids()
+    device = run.resolve_device(args.device)
+    trained = run.load_trained(args.checkpoint, args.data_dir, device)
     if args.user is not None:
-        users = matrix.user_ids()
-        u = int(np.searchsorted(users, args.user))
-        if u >= len(users) or users[u] != args.user:
-            raise cli.UsageError(
-                f"--user {args.user} is not in the training data ({len(users)} users)"
-            )
-        rated = matrix.train[u].indices if matrix.by == "user" else matrix.train[:, u].nonzero()[0]
-        scores = score_items(run.model, run.inputs, np.array([u]), device, run.offsets)[0]
+        scores, rated = recommendation.known_user(trained, args.user)
         who = f"user {args.user} ({len(rated)} training ratings)"
     else:
-        if matrix.by != "user":
-            raise cli.UsageError("--ratings needs a user-based model (trained with --by user)")
-        given = parse_ratings(args.ratings, matrix.scale)
-        pos = np.searchsorted(items, list(given))
-        unknown = [i for i, p in zip(given, pos, strict=True) if p >= len(items) or items[p] != i]
-        if unknown:
-            raise cli.UsageError(f"--ratings: item ids not in the training data: {unknown[:10]}")
-        values = np.array(list(given.values()))
-        offset = np.zeros(len(items))
-        if run.offsets is not None:  # --residual: the new user's bias, folded in like the rest
-            b_user = baseline.fold_in_row(run.offsets, pos, values)
-            offset = run.offsets.mu + b_user + run.offsets.cols
-        x = torch.zeros(1, len(items), device=device)
-        x[0, torch.as_tensor(pos, device=device)] = torch.as_tensor(
-            values - offset[pos], dtype=torch.float32, device=device
-        )
-        scores = predict_vector(run.model, x)[0].double().cpu().numpy() + offset
-        rated = pos
+        given = parse_ratings(args.ratings, trained.matrix.scale)
+        scores, rated = recommendation.new_user(trained, given)
         who = f"a new user ({len(given)} ratings)"
-    # Rank by the raw score (clipping would tie everything above the scale's top),
-    # show the prediction clipped to the rating scale.
-    scores[rated] = -np.inf
-    top = np.argsort(-scores, kind="stable")[: args.k]
-    top = top[np.isfinite(scores[top])]
-    shown = np.clip(scores[top], *matrix.scale)
+    top = recommendation.top_k(trained, scores, rated, args.k)
     print(f"Top {len(top)} for {who}:")
-    for rank, (j, score) in enumerate(zip(top, shown, strict=True), 1):
-        title = run.dataset.titles.get(int(items[j]), f"item {items[j]}")
-        print(f"{rank:3d}. {score:.2f}  {title}  [{items[j]}]")
+    for rank, (item, score, title) in enumerate(top, 1):
+        print(f"{rank:3d}. {score:.2f}  {title}  [{item}]")
     return 0
 
 

@@ -1,0 +1,341 @@
+"""The typed training Config: every option's name, default, check and help in one place.
+
+The command line (``python -m deeprec.train``), presets, checkpoints and metrics.json all
+go through this class: argparse is built from its fields (``add_arguments``), a preset or a
+saved config is read by ``from_dict`` (unknown keys refused, missing keys defaulted, so
+older checkpoints still load) and written by ``to_dict``. The defaults are the seed recipe.
+
+``decide_path`` turns a Config into the TrainingPath of a run, once; everything after it
+is handed that value instead of asking the model or the optimizer again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+import torch
+
+from deeprec import _native
+from deeprec.data import SPLITS
+from deeprec.model import ACTIVATIONS
+from deeprec.optim import OPTIMIZERS
+
+
+class ConfigError(ValueError):
+    """An option value that cannot be used, as one line naming the option."""
+
+
+# (low, high, low included, high included); None is unbounded. NaN fails every comparison.
+Range = tuple[float | None, float | None, bool, bool]
+
+
+def _option(
+    default: Any,
+    help: str,
+    group: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    range: Range | None = None,
+) -> Any:
+    """A Config field with what argparse and the checks need in its metadata."""
+    return field(default=default, metadata=_meta(help, group, choices=choices, range=range))
+
+
+def _meta(
+    help: str,
+    group: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    range: Range | None = None,
+) -> dict[str, Any]:
+    return {"help": help, "group": group, "choices": choices, "range": range}
+
+
+@dataclass
+class Config:
+    """One training recipe. Field defaults: the seed recipe (``--preset seed``)."""
+
+    data: str = _option(
+        "ml-latest-small",
+        "dataset name (ml-latest-small, ml-100k, ml-1m, ml-20m, ...) or a path to a "
+        "ratings folder/CSV",
+        "data",
+    )
+    split: str = _option("global-time", "train/validation split", "data", choices=SPLITS)
+    quantile: float = _option(
+        0.98, "global-time: timestamp quantile", "data", range=(0, 1, False, False)
+    )
+    val_frac: float = _option(
+        0.2, "user-time/random: validation fraction", "data", range=(0, 1, False, False)
+    )
+    by: str = _option(
+        "user", "rows are users (U-AutoRec) or items (I-AutoRec)", "data", choices=("user", "item")
+    )
+    hidden: list[int] = field(
+        default_factory=lambda: [512, 512, 1024],
+        metadata=_meta("encoder sizes, e.g. 512,512,1024", "model"),
+    )
+    activation: str = _option(
+        "relu", "hidden activation", "model", choices=tuple(sorted(ACTIVATIONS))
+    )
+    last_activation: str = _option(
+        "none", "output activation", "model", choices=tuple(sorted(ACTIVATIONS))
+    )
+    dropout: float = _option(0.0, "dropout on the code layer", "model", range=(0, 1, True, False))
+    input_dropout: float = _option(
+        0.0,
+        "dropout on the input ratings while training (denoising)",
+        "model",
+        range=(0, 1, True, False),
+    )
+    residual: bool = _option(
+        False, "learn the residual over the regularized user+item bias baseline", "model"
+    )
+    tied: bool = _option(False, "decoder reuses the encoder's weights, transposed", "model")
+    optimizer: str = _option(
+        "adam",
+        "sparse-adam: lazy Adam on the item matrices (only the batch's items move; needs "
+        "--fused; different math)",
+        "optimization",
+        choices=OPTIMIZERS,
+    )
+    lr: float = _option(1e-3, "learning rate", "optimization", range=(0, None, False, False))
+    lr_schedule: str = _option(
+        "constant",
+        "learning rate over the epochs: constant, or cosine annealing to 0",
+        "optimization",
+        choices=("constant", "cosine"),
+    )
+    refeed: bool = _option(
+        False,
+        "dense re-feeding (Kuchaiev & Ginsburg 2017): after each step, feed the dense output "
+        "back in and fit it too; needs the dense output, so it is slow",
+        "optimization",
+    )
+    weight_decay: float = _option(
+        0.0, "L2 weight decay", "optimization", range=(0, None, True, False)
+    )
+    epochs: int = _option(
+        40,
+        "total epochs (with --resume: continue up to this)",
+        "optimization",
+        range=(1, None, True, False),
+    )
+    batch_size: int = _option(32, "rows per batch", "optimization", range=(1, None, True, False))
+    seed: int = _option(
+        0,
+        "random seed (init, shuffling, dropout)",
+        "optimization",
+        range=(0, 2**63 - 1, True, True),
+    )
+    fused: bool = _option(
+        False,
+        "use deeprec's fused native kernels: the sparse path (the masked-MSE kernel with a "
+        "last activation); error if unavailable on --device",
+        "optimization",
+    )
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> Config:
+        """A checked Config from plain values (a preset, a checkpoint, a config file).
+
+        Missing keys take their defaults (options added later); unknown keys and values of
+        the wrong type are refused, naming ``source`` and the key.
+        """
+        unknown = sorted(set(values) - set(cls.names()) - {"_doc"})
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown option(s) {', '.join(unknown)} "
+                f"(known: {', '.join(cls.names())})"
+            )
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                kwargs[f.name] = _coerce(f, values[f.name], source)
+        config = cls(**kwargs)
+        config.check()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (what checkpoints and metrics.json store)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        """A checked copy with ``changes`` applied."""
+        config = dataclasses.replace(self, **changes)
+        config.check()
+        return config
+
+    # ------------------------------------------------------------------ checks
+    def check(self) -> None:
+        """Every option within its choices and range, or a one-line ConfigError."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata["choices"]
+            if choices is not None and value not in choices:
+                raise ConfigError(
+                    f"{flag(f.name)} must be one of {', '.join(choices)}, got {value!r}"
+                )
+            if f.metadata["range"] is not None:
+                check_range(f.name, value, f.metadata["range"])
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden: layer sizes must be positive integers, got {self.hidden}")
+
+    # ------------------------------------------------------------------ argparse
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> dict[str, Any]:
+        """One flag per field, grouped, with the default in its help; returns the groups by
+        name. Every flag defaults to None, so ``overrides`` can tell given flags from absent
+        ones."""
+        groups: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(meta["group"])
+            default = cls.__dataclass_fields__[f.name]
+            shown = default.default_factory() if f.name == "hidden" else default.default
+            if f.name == "hidden":
+                shown = ",".join(map(str, shown))
+            elif isinstance(shown, bool):
+                shown = "yes" if shown else "no"
+            kwargs: dict[str, Any] = {"default": None, "help": f"{meta['help']} [{shown}]"}
+            if f.name == "fused":
+                kwargs["action"] = "store_true"
+            elif f.type in ("bool", bool):
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif f.name == "hidden":
+                kwargs["type"] = parse_hidden
+            else:
+                kwargs["type"] = {"int": int, "float": float}.get(f.type, str)
+                if meta["choices"] is not None:
+                    kwargs["choices"] = meta["choices"]
+            groups[meta["group"]].add_argument(flag(f.name), **kwargs)
+        return groups
+
+    @classmethod
+    def overrides(cls, args: argparse.Namespace) -> dict[str, Any]:
+        """The options given on the command line (those not None)."""
+        return {n: getattr(args, n) for n in cls.names() if getattr(args, n, None) is not None}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """value as field f's type; ConfigError naming the key otherwise (bools are not ints)."""
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "list[int]": isinstance(value, (list, tuple))
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+    }[kind]
+    if not ok:
+        raise ConfigError(f"{source}: {f.name} must be {kind}, got {value!r}")
+    if kind == "float":
+        return float(value)
+    if kind == "list[int]":
+        return list(value)
+    return value
+
+
+def check_range(name: str, value: float, bounds: Range) -> None:
+    """One numeric option inside its range (and finite), or a one-line ConfigError."""
+    lo, hi, lo_in, hi_in = bounds
+    ok = math.isfinite(value)
+    if lo is not None:
+        ok = ok and (value >= lo if lo_in else value > lo)
+    if hi is not None:
+        ok = ok and (value <= hi if hi_in else value < hi)
+    if not ok:  # every range has a lower bound; e.g. "in [0, 1)" or ">= 1"
+        if hi is None:
+            wanted = f">{'=' if lo_in else ''} {lo}"
+        else:
+            wanted = f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+        raise ConfigError(f"{flag(name)} must be {wanted}, got {value}")
+
+
+def parse_hidden(text: str) -> list[int]:
+    """'512,512,1024' -> [512, 512, 1024] (an argparse type)."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+# ---------------------------------------------------------------------- presets
+def presets() -> list[str]:
+    """Names of the recipes shipped in deeprec/presets/*.json."""
+    return sorted(
+        p.stem for p in resources.files("deeprec.presets").iterdir() if p.name.endswith(".json")
+    )
+
+
+def load_preset(name: str) -> Config:
+    """A shipped recipe as a Config (its keys over the defaults)."""
+    path = resources.files("deeprec.presets") / f"{name}.json"
+    if not path.is_file():
+        raise ConfigError(f"--preset {name!r} does not exist (choose from {', '.join(presets())})")
+    return Config.from_dict(json.loads(path.read_text()), f"preset {name}")
+
+
+# ---------------------------------------------------------------------- the training path
+@dataclass(frozen=True)
+class TrainingPath:
+    """How every batch's loss and gradients are computed in a run; decided once.
+
+    loss: "reference" (dense model, pure-PyTorch masked MSE), "fused" (dense model, the
+    fused masked-MSE kernel: a last activation needs the dense output), or "sparse" (the
+    fully sparse path: sparse input layer, output layer only at the stored ratings).
+    sparse_grad: the item matrices get row-sparse gradients, for deeprec's row-sparse Adam.
+    lazy: that Adam moves only the batch's rows (--optimizer sparse-adam).
+    """
+
+    loss: Literal["reference", "fused", "sparse"]
+    sparse_grad: bool = False
+    lazy: bool = False
+
+    @property
+    def impl(self) -> str:
+        """The ops' impl argument: "reference" or "fused"."""
+        return "reference" if self.loss == "reference" else "fused"
+
+
+def decide_path(config: Config, device: torch.device) -> TrainingPath:
+    """The TrainingPath a config asks for on ``device``, or a ConfigError saying why not."""
+    sparse = config.fused and config.last_activation == "none"
+    if config.optimizer == "sparse-adam" and not sparse:
+        raise ConfigError(
+            "--optimizer sparse-adam needs --fused and a linear output (--last-activation none)"
+        )
+    if not config.fused:
+        return TrainingPath("reference")
+    reason = _native.unavailable_reason(device)
+    if reason is not None:
+        raise ConfigError(f"--fused: {reason}")
+    if not sparse:
+        return TrainingPath("fused")
+    return TrainingPath(
+        "sparse",
+        sparse_grad=config.optimizer in ("adam", "sparse-adam"),
+        lazy=config.optimizer == "sparse-adam",
+    )
