@@ -53,6 +53,7 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
+            f"-DDEEPREC_VERSION={self.distribution.get_version()}",
         ]
         cuda = _flag("DEEPREC_CUDA")
         if cuda is not None:

@@ -67,14 +67,14 @@ def run(B: int, N: int, density: float, device: str, runs: int) -> dict[str, obj
         B,
         N,
         col.numel(),
-        0,
-        0,
+        _native.DTYPE_CODE[output.dtype],
+        _native.INDEX_CODE[col.dtype],
     )
 
     def kernel(loss_ptr, grad_ptr):
         if device == "cpu":
             return lambda: C.masked_mse_cpu(
-                *common_args, loss_ptr, grad_ptr, 1.0, torch.get_num_threads()
+                *common_args, loss_ptr, grad_ptr, one.data_ptr(), torch.get_num_threads()
             )
         partials = torch.empty(C.MASKED_MSE_MAX_BLOCKS, dtype=torch.float64, device=device)
         counter = torch.zeros(1, dtype=torch.int32, device=device)

@@ -17,7 +17,7 @@ enum Status : int {
   kCudaError = 3,
 };
 
-// Scalar dtype tags, mirrored in deeprec/_native.py.
+// Scalar dtype tags; Python reads them from deeprec._C.DTYPE_CODES.
 enum Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 // Index dtype tags.
 enum IndexDtype : int { kInt32 = 0, kInt64 = 1 };
@@ -32,14 +32,59 @@ enum IndexDtype : int { kInt32 = 0, kInt64 = 1 };
 #define DEEPREC_SIMD
 #endif
 
-// Calls f(T{}) with T the scalar type of a float32/float64 dtype tag; kBadDtype otherwise.
+// ---------------------------------------------------------------- dtype/index dispatch
+// The one way every kernel file (CPU and CUDA) turns run-time dtype codes into template
+// arguments. f receives Tag<T> values (no T is constructed) and returns a Status.
+template <typename T>
+struct Tag {
+  using type = T;
+};
+template <typename... Ts>
+struct Types {};
+
+// The dtype code of a scalar type; cuda/common.cuh adds __half and __nv_bfloat16.
+template <typename T>
+struct DtypeOf;
+template <>
+struct DtypeOf<float> {
+  static constexpr int value = kFloat32;
+};
+template <>
+struct DtypeOf<double> {
+  static constexpr int value = kFloat64;
+};
+using CpuFloats = Types<float, double>;
+
+// f(Tag<T>{}) for the T in Floats whose code is `dtype`; kBadDtype when none is.
+template <typename... Ts, typename F>
+int dispatch_dtype(Types<Ts...>, int dtype, F&& f) {
+  int status = kBadDtype;
+  (void)((dtype == DtypeOf<Ts>::value ? (status = f(Tag<Ts>{}), true) : false) || ...);
+  return status;
+}
+
+// f(Tag<I>{}) with I = int32_t or int64_t as `index_dtype` says; kBadIndexDtype otherwise.
 template <typename F>
-int dispatch_float(int dtype, F&& f) {
-  switch (dtype) {
-    case kFloat32: f(float{}); return kOk;
-    case kFloat64: f(double{}); return kOk;
-    default: return kBadDtype;
+int dispatch_index(int index_dtype, F&& f) {
+  switch (index_dtype) {
+    case kInt32: return f(Tag<int32_t>{});
+    case kInt64: return f(Tag<int64_t>{});
+    default: return kBadIndexDtype;
   }
+}
+
+// f(Tag<T>{}, Tag<I>{}): both dispatches at once.
+template <typename Floats, typename F>
+int dispatch(Floats floats, int dtype, int index_dtype, F&& f) {
+  return dispatch_dtype(floats, dtype, [&](auto t) {
+    return dispatch_index(index_dtype, [&](auto i) { return f(t, i); });
+  });
+}
+
+// A host scalar of type T that the caller may omit (nullptr means 1).
+template <typename T>
+T scalar_or_one(const void* p) {
+  return p == nullptr ? T(1) : *static_cast<const T*>(p);
 }
 
 // Runs fn(begin, end) over [0, n) split into contiguous chunks, one per

@@ -9,4 +9,9 @@ int cuda_runtime_version();  // e.g. 13000
 int cuda_driver_version();   // 0 when no driver is installed
 int cuda_device_count();     // 0 when no usable device
 
+// The cudaError_t behind the last kCudaError returned on this thread (entry points record
+// it; the binding takes it for its message, which resets it to 0).
+void record_cuda_error(int cuda_error);
+int take_cuda_error();
+
 }  // namespace deeprec

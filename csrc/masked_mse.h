@@ -16,26 +16,26 @@
 
 namespace deeprec {
 
-// CPU: float32 / float64. `grad_scale` multiplies G (the incoming gradient of
-// the loss). Returns a Status.
+// CPU: float32 / float64. `grad_scale` points to one scalar of `dtype` multiplying G
+// (the incoming gradient of the loss), or is nullptr for 1. Returns a Status.
 int masked_mse_cpu(const void* out, const int64_t* crow, const void* col, const void* val,
                    int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype,
-                   void* loss, void* grad, double grad_scale, int num_threads);
+                   void* loss, void* grad, const void* grad_scale, int num_threads);
 
 // CUDA: float32 / float64 / float16 / bfloat16, one launch on `stream` of
 // device `device`. `grad_scale` is a device pointer to one scalar of `dtype`
 // (or nullptr for 1). `partials` is a device workspace of at least
 // kMaskedMseMaxBlocks doubles and `counter` a device uint32 that is zero on
-// entry (the kernel leaves it zero). Returns a Status; on kCudaError,
-// `cuda_error` holds the cudaError_t value.
+// entry (the kernel leaves it zero). Returns a Status; on kCudaError the
+// cudaError_t is recorded for this thread (cuda_info.h, take_cuda_error).
 constexpr int64_t kMaskedMseMaxBlocks = 2048;
 int masked_mse_cuda(const void* out, const int64_t* crow, const void* col, const void* val,
                     int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
                     void* grad, const void* grad_scale, void* partials, void* counter,
-                    int device, void* stream, int* cuda_error);
+                    int device, void* stream);
 
 // Whether this build holds code that runs on CUDA device `device` (checks the
-// masked-MSE kernel's image); kCudaError with `cuda_error` set otherwise.
-int masked_mse_cuda_image_ok(int device, int* cuda_error);
+// masked-MSE kernel's image); kCudaError, the error recorded, otherwise.
+int masked_mse_cuda_image_ok(int device);
 
 }  // namespace deeprec

@@ -20,6 +20,6 @@ int row_adam_cpu(void* p, void* m, void* v, const void* g, const int64_t* ucol, 
 int row_adam_cuda(void* p, void* m, void* v, const void* g, const int64_t* ucol, int64_t U,
                   int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
                   double b2, double eps, double wd, bool lazy, int dtype, int device,
-                  void* stream, int* cuda_error);
+                  void* stream);
 
 }  // namespace deeprec

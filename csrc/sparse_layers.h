@@ -14,10 +14,13 @@
 
 namespace deeprec {
 
+// `scale` (every function here) points to one scalar of dtype multiplying the terms, or
+// is nullptr for 1: host memory on the CPU, device memory on CUDA.
+
 // out[i, :] = bias + sum_{k in row i} scale * val[k] * W[col[k], :]   (bias may be null)
 // (input-layer forward with val = ratings; output-layer backward dh with val = residuals)
 int spmm_rows_cpu(const int64_t* crow, const void* col, const void* val, const void* W,
-                  const void* bias, void* out, int64_t B, int64_t H, double scale, int dtype,
+                  const void* bias, void* out, int64_t B, int64_t H, const void* scale, int dtype,
                   int index_dtype, int num_threads);
 
 // resid[k] = h[row k] . W[col[k], :] + bias[col[k]] - val[k]; *loss = sum resid^2 / nnz
@@ -33,8 +36,8 @@ int sddmm_residual_cpu(const int64_t* crow, const void* col, const void* val, co
 // (the values of a sparse gradient).
 int col_accumulate_cpu(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
                        const int64_t* rows, const void* coef, const void* A, void* dW, void* db,
-                       int64_t U, int64_t N, int64_t H, double scale, int dtype, bool compact,
-                       int num_threads);
+                       int64_t U, int64_t N, int64_t H, const void* scale, int dtype,
+                       bool compact, int num_threads);
 
 // CUDA twins (float32 / float64) on `stream` of `device`. `scale_ptr` is a device pointer
 // to one scalar of dtype multiplying the terms (nullptr for 1); `partials` (>=
@@ -43,14 +46,14 @@ int col_accumulate_cpu(const int64_t* perm, const int64_t* ucol, const int64_t* 
 constexpr int64_t kSparseMaxBlocks = 2048;
 int spmm_rows_cuda(const int64_t* crow, const void* col, const void* val, const void* W,
                    const void* bias, void* out, int64_t B, int64_t H, const void* scale_ptr,
-                   int dtype, int index_dtype, int device, void* stream, int* cuda_error);
+                   int dtype, int index_dtype, int device, void* stream);
 int sddmm_residual_cuda(const int64_t* crow, const void* col, const void* val, const void* h,
                         const void* W, const void* bias, void* resid, void* loss, int64_t B,
                         int64_t H, int64_t nnz, int dtype, int index_dtype, void* partials,
-                        void* counter, int device, void* stream, int* cuda_error);
+                        void* counter, int device, void* stream);
 int col_accumulate_cuda(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
                         const int64_t* rows, const void* coef, const void* A, void* dW, void* db,
                         int64_t U, int64_t N, int64_t H, const void* scale_ptr, int dtype,
-                        bool compact, int device, void* stream, int* cuda_error);
+                        bool compact, int device, void* stream);
 
 }  // namespace deeprec

@@ -247,3 +247,36 @@ def test_require_cuda_turns_a_cuda_skip_into_a_failure(tmp_path):
     env.pop("DEEPREC_REQUIRE_CUDA")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 0 and "skipped" in r.stdout, r.stdout[-2000:]
+
+
+def test_the_compiled_module_belongs_to_this_package():
+    """_C carries the package version and argument convention; the dtype codes come from it."""
+    import deeprec
+    from deeprec import _native
+
+    C = _native.module()
+    if C is None:
+        pytest.skip(f"native module not importable: {_native.IMPORT_ERROR}")
+    assert C.__version__ == deeprec.__version__ and C.ABI == _native.NATIVE_ABI
+    names = {str(d).removeprefix("torch."): code for d, code in _native.DTYPE_CODE.items()}
+    assert names == C.DTYPE_CODES and set(names) == {"float32", "float64", "float16", "bfloat16"}
+    index = {str(d).removeprefix("torch."): code for d, code in _native.INDEX_CODE.items()}
+    assert index == C.INDEX_CODES and set(index) == {"int32", "int64"}
+
+
+@pytest.mark.parametrize("version, abi", [("0.0.1", None), ("same", 1), ("same", None)])
+def test_a_stale_build_is_refused_with_one_line(version, abi):
+    import types
+
+    import deeprec
+    from deeprec import _native
+
+    fake = types.SimpleNamespace(__version__=deeprec.__version__ if version == "same" else version)
+    if abi is not None:
+        fake.ABI = abi
+    reason = _native._stale(fake)
+    assert reason is not None and "\n" not in reason
+    assert reason.startswith("stale build: deeprec._C is from deeprec")
+    assert "pip install ." in reason
+    ok = types.SimpleNamespace(__version__=deeprec.__version__, ABI=_native.NATIVE_ABI)
+    assert _native._stale(ok) is None

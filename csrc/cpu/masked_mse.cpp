@@ -68,39 +68,17 @@ void masked_mse_impl(const void* out, const int64_t* crow, const void* col, cons
   }
 }
 
-template <typename scalar_t>
-int dispatch_index(const void* out, const int64_t* crow, const void* col, const void* val,
-                   int64_t B, int64_t N, int64_t nnz, int index_dtype, void* loss, void* grad,
-                   double grad_scale, int num_threads) {
-  switch (index_dtype) {
-    case kInt32:
-      masked_mse_impl<scalar_t, int32_t>(out, crow, col, val, B, N, nnz, loss, grad, grad_scale,
-                                         num_threads);
-      return kOk;
-    case kInt64:
-      masked_mse_impl<scalar_t, int64_t>(out, crow, col, val, B, N, nnz, loss, grad, grad_scale,
-                                         num_threads);
-      return kOk;
-    default:
-      return kBadIndexDtype;
-  }
-}
-
 }  // namespace
 
 int masked_mse_cpu(const void* out, const int64_t* crow, const void* col, const void* val,
                    int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
-                   void* grad, double grad_scale, int num_threads) {
-  switch (dtype) {
-    case kFloat32:
-      return dispatch_index<float>(out, crow, col, val, B, N, nnz, index_dtype, loss, grad,
-                                   grad_scale, num_threads);
-    case kFloat64:
-      return dispatch_index<double>(out, crow, col, val, B, N, nnz, index_dtype, loss, grad,
-                                    grad_scale, num_threads);
-    default:
-      return kBadDtype;
-  }
+                   void* grad, const void* grad_scale, int num_threads) {
+  return dispatch(CpuFloats{}, dtype, index_dtype, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    masked_mse_impl<T, typename decltype(i)::type>(out, crow, col, val, B, N, nnz, loss, grad,
+                                                   scalar_or_one<T>(grad_scale), num_threads);
+    return kOk;
+  });
 }
 
 }  // namespace deeprec

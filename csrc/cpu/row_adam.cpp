@@ -56,13 +56,14 @@ void row_adam(T* p, T* m, T* v, const T* g, const int64_t* ucol, int64_t U, int6
 int row_adam_cpu(void* p, void* m, void* v, const void* g, const int64_t* ucol, int64_t U,
                  int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
                  double b2, double eps, double wd, bool lazy, int dtype, int num_threads) {
-  return dispatch_float(dtype, [&](auto tag) {
-    using T = decltype(tag);
+  return dispatch_dtype(CpuFloats{}, dtype, [&](auto t) {
+    using T = typename decltype(t)::type;
     const AdamCoef<T> c{static_cast<T>(step_size), static_cast<T>(inv_sqrt_bc2),
                         static_cast<T>(b1), static_cast<T>(1.0 - b1), static_cast<T>(b2),
                         static_cast<T>(1.0 - b2), static_cast<T>(eps), static_cast<T>(wd)};
     row_adam<T>(static_cast<T*>(p), static_cast<T*>(m), static_cast<T*>(v),
                 static_cast<const T*>(g), ucol, U, N, H, c, lazy, num_threads);
+    return kOk;
   });
 }
 

@@ -38,8 +38,7 @@ DEEPREC_SIMD T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
 
 template <typename T, typename I>
 void spmm_rows(const int64_t* crow, const I* col, const T* val, const T* W, const T* bias, T* out,
-               int64_t B, int64_t H, double scale, int num_threads) {
-  const T s = static_cast<T>(scale);
+               int64_t B, int64_t H, T s, int num_threads) {
   parallel_for(B, num_threads, std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)),
                [&](int64_t b, int64_t e) {
                  for (int64_t i = b; i < e; ++i) {
@@ -101,8 +100,7 @@ T column_sum(const int64_t* perm, const int64_t* rows, const T* coef, const T* A
 template <typename T>
 void col_accumulate(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
                     const int64_t* rows, const T* coef, const T* A, T* dW, T* db, int64_t U,
-                    int64_t N, int64_t H, double scale, bool compact, int num_threads) {
-  const T s = static_cast<T>(scale);
+                    int64_t N, int64_t H, T s, bool compact, int num_threads) {
   if (compact) {  // only the touched rows, in ucol order
     parallel_for(U, num_threads, std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)),
                  [&](int64_t b, int64_t e) {
@@ -130,55 +128,45 @@ void col_accumulate(const int64_t* perm, const int64_t* ucol, const int64_t* upt
                });
 }
 
-template <typename F>
-int by_index(int index_dtype, const void* col, F&& f) {
-  switch (index_dtype) {
-    case kInt32: f(static_cast<const int32_t*>(col)); return kOk;
-    case kInt64: f(static_cast<const int64_t*>(col)); return kOk;
-    default: return kBadIndexDtype;
-  }
-}
-
 }  // namespace
 
 int spmm_rows_cpu(const int64_t* crow, const void* col, const void* val, const void* W,
-                  const void* bias, void* out, int64_t B, int64_t H, double scale, int dtype,
+                  const void* bias, void* out, int64_t B, int64_t H, const void* scale, int dtype,
                   int index_dtype, int num_threads) {
-  int st = kOk;
-  const int dt = dispatch_float(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    st = by_index(index_dtype, col, [&](auto c) {
-      spmm_rows<T>(crow, c, static_cast<const T*>(val), static_cast<const T*>(W),
-                   static_cast<const T*>(bias), static_cast<T*>(out), B, H, scale, num_threads);
-    });
+  return dispatch(CpuFloats{}, dtype, index_dtype, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    spmm_rows<T, I>(crow, static_cast<const I*>(col), static_cast<const T*>(val),
+                    static_cast<const T*>(W), static_cast<const T*>(bias), static_cast<T*>(out),
+                    B, H, scalar_or_one<T>(scale), num_threads);
+    return kOk;
   });
-  return dt != kOk ? dt : st;
 }
 
 int sddmm_residual_cpu(const int64_t* crow, const void* col, const void* val, const void* h,
                        const void* W, const void* bias, void* resid, void* loss, int64_t B,
                        int64_t H, int64_t nnz, int dtype, int index_dtype, int num_threads) {
-  int st = kOk;
-  const int dt = dispatch_float(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    st = by_index(index_dtype, col, [&](auto c) {
-      sddmm_residual<T>(crow, c, static_cast<const T*>(val), static_cast<const T*>(h),
-                        static_cast<const T*>(W), static_cast<const T*>(bias),
-                        static_cast<T*>(resid), static_cast<T*>(loss), B, H, nnz, num_threads);
-    });
+  return dispatch(CpuFloats{}, dtype, index_dtype, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    sddmm_residual<T, I>(crow, static_cast<const I*>(col), static_cast<const T*>(val),
+                         static_cast<const T*>(h), static_cast<const T*>(W),
+                         static_cast<const T*>(bias), static_cast<T*>(resid),
+                         static_cast<T*>(loss), B, H, nnz, num_threads);
+    return kOk;
   });
-  return dt != kOk ? dt : st;
 }
 
 int col_accumulate_cpu(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
                        const int64_t* rows, const void* coef, const void* A, void* dW, void* db,
-                       int64_t U, int64_t N, int64_t H, double scale, int dtype, bool compact,
-                       int num_threads) {
-  return dispatch_float(dtype, [&](auto tag) {
-    using T = decltype(tag);
+                       int64_t U, int64_t N, int64_t H, const void* scale, int dtype,
+                       bool compact, int num_threads) {
+  return dispatch_dtype(CpuFloats{}, dtype, [&](auto t) {
+    using T = typename decltype(t)::type;
     col_accumulate<T>(perm, ucol, uptr, rows, static_cast<const T*>(coef),
                       static_cast<const T*>(A), static_cast<T*>(dW), static_cast<T*>(db), U, N, H,
-                      scale, compact, num_threads);
+                      scalar_or_one<T>(scale), compact, num_threads);
+    return kOk;
   });
 }
 

@@ -1,13 +1,29 @@
 // Host-side helpers every CUDA entry point shares: the caller's device is restored on
-// return (DeviceGuard), and every CUDA return code becomes a Status plus the raw
-// cudaError_t for the message (fail / check_launch).
+// return (DeviceGuard); every CUDA return code becomes a Status, the raw cudaError_t
+// recorded for the binding's message (fail / check_launch); the CUDA scalar types for
+// the dtype dispatch of common.h.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "../common.h"
+#include "../cuda_info.h"
 
 namespace deeprec {
+
+template <>
+struct DtypeOf<__half> {
+  static constexpr int value = kFloat16;
+};
+template <>
+struct DtypeOf<__nv_bfloat16> {
+  static constexpr int value = kBFloat16;
+};
+// Every dtype the masked-MSE kernel covers; the sparse and Adam kernels use CpuFloats.
+using CudaFloats = Types<float, double, __half, __nv_bfloat16>;
+
 namespace cuda {
 
 // Makes `device` current for this scope and restores the caller's device on exit, so a
@@ -37,15 +53,15 @@ class DeviceGuard {
   int previous_ = -1;
 };
 
-// kCudaError with the error recorded, or kOk.
-inline int fail(cudaError_t err, int* cuda_error) {
+// kCudaError with the error recorded for this thread (take_cuda_error), or kOk.
+inline int fail(cudaError_t err) {
   if (err == cudaSuccess) return kOk;
-  *cuda_error = static_cast<int>(err);
+  record_cuda_error(static_cast<int>(err));
   return kCudaError;
 }
 
 // After a launch: the launch's own error, if any.
-inline int check_launch(int* cuda_error) { return fail(cudaGetLastError(), cuda_error); }
+inline int check_launch() { return fail(cudaGetLastError()); }
 
 }  // namespace cuda
 }  // namespace deeprec

@@ -5,6 +5,18 @@
 
 namespace deeprec {
 
+namespace {
+thread_local int last_cuda_error = 0;
+}  // namespace
+
+void record_cuda_error(int cuda_error) { last_cuda_error = cuda_error; }
+
+int take_cuda_error() {
+  const int e = last_cuda_error;
+  last_cuda_error = 0;
+  return e;
+}
+
 const char* cuda_error_string(int cuda_error) {
   return cudaGetErrorString(static_cast<cudaError_t>(cuda_error));
 }

@@ -7,10 +7,6 @@
 // partial per block, and the last block to finish (found with an integer
 // atomic counter) adds the partials in block order. The grid size depends only
 // on B, so the result is bitwise reproducible run to run.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <algorithm>
 
 #include "../common.h"
@@ -78,31 +74,14 @@ masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
 template <typename T, typename I>
 int launch(const void* out, const int64_t* crow, const void* col, const void* val, int64_t B,
            int64_t N, int64_t nnz, void* loss, void* grad, const void* grad_scale, void* partials,
-           void* counter, cudaStream_t stream, int* cuda_error) {
+           void* counter, cudaStream_t stream) {
   using A = typename Acc<T>::type;
   const unsigned int blocks = static_cast<unsigned int>(std::min<int64_t>(B, kMaskedMseMaxBlocks));
   masked_mse_kernel<T, I><<<blocks, kThreads, 0, stream>>>(
       static_cast<const T*>(out), crow, static_cast<const I*>(col), static_cast<const T*>(val), B,
       N, nnz, static_cast<T*>(loss), static_cast<T*>(grad), static_cast<const T*>(grad_scale),
       static_cast<A*>(partials), static_cast<unsigned int*>(counter));
-  return cuda::check_launch(cuda_error);
-}
-
-template <typename T>
-int dispatch_index(const void* out, const int64_t* crow, const void* col, const void* val,
-                   int64_t B, int64_t N, int64_t nnz, int index_dtype, void* loss, void* grad,
-                   const void* grad_scale, void* partials, void* counter, cudaStream_t stream,
-                   int* cuda_error) {
-  switch (index_dtype) {
-    case kInt32:
-      return launch<T, int32_t>(out, crow, col, val, B, N, nnz, loss, grad, grad_scale, partials,
-                                counter, stream, cuda_error);
-    case kInt64:
-      return launch<T, int64_t>(out, crow, col, val, B, N, nnz, loss, grad, grad_scale, partials,
-                                counter, stream, cuda_error);
-    default:
-      return kBadIndexDtype;
-  }
+  return cuda::check_launch();
 }
 
 }  // namespace
@@ -110,49 +89,29 @@ int dispatch_index(const void* out, const int64_t* crow, const void* col, const 
 int masked_mse_cuda(const void* out, const int64_t* crow, const void* col, const void* val,
                     int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
                     void* grad, const void* grad_scale, void* partials, void* counter, int device,
-                    void* stream, int* cuda_error) {
+                    void* stream) {
   cuda::DeviceGuard guard;
-  if (const int st = cuda::fail(guard.set(device), cuda_error)) return st;
-  cudaError_t err;
+  if (const int st = cuda::fail(guard.set(device))) return st;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (B == 0) {  // nothing to launch; the loss of an empty batch is 0 (all-zero bits)
-    if (loss != nullptr) {
-      const size_t bytes = (dtype == kFloat64) ? 8 : (dtype == kFloat32 ? 4 : 2);
-      err = cudaMemsetAsync(loss, 0, bytes, s);
-      if (err != cudaSuccess) {
-        *cuda_error = static_cast<int>(err);
-        return kCudaError;
-      }
-    }
-    return kOk;
+    if (loss == nullptr) return kOk;
+    const size_t bytes = (dtype == kFloat64) ? 8 : (dtype == kFloat32 ? 4 : 2);
+    return cuda::fail(cudaMemsetAsync(loss, 0, bytes, s));
   }
-  switch (dtype) {
-    case kFloat32:
-      return dispatch_index<float>(out, crow, col, val, B, N, nnz, index_dtype, loss, grad,
-                                   grad_scale, partials, counter, s, cuda_error);
-    case kFloat64:
-      return dispatch_index<double>(out, crow, col, val, B, N, nnz, index_dtype, loss, grad,
-                                    grad_scale, partials, counter, s, cuda_error);
-    case kFloat16:
-      return dispatch_index<__half>(out, crow, col, val, B, N, nnz, index_dtype, loss, grad,
-                                    grad_scale, partials, counter, s, cuda_error);
-    case kBFloat16:
-      return dispatch_index<__nv_bfloat16>(out, crow, col, val, B, N, nnz, index_dtype, loss,
-                                           grad, grad_scale, partials, counter, s, cuda_error);
-    default:
-      return kBadDtype;
-  }
+  return dispatch(CudaFloats{}, dtype, index_dtype, [&](auto t, auto i) {
+    return launch<typename decltype(t)::type, typename decltype(i)::type>(
+        out, crow, col, val, B, N, nnz, loss, grad, grad_scale, partials, counter, s);
+  });
 }
 
-int masked_mse_cuda_image_ok(int device, int* cuda_error) {
+int masked_mse_cuda_image_ok(int device) {
   cuda::DeviceGuard guard;
   cudaError_t err = guard.set(device);
   if (err == cudaSuccess) {
     cudaFuncAttributes attr;
     err = cudaFuncGetAttributes(&attr, masked_mse_kernel<float, int64_t>);
   }
-  *cuda_error = static_cast<int>(err);
-  return err == cudaSuccess ? kOk : kCudaError;
+  return cuda::fail(err);
 }
 
 }  // namespace deeprec

@@ -51,31 +51,21 @@ row_adam_kernel(T* __restrict__ p, T* __restrict__ m, T* __restrict__ v, const T
 int row_adam_cuda(void* p, void* m, void* v, const void* g, const int64_t* ucol, int64_t U,
                   int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
                   double b2, double eps, double wd, bool lazy, int dtype, int device,
-                  void* stream, int* cuda_error) {
+                  void* stream) {
   cuda::DeviceGuard guard;
-  if (const int st = cuda::fail(guard.set(device), cuda_error)) return st;
+  if (const int st = cuda::fail(guard.set(device))) return st;
   const int64_t rows = lazy ? U : N;
   if (rows == 0 || H == 0) return kOk;
   const unsigned int blocks = static_cast<unsigned int>(std::min(rows, kMaxBlocks));
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case kFloat32:
-      row_adam_kernel<float><<<blocks, kThreads, 0, s>>>(
-          static_cast<float*>(p), static_cast<float*>(m), static_cast<float*>(v),
-          static_cast<const float*>(g), ucol, U, rows, H, static_cast<float>(step_size),
-          static_cast<float>(inv_sqrt_bc2), static_cast<float>(b1), static_cast<float>(b2),
-          static_cast<float>(eps), static_cast<float>(wd), lazy);
-      break;
-    case kFloat64:
-      row_adam_kernel<double><<<blocks, kThreads, 0, s>>>(
-          static_cast<double*>(p), static_cast<double*>(m), static_cast<double*>(v),
-          static_cast<const double*>(g), ucol, U, rows, H, step_size, inv_sqrt_bc2, b1, b2, eps,
-          wd, lazy);
-      break;
-    default:
-      return kBadDtype;
-  }
-  return cuda::check_launch(cuda_error);
+  return dispatch_dtype(CpuFloats{}, dtype, [&](auto t) {
+    using T = typename decltype(t)::type;
+    row_adam_kernel<T><<<blocks, kThreads, 0, s>>>(
+        static_cast<T*>(p), static_cast<T*>(m), static_cast<T*>(v), static_cast<const T*>(g),
+        ucol, U, rows, H, static_cast<T>(step_size), static_cast<T>(inv_sqrt_bc2),
+        static_cast<T>(b1), static_cast<T>(b2), static_cast<T>(eps), static_cast<T>(wd), lazy);
+    return cuda::check_launch();
+  });
 }
 
 }  // namespace deeprec

@@ -6,7 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <type_traits>
 
 #include "../common.h"
 #include "../sparse_layers.h"
@@ -108,71 +107,53 @@ unsigned int grid_for(int64_t n) {
 
 int spmm_rows_cuda(const int64_t* crow, const void* col, const void* val, const void* W,
                    const void* bias, void* out, int64_t B, int64_t H, const void* scale_ptr,
-                   int dtype, int index_dtype, int device, void* stream, int* cuda_error) {
+                   int dtype, int index_dtype, int device, void* stream) {
   if (index_dtype != kInt32 && index_dtype != kInt64) return kBadIndexDtype;
   cuda::DeviceGuard guard;
-  if (const int err = cuda::fail(guard.set(device), cuda_error)) return err;
+  if (const int err = cuda::fail(guard.set(device))) return err;
   if (B == 0 || H == 0) return kOk;
   auto s = static_cast<cudaStream_t>(stream);
-  const int st = dispatch_float(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if (index_dtype == kInt32) {
-      spmm_rows_kernel<T, int32_t><<<grid_for(B), kThreads, 0, s>>>(
-          crow, static_cast<const int32_t*>(col), static_cast<const T*>(val),
-          static_cast<const T*>(W), static_cast<const T*>(bias), static_cast<T*>(out), B, H,
-          static_cast<const T*>(scale_ptr));
-    } else {
-      spmm_rows_kernel<T, int64_t><<<grid_for(B), kThreads, 0, s>>>(
-          crow, static_cast<const int64_t*>(col), static_cast<const T*>(val),
-          static_cast<const T*>(W), static_cast<const T*>(bias), static_cast<T*>(out), B, H,
-          static_cast<const T*>(scale_ptr));
-    }
+  return dispatch(CpuFloats{}, dtype, index_dtype, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    spmm_rows_kernel<T, I><<<grid_for(B), kThreads, 0, s>>>(
+        crow, static_cast<const I*>(col), static_cast<const T*>(val), static_cast<const T*>(W),
+        static_cast<const T*>(bias), static_cast<T*>(out), B, H,
+        static_cast<const T*>(scale_ptr));
+    return cuda::check_launch();
   });
-  return st != kOk ? st : cuda::check_launch(cuda_error);
 }
 
 int sddmm_residual_cuda(const int64_t* crow, const void* col, const void* val, const void* h,
                         const void* W, const void* bias, void* resid, void* loss, int64_t B,
                         int64_t H, int64_t nnz, int dtype, int index_dtype, void* partials,
-                        void* counter, int device, void* stream, int* cuda_error) {
+                        void* counter, int device, void* stream) {
   if (index_dtype != kInt32 && index_dtype != kInt64) return kBadIndexDtype;
   cuda::DeviceGuard guard;
-  if (const int err = cuda::fail(guard.set(device), cuda_error)) return err;
+  if (const int err = cuda::fail(guard.set(device))) return err;
   auto s = static_cast<cudaStream_t>(stream);
   if (B == 0) {  // no rows: the loss is 0 (all-zero bits)
-    if (loss != nullptr) {
-      const cudaError_t err = cudaMemsetAsync(loss, 0, dtype == kFloat64 ? 8 : 4, s);
-      if (err != cudaSuccess) {
-        *cuda_error = static_cast<int>(err);
-        return kCudaError;
-      }
-    }
-    return kOk;
+    if (loss == nullptr) return kOk;
+    return cuda::fail(cudaMemsetAsync(loss, 0, dtype == kFloat64 ? 8 : 4, s));
   }
-  const int st = dispatch_float(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    auto launch = [&](auto* c) {
-      using I = std::remove_const_t<std::remove_pointer_t<decltype(c)>>;
-      sddmm_residual_kernel<T, I><<<grid_for(B), kThreads, 0, s>>>(
-          crow, c, static_cast<const T*>(val), static_cast<const T*>(h), static_cast<const T*>(W),
-          static_cast<const T*>(bias), static_cast<T*>(resid), static_cast<T*>(loss), B, H, nnz,
-          static_cast<T*>(partials), static_cast<unsigned int*>(counter));
-    };
-    if (index_dtype == kInt32) {
-      launch(static_cast<const int32_t*>(col));
-    } else {
-      launch(static_cast<const int64_t*>(col));
-    }
+  return dispatch(CpuFloats{}, dtype, index_dtype, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    sddmm_residual_kernel<T, I><<<grid_for(B), kThreads, 0, s>>>(
+        crow, static_cast<const I*>(col), static_cast<const T*>(val), static_cast<const T*>(h),
+        static_cast<const T*>(W), static_cast<const T*>(bias), static_cast<T*>(resid),
+        static_cast<T*>(loss), B, H, nnz, static_cast<T*>(partials),
+        static_cast<unsigned int*>(counter));
+    return cuda::check_launch();
   });
-  return st != kOk ? st : cuda::check_launch(cuda_error);
 }
 
 int col_accumulate_cuda(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
                         const int64_t* rows, const void* coef, const void* A, void* dW, void* db,
                         int64_t U, int64_t N, int64_t H, const void* scale_ptr, int dtype,
-                        bool compact, int device, void* stream, int* cuda_error) {
+                        bool compact, int device, void* stream) {
   cuda::DeviceGuard guard;
-  if (const int err = cuda::fail(guard.set(device), cuda_error)) return err;
+  if (const int err = cuda::fail(guard.set(device))) return err;
   auto s = static_cast<cudaStream_t>(stream);
   const size_t elem = dtype == kFloat64 ? 8 : 4;
   cudaError_t err = cudaSuccess;
@@ -180,18 +161,15 @@ int col_accumulate_cuda(const int64_t* perm, const int64_t* ucol, const int64_t*
     err = cudaMemsetAsync(dW, 0, static_cast<size_t>(N * H) * elem, s);
     if (err == cudaSuccess && db != nullptr) err = cudaMemsetAsync(db, 0, static_cast<size_t>(N) * elem, s);
   }
-  if (err != cudaSuccess) {
-    *cuda_error = static_cast<int>(err);
-    return kCudaError;
-  }
+  if (err != cudaSuccess) return cuda::fail(err);
   if (U == 0) return kOk;
-  const int st = dispatch_float(dtype, [&](auto tag) {
-    using T = decltype(tag);
+  return dispatch_dtype(CpuFloats{}, dtype, [&](auto t) {
+    using T = typename decltype(t)::type;
     col_accumulate_kernel<T><<<grid_for(U), kThreads, 0, s>>>(
         perm, ucol, uptr, rows, static_cast<const T*>(coef), static_cast<const T*>(A),
         static_cast<T*>(dW), static_cast<T*>(db), U, H, static_cast<const T*>(scale_ptr), compact);
+    return cuda::check_launch();
   });
-  return st != kOk ? st : cuda::check_launch(cuda_error);
 }
 
 }  // namespace deeprec

@@ -2,7 +2,10 @@
 
 The package works without it (every op has a pure-PyTorch reference), so an
 import failure is recorded here and reported by ``deeprec.info`` and by
-``impl="fused"`` errors instead of being raised at ``import deeprec``.
+``impl="fused"`` errors instead of being raised at ``import deeprec``. A module
+built from other sources than this package (a stale build: another version, or
+another argument convention) counts as not importable, with that reason: calling
+it could pass arguments its kernels read differently.
 """
 
 from __future__ import annotations
@@ -11,6 +14,24 @@ from types import ModuleType
 
 import torch
 
+from deeprec import __version__
+
+# The entry points' argument convention this package calls (csrc/bindings.cpp, kAbi).
+NATIVE_ABI = 2
+
+
+def _stale(module: ModuleType) -> str | None:
+    """Why ``module`` does not belong to this package, or None when it does."""
+    built = getattr(module, "__version__", "unknown")
+    abi = getattr(module, "ABI", None)
+    if built != __version__ or abi != NATIVE_ABI:
+        return (
+            f"stale build: deeprec._C is from deeprec {built} (ABI {abi}) but the package is "
+            f"{__version__} (ABI {NATIVE_ABI}); rebuild it with `pip install .`"
+        )
+    return None
+
+
 _C: ModuleType | None
 try:
     from deeprec import _C
@@ -18,11 +39,13 @@ except ImportError as exc:  # not built (source checkout) or built for another p
     _C = None
     IMPORT_ERROR: str | None = f"{type(exc).__name__}: {exc}"
 else:
-    IMPORT_ERROR = None
+    IMPORT_ERROR = _stale(_C)
+    if IMPORT_ERROR is not None:
+        _C = None
 
-# Scalar and index dtype codes, as csrc/common.h defines them.
-DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-INDEX_CODE = {torch.int32: 0, torch.int64: 1}
+# Scalar and index dtype codes, read from the module (csrc/common.h defines them).
+DTYPE_CODE = {getattr(torch, k): v for k, v in (_C.DTYPE_CODES.items() if _C else ())}
+INDEX_CODE = {getattr(torch, k): v for k, v in (_C.INDEX_CODES.items() if _C else ())}
 # Which output dtypes the fused kernels cover on each device type.
 FUSED_DTYPES = {
     "cpu": (torch.float32, torch.float64),

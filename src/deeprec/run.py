@@ -221,7 +221,7 @@ def _saved_data_dir(state: dict[str, Any]) -> str | None:
 
 # ---------------------------------------------------------------------- run folder outputs
 def write_metrics(run: Run, final: dict[str, float]) -> None:
-    """metrics.json, in the layout design.md fixes, written atomically."""
+    """metrics.json (the layout the README documents), written atomically."""
     config, matrix = run.config, run.matrix
     doc = {
         "dataset": config.data,

@@ -1,4 +1,4 @@
-"""Train/validation splits, exactly as docs/design.md defines them.
+"""Train/validation splits. These definitions are the contract (the team design notes repeat them).
 
 - global-time: threshold = pandas quantile(q) (linear) of all timestamps; train is
   t <= threshold, validation t > threshold; validation keeps rows whose user and

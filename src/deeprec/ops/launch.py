@@ -1,9 +1,9 @@
 """How an op reaches native code: the impl choice, the checks shared by every op, and
-the one launch helper that picks the CPU or CUDA entry point of a kernel family.
+``launch``, the one place that picks the CPU or CUDA entry point of a kernel.
 
 Kept in one place so every op module launches the same way: addresses of
 contiguous tensors, dtype codes read from the compiled module, torch's thread
-count on the CPU, torch's current stream on CUDA.
+count on the CPU, torch's current stream (and a reduction workspace) on CUDA.
 """
 
 from __future__ import annotations
@@ -108,6 +108,31 @@ def cuda_target(device: torch.device) -> tuple[int, int]:
     """(device index, address of torch's current stream on it) for a CUDA launch."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     return index, torch.cuda.current_stream(device).cuda_stream
+
+
+# Kernels whose CUDA entry point takes a workspace for its deterministic loss reduction,
+# and the module constant that bounds its blocks.
+_REDUCTIONS = {"masked_mse": "MASKED_MSE_MAX_BLOCKS", "sddmm_residual": "SPARSE_MAX_BLOCKS"}
+
+
+def launch(kernel: str, device: torch.device, *args: object, reduce: bool = True) -> None:
+    """deeprec._C.<kernel>_cpu(*args, threads) or <kernel>_cuda(*args, [workspace,] device,
+    stream): the device branch, written once for every op.
+
+    reduce: the CUDA kernel computes a loss, so it gets a reduction workspace (kernels
+    with one take null addresses otherwise).
+    """
+    C = _native.module()
+    if device.type == "cpu":
+        getattr(C, f"{kernel}_cpu")(*args, threads())
+        return
+    workspace: tuple[int, ...] = ()
+    if kernel in _REDUCTIONS:
+        partials = counter = None
+        if reduce:
+            partials, counter = reduction_workspace(device, getattr(C, _REDUCTIONS[kernel]))
+        workspace = (ptr(partials), ptr(counter))
+    getattr(C, f"{kernel}_cuda")(*args, *workspace, *cuda_target(device))
 
 
 def reduction_workspace(device: torch.device, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:

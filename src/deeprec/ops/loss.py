@@ -16,18 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from deeprec import _native, csr
-from deeprec.ops.launch import (
-    Impl,
-    check_kernel,
-    choose_impl,
-    cuda_target,
-    dtype_code,
-    index_code,
-    ptr,
-    reduction_workspace,
-    threads,
-)
+from deeprec import csr
+from deeprec.ops.launch import Impl, check_kernel, choose_impl, dtype_code, index_code, launch, ptr
 
 __all__ = ["masked_mse", "masked_mse_reference"]
 
@@ -82,9 +72,10 @@ def _run_native(
     grad_scale: torch.Tensor | None,
 ) -> None:
     """Launch the kernel for output's device; writes into loss and/or grad."""
-    C = _native.module()
     B, N = output.shape
-    args = (
+    launch(
+        "masked_mse",
+        output.device,
         ptr(output),
         ptr(crow),
         ptr(col),
@@ -96,16 +87,8 @@ def _run_native(
         index_code(col),
         ptr(loss),
         ptr(grad),
-    )
-    if output.device.type == "cpu":
-        scale = 1.0 if grad_scale is None else float(grad_scale)
-        C.masked_mse_cpu(*args, scale, threads())
-        return
-    partials = counter = None
-    if loss is not None:
-        partials, counter = reduction_workspace(output.device, C.MASKED_MSE_MAX_BLOCKS)
-    C.masked_mse_cuda(
-        *args, ptr(grad_scale), ptr(partials), ptr(counter), *cuda_target(output.device)
+        ptr(grad_scale),
+        reduce=loss is not None,
     )
 
 

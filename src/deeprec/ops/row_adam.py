@@ -14,16 +14,8 @@ import math
 import numpy as np
 import torch
 
-from deeprec import _native, csr
-from deeprec.ops.launch import (
-    Impl,
-    check_kernel,
-    choose_impl,
-    cuda_target,
-    dtype_code,
-    ptr,
-    threads,
-)
+from deeprec import csr
+from deeprec.ops.launch import Impl, check_kernel, choose_impl, dtype_code, launch, ptr
 
 __all__ = ["row_adam_reference", "row_adam_step"]
 
@@ -63,15 +55,12 @@ def row_adam_step(
     check_kernel("row_adam_step", p, ROW_ADAM_DTYPES)
     N = p.shape[0]
     H = p[0].numel() if N else 0
-    args = (
-        ptr(p), ptr(exp_avg), ptr(exp_avg_sq), ptr(values), ptr(ucol),
-        ucol.numel(), N, H, *coefs, dtype_code(p),
-    )  # fmt: skip
-    C = _native.module()
-    if p.device.type == "cpu":
-        C.row_adam_cpu(*args, threads())
-    else:
-        C.row_adam_cuda(*args, *cuda_target(p.device))
+    launch(
+        "row_adam",
+        p.device,
+        *(ptr(p), ptr(exp_avg), ptr(exp_avg_sq), ptr(values), ptr(ucol)),
+        *(ucol.numel(), N, H, *coefs, dtype_code(p)),
+    )
 
 
 @torch.no_grad()

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import torch
 
-from deeprec import _native, csr
+from deeprec import csr
 from deeprec.csr import ColumnIndex, column_index
 from deeprec.ops.launch import (
     Impl,
     check_kernel,
     check_scale,
     choose_impl,
-    cuda_target,
     dtype_code,
     index_code,
+    launch,
     ptr,
-    reduction_workspace,
-    threads,
 )
 
 __all__ = [
@@ -186,16 +184,13 @@ def _check_batch(op: str, weight, crow, col, val, n_rows: int, index=None, name=
 # ------------------------------------------------------------------ native launches
 def _spmm(crow, col, val, weight, bias, out, scale) -> None:
     """out = bias + scale * CSR @ weight."""
-    C = _native.module()
     B, H = out.shape
-    args = (ptr(crow), ptr(col), ptr(val), ptr(weight), ptr(bias), ptr(out), B, H)
-    if weight.device.type == "cpu":
-        s = 1.0 if scale is None else float(scale)
-        C.spmm_rows_cpu(*args, s, dtype_code(weight), index_code(col), threads())
-    else:
-        C.spmm_rows_cuda(
-            *args, ptr(scale), dtype_code(weight), index_code(col), *cuda_target(weight.device)
-        )
+    launch(
+        "spmm_rows",
+        weight.device,
+        *(ptr(crow), ptr(col), ptr(val), ptr(weight), ptr(bias), ptr(out), B, H),
+        *(ptr(scale), dtype_code(weight), index_code(col)),
+    )
 
 
 def _col_accumulate(
@@ -206,27 +201,17 @@ def _col_accumulate(
     Dense: dW (n_cols x H), db (n_cols), zero where the batch has no entry. Compact:
     only the touched columns, dW (U x H) and db (U) in ucol order.
     """
-    C = _native.module()
     H = A.shape[1]
     rows_out = index.ucol.numel() if compact else n_cols
     dW = torch.empty(rows_out, H, dtype=A.dtype, device=A.device)
     db = torch.empty(rows_out, dtype=A.dtype, device=A.device) if with_bias else None
-    args = (
+    launch(
+        "col_accumulate",
+        A.device,
         *(ptr(t) for t in index),
-        ptr(coef),
-        ptr(A),
-        ptr(dW),
-        ptr(db),
-        index.ucol.numel(),
-        n_cols,
-        H,
+        *(ptr(coef), ptr(A), ptr(dW), ptr(db), index.ucol.numel(), n_cols, H),
+        *(ptr(scale), dtype_code(A), compact),
     )
-    if A.device.type == "cpu":
-        C.col_accumulate_cpu(
-            *args, 1.0 if scale is None else float(scale), dtype_code(A), compact, threads()
-        )
-    else:
-        C.col_accumulate_cuda(*args, ptr(scale), dtype_code(A), compact, *cuda_target(A.device))
     return dW, db
 
 
@@ -322,27 +307,12 @@ def _sparse_output_mse_op(
     _check_batch("sparse_output_mse", weight, crow, col, val, B, (perm, ucol, uptr, rows))
     resid = torch.empty(nnz, dtype=h.dtype, device=h.device)
     loss = h.new_empty(())
-    C = _native.module()
-    args = (
-        ptr(crow),
-        ptr(col),
-        ptr(val),
-        ptr(h),
-        ptr(weight),
-        ptr(bias),
-        ptr(resid),
-        ptr(loss),
-        B,
-        H,
-        nnz,
-        dtype_code(h),
-        index_code(col),
+    launch(
+        "sddmm_residual",
+        h.device,
+        *(ptr(crow), ptr(col), ptr(val), ptr(h), ptr(weight), ptr(bias), ptr(resid), ptr(loss)),
+        *(B, H, nnz, dtype_code(h), index_code(col)),
     )
-    if h.device.type == "cpu":
-        C.sddmm_residual_cpu(*args, threads())
-    else:
-        partials, counter = reduction_workspace(h.device, C.SPARSE_MAX_BLOCKS)
-        C.sddmm_residual_cuda(*args, ptr(partials), ptr(counter), *cuda_target(h.device))
     return loss, resid
 
 
