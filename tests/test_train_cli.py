@@ -257,3 +257,24 @@ def test_resume_accepts_flags_equal_to_the_saved_ones_and_run_options(data_dir, 
     assert train_main([*args, "--lr", "0.001", "--hidden", "16,8", "--save-every", "1"]) == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert [e["epoch"] for e in m["epochs"]] == [1, 2]
+
+
+def test_max_batches_caps_the_steps_per_epoch_and_metrics_record_memory(tmp_path, monkeypatch):
+    from deeprec import training
+
+    data = write_movielens_csv(tmp_path / "toy")
+    real, calls = training.batch_loss, {"n": 0}
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "batch_loss", counted)
+    out = tmp_path / "run"
+    flags = ["--data", str(data), "--out", str(out), "--epochs", "3", "--max-batches", "2"]
+    assert train_main([*flags, *SMALL]) == 0
+    assert calls["n"] == 3 * 2
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["config"]["max_batches"] == 2 and doc["world_size"] == 1
+    assert doc["memory"]["peak_rss_mib"] > 10
+    assert train_main([*flags, "--max-batches", "-1", *SMALL]) == 2

@@ -127,7 +127,18 @@ class Config:
         "optimization",
         range=(1, None, True, False),
     )
-    batch_size: int = _option(32, "rows per batch", "optimization", range=(1, None, True, False))
+    batch_size: int = _option(
+        32,
+        "rows per batch (under torchrun: the global batch, split across the processes)",
+        "optimization",
+        range=(1, None, True, False),
+    )
+    max_batches: int = _option(
+        0,
+        "stop each epoch after this many batches (smoke tests, benchmarks); 0: all",
+        "optimization",
+        range=(0, None, True, False),
+    )
     seed: int = _option(
         0,
         "random seed (init, shuffling, dropout)",

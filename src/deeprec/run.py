@@ -17,6 +17,7 @@ import torch
 from deeprec import baseline, checkpoint, optim
 from deeprec.config import Config, ConfigError, TrainingPath, decide_path
 from deeprec.data import DataError, Dataset, RatingMatrix, load, split
+from deeprec.distributed import ALONE, World
 from deeprec.model import AutoEncoder
 
 
@@ -94,6 +95,7 @@ class Run:
     shuffle: torch.Generator | None = None  # the batch order's generator
     history: list[dict[str, Any]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)  # the loaded checkpoint, if any
+    world: World = ALONE  # this process's place in a torchrun job
 
     def data_info(self) -> dict[str, Any]:
         """What the checkpoint records about the data (checked again on load)."""
@@ -131,14 +133,26 @@ def default_out(config: Config) -> Path:
     return Path("runs") / f"{Path(config.data).name}-{config.split}-{config.by}-{stamp}"
 
 
+def check_world(config: Config, world: World) -> None:
+    """What multi-process training does not cover yet, refused by name."""
+    if world.active and config.refeed:
+        raise ConfigError("--refeed is not supported under torchrun (one process only)")
+
+
 def start(
-    config: Config, data_dir: str | None, device: torch.device, out: Path | None = None
+    config: Config,
+    data_dir: str | None,
+    device: torch.device,
+    out: Path | None = None,
+    world: World = ALONE,
 ) -> Run:
     """A new run of ``config``, ready to train, writing to ``out``."""
     config.check()
+    check_world(config, world)
     path = decide_path(config, device)  # decided once, before any data is loaded
     run = _build(config, data_dir, device)
     run.out = out or default_out(config)
+    run.world = world
     _make_trainable(run, path)
     return run
 
@@ -156,6 +170,7 @@ def resume(
     device: torch.device,
     epochs: int | None = None,
     state: dict[str, Any] | None = None,
+    world: World = ALONE,
 ) -> Run:
     """The run in ``folder``, restored exactly where its last checkpoint left it.
 
@@ -171,13 +186,14 @@ def resume(
         raise ConfigError(
             f"{out} already ran {state['epoch']} epochs; pass --epochs N > {state['epoch']}"
         )
+    check_world(config, world)
     path = decide_path(config, device)
     run = _build(config, data_dir, device)
     if state["data"]["fingerprint"] != run.matrix.fingerprint():
         raise checkpoint.CheckpointError(
             f"{folder}: checkpoint was trained on different data than {run.dataset.path} gives now"
         )
-    run.out, run.state = out, state
+    run.out, run.state, run.world = out, state, world
     _make_trainable(run, path)
     run.model.load_state_dict(state["state_dict"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -220,7 +236,7 @@ def _saved_data_dir(state: dict[str, Any]) -> str | None:
 
 
 # ---------------------------------------------------------------------- run folder outputs
-def write_metrics(run: Run, final: dict[str, float]) -> None:
+def write_metrics(run: Run, final: dict[str, float], memory: dict[str, float]) -> None:
     """metrics.json (the layout the README documents), written atomically."""
     config, matrix = run.config, run.matrix
     doc = {
@@ -232,6 +248,8 @@ def write_metrics(run: Run, final: dict[str, float]) -> None:
         "n_train": int(matrix.train.nnz),
         "n_val": len(matrix.val_ratings),
         "fused": config.fused,
+        "world_size": run.world.size,
+        "memory": memory,
         "config": config.to_dict(),
         "epochs": run.history,
         "final": final,

@@ -15,7 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from deeprec import __version__, checkpoint, cli, run, training
+import torch
+
+from deeprec import __version__, checkpoint, cli, distributed, memory, run, training
 from deeprec.config import Config, flag, load_preset, presets
 
 
@@ -90,21 +92,38 @@ def refuse_changes_on_resume(args: argparse.Namespace, saved: Config) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    device = run.resolve_device(args.device)
+    world, device = distributed.init(run.resolve_device(args.device))
+    clean = False
+    try:
+        code = _train(args, world, device)
+        clean = True
+        return code
+    finally:
+        distributed.shutdown(world, clean)
+
+
+def _train(args: argparse.Namespace, world: distributed.World, device: torch.device) -> int:
     if args.resume is not None:
         state = checkpoint.load(args.resume)
         refuse_changes_on_resume(args, run.saved_config(state, args.resume))
-        job = run.resume(args.resume, args.data_dir, device, args.epochs, state)
+        job = run.resume(args.resume, args.data_dir, device, args.epochs, state, world)
     else:
-        job = run.start(build_config(args), args.data_dir, device, args.out)
+        job = run.start(build_config(args), args.data_dir, device, args.out, world)
     c, m = job.config, job.matrix
-    print(
+    say = print if world.main else (lambda *a, **k: None)
+    procs = f" | {world.size} processes" if world.active else ""
+    say(
         f"deeprec {__version__} | {job.dataset.path} | split {c.split} | by {c.by} | "
         f"{m.n_users} users x {m.n_items} items | {m.train.nnz} train / "
-        f"{len(m.val_ratings)} val ratings | {device} | loss: {job.path.impl}"
+        f"{len(m.val_ratings)} val ratings | {device} | loss: {job.path.impl}{procs}"
+    )
+    need = memory.estimate(m, job.model)
+    say(
+        f"memory estimate: data {need['data_mib']:.0f} MiB, model + gradients + Adam "
+        f"{need['model_and_optimizer_mib']:.0f} MiB (per process; activations not counted)"
     )
     final = training.fit(job, args.save_every, args.quiet)
-    print(
+    say(
         f"final val RMSE {final['val_rmse']:.4f}  MAE {final['val_mae']:.4f} "
         f"(unclipped {final['val_rmse_unclipped']:.4f})  -> {job.out}"
     )

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deeprec import __version__, checkpoint
+from deeprec import __version__, checkpoint, memory
 from deeprec.config import Config, ConfigError, TrainingPath
 from deeprec.data import Batch, RatingMatrix
+from deeprec.distributed import ALONE, World, all_sum, reduce_gradients
 from deeprec.model import AutoEncoder
 from deeprec.ops import masked_mse
 from deeprec.predict import predict_entries, rmse_mae
@@ -72,8 +73,15 @@ def run_epoch(
     batches: Iterable[Batch],
     path: TrainingPath,
     refeed: bool = False,
+    world: World = ALONE,
 ) -> float:
-    """One pass over ``batches``; returns the epoch's loss (MSE over all its ratings)."""
+    """One pass over ``batches``; returns the epoch's loss (MSE over all its ratings).
+
+    Under torchrun ``batches`` are this rank's shares of the global batches, and the epoch
+    is run_distributed_epoch's.
+    """
+    if world.active:
+        return run_distributed_epoch(model, optimizer, batches, path, world)
     model.train()
     loss_sum, count = 0.0, 0
     for batch in batches:
@@ -91,6 +99,41 @@ def run_epoch(
     return loss_sum / max(count, 1)
 
 
+def run_distributed_epoch(
+    model: AutoEncoder,
+    optimizer: Any,
+    batches: Iterable[Batch],
+    path: TrainingPath,
+    world: World,
+) -> float:
+    """run_epoch for one rank: the loss is normalised by the global count of ratings in
+    the global batch and the gradients are summed across ranks (deeprec.distributed), so
+    the update equals one process's on the whole batch."""
+    model.train()
+    sparse = model.item_parameters() if path.sparse_grad else []
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    loss_sum, count = 0.0, 0.0
+    for batch in batches:
+        n_local = batch.col.numel()
+        loss = batch_loss(model, batch, path) if n_local else None
+        local = loss.item() * n_local if loss is not None else 0.0
+        n_global, sse = all_sum([float(n_local), local], world, batch.col.device)
+        if n_global == 0:
+            continue
+        value = sse / n_global
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss became {value}")
+        optimizer.zero_grad(set_to_none=True)
+        if loss is not None:
+            loss.backward()
+        reduce_gradients(dense, sparse, n_local / n_global, world)
+        optimizer.step()
+        loss_sum += sse
+        count += n_global
+    return loss_sum / max(count, 1.0)
+
+
 def epoch_lr(config: Config, epoch: int) -> float:
     """The learning rate of 1-based ``epoch`` under the config's schedule (resume-exact)."""
     if config.lr_schedule == "cosine":
@@ -104,9 +147,19 @@ def set_lr(optimizer: Any, lr: float) -> None:
 
 
 def validate(
-    model: AutoEncoder, matrix: RatingMatrix, device: torch.device, offsets: Any = None
+    model: AutoEncoder,
+    matrix: RatingMatrix,
+    device: torch.device,
+    offsets: Any = None,
+    world: World = ALONE,
 ) -> dict[str, float]:
-    """RMSE and MAE at the validation ratings, clipped to the scale and unclipped."""
+    """RMSE and MAE at the validation ratings, clipped to the scale and unclipped.
+
+    Under torchrun each rank predicts the entries of its rows (row % size == rank) and
+    the sums are all-reduced.
+    """
+    if world.active:
+        return _validate_shared(model, matrix, device, offsets, world)
     pred = predict_entries(model, matrix, matrix.val_rows, matrix.val_cols, device, offsets=offsets)
     lo, hi = matrix.scale
     rmse, mae = rmse_mae(np.clip(pred, lo, hi), matrix.val_ratings)
@@ -116,6 +169,31 @@ def validate(
         "val_mae": mae,
         "val_rmse_unclipped": rmse_u,
         "val_mae_unclipped": mae_u,
+    }
+
+
+def _validate_shared(
+    model: AutoEncoder, matrix: RatingMatrix, device: torch.device, offsets: Any, world: World
+) -> dict[str, float]:
+    mine = matrix.val_rows % world.size == world.rank
+    rows, cols, truth = matrix.val_rows[mine], matrix.val_cols[mine], matrix.val_ratings[mine]
+    pred = predict_entries(model, matrix, rows, cols, device, offsets=offsets)
+    err = pred - truth.astype(np.float64)
+    err_c = np.clip(pred, *matrix.scale) - truth.astype(np.float64)
+    sums = [
+        float(len(err)),
+        (err_c**2).sum(),
+        np.abs(err_c).sum(),
+        (err**2).sum(),
+        np.abs(err).sum(),
+    ]
+    n, sq_c, ab_c, sq, ab = all_sum(sums, world, device)
+    nan = float("nan")
+    return {
+        "val_rmse": math.sqrt(sq_c / n) if n else nan,
+        "val_mae": ab_c / n if n else nan,
+        "val_rmse_unclipped": math.sqrt(sq / n) if n else nan,
+        "val_mae_unclipped": ab / n if n else nan,
     }
 
 
@@ -151,28 +229,40 @@ def fit(
     ``save_every`` epochs and at the end. A diverged loss stops with the last good
     checkpoint named; Ctrl-C leaves the last completed epoch's files whole.
     """
-    config = run.config
+    config, world = run.config, run.world
     metrics: dict[str, float] = {}
+    steps = math.ceil(run.matrix.n_rows / config.batch_size)
+    if config.max_batches:
+        steps = min(steps, config.max_batches)
     with flushed_denormals():
         for epoch in range(len(run.history) + 1, config.epochs + 1):
+            batches = run.inputs.batches(
+                config.batch_size,
+                run.device,
+                generator=run.shuffle,
+                max_batches=config.max_batches,
+                part=(world.rank, world.size),
+            )
             bar = tqdm(
-                run.inputs.batches(config.batch_size, run.device, generator=run.shuffle),
-                total=math.ceil(run.matrix.n_rows / config.batch_size),
+                batches,
+                total=steps,
                 desc=f"epoch {epoch}",
                 leave=False,
-                disable=True if quiet else None,
+                disable=True if quiet or not world.main else None,
             )
             t0 = time.perf_counter()
             try:
                 set_lr(run.optimizer, epoch_lr(config, epoch))
-                train_loss = run_epoch(run.model, run.optimizer, bar, run.path, config.refeed)
+                train_loss = run_epoch(
+                    run.model, run.optimizer, bar, run.path, config.refeed, world
+                )
             except TrainingDiverged as exc:
                 raise TrainingDiverged(
                     f"{exc} in epoch {epoch}; the last good checkpoint is {run.out / 'model.pt'} "
                     "(try a lower --lr)"
                 ) from None
             seconds = time.perf_counter() - t0
-            metrics = validate(run.model, run.inputs, run.device, run.offsets)
+            metrics = validate(run.model, run.inputs, run.device, run.offsets, world)
             run.history.append(
                 {
                     "epoch": epoch,
@@ -181,12 +271,15 @@ def fit(
                     "seconds": seconds,
                 }
             )
+            if not world.main:
+                continue
             report(
                 f"epoch {epoch:3d}  train loss {train_loss:.4f}  "
                 f"val RMSE {metrics['val_rmse']:.4f}  {seconds:.2f}s"
             )
             if epoch == config.epochs or epoch % save_every == 0:
                 checkpoint.save(run.out / "model.pt", checkpoint_payload(run, epoch))
-            write_metrics(run, metrics)
-    plot_losses(run.history, run.out / "loss.png")
+            write_metrics(run, metrics, memory.peak(run.device))
+    if world.main:
+        plot_losses(run.history, run.out / "loss.png")
     return metrics

@@ -191,10 +191,23 @@ class RatingMatrix:
         shuffle: bool = True,
         generator: torch.Generator | None = None,
         rows: np.ndarray | None = None,
+        max_batches: int = 0,
+        part: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]:
-        """Batches over ``rows`` (default: all rows), shuffled with ``generator``."""
+        """Batches over ``rows`` (default: all rows), shuffled with ``generator``.
+
+        max_batches: stop after this many (0: all). part (rank, size): yield only this
+        rank's contiguous share of each global batch of ``batch_size`` rows.
+        """
         rows = np.arange(self.n_rows) if rows is None else np.asarray(rows)
         if shuffle:
             rows = rows[torch.randperm(len(rows), generator=generator).numpy()]
-        for start in range(0, len(rows), batch_size):
-            yield self.batch(rows[start : start + batch_size], device)
+        rank, size = part
+        for i, start in enumerate(range(0, len(rows), batch_size)):
+            if max_batches and i >= max_batches:
+                return
+            chunk = rows[start : start + batch_size]
+            if size > 1:
+                n = len(chunk)
+                chunk = chunk[n * rank // size : n * (rank + 1) // size]
+            yield self.batch(chunk, device)

@@ -1,0 +1,152 @@
+"""Training in K processes with torch.distributed, launched by torchrun.
+
+Every rank holds the whole training matrix and the same model (same seed), walks the same
+seeded permutation of rows, and takes a contiguous share of each global batch. After the
+backward pass one all-reduce gives the global count of observed ratings (and the summed
+loss), each rank scales its gradients by its share of that count, and the gradients are
+summed across ranks: so K processes make the update one process makes, up to summation
+order. Dense gradients go through one flattened all-reduce; the sparse path's row-sparse
+item gradients are all-gathered (rows and values) and summed, which keeps them sparse for
+the row-sparse Adam. Validation entries are split across ranks and their sums all-reduced.
+
+gloo on CPU, NCCL on CUDA; every collective runs under the process group's timeout, so a
+rank that dies ends the job instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+# Seconds a collective may wait for the other ranks before the job fails.
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: rank and number of processes (1 when alone)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that prints and writes files."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+ALONE = World()  # a process that is not part of a torchrun job
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: torch.device) -> tuple[World, torch.device]:
+    """Join the torchrun job this process belongs to, if any: (world, the device to use).
+
+    On CUDA each process takes the GPU of its LOCAL_RANK. The timeout comes from
+    DEEPREC_DIST_TIMEOUT (seconds, default 600).
+    """
+    if not launched_by_torchrun():
+        return World(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    timeout = float(os.environ.get("DEEPREC_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    return World(dist.get_rank(), dist.get_world_size()), device
+
+
+def shutdown(world: World, clean: bool = True) -> None:
+    """Leave the job. clean: every rank finished, so wait for the others first (tearing
+    down gloo while a peer still works, e.g. rank 0 writing the last checkpoint, aborted
+    the early rank: "terminate called without an active exception"). After an error the
+    process leaves at once; torchrun then stops the other ranks."""
+    if world.active and dist.is_initialized():
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:
+    """Element-wise sums over ranks, in float64."""
+    if not world.active:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device(device))
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def reduce_gradients(
+    dense: list[torch.nn.Parameter],
+    sparse: list[torch.nn.Parameter],
+    scale: float,
+    world: World,
+) -> None:
+    """grad = sum over ranks of scale_r * grad_r, in place. ``sparse``: the parameters whose
+    gradients are row-sparse on this run's path (the same on every rank). A parameter
+    without a gradient on this rank (an empty share) contributes zeros."""
+    if not world.active:
+        return
+    if dense:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in dense]
+        flat = torch.cat([g.reshape(-1) for g in grads]).to(_comm_device(dense[0].device))
+        flat.mul_(scale)
+        dist.all_reduce(flat)
+        flat = flat.to(dense[0].device)
+        offset = 0
+        for p in dense:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p)
+            offset += n
+    for p in sparse:
+        p.grad = _gather_rows(p, scale, world)
+
+
+def _gather_rows(p: torch.nn.Parameter, scale: float, world: World) -> torch.Tensor:
+    """The sum over ranks of a row-sparse gradient, still row-sparse (rows: the union)."""
+    if p.grad is None:
+        idx = torch.empty(0, dtype=torch.int64, device=p.device)
+        vals = p.new_zeros((0, *p.shape[1:]))
+    else:
+        g = p.grad.coalesce()
+        idx, vals = g.indices()[0], g.values() * scale
+    dev = _comm_device(p.device)
+    count = torch.tensor([idx.numel()], dtype=torch.int64, device=dev)
+    counts = [torch.zeros_like(count) for _ in range(world.size)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    most = max(sizes)
+    pad = most - idx.numel()
+    idx_p = torch.cat([idx, idx.new_zeros(pad)]).to(dev)
+    vals_p = torch.cat([vals, vals.new_zeros((pad, *vals.shape[1:]))]).to(dev)
+    all_idx = [torch.empty_like(idx_p) for _ in range(world.size)]
+    all_vals = [torch.empty_like(vals_p) for _ in range(world.size)]
+    dist.all_gather(all_idx, idx_p)
+    dist.all_gather(all_vals, vals_p)
+    idx = torch.cat([a[:n] for a, n in zip(all_idx, sizes, strict=True)]).to(p.device)
+    vals = torch.cat([a[:n] for a, n in zip(all_vals, sizes, strict=True)]).to(p.device)
+    # Rows come from coalesced gradients of this shape on every rank; row_adam_step checks
+    # them again before use.
+    return torch.sparse_coo_tensor(
+        idx.unsqueeze(0), vals, p.shape, check_invariants=False
+    ).coalesce()
+
+
+def _comm_device(device: torch.device) -> torch.device:
+    """Where a collective's tensors live: the GPU for NCCL, the CPU for gloo."""
+    backend = dist.get_backend() if dist.is_initialized() else "gloo"
+    return device if backend == "nccl" else torch.device("cpu")

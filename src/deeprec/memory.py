@@ -1,0 +1,34 @@
+"""How much memory a run needs (estimated before training) and used (peak, measured).
+
+The estimate counts what scales with the data and the model: the training matrix
+(CSR: values, column indices, row offsets), the validation triples, and per weight the
+parameter, its gradient and Adam's two moments. Activations of one batch are left out.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+
+MIB = 2**20
+
+
+def estimate(matrix, model: torch.nn.Module) -> dict[str, float]:
+    """MiB of the training data and of model + gradients + Adam state."""
+    t = matrix.train
+    data = t.data.nbytes + t.indices.nbytes + t.indptr.nbytes
+    data += matrix.val_rows.nbytes + matrix.val_cols.nbytes + matrix.val_ratings.nbytes
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"data_mib": data / MIB, "model_and_optimizer_mib": 4 * weights / MIB}
+
+
+def peak(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process so far (and peak CUDA memory on a GPU), MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+    out = {"peak_rss_mib": rss_bytes / MIB}
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / MIB
+    return out
