@@ -177,6 +177,26 @@ class AutoEncoder(nn.Module):
             h, weight, bias, (crow, col, val), index=index, impl=impl, sparse_grad=sparse_grad
         )
 
+    def outputs_at(
+        self,
+        crow: torch.Tensor,
+        col: torch.Tensor,
+        val: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        index=None,
+    ) -> torch.Tensor:
+        """The outputs at entries (rows[k], cols[k]) of a CSR batch's reconstruction, with no
+        dense N-wide tensor: evaluation at a catalog's scale. Needs a linear output layer."""
+        if not self.supports_sparse:
+            raise ValueError("outputs_at needs last_activation='none' (a linear output layer)")
+        first = self.encoder[0]
+        x_val = nn.functional.dropout(val, self.config["input_dropout"], self.training)
+        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index)
+        h = self.decode_hidden(self.encode_rest(z1))
+        weight, bias = self.output_layer()
+        return (h[rows] * weight[cols]).sum(1) + bias[cols]
+
     def item_parameters(self) -> list[nn.Parameter]:
         """The N-row parameters whose gradients the sparse path can make sparse."""
         weight, bias = self.output_layer()

@@ -32,13 +32,19 @@ def predict_entries(
     model.eval()
     out = np.empty(len(rows), dtype=np.float64)
     unique, inverse = np.unique(rows, return_inverse=True)
-    for start in range(0, len(unique), batch_size):
+    order = np.argsort(inverse, kind="stable")  # entries grouped by chunk, one pass
+    bounds = np.searchsorted(inverse[order], np.arange(0, len(unique) + batch_size, batch_size))
+    for n, start in enumerate(range(0, len(unique), batch_size)):
         chunk = unique[start : start + batch_size]
-        pred = model(matrix.batch(chunk, device).dense())
-        pick = (inverse >= start) & (inverse < start + len(chunk))
-        local = torch.as_tensor(inverse[pick] - start, device=pred.device)
-        col = torch.as_tensor(cols[pick], device=pred.device)
-        out[pick] = pred[local, col].double().cpu().numpy()
+        pick = order[bounds[n] : bounds[n + 1]]
+        batch = matrix.batch(chunk, device)
+        local = torch.as_tensor(inverse[pick] - start, device=batch.col.device)
+        col = torch.as_tensor(cols[pick], device=batch.col.device)
+        if model.supports_sparse:  # only at the entries: no (chunk x n_items) output
+            pred = model.outputs_at(*batch.csr, local, col, index=batch.index)
+        else:
+            pred = model(batch.dense())[local, col]
+        out[pick] = pred.double().cpu().numpy()
     model.train(was_training)
     return out if offsets is None else out + offsets.at(rows, cols)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from deeprec.data import readers, sources, validate
+from deeprec.data import readers, sources, synthetic, validate
 from deeprec.data.errors import DataError
 from deeprec.data.matrix import Batch, RatingMatrix
 from deeprec.data.splits import SPLITS, split
@@ -32,7 +32,15 @@ def load(
     scale: tuple[float, float] | None = None,
     download: bool = True,
 ) -> Dataset:
-    """Resolve, read and validate a dataset (a known name or a path); DataError if unusable."""
+    """Resolve, read and validate a dataset (a known name or a path); DataError if unusable.
+
+    synth-* names are generated (deeprec.data.synthetic) and cached under ``data_dir``
+    (default: the user cache); they need no validation.
+    """
+    if synthetic.is_synthetic(data):
+        root = Path(data_dir) if data_dir is not None else sources.cache_dir()
+        frame, folder = synthetic.load(data, root)
+        return Dataset(data, folder, frame, {}, scale or synthetic.shape_of(data).scale)
     path = sources.resolve(data, data_dir, download=download)
     raw = readers.detect_and_read(path)
     frame = validate.check(raw, scale)
