@@ -214,8 +214,7 @@ class Config:
             meta = f.metadata
             if meta["group"] not in groups:
                 groups[meta["group"]] = parser.add_argument_group(meta["group"])
-            default = cls.__dataclass_fields__[f.name]
-            shown = default.default_factory() if f.name == "hidden" else default.default
+            shown = f.default_factory() if f.default is dataclasses.MISSING else f.default
             if f.name == "hidden":
                 shown = ",".join(map(str, shown))
             elif isinstance(shown, bool):

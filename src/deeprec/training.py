@@ -23,7 +23,7 @@ from deeprec.data import Batch, RatingMatrix
 from deeprec.distributed import ALONE, World, all_sum, reduce_gradients
 from deeprec.model import AutoEncoder
 from deeprec.ops import masked_mse
-from deeprec.predict import predict_entries, rmse_mae
+from deeprec.predict import predict_entries
 from deeprec.run import Run, plot_losses, write_metrics
 
 
@@ -158,25 +158,10 @@ def validate(
     Under torchrun each rank predicts the entries of its rows (row % size == rank) and
     the sums are all-reduced.
     """
+    rows, cols, truth = matrix.val_rows, matrix.val_cols, matrix.val_ratings
     if world.active:
-        return _validate_shared(model, matrix, device, offsets, world)
-    pred = predict_entries(model, matrix, matrix.val_rows, matrix.val_cols, device, offsets=offsets)
-    lo, hi = matrix.scale
-    rmse, mae = rmse_mae(np.clip(pred, lo, hi), matrix.val_ratings)
-    rmse_u, mae_u = rmse_mae(pred, matrix.val_ratings)
-    return {
-        "val_rmse": rmse,
-        "val_mae": mae,
-        "val_rmse_unclipped": rmse_u,
-        "val_mae_unclipped": mae_u,
-    }
-
-
-def _validate_shared(
-    model: AutoEncoder, matrix: RatingMatrix, device: torch.device, offsets: Any, world: World
-) -> dict[str, float]:
-    mine = matrix.val_rows % world.size == world.rank
-    rows, cols, truth = matrix.val_rows[mine], matrix.val_cols[mine], matrix.val_ratings[mine]
+        mine = rows % world.size == world.rank
+        rows, cols, truth = rows[mine], cols[mine], truth[mine]
     pred = predict_entries(model, matrix, rows, cols, device, offsets=offsets)
     err = pred - truth.astype(np.float64)
     err_c = np.clip(pred, *matrix.scale) - truth.astype(np.float64)
@@ -187,7 +172,7 @@ def _validate_shared(
         (err**2).sum(),
         np.abs(err).sum(),
     ]
-    n, sq_c, ab_c, sq, ab = all_sum(sums, world, device)
+    n, sq_c, ab_c, sq, ab = all_sum(sums, world, device)  # unchanged when alone
     nan = float("nan")
     return {
         "val_rmse": math.sqrt(sq_c / n) if n else nan,
