@@ -18,6 +18,7 @@ import torch
 
 from deeprec.csr import ColumnIndex, column_index, column_index_numpy
 from deeprec.data.errors import DataError
+from deeprec.data.ids import codes_of, ids_and_codes
 
 
 @dataclass
@@ -89,20 +90,16 @@ class RatingMatrix:
         if train.empty:
             raise DataError("the training split is empty")
         row_key, col_key = ("user", "item") if by == "user" else ("item", "user")
-        row_ids = np.sort(train[row_key].unique())
-        col_ids = np.sort(train[col_key].unique())
-        r = np.searchsorted(row_ids, train[row_key].to_numpy())
-        c = np.searchsorted(col_ids, train[col_key].to_numpy())
-        mat = sp.csr_matrix(
-            (train["rating"].to_numpy(np.float32), (r, c)), shape=(len(row_ids), len(col_ids))
-        )
-        mat.sort_indices()
+        row_ids, rows = ids_and_codes(train[row_key].to_numpy())
+        col_ids, cols = ids_and_codes(train[col_key].to_numpy())
+        mat = _csr(rows, cols, train["rating"].to_numpy(np.float32), (len(row_ids), len(col_ids)))
+        del rows, cols
         # A validation rating is only predictable when its row and its column both have
         # training data (a user whose every rating fell in validation has no input vector).
-        known = val[row_key].isin(row_ids).to_numpy() & val[col_key].isin(col_ids).to_numpy()
-        val = val[known]
-        vr = np.searchsorted(row_ids, val[row_key].to_numpy())
-        vc = np.searchsorted(col_ids, val[col_key].to_numpy())
+        vr = codes_of(row_ids, val[row_key].to_numpy())
+        vc = codes_of(col_ids, val[col_key].to_numpy())
+        known = (vr >= 0) & (vc >= 0)
+        vr, vc, val = vr[known], vc[known], val[known]
         if scale is None:
             scale = (float(train["rating"].min()), float(train["rating"].max()))
         return cls(
@@ -141,13 +138,9 @@ class RatingMatrix:
     def fingerprint(self) -> str:
         """sha256 over the training matrix and id maps: identifies the data a model saw."""
         h = hashlib.sha256()
-        for a in (
-            self.row_ids,
-            self.col_ids,
-            self.train.indptr,
-            self.train.indices,
-            self.train.data,
-        ):
+        for a in (self.row_ids, self.col_ids):  # ids hashed as int64 whatever their width
+            h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        for a in (self.train.indptr, self.train.indices, self.train.data):
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(self.by.encode())
         return h.hexdigest()
@@ -211,3 +204,28 @@ class RatingMatrix:
                 n = len(chunk)
                 chunk = chunk[n * rank // size : n * (rank + 1) // size]
             yield self.batch(chunk, device)
+
+
+def _csr(rows: np.ndarray, cols: np.ndarray, data: np.ndarray, shape) -> sp.csr_matrix:
+    """The CSR matrix of distinct (row, col) entries, columns sorted within each row.
+
+    Entries already in (row, col) order (MovieLens files, the synthetic sets) are used as
+    they are: one bincount, no copy of the entries; others go through scipy's O(nnz)
+    counting sort and a per-row sort, with int32 indices.
+    """
+    if rows.size > 1:
+        step_row = rows[1:] > rows[:-1]
+        ordered = bool((step_row | ((rows[1:] == rows[:-1]) & (cols[1:] > cols[:-1]))).all())
+        del step_row
+    else:
+        ordered = True
+    if ordered:
+        indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
+        index = np.int32 if rows.size < 2**31 else np.int64
+        return sp.csr_matrix(
+            (data, cols.astype(index, copy=False), indptr.astype(index, copy=False)), shape=shape
+        )
+    mat = sp.csr_matrix((data, (rows, cols)), shape=shape)
+    mat.sort_indices()
+    return mat
