@@ -77,6 +77,13 @@ class Config:
     by: str = _option(
         "user", "rows are users (U-AutoRec) or items (I-AutoRec)", "data", choices=("user", "item")
     )
+    data_on_device: str = _option(
+        "auto",
+        "keep the training ratings on --device and gather each batch there, with no "
+        "per-step host-to-device copy (auto: yes on CUDA)",
+        "data",
+        choices=("auto", "yes", "no"),
+    )
     hidden: list[int] = field(
         default_factory=lambda: [512, 512, 1024],
         metadata=_meta("encoder sizes, e.g. 512,512,1024", "model"),

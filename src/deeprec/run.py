@@ -17,6 +17,7 @@ import torch
 from deeprec import baseline, checkpoint, optim
 from deeprec.config import Config, ConfigError, TrainingPath, decide_path
 from deeprec.data import DataError, Dataset, RatingMatrix, load, split
+from deeprec.data.resident import ResidentMatrix
 from deeprec.distributed import ALONE, World
 from deeprec.model import AutoEncoder
 
@@ -96,6 +97,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)  # the loaded checkpoint, if any
     world: World = ALONE  # this process's place in a torchrun job
+    source: Any = None  # where the batches come from: inputs, or a ResidentMatrix of it
 
     def data_info(self) -> dict[str, Any]:
         """What the checkpoint records about the data (checked again on load)."""
@@ -125,6 +127,10 @@ def _make_trainable(run: Run, path: TrainingPath) -> None:
         config.optimizer, run.model, config.lr, config.weight_decay, run.path.sparse_grad
     )
     run.shuffle = torch.Generator().manual_seed(config.seed)
+    resident = config.data_on_device == "yes" or (
+        config.data_on_device == "auto" and run.device.type == "cuda"
+    )
+    run.source = ResidentMatrix(run.inputs, run.device) if resident else run.inputs
 
 
 def default_out(config: Config) -> Path:

@@ -221,7 +221,7 @@ def fit(
         steps = min(steps, config.max_batches)
     with flushed_denormals():
         for epoch in range(len(run.history) + 1, config.epochs + 1):
-            batches = run.inputs.batches(
+            batches = run.source.batches(
                 config.batch_size,
                 run.device,
                 generator=run.shuffle,

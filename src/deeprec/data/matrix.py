@@ -192,17 +192,9 @@ class RatingMatrix:
         max_batches: stop after this many (0: all). part (rank, size): yield only this
         rank's contiguous share of each global batch of ``batch_size`` rows.
         """
-        rows = np.arange(self.n_rows) if rows is None else np.asarray(rows)
-        if shuffle:
-            rows = rows[torch.randperm(len(rows), generator=generator).numpy()]
-        rank, size = part
-        for i, start in enumerate(range(0, len(rows), batch_size)):
-            if max_batches and i >= max_batches:
-                return
-            chunk = rows[start : start + batch_size]
-            if size > 1:
-                n = len(chunk)
-                chunk = chunk[n * rank // size : n * (rank + 1) // size]
+        for chunk in batch_rows(
+            self.n_rows, batch_size, shuffle, generator, rows, max_batches, part
+        ):
             yield self.batch(chunk, device)
 
 
@@ -229,3 +221,28 @@ def _csr(rows: np.ndarray, cols: np.ndarray, data: np.ndarray, shape) -> sp.csr_
     mat = sp.csr_matrix((data, (rows, cols)), shape=shape)
     mat.sort_indices()
     return mat
+
+
+def batch_rows(
+    n_rows: int,
+    batch_size: int,
+    shuffle: bool = True,
+    generator: torch.Generator | None = None,
+    rows: np.ndarray | None = None,
+    max_batches: int = 0,
+    part: tuple[int, int] = (0, 1),
+) -> Iterator[np.ndarray]:
+    """The row ids of each batch of an epoch (see RatingMatrix.batches): one shuffle per
+    epoch from ``generator``, so host and device-resident batches come in the same order."""
+    rows = np.arange(n_rows) if rows is None else np.asarray(rows)
+    if shuffle:
+        rows = rows[torch.randperm(len(rows), generator=generator).numpy()]
+    rank, size = part
+    for i, start in enumerate(range(0, len(rows), batch_size)):
+        if max_batches and i >= max_batches:
+            return
+        chunk = rows[start : start + batch_size]
+        if size > 1:
+            n = len(chunk)
+            chunk = chunk[n * rank // size : n * (rank + 1) // size]
+        yield chunk
