@@ -6,6 +6,7 @@ Each case trains the same recipe once in one process and once under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -66,3 +67,79 @@ def test_resume_under_torchrun_continues_the_run(toy, tmp_path):
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
     for a, b in zip(full["epochs"], resumed["epochs"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, limit_s: float = 120.0) -> None:
+    import time
+
+    t0 = time.monotonic()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() - t0 < limit_s, "the job never finished its first epoch"
+        time.sleep(0.2)
+
+
+def test_a_rank_that_dies_ends_the_job_with_a_clear_error(toy, tmp_path):
+    """Two ranks started as torchrun starts them on two nodes (no agent to stop the other):
+    rank 1 is killed after the first epoch; rank 0 must fail with one line, not hang."""
+    import signal
+
+    port = _free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPREC_DIST_TIMEOUT": "30",
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        cmd = [sys.executable, "-m", "deeprec.train", "--data", str(toy), "--out",
+               str(tmp_path / "run"), *RECIPE[:-1], "10000"]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    try:
+        _wait_for(tmp_path / "run" / "metrics.json", procs[0])
+        procs[1].send_signal(signal.SIGKILL)
+        _, err = procs[0].communicate(timeout=180)  # a hang fails here
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode == 1, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("python -m deeprec.train: error: rank 0: another process"), err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_torchrun_reports_a_dead_rank_and_stops_the_others(toy, tmp_path):
+    import signal
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "deeprec.train", "--data", str(toy), "--out", str(tmp_path / "run"),
+           *RECIPE[:-1], "10000"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPREC_DIST_TIMEOUT": "30"}
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        _wait_for(tmp_path / "run" / "metrics.json", job)
+        children = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True)
+        workers = [int(p) for p in children.stdout.split()]
+        victim = next(
+            p for p in workers if b"LOCAL_RANK=1\0" in Path(f"/proc/{p}/environ").read_bytes()
+        )
+        os.kill(victim, signal.SIGKILL)
+        _, err = job.communicate(timeout=180)  # a hang fails here
+    finally:
+        for pid in [job.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert job.returncode != 0
+    assert "ChildFailedError" in err and "local_rank: 1" in err, err[-3000:]
+    assert all(not Path(f"/proc/{p}").exists() for p in workers)  # rank 0 was stopped too

@@ -1,4 +1,5 @@
-"""What every deeprec command shares: one-line errors with exit code 2, and --debug."""
+"""What every deeprec command shares: one-line errors with exit code 2 (bad input) or 1 (a
+failed torchrun peer), and --debug."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from deeprec.checkpoint import CheckpointError
 from deeprec.config import ConfigError
 from deeprec.data import DataError
+from deeprec.distributed import PeerError
 
 # Errors that mean "bad input", reported as one line (the traceback only with --debug).
 USER_ERRORS = (DataError, CheckpointError, ConfigError)
@@ -37,6 +39,11 @@ def run(
             traceback.print_exc()
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+    except PeerError as exc:  # a torchrun peer died, or did not answer in time
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,8 @@ rank that dies ends the job instead of hanging it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -80,9 +82,31 @@ def shutdown(world: World, clean: bool = True) -> None:
     if not (world.active and dist.is_initialized()):
         return
     if clean:
-        dist.barrier()
+        with collective():
+            dist.barrier()
     if dist.get_backend() == "nccl":
         dist.destroy_process_group()
+
+
+class PeerError(RuntimeError):
+    """A collective failed: another rank died, or did not answer within the timeout."""
+
+
+@contextmanager
+def collective() -> Iterator[None]:
+    """Turn a failed collective (gloo raises RuntimeError, NCCL DistBackendError, a timeout
+    DistError) into one PeerError line naming this rank and what to look at."""
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as exc:
+        timeout = os.environ.get("DEEPREC_DIST_TIMEOUT", f"{DEFAULT_TIMEOUT_S:g}")
+        rank = dist.get_rank() if dist.is_initialized() else "?"
+        text = str(exc).strip()
+        detail = text.splitlines()[0][:160] if text else type(exc).__name__
+        raise PeerError(
+            f"rank {rank}: another process of this torchrun job stopped, or did not answer "
+            f"within DEEPREC_DIST_TIMEOUT={timeout} s ({detail}); its own error says why"
+        ) from None
 
 
 def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:
@@ -90,7 +114,8 @@ def all_sum(values: list[float], world: World, device: torch.device) -> list[flo
     if not world.active:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=_comm_device(device))
-    dist.all_reduce(t)
+    with collective():
+        dist.all_reduce(t)
     return t.tolist()
 
 
@@ -109,7 +134,8 @@ def reduce_gradients(
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in dense]
         flat = torch.cat([g.reshape(-1) for g in grads]).to(_comm_device(dense[0].device))
         flat.mul_(scale)
-        dist.all_reduce(flat)
+        with collective():
+            dist.all_reduce(flat)
         flat = flat.to(dense[0].device)
         offset = 0
         for p in dense:
@@ -131,7 +157,8 @@ def _gather_rows(p: torch.nn.Parameter, scale: float, world: World) -> torch.Ten
     dev = _comm_device(p.device)
     count = torch.tensor([idx.numel()], dtype=torch.int64, device=dev)
     counts = [torch.zeros_like(count) for _ in range(world.size)]
-    dist.all_gather(counts, count)
+    with collective():
+        dist.all_gather(counts, count)
     sizes = [int(c) for c in counts]
     most = max(sizes)
     pad = most - idx.numel()
@@ -139,8 +166,9 @@ def _gather_rows(p: torch.nn.Parameter, scale: float, world: World) -> torch.Ten
     vals_p = torch.cat([vals, vals.new_zeros((pad, *vals.shape[1:]))]).to(dev)
     all_idx = [torch.empty_like(idx_p) for _ in range(world.size)]
     all_vals = [torch.empty_like(vals_p) for _ in range(world.size)]
-    dist.all_gather(all_idx, idx_p)
-    dist.all_gather(all_vals, vals_p)
+    with collective():
+        dist.all_gather(all_idx, idx_p)
+        dist.all_gather(all_vals, vals_p)
     idx = torch.cat([a[:n] for a, n in zip(all_idx, sizes, strict=True)]).to(p.device)
     vals = torch.cat([a[:n] for a, n in zip(all_vals, sizes, strict=True)]).to(p.device)
     # Rows come from coalesced gradients of this shape on every rank; row_adam_step checks
