@@ -143,3 +143,48 @@ def test_torchrun_reports_a_dead_rank_and_stops_the_others(toy, tmp_path):
     assert job.returncode != 0
     assert "ChildFailedError" in err and "local_rank: 1" in err, err[-3000:]
     assert all(not Path(f"/proc/{p}").exists() for p in workers)  # rank 0 was stopped too
+
+
+def _reduce_both(rank: int, port: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from deeprec.distributed import World, reduce_rows
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    g = torch.Generator().manual_seed(rank)
+    n, h = 50, 3
+    results = {}
+    for k in (0, 4, 30, 50):  # an empty share, sparse, dense-ish, every row
+        idx = torch.randperm(n, generator=g)[:k].sort().values
+        p = torch.nn.Parameter(torch.zeros(n, h, dtype=torch.float64))
+        p.grad = torch.sparse_coo_tensor(idx[None], torch.randn(k, h, generator=g,
+                                         dtype=torch.float64), (n, h))  # fmt: skip
+        for method in ("gather", "dense", "auto"):
+            r = reduce_rows(p, 0.5, World(rank, 2), method)
+            results[f"{k}-{method}"] = (r.indices()[0].tolist(), r.values().tolist())
+        results[f"{k}-mine"] = (idx.tolist(), (p.grad.to_dense()[idx] * 0.5).tolist())
+    Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+    dist.barrier()
+
+
+def test_row_sparse_reduction_methods_agree(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_reduce_both, (_free_port(), str(tmp_path)), nprocs=2,
+                       start_method="spawn")  # fmt: skip
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for k in (0, 4, 30, 50):
+        rows0, vals0 = r0[f"{k}-mine"]
+        rows1, vals1 = r1[f"{k}-mine"]
+        want: dict[int, list[float]] = {}
+        for rows, vals in ((rows0, vals0), (rows1, vals1)):
+            for i, v in zip(rows, vals, strict=True):
+                want[i] = [a + b for a, b in zip(want.get(i, [0.0] * 3), v, strict=True)]
+        for method in ("gather", "dense", "auto"):
+            for r in (r0, r1):  # every rank ends with the same sum
+                rows, vals = r[f"{k}-{method}"]
+                assert rows == sorted(want), (k, method)
+                for i, v in zip(rows, vals, strict=True):
+                    assert v == pytest.approx(want[i], abs=1e-12), (k, method, i)
