@@ -20,6 +20,7 @@ import torch
 
 from deeprec import csr
 from deeprec.csr import ColumnIndex, column_index
+from deeprec.ops import recycle
 from deeprec.ops.launch import (
     Impl,
     check_kernel,
@@ -203,7 +204,7 @@ def _col_accumulate(
     """
     H = A.shape[1]
     rows_out = index.ucol.numel() if compact else n_cols
-    dW = torch.empty(rows_out, H, dtype=A.dtype, device=A.device)
+    dW = recycle.empty(rows_out, H, A.dtype, A.device)
     db = torch.empty(rows_out, dtype=A.dtype, device=A.device) if with_bias else None
     launch(
         "col_accumulate",
