@@ -7,6 +7,8 @@ runs taken in one process, speedup ratios between them, achieved GB/s (loss) or
 GFLOP/s (training) and the fraction of this machine's ceilings, which the script
 measures itself (copy bandwidth, sgemm rate). Each workload's impls are checked to
 agree once before timing. --quick: fewer repeats and shapes (< 3 min on a 2-core CPU).
+The full run adds the scale measurements of benchmarks/scale.py (a synth-netflix epoch,
+synth-ml32m epochs, torchrun with 1 and 2 processes, load times): about 15 min on 2 cores.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scale
 from common import copy_bandwidth, machine_info, matmul_rate, measure
 from workloads import (
     LOSS_SHAPES,
@@ -58,6 +61,7 @@ def run_device(device: str, quick: bool) -> dict:
     matrix, source = seed_matrix()
     workloads += [epoch_workload(bs, device, matrix, source) for bs in (32, 128)]
     workloads += [step_workload("netflix", device)]
+    workloads += [step_workload(s, device, long_tailed=True) for s in ("netflix", "ml-32m")]
     results = []
     for w in workloads:
         w.check()
@@ -102,14 +106,18 @@ def run_device(device: str, quick: bool) -> dict:
             + ", ".join(f"{n} {t['median'] * 1e3:.2f} ms" for n, t in times.items()),
             flush=True,
         )
-    return {
+    report = {
         "device": device,
         "machine": info,
         "ceilings": ceilings,
         "quick": quick,
-        "seconds": time.perf_counter() - t_start,
         "results": results,
     }
+    if not quick:
+        print("  scale: synth-netflix epoch, synth-ml32m, torchrun, load times", flush=True)
+        report["scale"] = scale.run(device)
+    report["seconds"] = time.perf_counter() - t_start
+    return report
 
 
 def to_markdown(rep: dict) -> str:
@@ -158,6 +166,8 @@ def to_markdown(rep: dict) -> str:
                 f"fused vs reference (CSR): {r['fused_vs_reference_csr']:.2f}x"
             )
         lines.append("")
+    if "scale" in rep:
+        lines.append(scale.to_markdown(rep["scale"]))
     return "\n".join(lines)
 
 

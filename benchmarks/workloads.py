@@ -174,11 +174,40 @@ def epoch_workload(batch_size: int, device: str = "cpu", matrix=None, source: st
     )
 
 
-def step_workload(shape: str = "netflix", device: str = "cpu") -> Workload:
-    """One training step (forward, loss, backward, Adam) of the seed model at a batch shape."""
-    B, N, density = LOSS_SHAPES[shape]
-    _, (crow, col, val), _ = rating_batch(B, N, density, device=device)
-    batch = Batch(torch.arange(B, device=device), crow, col.long(), val, N)
+# Long-tailed batch shapes: (rows, items, mean ratings per row, Zipf-Mandelbrot offset), the
+# synthetic twins' parameters (deeprec.data.synthetic).
+LONG_TAILED = {"netflix": (512, 17_770, 209, 80.0), "ml-32m": (512, 87_585, 159, 40.0)}
+
+
+def long_tailed_batch(shape: str, device: str = "cpu", seed: int = 0) -> Batch:
+    """A batch whose items follow the real catalogs' long tail (popular items in most rows)
+    and whose rows' lengths are log-normal, as in the synthetic twins: at the ML-32M shape
+    it touches about a third of the catalog, where uniform items touched 60%."""
+    B, N, per_row, q = LONG_TAILED[shape]
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / (np.arange(1, N + 1) + q)
+    weights /= weights.sum()
+    sizes = np.clip(rng.lognormal(np.log(per_row) - 0.78, 1.25, B), 1, N // 4).astype(int)
+    rows = [np.sort(rng.choice(N, size=k, replace=False, p=weights)) for k in sizes]
+    crow = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.int64)
+    col = torch.from_numpy(np.concatenate(rows).astype(np.int64))
+    val = torch.from_numpy(rng.integers(1, 11, len(col)).astype(np.float32) / 2)
+    return Batch(torch.arange(B, device=device), crow.to(device), col.to(device), val.to(device), N)
+
+
+def step_workload(
+    shape: str = "netflix", device: str = "cpu", long_tailed: bool = False
+) -> Workload:
+    """One training step (forward, loss, backward, Adam) of the seed model at a batch shape:
+    uniformly random items (LOSS_SHAPES) or a long-tailed batch (LONG_TAILED)."""
+    if long_tailed:
+        batch = long_tailed_batch(shape, device)
+        B, N = batch.crow.numel() - 1, batch.n_cols
+        col = batch.col
+    else:
+        B, N, density = LOSS_SHAPES[shape]
+        _, (crow, col, val), _ = rating_batch(B, N, density, device=device)
+        batch = Batch(torch.arange(B, device=device), crow, col.long(), val, N)
     # Built once, outside the timed step (~1 ms at this shape); the epoch workloads build it
     # inside each step, as training does.
     batch.index = column_index(batch.crow, batch.col)
@@ -207,11 +236,14 @@ def step_workload(shape: str = "netflix", device: str = "cpu") -> Workload:
         ref = vals["reference (dense)"]
         assert all(abs(v - ref) <= 1e-4 * max(1.0, abs(ref)) for v in vals.values()), vals
 
+    notes = {"B": B, "N": N, "nnz": int(col.numel())}
+    if long_tailed:
+        notes["items touched"] = f"{batch.index.ucol.numel() / N:.0%}"
     return Workload(
-        f"step {shape} b{B}",
+        f"step {shape} b{B}{' long-tailed' if long_tailed else ''}",
         impls,
         check,
         flops=3 * dense_flops(N) * B,
         baseline="reference (dense)",
-        notes={"B": B, "N": N, "nnz": int(col.numel())},
+        notes=notes,
     )
