@@ -145,6 +145,7 @@ def test_corrupt_download_is_moved_aside(tmp_path, monkeypatch):
         return []
 
     monkeypatch.setattr(pooch, "retrieve", fake_retrieve)
+    monkeypatch.setattr(sources, "BUNDLED", ())  # as for a set that is not shipped
     monkeypatch.delenv("DEEPREC_DATA", raising=False)
     with pytest.raises(DataError, match="sha256 does not match"):
         load("ml-latest-small", data_dir=tmp_path)

@@ -112,7 +112,8 @@ def test_ctrl_c_keeps_the_last_completed_epoch(toy, tmp_path, monkeypatch, capsy
     state = checkpoint.load(out / "model.pt")
     assert state["epoch"] == 2
     assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["epochs"]] == [1, 2]
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt"]  # no temp files
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["config.toml", "metrics.json", "model.pt"]  # no temp files
     monkeypatch.setattr(train_mod, "run_epoch", real)
     assert train_main(["--resume", str(out), "--epochs", "3", "--quiet"]) == 0
     assert checkpoint.load(out)["epoch"] == 3

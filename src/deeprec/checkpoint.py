@@ -18,12 +18,10 @@ from typing import Any
 
 import torch
 
+from deeprec.errors import CheckpointError
+
 FORMAT = "deeprec-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, as one line naming the file."""
 
 
 def atomic_write(path: Path, write: Any) -> None:

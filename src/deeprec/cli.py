@@ -8,10 +8,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from deeprec.checkpoint import CheckpointError
-from deeprec.config import ConfigError
-from deeprec.data import DataError
-from deeprec.distributed import PeerError
+from deeprec.errors import CheckpointError, ConfigError, DataError, PeerError
 
 # Errors that mean "bad input", reported as one line (the traceback only with --debug).
 USER_ERRORS = (DataError, CheckpointError, ConfigError)

@@ -1,9 +1,10 @@
 """The typed training Config: every option's name, default, check and help in one place.
 
 The command line (``python -m deeprec.train``), presets, checkpoints and metrics.json all
-go through this class: argparse is built from its fields (``add_arguments``), a preset or a
-saved config is read by ``from_dict`` (unknown keys refused, missing keys defaulted, so
-older checkpoints still load) and written by ``to_dict``. The defaults are the seed recipe.
+go through this class: argparse is built from its fields (``add_arguments``), a preset, a
+config file (TOML) or a saved config is read by ``from_dict`` (unknown keys refused, missing
+keys defaulted, so older checkpoints still load) and written by ``to_dict`` / ``toml_text``.
+The defaults are the seed recipe; the shipped presets are TOML files in deeprec/presets.
 
 ``decide_path`` turns a Config into the TrainingPath of a run, once; everything after it
 is handed that value instead of asking the model or the optimizer again.
@@ -15,21 +16,24 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 import torch
 
 from deeprec import _native
 from deeprec.data import SPLITS
+from deeprec.errors import ConfigError
 from deeprec.model import ACTIVATIONS
 from deeprec.optim import OPTIMIZERS
-
-
-class ConfigError(ValueError):
-    """An option value that cannot be used, as one line naming the option."""
-
 
 # (low, high, low included, high included); None is unbounded. NaN fails every comparison.
 Range = tuple[float | None, float | None, bool, bool]
@@ -171,7 +175,7 @@ class Config:
         Missing keys take their defaults (options added later); unknown keys and values of
         the wrong type are refused, naming ``source`` and the key.
         """
-        unknown = sorted(set(values) - set(cls.names()) - {"_doc"})
+        unknown = sorted(set(values) - set(cls.names()))
         if unknown:
             raise ConfigError(
                 f"{source}: unknown option(s) {', '.join(unknown)} "
@@ -299,20 +303,65 @@ def parse_hidden(text: str) -> list[int]:
     return sizes
 
 
+# ---------------------------------------------------------------------- config files
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's table, or a ConfigError naming the file (missing, unreadable, bad TOML)."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+
+
+def load_config_file(path: str | Path) -> Config:
+    """A config file (TOML, any subset of the train options) as a checked Config: keys
+    it leaves out take the defaults (the seed recipe). Unknown keys and bad values are
+    one-line ConfigErrors naming the file and the key."""
+    return Config.from_dict(read_toml(path), str(path))
+
+
+def toml_text(config: Config, header: str = "") -> str:
+    """The config as TOML that load_config_file reads back to an equal Config.
+
+    The values are strings, booleans, numbers and lists of integers, so each is written
+    as its TOML literal (json.dumps escapes strings as TOML basic strings want; repr keeps
+    every float's digits)."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines += [""] if lines else []
+    for name, value in config.to_dict().items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = json.dumps(value, ensure_ascii=False)
+        elif isinstance(value, list):
+            text = "[" + ", ".join(str(int(v)) for v in value) + "]"
+        else:
+            text = repr(value)
+        lines.append(f"{name} = {text}")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------- presets
 def presets() -> list[str]:
-    """Names of the recipes shipped in deeprec/presets/*.json."""
+    """Names of the recipes shipped in deeprec/presets/*.toml."""
     return sorted(
-        p.stem for p in resources.files("deeprec.presets").iterdir() if p.name.endswith(".json")
+        p.name.removesuffix(".toml")
+        for p in resources.files("deeprec.presets").iterdir()
+        if p.name.endswith(".toml")
     )
 
 
 def load_preset(name: str) -> Config:
     """A shipped recipe as a Config (its keys over the defaults)."""
-    path = resources.files("deeprec.presets") / f"{name}.json"
+    path = resources.files("deeprec.presets") / f"{name}.toml"
     if not path.is_file():
         raise ConfigError(f"--preset {name!r} does not exist (choose from {', '.join(presets())})")
-    return Config.from_dict(json.loads(path.read_text()), f"preset {name}")
+    with resources.as_file(path) as file:
+        return Config.from_dict(read_toml(file), f"preset {name}")
 
 
 # ---------------------------------------------------------------------- the training path

@@ -24,6 +24,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from deeprec.errors import PeerError
+
 # Seconds a collective may wait for the other ranks before the job fails.
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -86,10 +88,6 @@ def shutdown(world: World, clean: bool = True) -> None:
             dist.barrier()
     if dist.get_backend() == "nccl":
         dist.destroy_process_group()
-
-
-class PeerError(RuntimeError):
-    """A collective failed: another rank died, or did not answer within the timeout."""
 
 
 @contextmanager

@@ -24,11 +24,24 @@ def estimate(matrix, model: torch.nn.Module) -> dict[str, float]:
     return {"data_mib": data / MIB, "model_and_optimizer_mib": 4 * weights / MIB}
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set. Linux: VmHWM of /proc/self/status, which belongs to
+    the process's own address space; ru_maxrss is carried over across exec, so a command
+    started by a large parent (a benchmark, a notebook) would report the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+
+
 def peak(device: torch.device) -> dict[str, float]:
     """Peak resident memory of this process so far (and peak CUDA memory on a GPU), MiB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
-    out = {"peak_rss_mib": rss_bytes / MIB}
+    out = {"peak_rss_mib": peak_rss_bytes() / MIB}
     if device.type == "cuda":
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / MIB
     return out

@@ -1,19 +1,23 @@
-"""python -m deeprec.recommend: the k best unrated movies for a user, with titles.
+"""python -m deeprec.recommend: the k best unrated movies for a user, or for every user.
 
 For a known user the prediction comes from their training ratings; for a new user
-(--ratings "296=5,318=4.5") the autoencoder folds the given ratings in directly,
-no retraining (user-based models only: an item-based model has no input for a
-user it has never seen).
+(--ratings "296=5,318=4.5") the autoencoder folds the given ratings in directly, no
+retraining (user-based models only: an item-based model has no input for a user it has
+never seen). --all-users writes every user's list to a CSV or Parquet file. The model is a
+checkpoint (torch) or an export (--onnx model.onnx: onnxruntime, no torch needed).
+
+A leaf: it parses flags and calls the library; torch is imported only for --checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from deeprec import cli, recommendation, run
+from deeprec import cli, ranking
 
 
 def parse_ratings(text: str, scale: tuple[float, float]) -> dict[int, float]:
@@ -40,33 +44,87 @@ def parse_ratings(text: str, scale: tuple[float, float]) -> dict[int, float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m deeprec.recommend",
-        description="Print the k best unrated movies for a user "
-        "(title with year, predicted rating).",
+        description="Print the k best unrated movies for a user (title with year, predicted "
+        "rating), or write every user's list to a file (--all-users --out recs.csv).",
     )
-    p.add_argument("--checkpoint", required=True, help="model.pt (or its run folder)")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="model.pt (or its run folder)")
+    model.add_argument(
+        "--onnx", type=Path, help="an export of python -m deeprec.export (with its .npz sidecar)"
+    )
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="a user id from the training data")
     who.add_argument("--ratings", help='a new user\'s ratings, e.g. "296=5,318=4.5"')
-    p.add_argument("-k", type=int, default=10, help="how many movies")
+    who.add_argument("--all-users", action="store_true", help="every user (needs --out)")
+    p.add_argument("-k", type=int, default=10, help="how many movies per user [10]")
+    p.add_argument("--out", type=Path, help="with --all-users: a .csv or .parquet file")
+    p.add_argument(
+        "--batch-size", type=int, default=512, help="with --all-users: users scored at once [512]"
+    )
     p.add_argument("--data-dir", help="where the run's dataset lives, if it moved")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--device", default="cpu", help="with --checkpoint: cpu or cuda[:i] [cpu]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_debug(p)
     return p
+
+
+def _scorer(args: argparse.Namespace):
+    """The model as a ranking.Scorer (and the new-user scorer for --ratings)."""
+    if args.onnx is not None:
+        from deeprec.serving import OnnxScorer, ServingError
+
+        try:
+            scorer = OnnxScorer(args.onnx)
+        except ServingError as exc:
+            raise cli.UsageError(str(exc)) from None
+
+        def new_user(given):
+            try:
+                return scorer.new_user(given)
+            except ServingError as exc:
+                raise cli.UsageError(str(exc)) from None
+
+        return scorer, new_user
+    from deeprec import recommendation, run
+
+    device = run.resolve_device(args.device)
+    trained = run.load_trained(args.checkpoint, args.data_dir, device)
+    return recommendation.TrainedScorer(trained), lambda given: recommendation.new_user(
+        trained, given
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise cli.UsageError(f"-k must be >= 1, got {args.k}")
-    device = run.resolve_device(args.device)
-    trained = run.load_trained(args.checkpoint, args.data_dir, device)
+    if args.batch_size < 1:
+        raise cli.UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.all_users != (args.out is not None):
+        raise cli.UsageError("--out goes with --all-users (one file for every user)")
+    if args.out is not None and args.out.suffix.lower() not in (".csv", ".parquet"):
+        raise cli.UsageError(f"--out {args.out}: use a .csv or .parquet file name")
+    scorer, new_user = _scorer(args)
+    if args.all_users:
+        users, rate = ranking.write_all_users(
+            scorer, args.k, args.out, args.batch_size, progress=not args.quiet
+        )
+        print(
+            f"wrote the top {args.k} of {len(scorer.item_ids)} items for {users} users to "
+            f"{args.out} ({rate:.0f} users/s)"
+        )
+        return 0
     if args.user is not None:
-        scores, rated = recommendation.known_user(trained, args.user)
+        try:
+            u = ranking.user_position(scorer, args.user)
+        except ValueError as exc:
+            raise cli.UsageError(str(exc)) from None
+        scores, rated = scorer.score_users(np.array([u]))[0], scorer.rated(u)
         who = f"user {args.user} ({len(rated)} training ratings)"
     else:
-        given = parse_ratings(args.ratings, trained.matrix.scale)
-        scores, rated = recommendation.new_user(trained, given)
+        given = parse_ratings(args.ratings, scorer.scale)
+        scores, rated = new_user(given)
         who = f"a new user ({len(given)} ratings)"
-    top = recommendation.top_k(trained, scores, rated, args.k)
+    top = ranking.rows_of(scorer, ranking.top_k(scores, rated, args.k), scores)
     print(f"Top {len(top)} for {who}:")
     for rank, (item, score, title) in enumerate(top, 1):
         print(f"{rank:3d}. {score:.2f}  {title}  [{item}]")

@@ -1,5 +1,5 @@
-"""Top-k recommendations from a trained Run: for a user of the training data, or for a new
-user folded in from a few ratings (no retraining)."""
+"""Top-k recommendations from a trained Run: for a user of the training data, for a new
+user folded in from a few ratings (no retraining), or for every user (deeprec.ranking)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,37 @@ import torch
 from deeprec import baseline
 from deeprec.config import ConfigError
 from deeprec.predict import predict_vector, score_items
+from deeprec.ranking import rows_of, top_k, user_position
 from deeprec.run import Run
+
+
+class TrainedScorer:
+    """A Run as a ranking.Scorer: scores from the torch model on the run's device."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        matrix = run.matrix
+        self.user_ids, self.item_ids = matrix.user_ids(), matrix.item_ids()
+        self.titles, self.scale = run.dataset.titles, matrix.scale
+        # each user's training items, as item positions (a CSR by user in either orientation)
+        self._by_user = matrix.train if matrix.by == "user" else matrix.train.T.tocsr()
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        run = self.run
+        return score_items(run.model, run.inputs, users, run.device, run.offsets)
+
+    def rated(self, user: int) -> np.ndarray:
+        return self._by_user.indices[self._by_user.indptr[user] : self._by_user.indptr[user + 1]]
 
 
 def known_user(run: Run, user_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores of every item, positions of the items the user rated in training)."""
-    matrix = run.matrix
-    users = matrix.user_ids()
-    u = int(np.searchsorted(users, user_id))
-    if u >= len(users) or users[u] != user_id:
-        raise ConfigError(f"--user {user_id} is not in the training data ({len(users)} users)")
-    rated = matrix.train[u].indices if matrix.by == "user" else matrix.train[:, u].nonzero()[0]
-    scores = score_items(run.model, run.inputs, np.array([u]), run.device, run.offsets)[0]
-    return scores, rated
+    scorer = TrainedScorer(run)
+    try:
+        u = user_position(scorer, user_id)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return scorer.score_users(np.array([u]))[0], scorer.rated(u)
 
 
 def new_user(run: Run, given: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -47,18 +65,6 @@ def new_user(run: Run, given: dict[int, float]) -> tuple[np.ndarray, np.ndarray]
     return scores, pos
 
 
-def top_k(run: Run, scores: np.ndarray, rated: np.ndarray, k: int) -> list[tuple[int, float, str]]:
-    """The k best unrated items as (item id, predicted rating clipped to the scale, title).
-
-    Ranked by the raw score: clipping first would tie everything above the scale's top.
-    """
-    scores = scores.copy()
-    scores[rated] = -np.inf
-    top = np.argsort(-scores, kind="stable")[:k]
-    top = top[np.isfinite(scores[top])]
-    items = run.matrix.item_ids()
-    shown = np.clip(scores[top], *run.matrix.scale)
-    return [
-        (int(items[j]), float(s), run.dataset.titles.get(int(items[j]), f"item {items[j]}"))
-        for j, s in zip(top, shown, strict=True)
-    ]
+def best(run: Run, scores: np.ndarray, rated: np.ndarray, k: int) -> list[tuple[int, float, str]]:
+    """The k best unrated items as (item id, predicted rating clipped to the scale, title)."""
+    return rows_of(TrainedScorer(run), top_k(scores, rated, k), scores)

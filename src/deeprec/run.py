@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from deeprec import baseline, checkpoint, optim
-from deeprec.config import Config, ConfigError, TrainingPath, decide_path
+from deeprec.config import Config, ConfigError, TrainingPath, decide_path, toml_text
 from deeprec.data import DataError, Dataset, RatingMatrix, load, split
 from deeprec.data.resident import ResidentMatrix
 from deeprec.distributed import ALONE, World
@@ -262,6 +262,17 @@ def write_metrics(run: Run, final: dict[str, float], memory: dict[str, float]) -
     }
     text = json.dumps(doc, indent=1)
     checkpoint.atomic_write(run.out / "metrics.json", lambda f: f.write(text.encode()))
+
+
+def write_config(run: Run) -> None:
+    """config.toml: the run's resolved configuration; ``train --config`` reproduces it."""
+    text = toml_text(
+        run.config,
+        f"deeprec run configuration (resolved: preset, config file and flags applied).\n"
+        f"Reproduce with: python -m deeprec.train --config {run.out / 'config.toml'}",
+    )
+    run.out.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write(run.out / "config.toml", lambda f: f.write(text.encode()))
 
 
 def plot_losses(history: list[dict[str, Any]], path: Path) -> None:

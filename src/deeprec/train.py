@@ -2,8 +2,9 @@
 
 Defaults reproduce the seed recipe (``--preset seed``): ml-latest-small, global-time
 0.98 split, user-based, 512-512-1024 ReLU, Adam lr 1e-3, 40 epochs, batch 32. Any
-flag given on the command line overrides the preset. The run folder holds
-metrics.json, model.pt (the full training state; resume with --resume) and loss.png.
+flag given on the command line overrides the preset (or the --config file). The run folder
+holds config.toml (the resolved configuration: ``--config RUN/config.toml`` reproduces the
+run), metrics.json, model.pt (the full training state; resume with --resume) and loss.png.
 
 A leaf: it parses flags and calls the library (deeprec.config, deeprec.run,
 deeprec.training).
@@ -17,8 +18,17 @@ from pathlib import Path
 
 import torch
 
-from deeprec import __version__, checkpoint, cli, distributed, memory, run, training
-from deeprec.config import Config, flag, load_preset, presets
+from deeprec import (
+    __version__,
+    checkpoint,
+    cli,
+    distributed,
+    memory,
+    run,
+    tensorboard_log,
+    training,
+)
+from deeprec.config import Config, flag, load_config_file, load_preset, presets
 
 
 def positive_int(text: str) -> int:
@@ -45,8 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $DEEPREC_DATA, then the user cache)",
     )
     r = p.add_argument_group("run")
-    r.add_argument(
+    base = r.add_mutually_exclusive_group()
+    base.add_argument(
         "--preset", help=f"base recipe; flags override it ({', '.join(presets())}) [seed]"
+    )
+    base.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="base recipe from a TOML file of train options (e.g. a run's config.toml, "
+        "or tune's best.toml); keys it leaves out take the seed recipe's values; flags "
+        "override it",
+    )
+    r.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="log train loss, validation RMSE/MAE, learning rate and seconds per epoch, and "
+        "the config, to DIR for TensorBoard (needs deeprec[tensorboard])",
     )
     r.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1, or auto (cuda if available) [auto]"
@@ -67,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    """The preset (seed by default) with the given flags over it, checked."""
-    return load_preset(args.preset or "seed").replace(**Config.overrides(args))
+    """The config file, or the preset (seed by default), with the given flags over it."""
+    base = load_config_file(args.config) if args.config else load_preset(args.preset or "seed")
+    return base.replace(**Config.overrides(args))
 
 
 def refuse_changes_on_resume(args: argparse.Namespace, saved: Config) -> None:
@@ -82,6 +109,8 @@ def refuse_changes_on_resume(args: argparse.Namespace, saved: Config) -> None:
     ]
     if args.preset is not None:
         changed.append(f"--preset {args.preset}")
+    if args.config is not None:
+        changed.append(f"--config {args.config}")
     if args.out is not None:
         changed.append(f"--out {args.out} (a resumed run writes to its own folder)")
     if changed:
@@ -103,6 +132,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, world: distributed.World, device: torch.device) -> int:
+    if args.tensorboard:
+        tensorboard_log.require()
     if args.resume is not None:
         state = checkpoint.load(args.resume)
         refuse_changes_on_resume(args, run.saved_config(state, args.resume))
@@ -122,7 +153,12 @@ def _train(args: argparse.Namespace, world: distributed.World, device: torch.dev
         f"memory estimate: data {need['data_mib']:.0f} MiB, model + gradients + Adam "
         f"{need['model_and_optimizer_mib']:.0f} MiB (per process; activations not counted)"
     )
-    final = training.fit(job, args.save_every, args.quiet)
+    log = tensorboard_log.EpochLog(args.tensorboard, c) if args.tensorboard and world.main else None
+    try:
+        final = training.fit(job, args.save_every, args.quiet, on_epoch=log)
+    finally:
+        if log is not None:
+            log.close()
     say(
         f"final val RMSE {final['val_rmse']:.4f}  MAE {final['val_mae']:.4f} "
         f"(unclipped {final['val_rmse_unclipped']:.4f})  -> {job.out}"

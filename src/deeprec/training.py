@@ -24,7 +24,7 @@ from deeprec.distributed import ALONE, World, all_sum, reduce_gradients
 from deeprec.model import AutoEncoder
 from deeprec.ops import masked_mse
 from deeprec.predict import predict_entries
-from deeprec.run import Run, plot_losses, write_metrics
+from deeprec.run import Run, plot_losses, write_config, write_metrics
 
 
 class TrainingDiverged(ConfigError):
@@ -207,14 +207,20 @@ def fit(
     save_every: int = 1,
     quiet: bool = False,
     report: Callable[[str], None] = tqdm.write,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, float]:
     """Train ``run`` up to its config's epochs; returns the final validation metrics.
 
-    After each epoch: one line to ``report``, metrics.json, and model.pt every
-    ``save_every`` epochs and at the end. A diverged loss stops with the last good
-    checkpoint named; Ctrl-C leaves the last completed epoch's files whole.
+    After each epoch: one line to ``report``, metrics.json, model.pt every ``save_every``
+    epochs and at the end, and ``on_epoch`` (rank 0) with the epoch's record plus its
+    learning rate (TensorBoard logging, a tuner's pruning; an exception from it stops the
+    run after that epoch's files are written). config.toml is written first. A diverged
+    loss stops with the last good checkpoint named; Ctrl-C leaves the last completed
+    epoch's files whole.
     """
     config, world = run.config, run.world
+    if world.main:
+        write_config(run)
     metrics: dict[str, float] = {}
     steps = math.ceil(run.matrix.n_rows / config.batch_size)
     if config.max_batches:
@@ -265,6 +271,8 @@ def fit(
             if epoch == config.epochs or epoch % save_every == 0:
                 checkpoint.save(run.out / "model.pt", checkpoint_payload(run, epoch))
             write_metrics(run, metrics, memory.peak(run.device))
+            if on_epoch is not None:
+                on_epoch({**run.history[-1], "lr": epoch_lr(config, epoch), **metrics})
     if world.main:
         plot_losses(run.history, run.out / "loss.png")
     return metrics

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
+from deeprec.errors import DataError
 
-class DataError(ValueError):
-    """A ratings/titles file or dataset request that cannot be used, as one line."""
+__all__ = ["DataError"]

@@ -1,15 +1,22 @@
 """Where datasets come from: names, local folders, the cache and GroupLens downloads.
 
 ``--data NAME`` resolves under ``--data-dir``, then ``$DEEPREC_DATA``, then the user
-cache; a MovieLens set that is in none of them is downloaded with pooch (imported
-only then), checked, and cached. ``--data PATH`` reads a folder or file as is.
+cache; then ml-latest-small comes from the copy shipped inside the package (so the main
+job runs offline), and other MovieLens sets are downloaded with pooch (imported only
+then), checked, and cached. ``--data PATH`` reads a folder or file as is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
+import uuid
+import zipfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from deeprec.data.errors import DataError
@@ -80,6 +87,8 @@ def resolve(data: str, data_dir: str | Path | None = None, download: bool = True
         for name in (data, _ZIP_FOLDER.get(data, data)):
             if (base / name / source.ratings_file).exists():
                 return _verified(base / name, source, ours=base == cache_dir())
+    if data in BUNDLED:
+        return _unpack_bundled(data, source)
     if source.url is None or not download:
         where = search_dirs(data_dir)[0]
         raise DataError(
@@ -87,6 +96,40 @@ def resolve(data: str, data_dir: str | Path | None = None, download: bool = True
             f"(e.g. {where / data / source.ratings_file}) or pass --data-dir DIR"
         )
     return _download(data, source, data_dir)
+
+
+# Sets shipped inside the package (GroupLens licence: redistribution under the same
+# conditions, with their README, which the archive holds).
+BUNDLED = ("ml-latest-small",)
+
+
+def _unpack_bundled(name: str, source: Source) -> Path:
+    """The shipped copy of ``name``, unpacked once into the user cache (or, where that is
+    not writable, a temporary folder) and checked against the pinned sha256 on every use;
+    a damaged unpacked copy is replaced from the archive."""
+    archive = resources.files("deeprec.bundled") / f"{name}.zip"
+    for base in (cache_dir() / "bundled", Path(tempfile.gettempdir()) / "deeprec-bundled"):
+        folder = base / name
+        ratings = folder / source.ratings_file
+        if ratings.exists() and sha256(ratings) == source.ratings_sha256:
+            return folder
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            tmp = base / f".{name}.{uuid.uuid4().hex[:8]}"
+            with resources.as_file(archive) as path, zipfile.ZipFile(path) as z:
+                z.extractall(tmp)
+            if folder.exists():  # damaged: set it aside (a rename is atomic), then drop it
+                old = base / f".{name}.old.{uuid.uuid4().hex[:8]}"
+                with contextlib.suppress(OSError):
+                    folder.rename(old)
+                shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another process may have unpacked it first
+                (tmp / name).rename(folder)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return _verified(folder, source, ours=True)
+        except (OSError, zipfile.BadZipFile):
+            continue
+    raise DataError(f"cannot unpack the copy of {name} shipped with deeprec")
 
 
 def _download(name: str, source: Source, data_dir: str | Path | None) -> Path:
