@@ -38,7 +38,7 @@ def machine_info(device: str = "cpu") -> dict[str, object]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "deeprec_build": {
-            k: v for k, v in collect().items() if "kernels" in k or k == "cuda_archs"
+            k: v for k, v in collect().items() if "kernels" in k or "simd" in k or k == "cuda_archs"
         },
     }
     if device.startswith("cuda") and torch.cuda.is_available():

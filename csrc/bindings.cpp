@@ -28,7 +28,7 @@ namespace {
 
 // The entry points' argument convention; bump when any signature changes, so Python
 // refuses a module built from other sources (deeprec/_native.py, NATIVE_ABI).
-constexpr int kAbi = 2;
+constexpr int kAbi = 3;
 
 void check(int status, const char* name) {
   if (status == deeprec::kOk) return;
@@ -88,6 +88,11 @@ std::string cuda_kernel_problem(int device) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "deeprec native kernels (torch-free; called through deeprec.ops)";
   m.attr("__version__") = DEEPREC_VERSION;
+  m.attr("ISA_NAMES") = py::make_tuple("baseline", "avx2", "avx512");  // index = deeprec::Isa
+  m.def("best_isa", &deeprec::best_isa, "the widest SIMD variant this CPU runs (ISA_NAMES index)");
+  m.def("active_isa", &deeprec::active_isa, "the SIMD variant the CPU kernels use now");
+  m.def("set_isa", &deeprec::set_isa, py::arg("isa"),
+        "use SIMD variant `isa` (ISA_NAMES index); False if this CPU cannot run it");
   m.attr("ABI") = kAbi;
   m.attr("DTYPE_CODES") = py::dict(py::arg("float32") = int(deeprec::kFloat32),
                                    py::arg("float64") = int(deeprec::kFloat64),

@@ -22,14 +22,55 @@ enum Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 // Index dtype tags.
 enum IndexDtype : int { kInt32 = 0, kInt64 = 1 };
 
-// Hot CPU loops are compiled for AVX-512, AVX2 and baseline x86-64 and the best one is
-// picked when the module loads (GCC target_clones): one build runs on any x86-64 CPU and
-// uses its vector units. Not for nvcc, clang or other architectures.
+// ---------------------------------------------------------------- SIMD variants
+// Hot CPU loops are compiled three times, for AVX-512 (F, VL, BW, DQ), AVX2 + FMA and baseline
+// x86-64, and the variant runs that active_isa() names: by default the widest this CPU can
+// run, or the one DEEPREC_ISA asks for (set_isa, from Python). One build runs on any x86-64
+// CPU, uses its vector units, and every variant can be forced and tested on one machine.
+// A loop is written once as an always_inline template `name##_body`; DEEPREC_SIMD_FN(name)
+// makes the per-variant copies (the body is inlined into each, so it is compiled for that
+// target) and `name(...)`, which calls the active one. Elsewhere (other architectures,
+// clang, nvcc) there is one variant, baseline.
+enum Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+int active_isa();
+int best_isa();
+bool isa_supported(int isa);
+// Makes `isa` the active variant; false (nothing changed) if this CPU or build cannot run it.
+bool set_isa(int isa);
+
+#define DEEPREC_INLINE inline __attribute__((always_inline))
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__) && \
     !defined(DEEPREC_NO_CLONES)
-#define DEEPREC_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#define DEEPREC_X86_VARIANTS 1
+#define DEEPREC_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define DEEPREC_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define DEEPREC_SIMD_FN(name)                                                  \
+  template <typename... A>                                                     \
+  DEEPREC_TARGET_AVX512 auto name##_avx512(A... a) {                           \
+    return name##_body(a...);                                                  \
+  }                                                                            \
+  template <typename... A>                                                     \
+  DEEPREC_TARGET_AVX2 auto name##_avx2(A... a) {                               \
+    return name##_body(a...);                                                  \
+  }                                                                            \
+  template <typename... A>                                                     \
+  auto name##_baseline(A... a) {                                               \
+    return name##_body(a...);                                                  \
+  }                                                                            \
+  template <typename... A>                                                     \
+  inline auto name(A... a) {                                                   \
+    switch (active_isa()) {                                                    \
+      case kAvx512: return name##_avx512(a...);                                \
+      case kAvx2: return name##_avx2(a...);                                    \
+      default: return name##_baseline(a...);                                  \
+    }                                                                          \
+  }
 #else
-#define DEEPREC_SIMD
+#define DEEPREC_SIMD_FN(name)  \
+  template <typename... A>     \
+  inline auto name(A... a) {   \
+    return name##_body(a...);  \
+  }
 #endif
 
 // ---------------------------------------------------------------- dtype/index dispatch

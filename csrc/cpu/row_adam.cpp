@@ -1,5 +1,5 @@
 // CPU row-sparse Adam (see row_adam.h). Threads own disjoint row ranges; the
-// per-row update is compiled for AVX-512 / AVX2 / x86-64 (target_clones).
+// per-row update is compiled for AVX-512 / AVX2 / x86-64 (DEEPREC_SIMD_FN).
 #include <algorithm>
 #include <cmath>
 
@@ -16,8 +16,8 @@ struct AdamCoef {
 
 // One row; g == nullptr means a zero gradient row.
 template <typename T>
-DEEPREC_SIMD void adam_row(T* __restrict p, T* __restrict m, T* __restrict v,
-                           const T* __restrict g, int64_t H, AdamCoef<T> c) {
+DEEPREC_INLINE void adam_row_body(T* __restrict p, T* __restrict m, T* __restrict v,
+                                  const T* __restrict g, int64_t H, AdamCoef<T> c) {
   for (int64_t x = 0; x < H; ++x) {
     T grad = (g != nullptr ? g[x] : T(0)) + c.wd * p[x];
     const T mx = c.b1 * m[x] + c.one_b1 * grad;
@@ -27,6 +27,7 @@ DEEPREC_SIMD void adam_row(T* __restrict p, T* __restrict m, T* __restrict v,
     p[x] -= c.step_size * mx / (std::sqrt(vx) * c.inv_sqrt_bc2 + c.eps);
   }
 }
+DEEPREC_SIMD_FN(adam_row)
 
 template <typename T>
 void row_adam(T* p, T* m, T* v, const T* g, const int64_t* ucol, int64_t U, int64_t N, int64_t H,

@@ -2,7 +2,7 @@
 // (see sparse_layers.h). Rows (or column ranges) are split across the
 // persistent thread pool; the inner loops run over the hidden width H on
 // contiguous rows of W, h and dW. Those loops are compiled for AVX-512, AVX2
-// and plain x86-64 (target_clones) and the best one is picked at load time,
+// and plain x86-64 (DEEPREC_SIMD_FN) and the active variant runs (common.h),
 // so one build runs everywhere and uses the vector units where they exist.
 #include <algorithm>
 #include <cstring>
@@ -16,14 +16,15 @@ namespace {
 
 // o[0:H] += v * w[0:H]
 template <typename T>
-DEEPREC_SIMD void axpy(T* __restrict o, T v, const T* __restrict w, int64_t H) {
+DEEPREC_INLINE void axpy_body(T* __restrict o, T v, const T* __restrict w, int64_t H) {
   for (int64_t c = 0; c < H; ++c) o[c] += v * w[c];
 }
+DEEPREC_SIMD_FN(axpy)
 
 // sum a[c] * b[c] over c, with 16 independent partial sums (a fixed order, so the
 // result is deterministic) that the compiler can keep in vector registers.
 template <typename T>
-DEEPREC_SIMD T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+DEEPREC_INLINE T dot_body(const T* __restrict a, const T* __restrict b, int64_t n) {
   constexpr int L = 16;
   T part[L] = {};
   int64_t c = 0;
@@ -35,6 +36,7 @@ DEEPREC_SIMD T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
   for (; c < n; ++c) s += a[c] * b[c];
   return s;
 }
+DEEPREC_SIMD_FN(dot)
 
 template <typename T, typename I>
 void spmm_rows(const int64_t* crow, const I* col, const T* val, const T* W, const T* bias, T* out,

@@ -10,6 +10,7 @@ it could pass arguments its kernels read differently.
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from deeprec import __version__
 
 # The entry points' argument convention this package calls (csrc/bindings.cpp, kAbi).
-NATIVE_ABI = 2
+NATIVE_ABI = 3
 
 
 def _stale(module: ModuleType) -> str | None:
@@ -53,6 +54,44 @@ FUSED_DTYPES = {
 }
 
 
+# ------------------------------------------------------------------ SIMD variant (CPU)
+ISA_NAMES: tuple[str, ...] = tuple(_C.ISA_NAMES) if _C else ()
+
+
+def supported_isas() -> list[str]:
+    """The SIMD variants this CPU (and build) can run, narrowest first."""
+    return list(ISA_NAMES[: _C.best_isa() + 1]) if _C else []
+
+
+def active_isa() -> str | None:
+    """The SIMD variant the CPU kernels use now."""
+    return ISA_NAMES[_C.active_isa()] if _C else None
+
+
+def use_isa(name: str) -> None:
+    """Run the CPU kernels' ``name`` variant (baseline, avx2, avx512) from now on; a one-line
+    ValueError when it is not a variant or this CPU cannot run it."""
+    if _C is None:
+        raise ValueError(f"DEEPREC_ISA={name}: the native module is not importable")
+    if name not in ISA_NAMES:
+        raise ValueError(f"DEEPREC_ISA={name!r} is not a SIMD variant ({', '.join(ISA_NAMES)})")
+    if not _C.set_isa(ISA_NAMES.index(name)):
+        raise ValueError(
+            f"DEEPREC_ISA={name}: this CPU cannot run it (it runs: {', '.join(supported_isas())})"
+        )
+
+
+# DEEPREC_ISA forces a variant for the whole process; an impossible request disables the
+# fused CPU kernels with that reason (``--fused`` then refuses in one line) instead of
+# silently running another variant.
+ISA_ERROR: str | None = None
+if _C is not None and os.environ.get("DEEPREC_ISA", "").strip():
+    try:
+        use_isa(os.environ["DEEPREC_ISA"].strip())
+    except ValueError as exc:
+        ISA_ERROR = str(exc)
+
+
 def module() -> ModuleType | None:
     """The compiled module, or None when it could not be imported."""
     return _C
@@ -64,7 +103,7 @@ def unavailable_reason(device: torch.device | str) -> str | None:
     if _C is None:
         return f"the native module deeprec._C is not importable ({IMPORT_ERROR})"
     if device.type == "cpu":
-        return None
+        return ISA_ERROR
     if device.type != "cuda":
         return f"no fused kernels for device type {device.type!r}"
     if not _C.WITH_CUDA:

@@ -5,6 +5,7 @@ Shared by ``python -m deeprec.info`` and the benchmark reports (which record the
 
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -23,7 +24,14 @@ def collect() -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "native_module": "importable" if C is not None else f"missing ({_native.IMPORT_ERROR})",
         "cpu_kernels_compiled": C is not None,
-        "cpu_kernels_usable": _native.unavailable_reason("cpu") is None,
+        "cpu_kernels_usable": (
+            True
+            if _native.unavailable_reason("cpu") is None
+            else f"no ({_native.unavailable_reason('cpu')})"
+        ),
+        "cpu_simd_variant": _native.active_isa() or "none",
+        "cpu_simd_variants_supported": ", ".join(_native.supported_isas()) or "none",
+        "DEEPREC_ISA": os.environ.get("DEEPREC_ISA", "") or "unset (the widest supported)",
         "cuda_kernels_compiled": bool(C is not None and C.WITH_CUDA),
         "cuda_archs": (C.CUDA_ARCHS if C is not None and C.WITH_CUDA else ""),
         "torch_cuda": torch.version.cuda or "cpu build",
