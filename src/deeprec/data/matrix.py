@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from deeprec.csr import ColumnIndex, column_index, column_index_numpy
+from deeprec.csr import ColumnIndex, CSRParts, check_values, column_index, column_index_numpy
 from deeprec.data.errors import DataError
 from deeprec.data.ids import codes_of, ids_and_codes
 
@@ -62,6 +62,12 @@ class Batch:
         )
         out[r, self.col] = self.val
         return out
+
+
+def remember(batch: Batch) -> Batch:
+    """Check a batch we built once, and let the ops skip re-checking it (csr.check_values)."""
+    check_values(CSRParts(batch.crow, batch.col, batch.val), batch.n_cols, "batch", remember=True)
+    return batch
 
 
 @dataclass
@@ -167,7 +173,7 @@ class RatingMatrix:
         """Training rows ``rows`` as a CSR batch on ``device``."""
         sub = self.train[rows]
         indptr, indices = sub.indptr.astype(np.int64), sub.indices.astype(np.int64)
-        return Batch(
+        batch = Batch(
             torch.as_tensor(np.asarray(rows), dtype=torch.int64).to(device),
             torch.from_numpy(indptr).to(device),
             torch.from_numpy(indices).to(device),
@@ -175,6 +181,7 @@ class RatingMatrix:
             self.n_cols,
             (indptr, indices),
         )
+        return remember(batch)
 
     def batches(
         self,

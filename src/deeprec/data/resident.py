@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from deeprec.csr import ColumnIndex
-from deeprec.data.matrix import Batch, RatingMatrix, batch_rows
+from deeprec.data.matrix import Batch, RatingMatrix, batch_rows, remember
 
 
 class ResidentMatrix:
@@ -52,7 +52,7 @@ class ResidentMatrix:
         col = self.indices[pos]
         batch = Batch(rows, crow, col, self.data[pos], self.n_cols)
         batch.index = device_column_index(col, entry_row)
-        return batch
+        return remember(batch)
 
     def batches(
         self,
