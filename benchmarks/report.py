@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import overhead
 import scale
 from common import copy_bandwidth, machine_info, matmul_rate, measure
 from workloads import (
@@ -113,6 +114,10 @@ def run_device(device: str, quick: bool) -> dict:
         "quick": quick,
         "results": results,
     }
+    if device == "cpu":
+        print("  per-call overhead and SIMD variants", flush=True)
+        report["overhead"] = overhead.loss_overhead(41 if quick else 101)
+        report["variants"] = overhead.per_variant(3 if quick else 5)
     if not quick:
         print("  scale: synth-netflix epoch, synth-ml32m, torchrun, load times", flush=True)
         report["scale"] = scale.run(device)
@@ -166,6 +171,9 @@ def to_markdown(rep: dict) -> str:
                 f"fused vs reference (CSR): {r['fused_vs_reference_csr']:.2f}x"
             )
         lines.append("")
+    if "overhead" in rep:
+        isa = rep["machine"]["deeprec_build"].get("cpu_simd_variant", "?")
+        lines.append(overhead.to_markdown(rep["overhead"], rep["variants"], isa))
     if "scale" in rep:
         lines.append(scale.to_markdown(rep["scale"]))
     return "\n".join(lines)
