@@ -291,14 +291,41 @@ def check_grouping(perm, ucol, uptr, rows, n_rows: int, n_cols: int) -> None:
         raise ValueError(f"index: rows holds rows outside [0, {n_rows})")
 
 
+def _index_stamp(index: ColumnIndex, parts: CSRParts, n_cols: int) -> tuple:
+    return (*(t._version for t in index), *(t.data_ptr() for t in index), _stamp(parts, n_cols))
+
+
+def _index_known(index: ColumnIndex, parts: CSRParts, n_cols: int) -> bool:
+    entry = _checked.get(id(index[0]))
+    return (
+        entry is not None
+        and all(r() is t for r, t in zip(entry[0], (*index, parts.crow, parts.col), strict=True))
+        and entry[1] == _index_stamp(index, parts, n_cols)
+    )
+
+
+def remember_index(index: ColumnIndex, parts: CSRParts, n_cols: int) -> None:
+    """Check our batch's column index once (check_index) and let later checks of the same
+    unmodified tensors return at once, as check_values(remember=True) does for the batch."""
+    check_index(index, parts, n_cols)
+    key = id(index[0])
+    refs = tuple(weakref.ref(t) for t in (*index, parts.crow, parts.col))
+    weakref.finalize(index[0], _checked.pop, key, None)
+    _checked[key] = (refs, _index_stamp(index, parts, n_cols))
+
+
 def check_index(index: ColumnIndex, parts: CSRParts, n_cols: int) -> None:
     """A ColumnIndex must be exactly column_index(crow, col) of *this* batch.
+
+    One remembered with remember_index and unmodified since (with its batch) passes at once.
 
     Checked in linear time (no sort): the grouping is consistent (check_grouping),
     rows are each entry's row under crow, col[perm] runs through ucol group by group,
     and inside each group perm ascends (the stable order column_index produces).
     Call after check_values(parts, n_cols).
     """
+    if _index_known(index, parts, n_cols):
+        return
     check_index_structure(index, parts.col.numel(), parts.col.device)
     crow = parts.crow.detach().cpu().numpy()
     col = parts.col.detach().cpu().numpy()

@@ -16,7 +16,14 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from deeprec.csr import ColumnIndex, CSRParts, check_values, column_index, column_index_numpy
+from deeprec.csr import (
+    ColumnIndex,
+    CSRParts,
+    check_values,
+    column_index,
+    column_index_numpy,
+    remember_index,
+)
 from deeprec.data.errors import DataError
 from deeprec.data.ids import codes_of, ids_and_codes
 
@@ -40,9 +47,11 @@ class Batch:
         if self._index is None:
             if self.host is not None:
                 parts = column_index_numpy(*self.host)
-                self._index = ColumnIndex(*(torch.from_numpy(a).to(self.col.device) for a in parts))
+                index = ColumnIndex(*(torch.from_numpy(a).to(self.col.device) for a in parts))
             else:
-                self._index = column_index(self.crow, self.col, self.n_cols)
+                index = column_index(self.crow, self.col, self.n_cols)
+            remember_index(index, CSRParts(self.crow, self.col, self.val), self.n_cols)
+            self._index = index
         return self._index
 
     @index.setter

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from deeprec.csr import ColumnIndex
+from deeprec.csr import ColumnIndex, CSRParts, remember_index
 from deeprec.data.matrix import Batch, RatingMatrix, batch_rows, remember
 
 
@@ -50,9 +50,11 @@ class ResidentMatrix:
         )
         pos = start[entry_row] + torch.arange(nnz, device=self.device) - crow[entry_row]
         col = self.indices[pos]
-        batch = Batch(rows, crow, col, self.data[pos], self.n_cols)
-        batch.index = device_column_index(col, entry_row)
-        return remember(batch)
+        batch = remember(Batch(rows, crow, col, self.data[pos], self.n_cols))
+        index = device_column_index(col, entry_row)
+        remember_index(index, CSRParts(crow, col, batch.val), self.n_cols)
+        batch.index = index
+        return batch
 
     def batches(
         self,

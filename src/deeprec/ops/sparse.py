@@ -92,7 +92,9 @@ def sparse_linear(
         return sparse_linear_reference(parts, weight, bias)
     if index is None:
         index = column_index(parts.crow, parts.col, weight.shape[0], "x")
-    return torch.ops.deeprec.sparse_linear(*parts, *index, weight, bias, sparse_grad)
+    if torch.compiler.is_compiling():
+        return torch.ops.deeprec.sparse_linear(*parts, *index, weight, bias, sparse_grad)
+    return _SparseLinear.apply(*parts, *index, weight, bias, sparse_grad)
 
 
 def sparse_output_mse(
@@ -128,7 +130,10 @@ def sparse_output_mse(
         h = h.contiguous()
     if index is None:
         index = column_index(parts.crow, parts.col, weight.shape[0])
-    loss, _ = torch.ops.deeprec.sparse_output_mse(h, weight, bias, *parts, *index, sparse_grad)
+    if torch.compiler.is_compiling():
+        loss, _ = torch.ops.deeprec.sparse_output_mse(h, weight, bias, *parts, *index, sparse_grad)
+    else:
+        loss, _ = _SparseOutputMSE.apply(h, weight, bias, *parts, *index, sparse_grad)
     return loss
 
 
@@ -224,8 +229,7 @@ def _as_sparse_rows(ucol: torch.Tensor, values: torch.Tensor, shape: tuple[int, 
 
 
 # ------------------------------------------------------------------ torch.library ops
-@torch.library.custom_op("deeprec::sparse_linear", mutates_args=(), device_types=("cpu", "cuda"))
-def _sparse_linear_op(
+def _sparse_linear_impl(
     crow: torch.Tensor,
     col: torch.Tensor,
     val: torch.Tensor,
@@ -245,6 +249,11 @@ def _sparse_linear_op(
     return out
 
 
+_sparse_linear_op = torch.library.custom_op(
+    "deeprec::sparse_linear", mutates_args=(), device_types=("cpu", "cuda")
+)(_sparse_linear_impl)
+
+
 @_sparse_linear_op.register_fake
 def _(crow, col, val, perm, ucol, uptr, rows, weight, bias, sparse_grad):
     return weight.new_empty(crow.shape[0] - 1, weight.shape[1])
@@ -257,22 +266,28 @@ def _sparse_linear_setup(ctx, inputs, output):
     ctx.sparse_grad = sparse_grad
 
 
-def _sparse_linear_backward(ctx, grad):
+def _sparse_linear_backward(ctx, grad, eager: bool = False):
     val, perm, ucol, uptr, rows = ctx.saved_tensors
     d_weight = d_bias = None
     if ctx.needs_input_grad[7]:
-        d_weight, _ = torch.ops.deeprec.col_accumulate(
-            perm,
-            ucol,
-            uptr,
-            rows,
-            val,
-            grad.contiguous(),
-            ctx.weight_shape[0],
-            False,
-            None,
-            ctx.sparse_grad,
-        )
+        if eager:  # the index was checked in forward, and autograd vouches it is unchanged
+            index = ColumnIndex(perm, ucol, uptr, rows)
+            d_weight, _ = _col_accumulate(
+                index, val, grad.contiguous(), ctx.weight_shape[0], False, None, ctx.sparse_grad
+            )
+        else:
+            d_weight, _ = torch.ops.deeprec.col_accumulate(
+                perm,
+                ucol,
+                uptr,
+                rows,
+                val,
+                grad.contiguous(),
+                ctx.weight_shape[0],
+                False,
+                None,
+                ctx.sparse_grad,
+            )
         if ctx.sparse_grad:
             d_weight = _as_sparse_rows(ucol, d_weight, ctx.weight_shape)
     if ctx.needs_input_grad[8]:
@@ -283,10 +298,7 @@ def _sparse_linear_backward(ctx, grad):
 _sparse_linear_op.register_autograd(_sparse_linear_backward, setup_context=_sparse_linear_setup)
 
 
-@torch.library.custom_op(
-    "deeprec::sparse_output_mse", mutates_args=(), device_types=("cpu", "cuda")
-)
-def _sparse_output_mse_op(
+def _sparse_output_mse_impl(
     h: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
@@ -317,6 +329,11 @@ def _sparse_output_mse_op(
     return loss, resid
 
 
+_sparse_output_mse_op = torch.library.custom_op(
+    "deeprec::sparse_output_mse", mutates_args=(), device_types=("cpu", "cuda")
+)(_sparse_output_mse_impl)
+
+
 @_sparse_output_mse_op.register_fake
 def _(h, weight, bias, crow, col, val, perm, ucol, uptr, rows, sparse_grad):
     return h.new_empty(()), h.new_empty(col.shape[0])
@@ -329,18 +346,28 @@ def _sparse_output_setup(ctx, inputs, output):
     ctx.sparse_grad = sparse_grad
 
 
-def _sparse_output_backward(ctx, grad_loss, _grad_resid):
+def _sparse_output_backward(ctx, grad_loss, _grad_resid, eager: bool = False):
     h, weight, crow, col, perm, ucol, uptr, rows, resid = ctx.saved_tensors
     nnz = col.numel()
     # G = 2 (p - r) / nnz * grad_loss, folded into one scale so the kernels read it in place.
-    scale = (grad_loss * (2.0 / max(nnz, 1))).to(h.dtype).reshape(())
+    scale = (grad_loss * (2.0 / max(nnz, 1))).to(h.dtype).reshape(()).contiguous()
     d_h = d_weight = d_bias = None
     if ctx.needs_input_grad[0]:
-        d_h = torch.ops.deeprec.spmm_rows(crow, col, resid, weight, scale)
+        if eager:  # batch and index were checked in forward; autograd vouches they are unchanged
+            d_h = h.new_empty(crow.numel() - 1, weight.shape[1])
+            _spmm(crow, col, resid, weight, None, d_h, scale)
+        else:
+            d_h = torch.ops.deeprec.spmm_rows(crow, col, resid, weight, scale)
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        d_weight, d_bias = torch.ops.deeprec.col_accumulate(
-            perm, ucol, uptr, rows, resid, h, weight.shape[0], True, scale, ctx.sparse_grad
-        )
+        if eager:
+            index = ColumnIndex(perm, ucol, uptr, rows)
+            d_weight, d_bias = _col_accumulate(
+                index, resid, h, weight.shape[0], True, scale, ctx.sparse_grad
+            )
+        else:
+            d_weight, d_bias = torch.ops.deeprec.col_accumulate(
+                perm, ucol, uptr, rows, resid, h, weight.shape[0], True, scale, ctx.sparse_grad
+            )
         if ctx.sparse_grad:
             d_weight = _as_sparse_rows(ucol, d_weight, tuple(weight.shape))
             d_bias = _as_sparse_rows(ucol, d_bias, (weight.shape[0],))
@@ -348,6 +375,36 @@ def _sparse_output_backward(ctx, grad_loss, _grad_resid):
 
 
 _sparse_output_mse_op.register_autograd(_sparse_output_backward, setup_context=_sparse_output_setup)
+
+
+class _SparseLinear(torch.autograd.Function):
+    """The eager path of deeprec::sparse_linear: the same checks and kernels without the
+    custom-op dispatcher's Python autograd layer and re-dispatch (#14); the backward calls
+    the kernels directly, its inputs checked in forward. torch.compile uses the op."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = _sparse_linear_impl(*inputs)
+        _sparse_linear_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _sparse_linear_backward(ctx, grad, eager=True)
+
+
+class _SparseOutputMSE(torch.autograd.Function):
+    """The eager path of deeprec::sparse_output_mse (see _SparseLinear)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = _sparse_output_mse_impl(*inputs)
+        _sparse_output_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_resid):
+        return _sparse_output_backward(ctx, grad_loss, grad_resid, eager=True)
 
 
 # Backward building blocks, themselves ops so torch.compile sees them as opaque calls.
