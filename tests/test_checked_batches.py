@@ -83,3 +83,19 @@ def test_eager_fused_loss_gradient_equals_the_reference_float64():
     assert torch.autograd.gradcheck(
         lambda o: masked_mse(o, (crow, col, val), impl="fused"), (out,), eps=1e-6
     )
+
+
+@pytest.mark.parametrize("resident", [False, True])
+def test_a_remembered_index_changed_in_place_is_checked_again(resident):
+    from deeprec.model import AutoEncoder
+
+    b = our_batch(resident=resident)
+    index = b.index
+    parts = csr.CSRParts(*b.csr)
+    assert csr._index_known(index, parts, b.n_cols)
+    model = AutoEncoder(b.n_cols, [6])
+    model.sparse_loss(*b.csr, index=index, impl="fused").backward()  # fine as built
+    index.perm[[0, 1]] = index.perm[[1, 0]]  # another batch's order: wrong sums if trusted
+    assert not csr._index_known(index, parts, b.n_cols)
+    with pytest.raises(ValueError, match="index"):
+        model.sparse_loss(*b.csr, index=index, impl="fused")
