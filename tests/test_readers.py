@@ -214,3 +214,14 @@ def test_small_sources_are_not_cached_by_default(tmp_path, monkeypatch):
     load(str(write_movielens_csv(tmp_path / "mine")))
     assert not (tmp_path / "cache").exists()
     assert os.path.getsize(tmp_path / "mine" / "ratings.csv") < store.MIN_BYTES
+
+
+def test_a_single_file_source_with_titles_beside_it_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPREC_PARSE_CACHE", "1")
+    monkeypatch.setattr(sources, "cache_dir", lambda: tmp_path / "cache")
+    folder = write_movielens_csv(tmp_path / "ml")
+    first = load(str(folder / "ratings.csv"))  # the file itself; movies.csv sits beside it
+    monkeypatch.setattr(readers, "detect_and_read", lambda p: pytest.fail("parsed again"))
+    second = load(str(folder / "ratings.csv"))
+    pd.testing.assert_frame_equal(first.ratings, second.ratings)
+    assert second.titles == first.titles and second.titles

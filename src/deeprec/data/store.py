@@ -54,7 +54,8 @@ def wanted(files: list[Path]) -> bool:
 
 def key(path: Path, files: list[Path], scale: tuple[float, float] | None) -> dict:
     """What identifies a parse: the source files as they are now, and how we read them."""
-    stats = [(str(f.relative_to(path) if f != path else f.name), f.stat()) for f in files]
+    base = path.parent if path.is_file() else path  # a single-file source: its siblings too
+    stats = [(str(f.relative_to(base)), f.stat()) for f in files]
     total = sum(s.st_size for _, s in stats)
     return {
         "format": FORMAT,
