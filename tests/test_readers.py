@@ -98,6 +98,8 @@ NETFLIX_BAD = {
     "bad movie": ("m1:\n5,3,2005-01-01\n", 1, "MovieID 'm1' is not an integer id"),
     "out of scale": ("1:\n5,3,2005-01-01\n\n6,7,2005-01-01\n", 4, "rating 7 is outside"),
     "duplicate": ("1:\n5,3,2005-01-01\n5,4,2005-01-02\n", 3, r"duplicate .*also on line 2"),
+    "lone CR line ends": ("1:\r5,3,2005-01-01\r", 1, r"a line ends with a lone carriage return"),
+    "CRLF is fine": ("1:\r\n5,3,2005-01-01\r\n5,9,2005-01-01\r\n", 3, r"rating 9 is outside"),
 }
 
 
@@ -116,6 +118,14 @@ def test_netflix_errors_name_the_file_and_line(tmp_path, case, combined):
         (tmp_path / "training_set" / "mv_0000010.txt").write_text(text)
         bad = "mv_0000010.txt"
     with pytest.raises(DataError, match=rf"{bad}:{line}: {message}"):
+        load(str(tmp_path))
+
+
+def test_netflix_files_without_ratings_are_refused(tmp_path):
+    (tmp_path / "training_set").mkdir()
+    (tmp_path / "training_set" / "mv_0000001.txt").write_text("")
+    (tmp_path / "training_set" / "mv_0000002.txt").write_text("2:\n")
+    with pytest.raises(DataError, match="no ratings"):
         load(str(tmp_path))
 
 
@@ -225,3 +235,70 @@ def test_a_single_file_source_with_titles_beside_it_is_cached(tmp_path, monkeypa
     second = load(str(folder / "ratings.csv"))
     pd.testing.assert_frame_equal(first.ratings, second.ratings)
     assert second.titles == first.titles and second.titles
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from(["", "x", "-", ".", ",", "\n", "\r\n", '"', " ", "nan", "1e400", "\x00"]),
+    st.integers(0, 3),
+)
+def test_damaged_files_give_a_data_error_or_the_same_ratings_on_both_parsers(
+    tmp_path_factory, seed, junk, copies
+):
+    """Any damage to a clean file: the typed parse and the lenient parse (forced by a BOM)
+    either both refuse it with a DataError or both read the same ratings."""
+    rng = np.random.default_rng(seed)
+    rows = synthetic_ratings(n_users=6, n_items=9, per_user=4, seed=seed % 7)
+    text = "userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{i},{r:g},{t}\n" for u, i, r, t in rows
+    )
+    for _ in range(copies):
+        at = int(rng.integers(len("userId,movieId,rating,timestamp\n"), len(text) + 1))
+        text = text[:at] + junk + text[at:]
+    folder = tmp_path_factory.mktemp("damaged")
+    plain, bom = folder / "plain.csv", folder / "bom.csv"
+    plain.write_bytes(text.encode())
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    outcomes = []
+    for path in (plain, bom):
+        try:
+            outcomes.append(validate.check(readers.read_csv_ratings(path)))
+        except DataError:
+            outcomes.append(None)
+    a, b = outcomes
+    if a is None or b is None:
+        assert a is None and b is None, "one parser accepted what the other refused"
+    else:
+        for column in a.columns:
+            np.testing.assert_array_equal(a[column].to_numpy(), b[column].to_numpy())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from(["", "x", ":", ",", "\n", "\r", " ", "-", "9:", "2005-13-01", "\xff", ",,"]),
+    st.integers(1, 3),
+    st.booleans(),
+)
+def test_damaged_netflix_files_give_a_data_error_or_valid_ratings(
+    tmp_path_factory, seed, junk, copies, combined
+):
+    """The Netflix reader has one parser; any damage ends in a DataError naming a file
+    and line, or in ratings that pass validation: never another exception."""
+    rng = np.random.default_rng(seed)
+    folder = tmp_path_factory.mktemp("nf")
+    write_netflix(folder, synthetic_ratings(n_users=5, n_items=4, per_user=3, seed=seed % 5),
+                  combined=combined)  # fmt: skip
+    files = sorted(folder.rglob("*.txt"))
+    for _ in range(copies):
+        f = files[int(rng.integers(len(files)))]
+        text = f.read_text(encoding="latin-1")
+        at = int(rng.integers(0, len(text) + 1))
+        f.write_text(text[:at] + junk + text[at:], encoding="latin-1")
+    try:
+        ds = load(str(folder))
+    except DataError as exc:
+        assert ".txt:" in str(exc) or "Netflix" in str(exc) or "no ratings" in str(exc), exc
+    else:
+        assert ds.ratings["rating"].between(1, 5).all() and len(ds.ratings) > 0

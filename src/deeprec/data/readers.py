@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -312,7 +313,8 @@ def read_ml_dat(folder: Path) -> Ratings:
 
 
 # ------------------------------------------------------------------------------ Netflix
-_NETFLIX_CHUNK = 256 << 20  # bytes of files parsed together: bounds the memory of one parse
+_NETFLIX_CHUNK = 256 << 20  # bytes parsed together: bounds one parse's memory
+_LONE_CR = re.compile(rb"\r(?!\n)")
 
 
 def read_netflix(folder: Path) -> Ratings:
@@ -345,6 +347,8 @@ def read_netflix(folder: Path) -> Ratings:
                 bar.update(pending)
                 group, pending = [], 0
     frame = pd.concat([p[0] for p in parts], ignore_index=True)
+    if frame.empty:
+        raise DataError(f"{folder}: no ratings (the Netflix files hold no CustomerID lines)")
     lines = np.concatenate([p[1] for p in parts])
     file_of = np.concatenate([p[2] for p in parts])
     titles = {}
@@ -371,6 +375,13 @@ def _netflix_group(
             data = files[i].read_bytes()
         except OSError as exc:
             raise DataError(f"{files[i]}: cannot read ({exc.strerror})") from None
+        lone = _LONE_CR.search(data)
+        if lone is not None:  # pyarrow would end a line there; our line count would not
+            line = data.count(b"\n", 0, lone.start()) + 1
+            raise DataError(
+                f"{files[i]}:{line}: a line ends with a lone carriage return (\\r); "
+                "save the file with \\n or \\r\\n line ends"
+            )
         if data and not data.endswith(b"\n"):
             data += b"\n"
         chunks.append(data)
