@@ -347,3 +347,48 @@ def test_tune_never_reads_the_reported_validation_ratings(toy, tmp_path):
 def test_tune_flag_checks(toy, tmp_path, capsys):
     assert tune(tmp_path / "t", toy, "--trials", "0") == 2
     assert "--trials must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("garbage", "unreadable sidecar"),
+        ("indices", "column index is out of range"),
+        ("indptr", "indptr does not match"),
+        ("titles", "title_ids and titles differ"),
+        ("meta", "meta lacks"),
+    ],
+)
+def test_a_damaged_sidecar_is_refused_in_one_line(exported, tmp_path, capsys, damage, message):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(exported["plain"].read_bytes())
+    side = tmp_path / "m.onnx.npz"
+    if damage == "garbage":
+        side.write_bytes(b"PK\x03\x04 not really a zip")
+    else:
+        with np.load(exported["plain"].with_suffix(".onnx.npz")) as z:
+            arrays = {k: z[k] for k in z.files}
+        if damage == "indices":
+            arrays["indices"] = arrays["indices"] + 10**6
+        elif damage == "indptr":
+            arrays["indptr"] = arrays["indptr"][:-3]
+        elif damage == "titles":
+            arrays["titles"] = arrays["titles"][:-1]
+        else:
+            arrays["meta"] = np.array(json.dumps({"format": 1}))
+        np.savez(side, **arrays)
+    assert recommend_main(["--onnx", str(model), "--user", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_unwritable_outputs_are_one_line_errors(trained, tmp_path, capsys):
+    from deeprec.export import cli_main as export_main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a folder is needed
+    ck = ["--checkpoint", str(trained["plain"])]
+    assert recommend_main([*ck, "--all-users", "--out", str(blocker / "r.csv"), "--quiet"]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert export_main([*ck, "--out", str(blocker / "m.onnx")]) == 2
+    assert "cannot write" in capsys.readouterr().err

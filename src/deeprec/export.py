@@ -42,6 +42,8 @@ def main(args: argparse.Namespace) -> int:
         check = export_onnx(trained, args.out)
     except ExportError as exc:
         raise cli.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise cli.UsageError(f"--out {args.out}: cannot write ({exc.strerror})") from None
     m = trained.matrix
     print(
         f"wrote {args.out} and {sidecar_path(args.out)}: ratings (batch, {m.n_cols}) -> scores "

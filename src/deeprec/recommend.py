@@ -105,9 +105,12 @@ def main(args: argparse.Namespace) -> int:
         raise cli.UsageError(f"--out {args.out}: use a .csv or .parquet file name")
     scorer, new_user = _scorer(args)
     if args.all_users:
-        users, rate = ranking.write_all_users(
-            scorer, args.k, args.out, args.batch_size, progress=not args.quiet
-        )
+        try:
+            users, rate = ranking.write_all_users(
+                scorer, args.k, args.out, args.batch_size, progress=not args.quiet
+            )
+        except OSError as exc:
+            raise cli.UsageError(f"--out {args.out}: cannot write ({exc.strerror})") from None
         print(
             f"wrote the top {args.k} of {len(scorer.item_ids)} items for {users} users to "
             f"{args.out} ({rate:.0f} users/s)"

@@ -20,6 +20,7 @@ ranking.Scorer, so ``recommend --onnx`` ranks exactly as ``recommend --checkpoin
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,42 @@ class ServingError(ValueError):
 
 def sidecar_path(model: Path) -> Path:
     return model.with_name(model.name + ".npz")
+
+
+def _check_sidecar(side: Path, meta: object, arrays: dict[str, np.ndarray]) -> None:
+    """Every array the scorer indexes, consistent with the others: a damaged or edited
+    sidecar is refused in one line instead of indexing out of bounds later."""
+
+    def bad(what: str) -> ServingError:
+        return ServingError(f"{side}: damaged sidecar ({what})")
+
+    if not isinstance(meta, dict) or not {"format", "by", "scale", "residual"} <= set(meta):
+        raise bad("meta lacks format/by/scale/residual")
+    if meta.get("format") != SIDECAR_FORMAT:
+        raise ServingError(f"{side}: sidecar format {meta.get('format')!r} is not supported")
+    need = ["row_ids", "col_ids", "indptr", "indices", "data", "title_ids", "titles"]
+    if meta["residual"]:
+        need += ["mu", "row_bias", "col_bias"]
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    rows, cols = len(arrays["row_ids"]), len(arrays["col_ids"])
+    indptr, indices = arrays["indptr"], arrays["indices"]
+    if indptr.ndim != 1 or len(indptr) != rows + 1 or indptr[0] != 0:
+        raise bad("indptr does not match row_ids")
+    if (np.diff(indptr) < 0).any() or indptr[-1] != len(indices):
+        raise bad("indptr and indices disagree")
+    if len(arrays["data"]) != len(indices):
+        raise bad("indices and data differ in length")
+    if len(indices) and (indices.min() < 0 or indices.max() >= cols):
+        raise bad("a column index is out of range")
+    if len(arrays["title_ids"]) != len(arrays["titles"]):
+        raise bad("title_ids and titles differ in length")
+    scale = meta["scale"]
+    if not (isinstance(scale, list) and len(scale) == 2 and scale[0] < scale[1]):
+        raise bad(f"scale {scale!r}")
+    if meta["residual"] and (len(arrays["row_bias"]) != rows or len(arrays["col_bias"]) != cols):
+        raise bad("residual offsets do not match the ids")
 
 
 class OnnxScorer:
@@ -55,10 +92,9 @@ class OnnxScorer:
             with np.load(side, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             meta = json.loads(str(arrays.pop("meta")))
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise ServingError(f"{side}: unreadable sidecar ({type(exc).__name__})") from None
-        if meta.get("format") != SIDECAR_FORMAT:
-            raise ServingError(f"{side}: sidecar format {meta.get('format')!r} is not supported")
+        _check_sidecar(side, meta, arrays)
         if meta["by"] != "user":
             raise ServingError(
                 f"{model}: an item-based model (--by item) has no input row for a user; "

@@ -30,8 +30,11 @@ class EpochLog:
         require()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(folder))
-        self.writer.add_text("config", "```toml\n" + toml_text(config) + "```", 0)
+        try:
+            self.writer = SummaryWriter(log_dir=str(folder))
+            self.writer.add_text("config", "```toml\n" + toml_text(config) + "```", 0)
+        except OSError as exc:
+            raise ConfigError(f"--tensorboard {folder}: cannot write ({exc.strerror})") from None
 
     def __call__(self, record: dict[str, Any]) -> None:
         step = int(record["epoch"])
