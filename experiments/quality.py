@@ -1,0 +1,173 @@
+"""Quality against the classical baselines on several protocols (issue #15, first step).
+
+    python experiments/quality.py [--seeds 5] [--out experiments/results]
+
+Protocols on ml-latest-small: user-time 0.8 (per user, the last 20% by time) and random
+90/10 with seeds 0..4 (the AutoRec / GLocal-K protocol). On every split, the same validation
+ratings (those whose user and item occur in training) are scored by:
+- Surprise's SVD and SVD++ (default settings, random_state = the seed; Surprise is an
+  experiments-only dependency: pip install scikit-surprise);
+- the bias baseline (mu + b_user + b_item, Surprise's BaselineOnly ALS settings);
+- deeprec ``--preset best`` (I-AutoRec on residuals), trained on the split's training ratings;
+- a blend of I-AutoRec, U-AutoRec (the same recipe, rows = users) and the bias baseline,
+  with weights fit by least squares on a *nested* split of the training ratings (the same
+  rule applied again): the reported validation ratings are read once, to score the blend.
+Writes quality.json and quality.md with bootstrap 95% intervals of each RMSE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from deeprec import baseline, optim
+from deeprec.config import Config, decide_path, load_preset
+from deeprec.data import RatingMatrix, load, split
+from deeprec.predict import predict_entries
+from deeprec.run import build_model, model_inputs
+from deeprec.training import epoch_lr, flushed_denormals, run_epoch, set_lr
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def autorec(config: Config, train: pd.DataFrame, val: pd.DataFrame, scale) -> np.ndarray:
+    """Predictions at val's (known) entries, in val's row order, of ``config`` trained on
+    train (the same code path as python -m deeprec.train)."""
+    matrix = RatingMatrix.from_split(train, val, config.by, scale)
+    inputs, offsets = model_inputs(config, matrix)
+    torch.manual_seed(config.seed)
+    model = build_model(config, matrix.n_cols)
+    path = decide_path(config, torch.device("cpu"))
+    opt = optim.build(config.optimizer, model, config.lr, config.weight_decay, path.sparse_grad)
+    order = torch.Generator().manual_seed(config.seed)
+    with flushed_denormals():
+        for epoch in range(1, config.epochs + 1):
+            set_lr(opt, epoch_lr(config, epoch))
+            run_epoch(model, opt, inputs.batches(config.batch_size, generator=order), path)
+    pred = predict_entries(model, inputs, matrix.val_rows, matrix.val_cols, offsets=offsets)
+    return np.clip(pred, *scale)
+
+
+def bias(train: pd.DataFrame, val: pd.DataFrame, scale) -> np.ndarray:
+    m = RatingMatrix.from_split(train, val, "user", scale)
+    return np.clip(baseline.fit(m.train, "user").at(m.val_rows, m.val_cols), *scale)
+
+
+def known(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
+    keep = val["user"].isin(train["user"]) & val["item"].isin(train["item"])
+    return val[keep].reset_index(drop=True)
+
+
+def surprise_rmse(
+    train: pd.DataFrame, val: pd.DataFrame, scale, seed: int
+) -> dict[str, np.ndarray]:
+    from surprise import SVD, Dataset, Reader, SVDpp
+
+    reader = Reader(rating_scale=scale)
+    data = Dataset.load_from_df(train[["user", "item", "rating"]], reader).build_full_trainset()
+    out = {}
+    for name, algo in (("SVD", SVD(random_state=seed)), ("SVD++", SVDpp(random_state=seed))):
+        algo.fit(data)
+        out[name] = np.array(
+            [algo.predict(u, i).est for u, i in zip(val["user"], val["item"], strict=True)]
+        )
+    return out
+
+
+def blend_weights(parts: list[np.ndarray], truth: np.ndarray) -> np.ndarray:
+    """Least-squares weights (and intercept) of the parts' predictions for truth."""
+    X = np.column_stack([*parts, np.ones(len(truth))])
+    w, *_ = np.linalg.lstsq(X, truth, rcond=None)
+    return w
+
+
+def rmse_ci(pred: np.ndarray, truth: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    err2 = (pred - truth) ** 2
+    rng = np.random.default_rng(seed)
+    boots = [np.sqrt(err2[rng.integers(0, len(err2), len(err2))].mean()) for _ in range(1000)]
+    return (
+        float(np.sqrt(err2.mean())),
+        float(np.percentile(boots, 2.5)),
+        float(np.percentile(boots, 97.5)),
+    )
+
+
+def protocol(ratings: pd.DataFrame, how: str, seed: int, scale, best: Config) -> dict:
+    kwargs = dict(val_frac=0.2 if how == "user-time" else 0.1, seed=seed)
+    train, val = split(ratings, how, **kwargs)
+    val = known(train, val)
+    inner_train, inner_val = split(train, how, **kwargs)
+    inner_val = known(inner_train, inner_val)
+    item_cfg = best.replace(seed=seed, fused=True)
+    user_cfg = item_cfg.replace(by="user")
+    t = time.perf_counter()
+    # weights on the nested split only
+    inner = [autorec(item_cfg, inner_train, inner_val, scale),
+             autorec(user_cfg, inner_train, inner_val, scale),
+             bias(inner_train, inner_val, scale)]  # fmt: skip
+    w = blend_weights(inner, inner_val["rating"].to_numpy(np.float64))
+    outer = [autorec(item_cfg, train, val, scale), autorec(user_cfg, train, val, scale),
+             bias(train, val, scale)]  # fmt: skip
+    truth = val["rating"].to_numpy(np.float64)
+    preds = {
+        "bias baseline": outer[2],
+        "deeprec --preset best (I-AutoRec)": outer[0],
+        "U-AutoRec (same recipe, by user)": outer[1],
+        "deeprec blend (weights from the nested split)": np.clip(
+            np.column_stack([*outer, np.ones(len(truth))]) @ w, *scale
+        ),
+    }
+    seconds = time.perf_counter() - t
+    preds.update(surprise_rmse(train, val, scale, seed))
+    return {
+        "protocol": how,
+        "seed": seed,
+        "n_val": len(truth),
+        "blend_weights": w.round(4).tolist(),
+        "deeprec_seconds": round(seconds, 1),
+        "rmse": {k: rmse_ci(p, truth, seed) for k, p in preds.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=5, help="random 90/10 seeds [5]")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args(argv)
+    data_dir = os.environ.get("DEEPREC_DATA") or (SHARED if SHARED.exists() else None)
+    ds = load("ml-latest-small", data_dir)
+    best = load_preset("best")
+    runs = [protocol(ds.ratings, "user-time", 0, ds.scale, best)]
+    print(json.dumps(runs[-1]), flush=True)
+    for seed in range(args.seeds):
+        runs.append(protocol(ds.ratings, "random", seed, ds.scale, best))
+        print(json.dumps(runs[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps(runs, indent=1))
+    names = list(runs[0]["rmse"])
+    lines = ["# Quality on ml-latest-small (experiments/quality.py)", "",
+             "RMSE [bootstrap 95% interval] on each split's validation ratings.", "",
+             "| protocol | " + " | ".join(names) + " |",
+             "|---|" + "---:|" * len(names)]  # fmt: skip
+    for r in runs:
+        cells = [
+            f"{r['rmse'][n][0]:.4f} [{r['rmse'][n][1]:.3f}, {r['rmse'][n][2]:.3f}]" for n in names
+        ]
+        lines.append(f"| {r['protocol']} seed {r['seed']} | " + " | ".join(cells) + " |")
+    rnd = [r for r in runs if r["protocol"] == "random"]
+    if rnd:
+        means = [f"{np.mean([r['rmse'][n][0] for r in rnd]):.4f}" for n in names]
+        lines.append(f"| random 90/10, mean of {len(rnd)} | " + " | ".join(means) + " |")
+    (args.out / "quality.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
