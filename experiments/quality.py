@@ -11,7 +11,8 @@ ratings (those whose user and item occur in training) are scored by:
 - deeprec ``--preset best`` (I-AutoRec on residuals), trained on the split's training ratings;
 - a blend of I-AutoRec, U-AutoRec (the same recipe, rows = users) and the bias baseline,
   with weights fit by least squares on a *nested* split of the training ratings (the same
-  rule applied again): the reported validation ratings are read once, to score the blend.
+  rule applied again): the reported validation ratings are read once, to score the blend
+  (deeprec.blending; ``python -m deeprec.blend`` runs one split).
 Writes quality.json and quality.md with bootstrap 95% intervals of each RMSE.
 """
 
@@ -25,44 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from deeprec import baseline, optim
-from deeprec.config import Config, decide_path, load_preset
-from deeprec.data import RatingMatrix, load, split
-from deeprec.predict import predict_entries
-from deeprec.run import build_model, model_inputs
-from deeprec.training import epoch_lr, flushed_denormals, run_epoch, set_lr
+from deeprec.blending import all_predictions, known_validation
+from deeprec.config import Config, load_preset
+from deeprec.data import load, split
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def autorec(config: Config, train: pd.DataFrame, val: pd.DataFrame, scale) -> np.ndarray:
-    """Predictions at val's (known) entries, in val's row order, of ``config`` trained on
-    train (the same code path as python -m deeprec.train)."""
-    matrix = RatingMatrix.from_split(train, val, config.by, scale)
-    inputs, offsets = model_inputs(config, matrix)
-    torch.manual_seed(config.seed)
-    model = build_model(config, matrix.n_cols)
-    path = decide_path(config, torch.device("cpu"))
-    opt = optim.build(config.optimizer, model, config.lr, config.weight_decay, path.sparse_grad)
-    order = torch.Generator().manual_seed(config.seed)
-    with flushed_denormals():
-        for epoch in range(1, config.epochs + 1):
-            set_lr(opt, epoch_lr(config, epoch))
-            run_epoch(model, opt, inputs.batches(config.batch_size, generator=order), path)
-    pred = predict_entries(model, inputs, matrix.val_rows, matrix.val_cols, offsets=offsets)
-    return np.clip(pred, *scale)
-
-
-def bias(train: pd.DataFrame, val: pd.DataFrame, scale) -> np.ndarray:
-    m = RatingMatrix.from_split(train, val, "user", scale)
-    return np.clip(baseline.fit(m.train, "user").at(m.val_rows, m.val_cols), *scale)
-
-
-def known(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
-    keep = val["user"].isin(train["user"]) & val["item"].isin(train["item"])
-    return val[keep].reset_index(drop=True)
 
 
 def surprise_rmse(
@@ -102,19 +71,15 @@ def rmse_ci(pred: np.ndarray, truth: np.ndarray, seed: int = 0) -> tuple[float, 
 def protocol(ratings: pd.DataFrame, how: str, seed: int, scale, best: Config) -> dict:
     kwargs = dict(val_frac=0.2 if how == "user-time" else 0.1, seed=seed)
     train, val = split(ratings, how, **kwargs)
-    val = known(train, val)
+    val = known_validation(train, val)
     inner_train, inner_val = split(train, how, **kwargs)
-    inner_val = known(inner_train, inner_val)
-    item_cfg = best.replace(seed=seed, fused=True)
-    user_cfg = item_cfg.replace(by="user")
+    inner_val = known_validation(inner_train, inner_val)
+    config = best.replace(seed=seed, fused=True)
     t = time.perf_counter()
-    # weights on the nested split only
-    inner = [autorec(item_cfg, inner_train, inner_val, scale),
-             autorec(user_cfg, inner_train, inner_val, scale),
-             bias(inner_train, inner_val, scale)]  # fmt: skip
+    # weights on the nested split only (the same steps as deeprec.blending.blend)
+    inner = all_predictions(config, inner_train, inner_val, scale)
     w = blend_weights(inner, inner_val["rating"].to_numpy(np.float64))
-    outer = [autorec(item_cfg, train, val, scale), autorec(user_cfg, train, val, scale),
-             bias(train, val, scale)]  # fmt: skip
+    outer = all_predictions(config, train, val, scale)
     truth = val["rating"].to_numpy(np.float64)
     preds = {
         "bias baseline": outer[2],
