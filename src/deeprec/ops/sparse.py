@@ -11,7 +11,9 @@ backward dh = G W (rows), dW[j] and db[j] (columns), G the scaled residuals.
 
 Both equal their dense definitions (tests compare every gradient in float64 to
 1e-10); both have a pure-PyTorch reference (gather / index_add) and the same
-impl="auto"|"fused"|"reference" switch as masked_mse.
+impl="auto"|"fused"|"reference" switch as masked_mse. Each is a registered op (what
+torch.compile and opcheck see) and, for eager calls, an autograd.Function over the same
+checks and kernels whose backward launches the kernels directly (issue #14).
 """
 
 from __future__ import annotations
