@@ -92,6 +92,8 @@ def shutdown(world: World, clean: bool = True) -> None:
             dist.barrier()
     if dist.get_backend() == "nccl":
         dist.destroy_process_group()
+    else:  # gloo's threads outlive the group; the interpreter's teardown must not meet them
+        _abandoned = True
 
 
 @contextmanager
@@ -111,15 +113,16 @@ def collective() -> Iterator[None]:
         ) from None
 
 
-_abandoned = False  # a process group left after a failure, its threads still running
+_abandoned = False  # a process group left running (gloo, or after a failure)
 
 
 def exit_process(code: int) -> None:
-    """End the command with ``code``. After a failed collective the gloo group's threads are
-    still running, and tearing them down at interpreter exit aborts the process
-    ("terminate called without an active exception", SIGABRT) after the one-line error
-    was printed; such a process flushes its output and leaves at once (its files are
-    written atomically, so nothing is lost)."""
+    """End the command with ``code``. A gloo group (never destroyed, see shutdown) or one left
+    after a failed collective still has threads running, and tearing them down at
+    interpreter exit can abort the process ("terminate called without an active
+    exception", SIGABRT), after the work or the one-line error; such a process flushes its
+    output and leaves at once (its files are written atomically and closed, so nothing is
+    lost)."""
     if _abandoned:
         sys.stdout.flush()
         sys.stderr.flush()
