@@ -64,3 +64,32 @@ def test_blend_command_prints_and_writes(toy, tmp_path, capsys):
     assert len(doc["weights"]) == 4 and doc["config"]["hidden"] == [16]
     assert blend_main(["--data", str(toy), "--preset", "nope"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_saved_blend_recommends_and_scores_as_it_was_measured(toy, tmp_path, capsys):
+    from deeprec.blending import BlendScorer, known_validation
+    from deeprec.data import load
+    from deeprec.recommend import cli_main as recommend_main
+    from deeprec.run import resolve_device
+
+    config = Config(data=str(toy), **RECIPE)
+    result = blending.blend(config)
+    blending.save(config, result, tmp_path / "b", None)
+    scorer = BlendScorer(tmp_path / "b", None, resolve_device("cpu"))
+    # the saved models, blended, give the validation RMSE the blend reported
+    ds = load(str(toy))
+    train, val = split(ds.ratings, "user-time")
+    val = known_validation(train, val)
+    u = np.searchsorted(scorer.user_ids, val["user"].to_numpy())
+    i = np.searchsorted(scorer.item_ids, val["item"].to_numpy())
+    pred = np.clip(scorer.score_users(np.arange(len(scorer.user_ids)))[u, i], *scorer.scale)
+    rmse = float(np.sqrt(np.mean((pred - val["rating"].to_numpy()) ** 2)))
+    assert rmse == pytest.approx(result.rmse["blend"][0], rel=1e-5)
+    capsys.readouterr()
+    assert recommend_main(["--blend", str(tmp_path / "b"), "--user", "3", "-k", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("Top 4 for user 3")
+    rated = set(scorer.item_ids[scorer.rated(int(np.searchsorted(scorer.user_ids, 3)))])
+    assert not rated & {int(x.rsplit("[", 1)[1].rstrip("]")) for x in lines[1:]}
+    assert recommend_main(["--blend", str(tmp_path / "nope"), "--user", "3"]) == 2
+    assert "not a saved blend" in capsys.readouterr().err

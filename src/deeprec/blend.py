@@ -31,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--config", type=Path, metavar="FILE", help="the recipe from a TOML file")
     p.add_argument("--data-dir", help="folder holding dataset folders (or $DEEPREC_DATA)")
     p.add_argument("--out", type=Path, help="write the weights and scores to this JSON file")
+    p.add_argument(
+        "--save",
+        type=Path,
+        metavar="DIR",
+        help="also train the two models on the whole training part into DIR (run folders "
+        "DIR/item, DIR/user and DIR/blend.json) for python -m deeprec.recommend --blend DIR",
+    )
     cli.add_debug(p)
     return p
 
@@ -56,6 +63,9 @@ def main(args: argparse.Namespace) -> int:
             args.out.write_text(json.dumps(doc, indent=1))
         except OSError as exc:
             raise cli.UsageError(f"--out {args.out}: cannot write ({exc.strerror})") from None
+    if args.save is not None:
+        blending.save(config, result, args.save, args.data_dir)
+        print(f"saved the blend to {args.save} (recommend --blend {args.save})")
     return 0
 
 

@@ -10,7 +10,9 @@ runs the path the config asks for (``--fused``: the sparse path).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,3 +108,62 @@ def blend(config: Config, data_dir: str | None = None) -> BlendResult:
         rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
         result.rmse[name] = (rmse, *bootstrap_rmse(pred, truth))
     return result
+
+
+# ------------------------------------------------------------------ a blend to recommend with
+def save(config: Config, result: BlendResult, folder: Path, data_dir: str | None) -> None:
+    """Train the blend's two models on the whole training part as run folders
+    (folder/item, folder/user: the models the blend was scored with) and write
+    folder/blend.json with the weights, for ``recommend --blend folder``."""
+    from deeprec import run, training  # the run layer, only when saving
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for by in ("item", "user"):
+        job = run.start(config.replace(by=by), data_dir, torch.device("cpu"), folder / by)
+        training.fit(job, save_every=config.epochs, quiet=True, report=lambda _line: None)
+    doc = {
+        "models": ["item", "user"],
+        "weights": result.weights,
+        "rmse": result.rmse,
+        "config": config.to_dict(),
+    }
+    (folder / "blend.json").write_text(json.dumps(doc, indent=1))
+
+
+class BlendScorer:
+    """A saved blend as a ranking.Scorer: w_I I-AutoRec + w_U U-AutoRec + w_b bias + w_0."""
+
+    def __init__(self, folder: Path, data_dir: str | None, device: torch.device) -> None:
+        from deeprec import run
+        from deeprec.recommendation import TrainedScorer
+
+        try:
+            doc = json.loads((folder / "blend.json").read_text())
+            weights = [float(w) for w in doc["weights"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"{folder}/blend.json: not a saved blend ({type(exc).__name__})"
+            ) from None
+        if len(weights) != 4 or not all(np.isfinite(weights)):
+            raise DataError(f"{folder}/blend.json: expected 4 finite weights, got {weights}")
+        self.weights = weights
+        self.parts = [TrainedScorer(run.load_trained(folder / by, data_dir, device))
+                      for by in ("item", "user")]  # fmt: skip
+        first, second = self.parts
+        if not (np.array_equal(first.user_ids, second.user_ids)
+                and np.array_equal(first.item_ids, second.item_ids)):  # fmt: skip
+            raise DataError(f"{folder}: the blend's two models were trained on different data")
+        self.user_ids, self.item_ids = second.user_ids, second.item_ids
+        self.titles, self.scale = second.titles, second.scale
+        matrix = second.run.matrix  # by user: rows users, columns items
+        self.bias = baseline.fit(matrix.train, "user")
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        w = self.weights
+        item, user = (np.clip(p.score_users(users), *self.scale) for p in self.parts)
+        b = self.bias
+        bias = np.clip(b.mu + b.rows[users][:, None] + b.cols[None, :], *self.scale)
+        return w[0] * item + w[1] * user + w[2] * bias + w[3]
+
+    def rated(self, user: int) -> np.ndarray:
+        return self.parts[1].rated(user)

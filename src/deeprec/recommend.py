@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--onnx", type=Path, help="an export of python -m deeprec.export (with its .npz sidecar)"
     )
+    model.add_argument(
+        "--blend", type=Path, metavar="DIR", help="a blend saved by python -m deeprec.blend --save"
+    )
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="a user id from the training data")
     who.add_argument("--ratings", help='a new user\'s ratings, e.g. "296=5,318=4.5"')
@@ -88,6 +91,12 @@ def _scorer(args: argparse.Namespace):
     from deeprec import recommendation, run
 
     device = run.resolve_device(args.device)
+    if args.blend is not None:
+        from deeprec.blending import BlendScorer
+
+        if args.ratings is not None:
+            raise cli.UsageError("--ratings needs --checkpoint or --onnx (a blend has no fold-in)")
+        return BlendScorer(args.blend, args.data_dir, device), None
     trained = run.load_trained(args.checkpoint, args.data_dir, device)
     return recommendation.TrainedScorer(trained), lambda given: recommendation.new_user(
         trained, given
