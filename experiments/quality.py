@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deeprec.blending import all_predictions, known_validation
+from deeprec.blending import blend_predictions
 from deeprec.config import Config, load_preset
-from deeprec.data import load, split
+from deeprec.data import load
+from deeprec.evaluation import bootstrap_rmse
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -50,52 +51,34 @@ def surprise_rmse(
     return out
 
 
-def blend_weights(parts: list[np.ndarray], truth: np.ndarray) -> np.ndarray:
-    """Least-squares weights (and intercept) of the parts' predictions for truth."""
-    X = np.column_stack([*parts, np.ones(len(truth))])
-    w, *_ = np.linalg.lstsq(X, truth, rcond=None)
-    return w
-
-
 def rmse_ci(pred: np.ndarray, truth: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
-    err2 = (pred - truth) ** 2
-    rng = np.random.default_rng(seed)
-    boots = [np.sqrt(err2[rng.integers(0, len(err2), len(err2))].mean()) for _ in range(1000)]
-    return (
-        float(np.sqrt(err2.mean())),
-        float(np.percentile(boots, 2.5)),
-        float(np.percentile(boots, 97.5)),
+    """(RMSE, 95% bootstrap interval), the interval as deeprec.evaluate computes it."""
+    rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
+    return (rmse, *bootstrap_rmse(pred, truth, seed=seed))
+
+
+def protocol(how: str, seed: int, scale, best: Config, data_dir) -> dict:
+    config = best.replace(
+        split=how, val_frac=0.2 if how == "user-time" else 0.1, seed=seed, fused=True
     )
-
-
-def protocol(ratings: pd.DataFrame, how: str, seed: int, scale, best: Config) -> dict:
-    kwargs = dict(val_frac=0.2 if how == "user-time" else 0.1, seed=seed)
-    train, val = split(ratings, how, **kwargs)
-    val = known_validation(train, val)
-    inner_train, inner_val = split(train, how, **kwargs)
-    inner_val = known_validation(inner_train, inner_val)
-    config = best.replace(seed=seed, fused=True)
     t = time.perf_counter()
-    # weights on the nested split only (the same steps as deeprec.blending.blend)
-    inner = all_predictions(config, inner_train, inner_val, scale)
-    w = blend_weights(inner, inner_val["rating"].to_numpy(np.float64))
-    outer = all_predictions(config, train, val, scale)
-    truth = val["rating"].to_numpy(np.float64)
-    preds = {
-        "bias baseline": outer[2],
-        "deeprec --preset best (I-AutoRec)": outer[0],
-        "U-AutoRec (same recipe, by user)": outer[1],
-        "deeprec blend (weights from the nested split)": np.clip(
-            np.column_stack([*outer, np.ones(len(truth))]) @ w, *scale
-        ),
-    }
+    # weights on the nested split only, then one score (deeprec.blending)
+    done = blend_predictions(config, data_dir)
     seconds = time.perf_counter() - t
-    preds.update(surprise_rmse(train, val, scale, seed))
+    truth = done.val["rating"].to_numpy(np.float64)
+    item, user, bias = done.parts
+    preds = {
+        "bias baseline": bias,
+        "deeprec --preset best (I-AutoRec)": item,
+        "U-AutoRec (same recipe, by user)": user,
+        "deeprec blend (weights from the nested split)": done.blended,
+    }
+    preds.update(surprise_rmse(done.train, done.val, scale, seed))
     return {
         "protocol": how,
         "seed": seed,
         "n_val": len(truth),
-        "blend_weights": w.round(4).tolist(),
+        "blend_weights": done.weights.round(4).tolist(),
         "deeprec_seconds": round(seconds, 1),
         "rmse": {k: rmse_ci(p, truth, seed) for k, p in preds.items()},
     }
@@ -109,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = os.environ.get("DEEPREC_DATA") or (SHARED if SHARED.exists() else None)
     ds = load("ml-latest-small", data_dir)
     best = load_preset("best")
-    runs = [protocol(ds.ratings, "user-time", 0, ds.scale, best)]
+    runs = [protocol("user-time", 0, ds.scale, best, data_dir)]
     print(json.dumps(runs[-1]), flush=True)
     for seed in range(args.seeds):
-        runs.append(protocol(ds.ratings, "random", seed, ds.scale, best))
+        runs.append(protocol("random", seed, ds.scale, best, data_dir))
         print(json.dumps(runs[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(runs, indent=1))

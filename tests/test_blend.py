@@ -67,8 +67,9 @@ def test_blend_command_prints_and_writes(toy, tmp_path, capsys):
 
 
 def test_a_saved_blend_recommends_and_scores_as_it_was_measured(toy, tmp_path, capsys):
-    from deeprec.blending import BlendScorer, known_validation
+    from deeprec.blending import BlendScorer
     from deeprec.data import load
+    from deeprec.data.splits import known_users_items
     from deeprec.recommend import cli_main as recommend_main
     from deeprec.run import resolve_device
 
@@ -79,7 +80,7 @@ def test_a_saved_blend_recommends_and_scores_as_it_was_measured(toy, tmp_path, c
     # the saved models, blended, give the validation RMSE the blend reported
     ds = load(str(toy))
     train, val = split(ds.ratings, "user-time")
-    val = known_validation(train, val)
+    val = known_users_items(val, train)
     u = np.searchsorted(scorer.user_ids, val["user"].to_numpy())
     i = np.searchsorted(scorer.item_ids, val["item"].to_numpy())
     pred = np.clip(scorer.score_users(np.arange(len(scorer.user_ids)))[u, i], *scorer.scale)

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deeprec import baseline, optim
-from deeprec.config import Config, decide_path
+from deeprec import baseline, run, training
+from deeprec.config import Config
 from deeprec.data import DataError, RatingMatrix, load, split
+from deeprec.data.splits import known_users_items
 from deeprec.evaluation import bootstrap_rmse
 from deeprec.predict import predict_entries
-from deeprec.run import build_model, model_inputs
-from deeprec.training import epoch_lr, flushed_denormals, run_epoch, set_lr
+from deeprec.recommendation import TrainedScorer
 
 MODELS = ("I-AutoRec", "U-AutoRec", "bias baseline")
 
@@ -37,12 +37,6 @@ class BlendResult:
     n_val: int = 0
 
 
-def known_validation(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
-    """Validation ratings whose user and item both occur in training (what can be scored)."""
-    keep = val["user"].isin(train["user"].unique()) & val["item"].isin(train["item"].unique())
-    return val[keep].reset_index(drop=True)
-
-
 def predict_after_training(
     config: Config, train: pd.DataFrame, val: pd.DataFrame, scale: tuple[float, float]
 ) -> np.ndarray:
@@ -50,16 +44,7 @@ def predict_after_training(
     for its epochs, on the CPU, as ``python -m deeprec.train`` trains."""
     device = torch.device("cpu")
     matrix = RatingMatrix.from_split(train, val, config.by, scale)
-    inputs, offsets = model_inputs(config, matrix)
-    torch.manual_seed(config.seed)
-    model = build_model(config, matrix.n_cols)
-    path = decide_path(config, device)
-    opt = optim.build(config.optimizer, model, config.lr, config.weight_decay, path.sparse_grad)
-    order = torch.Generator().manual_seed(config.seed)
-    with flushed_denormals():
-        for epoch in range(1, config.epochs + 1):
-            set_lr(opt, epoch_lr(config, epoch))
-            run_epoch(model, opt, inputs.batches(config.batch_size, generator=order), path)
+    model, inputs, offsets = training.train_epochs(config, matrix, device)
     pred = predict_entries(model, inputs, matrix.val_rows, matrix.val_cols, device, offsets=offsets)
     return np.clip(pred, *scale)
 
@@ -82,15 +67,40 @@ def all_predictions(config: Config, train, val, scale) -> list[np.ndarray]:
     ]
 
 
-def blend(config: Config, data_dir: str | None = None) -> BlendResult:
+def fit_weights(parts: list[np.ndarray], truth: np.ndarray) -> np.ndarray:
+    """Least-squares weights of the parts' predictions for ``truth``, then an intercept."""
+    X = np.column_stack([*parts, np.ones(len(truth))])
+    weights, *_ = np.linalg.lstsq(X, np.asarray(truth, dtype=np.float64), rcond=None)
+    return weights
+
+
+def combine(parts: list[np.ndarray], weights) -> np.ndarray:
+    """sum_k weights[k] * parts[k] + the intercept (weights[-1]), any array shape."""
+    return sum(w * p for w, p in zip(weights[:-1], parts, strict=True)) + weights[-1]
+
+
+@dataclass
+class BlendRun:
+    """One blend on one split: the outer training and validation ratings, each model's
+    predictions at the validation ratings (MODELS order), the blend's, and the weights."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    parts: list[np.ndarray]
+    blended: np.ndarray
+    weights: np.ndarray
+    n_inner_val: int
+
+
+def blend_predictions(config: Config, data_dir: str | None = None) -> BlendRun:
     """Fit the blend's weights on the nested split of ``config``'s data and split, retrain
-    on the whole training part, and score every model and the blend on the validation."""
+    the models on the whole training part, and predict the validation ratings."""
     dataset = load(config.data, data_dir)
     kwargs = dict(quantile=config.quantile, val_frac=config.val_frac, seed=config.seed)
     train, val = split(dataset.ratings, config.split, **kwargs)
-    val = known_validation(train, val)
+    val = known_users_items(val, train)
     inner_train, inner_val = split(train, config.split, **kwargs)
-    inner_val = known_validation(inner_train, inner_val)
+    inner_val = known_users_items(inner_val, inner_train)
     if inner_val.empty or val.empty:
         raise DataError(
             f"the {config.split} split of {config.data} leaves no (inner) validation rating "
@@ -98,13 +108,19 @@ def blend(config: Config, data_dir: str | None = None) -> BlendResult:
         )
     scale = dataset.scale
     inner = all_predictions(config, inner_train, inner_val, scale)
-    X = np.column_stack([*inner, np.ones(len(inner_val))])
-    weights, *_ = np.linalg.lstsq(X, inner_val["rating"].to_numpy(np.float64), rcond=None)
+    weights = fit_weights(inner, inner_val["rating"].to_numpy(np.float64))
     outer = all_predictions(config, train, val, scale)
-    truth = val["rating"].to_numpy(np.float64)
-    blended = np.clip(np.column_stack([*outer, np.ones(len(truth))]) @ weights, *scale)
-    result = BlendResult([float(w) for w in weights], {}, len(inner_val), len(truth))
-    for name, pred in (*zip(MODELS, outer, strict=True), ("blend", blended)):
+    blended = np.clip(combine(outer, weights), *scale)
+    return BlendRun(train, val, outer, blended, weights, len(inner_val))
+
+
+def blend(config: Config, data_dir: str | None = None) -> BlendResult:
+    """blend_predictions, scored: every model's and the blend's validation RMSE with a
+    bootstrap 95% interval."""
+    done = blend_predictions(config, data_dir)
+    truth = done.val["rating"].to_numpy(np.float64)
+    result = BlendResult([float(w) for w in done.weights], {}, done.n_inner_val, len(truth))
+    for name, pred in (*zip(MODELS, done.parts, strict=True), ("blend", done.blended)):
         rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
         result.rmse[name] = (rmse, *bootstrap_rmse(pred, truth))
     return result
@@ -115,8 +131,6 @@ def save(config: Config, result: BlendResult, folder: Path, data_dir: str | None
     """Train the blend's two models on the whole training part as run folders
     (folder/item, folder/user: the models the blend was scored with) and write
     folder/blend.json with the weights, for ``recommend --blend folder``."""
-    from deeprec import run, training  # the run layer, only when saving
-
     folder.mkdir(parents=True, exist_ok=True)
     for by in ("item", "user"):
         job = run.start(config.replace(by=by), data_dir, torch.device("cpu"), folder / by)
@@ -134,9 +148,6 @@ class BlendScorer:
     """A saved blend as a ranking.Scorer: w_I I-AutoRec + w_U U-AutoRec + w_b bias + w_0."""
 
     def __init__(self, folder: Path, data_dir: str | None, device: torch.device) -> None:
-        from deeprec import run
-        from deeprec.recommendation import TrainedScorer
-
         try:
             doc = json.loads((folder / "blend.json").read_text())
             weights = [float(w) for w in doc["weights"]]
@@ -159,11 +170,10 @@ class BlendScorer:
         self.bias = baseline.fit(matrix.train, "user")
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
-        w = self.weights
         item, user = (np.clip(p.score_users(users), *self.scale) for p in self.parts)
         b = self.bias
         bias = np.clip(b.mu + b.rows[users][:, None] + b.cols[None, :], *self.scale)
-        return w[0] * item + w[1] * user + w[2] * bias + w[3]
+        return combine([item, user, bias], self.weights)
 
     def rated(self, user: int) -> np.ndarray:
         return self.parts[1].rated(user)

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from deeprec.baseline import Biases, fold_in_row
+
 
 class Scorer(Protocol):
     """What a trained model offers for ranking, whichever runtime scores it."""
@@ -54,6 +56,27 @@ def user_position(scorer: Scorer, user_id: int) -> int:
     if u >= len(users) or users[u] != user_id:
         raise ValueError(f"--user {user_id} is not in the training data ({len(users)} users)")
     return u
+
+
+def new_user_row(
+    item_ids: np.ndarray, given: dict[int, float], offsets: Biases | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(item positions of ``given``, the model's inputs there, the offset to add to every
+    score) for a user the model never saw, folded in from ``given`` {item id: rating}.
+
+    With residual offsets the user's bias is folded in from the given ratings and the
+    inputs are the ratings minus mu + b_user + b_item, as the model was trained. A
+    ValueError names item ids the model does not know."""
+    pos = np.searchsorted(item_ids, list(given))
+    unknown = [i for i, p in zip(given, pos, strict=True) if p >= len(item_ids) or item_ids[p] != i]
+    if unknown:
+        raise ValueError(f"--ratings: item ids not in the training data: {unknown[:10]}")
+    values = np.array(list(given.values()), dtype=np.float64)
+    offset = np.zeros(len(item_ids))
+    if offsets is not None:
+        b_user = fold_in_row(offsets, pos, values)
+        offset = offsets.mu + b_user + offsets.cols
+    return pos, values - offset[pos], offset
 
 
 def rows_of(scorer: Scorer, items: np.ndarray, scores: np.ndarray) -> list[tuple[int, float, str]]:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deeprec import baseline
 from deeprec.config import ConfigError
 from deeprec.predict import predict_vector, score_items
-from deeprec.ranking import rows_of, top_k, user_position
+from deeprec.ranking import new_user_row, rows_of, top_k, user_position
 from deeprec.run import Run
 
 
@@ -45,21 +44,16 @@ def known_user(run: Run, user_id: int) -> tuple[np.ndarray, np.ndarray]:
 def new_user(run: Run, given: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
     """(scores of every item, positions of the given items) for a user the model never saw:
     the autoencoder reads the given ratings as that user's row (user-based models only)."""
-    matrix, items, device = run.matrix, run.matrix.item_ids(), run.device
+    matrix, device = run.matrix, run.device
     if matrix.by != "user":
         raise ConfigError("--ratings needs a user-based model (trained with --by user)")
-    pos = np.searchsorted(items, list(given))
-    unknown = [i for i, p in zip(given, pos, strict=True) if p >= len(items) or items[p] != i]
-    if unknown:
-        raise ConfigError(f"--ratings: item ids not in the training data: {unknown[:10]}")
-    values = np.array(list(given.values()))
-    offset = np.zeros(len(items))
-    if run.offsets is not None:  # --residual: the new user's bias, folded in like the rest
-        b_user = baseline.fold_in_row(run.offsets, pos, values)
-        offset = run.offsets.mu + b_user + run.offsets.cols
-    x = torch.zeros(1, len(items), device=device)
+    try:
+        pos, inputs, offset = new_user_row(matrix.item_ids(), given, run.offsets)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    x = torch.zeros(1, matrix.n_cols, device=device)
     x[0, torch.as_tensor(pos, device=device)] = torch.as_tensor(
-        values - offset[pos], dtype=torch.float32, device=device
+        inputs, dtype=torch.float32, device=device
     )
     scores = predict_vector(run.model, x)[0].double().cpu().numpy() + offset
     return scores, pos

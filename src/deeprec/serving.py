@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deeprec.baseline import Biases, fold_in_row
+from deeprec.baseline import Biases
+from deeprec.ranking import new_user_row
 
 SIDECAR_FORMAT = 1
 
@@ -150,16 +151,10 @@ class OnnxScorer:
 
     def new_user(self, given: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
         """(scores of every item, positions of the given items) for an unseen user."""
-        items = self.item_ids
-        pos = np.searchsorted(items, list(given))
-        unknown = [i for i, p in zip(given, pos, strict=True) if p >= len(items) or items[p] != i]
-        if unknown:
-            raise ServingError(f"--ratings: item ids not in the training data: {unknown[:10]}")
-        values = np.array(list(given.values()))
-        offset = np.zeros(len(items))
-        if self.offsets is not None:
-            b_user = fold_in_row(self.offsets, pos, values)
-            offset = self.offsets.mu + b_user + self.offsets.cols
-        x = np.zeros((1, len(items)), dtype=np.float32)
-        x[0, pos] = (values - offset[pos]).astype(np.float32)
+        try:
+            pos, inputs, offset = new_user_row(self.item_ids, given, self.offsets)
+        except ValueError as exc:
+            raise ServingError(str(exc)) from None
+        x = np.zeros((1, len(self.item_ids)), dtype=np.float32)
+        x[0, pos] = inputs.astype(np.float32)
         return self._run(x)[0].astype(np.float64) + offset, pos

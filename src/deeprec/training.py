@@ -17,14 +17,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deeprec import __version__, checkpoint, memory
-from deeprec.config import Config, ConfigError, TrainingPath
+from deeprec import __version__, checkpoint, memory, optim
+from deeprec.config import Config, ConfigError, TrainingPath, decide_path
 from deeprec.data import Batch, RatingMatrix
 from deeprec.distributed import ALONE, World, all_sum, reduce_gradients
 from deeprec.model import AutoEncoder
 from deeprec.ops import masked_mse
 from deeprec.predict import predict_entries
-from deeprec.run import Run, plot_losses, write_config, write_metrics
+from deeprec.run import (
+    Run,
+    build_model,
+    model_inputs,
+    plot_losses,
+    write_config,
+    write_metrics,
+)
 
 
 class TrainingDiverged(ConfigError):
@@ -55,6 +62,32 @@ def batch_loss(model: AutoEncoder, batch: Batch, path: TrainingPath) -> torch.Te
             *batch.csr, index=batch.index, impl="fused", sparse_grad=path.sparse_grad
         )
     return masked_mse(model(batch.dense()), batch.csr, impl=path.impl)
+
+
+def train_epochs(
+    config: Config,
+    matrix: RatingMatrix,
+    device: torch.device,
+    after_epoch: Callable[[int, AutoEncoder, RatingMatrix, Any], None] | None = None,
+) -> tuple[AutoEncoder, RatingMatrix, Any]:
+    """A fresh model of ``config`` trained on ``matrix`` for ``config.epochs``, as ``fit``
+    trains a run (seed, optimizer, batch order, learning-rate schedule) but with no run
+    folder: for searches and blends that train many models. ``after_epoch(epoch, model,
+    inputs, offsets)`` runs after each epoch and may raise to stop. Returns (model, the
+    matrix it reads, the residual offsets or None)."""
+    inputs, offsets = model_inputs(config, matrix)
+    torch.manual_seed(config.seed)
+    model = build_model(config, matrix.n_cols).to(device)
+    path = decide_path(config, device)
+    opt = optim.build(config.optimizer, model, config.lr, config.weight_decay, path.sparse_grad)
+    order = torch.Generator().manual_seed(config.seed)
+    with flushed_denormals():
+        for epoch in range(1, config.epochs + 1):
+            set_lr(opt, epoch_lr(config, epoch))
+            run_epoch(model, opt, inputs.batches(config.batch_size, device, generator=order), path)
+            if after_epoch is not None:
+                after_epoch(epoch, model, inputs, offsets)
+    return model, inputs, offsets
 
 
 def refeed_step(model: AutoEncoder, optimizer: Any, batch: Batch) -> None:

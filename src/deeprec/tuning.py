@@ -19,11 +19,9 @@ from typing import Any
 
 import torch
 
-from deeprec import optim
-from deeprec.config import Config, ConfigError, decide_path, toml_text
+from deeprec.config import Config, ConfigError, toml_text
 from deeprec.data import DataError, RatingMatrix, load, split
-from deeprec.run import build_model, model_inputs
-from deeprec.training import epoch_lr, flushed_denormals, run_epoch, set_lr, validate
+from deeprec.training import train_epochs, validate
 
 STUDY = "deeprec"
 # The space TPE searches: each option's candidates (categorical) or [low, high] (log scale
@@ -109,22 +107,14 @@ def train_inner(config: Config, data: NestedData, epochs: int, report=None) -> l
     """Train ``config`` on the inner training part for ``epochs``; the inner validation RMSE
     after each epoch (``report(epoch, rmse)`` is called with each, and may raise to stop)."""
     device = torch.device("cpu")
-    torch.manual_seed(config.seed)
-    matrix = data.matrix(config.by)
-    inputs, offsets = model_inputs(config, matrix)
-    model = build_model(config, matrix.n_cols)
-    path = decide_path(config, device)
-    opt = optim.build(config.optimizer, model, config.lr, config.weight_decay, path.sparse_grad)
-    order = torch.Generator().manual_seed(config.seed)
-    curve = []
-    with flushed_denormals():
-        for epoch in range(1, epochs + 1):
-            set_lr(opt, epoch_lr(config.replace(epochs=epochs), epoch))
-            run_epoch(model, opt, inputs.batches(config.batch_size, generator=order), path)
-            rmse = validate(model, inputs, device, offsets)["val_rmse"]
-            curve.append(rmse)
-            if report is not None:
-                report(epoch, rmse)
+    curve: list[float] = []
+
+    def after_epoch(epoch, model, inputs, offsets) -> None:
+        curve.append(validate(model, inputs, device, offsets)["val_rmse"])
+        if report is not None:
+            report(epoch, curve[-1])
+
+    train_epochs(config.replace(epochs=epochs), data.matrix(config.by), device, after_epoch)
     return curve
 
 

@@ -118,18 +118,25 @@ def _unpack_bundled(name: str, source: Source) -> Path:
             tmp = base / f".{name}.{uuid.uuid4().hex[:8]}"
             with resources.as_file(archive) as path, zipfile.ZipFile(path) as z:
                 z.extractall(tmp)
-            if folder.exists():  # damaged: set it aside (a rename is atomic), then drop it
-                old = base / f".{name}.old.{uuid.uuid4().hex[:8]}"
-                with contextlib.suppress(OSError):
-                    folder.rename(old)
-                shutil.rmtree(old, ignore_errors=True)
-            with contextlib.suppress(OSError):  # another process may have unpacked it first
-                (tmp / name).rename(folder)
+            replace_folder(tmp / name, folder)  # a damaged copy is replaced
             shutil.rmtree(tmp, ignore_errors=True)
             return _verified(folder, source, ours=True)
         except (OSError, zipfile.BadZipFile):
             continue
     raise DataError(f"cannot unpack the copy of {name} shipped with deeprec")
+
+
+def replace_folder(ready: Path, folder: Path) -> None:
+    """Put the complete folder ``ready`` in place of ``folder`` without readers ever seeing
+    half of either: an existing ``folder`` is renamed aside (atomic) and dropped, then
+    ``ready`` renamed in. If another process put a whole one there first, theirs stays."""
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old.{uuid.uuid4().hex[:8]}"
+        with contextlib.suppress(OSError):  # another process moved it already
+            folder.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        ready.rename(folder)
 
 
 def _download(name: str, source: Source, data_dir: str | Path | None) -> Path:

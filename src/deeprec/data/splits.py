@@ -36,7 +36,7 @@ def split(
         threshold = np.quantile(stamps, quantile)  # linear, as pandas' Series.quantile
         early = stamps <= threshold
         train = _rows(ratings, early)
-        return train, _known_users_items(_rows(ratings, ~early), train)
+        return train, known_users_items(_rows(ratings, ~early), train)
     if how == "user-time":
         _need_time(ratings, how)
         if not 0.0 < val_frac < 1.0:
@@ -54,7 +54,7 @@ def split(
         rng = np.random.default_rng(seed)
         to_val = rng.random(len(ratings)) < val_frac
         train = _rows(ratings, ~to_val)
-        return train, _known_users_items(_rows(ratings, to_val), train)
+        return train, known_users_items(_rows(ratings, to_val), train)
     raise DataError(f"--split must be one of {', '.join(SPLITS)}, got {how!r}")
 
 
@@ -63,7 +63,9 @@ def _need_time(ratings: pd.DataFrame, how: str) -> None:
         raise DataError(f"--split {how} needs timestamps, and this ratings file has none")
 
 
-def _known_users_items(val: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+def known_users_items(val: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    """The ratings of ``val`` whose user and item both occur in ``train`` (what a model
+    trained on ``train`` can score), renumbered."""
     keep = contained(val["user"].to_numpy(), train["user"].to_numpy()) & contained(
         val["item"].to_numpy(), train["item"].to_numpy()
     )

@@ -15,7 +15,6 @@ cache and two processes writing at once both end with a whole one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from deeprec.data.sources import replace_folder, sha256
 
 FORMAT = 1  # bump when the cached layout or the validation rules change
 MIN_BYTES = 32 << 20
@@ -62,7 +63,7 @@ def key(path: Path, files: list[Path], scale: tuple[float, float] | None) -> dic
         "source": str(path.resolve()),
         "scale": list(scale) if scale is not None else None,
         "files": [[name, s.st_size, s.st_mtime_ns] for name, s in stats],
-        "sha256": [_sha256(f) for f in files] if total < HASH_BELOW else None,
+        "sha256": [sha256(f) for f in files] if total < HASH_BELOW else None,
     }
 
 
@@ -131,20 +132,6 @@ def _write(folder: Path, source_key: dict, parsed: Parsed) -> None:
             "scale": list(parsed.scale) if parsed.scale is not None else None,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks it whole
-        if folder.exists():  # stale or corrupt: move it aside first (a rename is atomic)
-            old = folder.parent / f".{folder.name}.old.{uuid.uuid4().hex[:8]}"
-            with contextlib.suppress(OSError):  # another process moved it already
-                folder.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        with contextlib.suppress(OSError):  # another process put a whole one there first
-            tmp.rename(folder)
+        replace_folder(tmp, folder)  # a stale or corrupt cache is replaced
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

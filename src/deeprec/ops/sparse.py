@@ -379,34 +379,30 @@ def _sparse_output_backward(ctx, grad_loss, _grad_resid, eager: bool = False):
 _sparse_output_mse_op.register_autograd(_sparse_output_backward, setup_context=_sparse_output_setup)
 
 
-class _SparseLinear(torch.autograd.Function):
-    """The eager path of deeprec::sparse_linear: the same checks and kernels without the
-    custom-op dispatcher's Python autograd layer and re-dispatch (#14); the backward calls
-    the kernels directly, its inputs checked in forward. torch.compile uses the op."""
+def _eager(name: str, impl, setup, backward) -> type[torch.autograd.Function]:
+    """The eager path of a registered op (issue #14): an autograd.Function running the op's
+    own ``impl`` (its checks and kernels) and ``setup``, without the custom-op dispatcher's
+    Python autograd layer and re-dispatch; ``backward(..., eager=True)`` launches the
+    kernels directly on the inputs forward checked. torch.compile uses the op."""
 
-    @staticmethod
     def forward(ctx, *inputs):
-        out = _sparse_linear_impl(*inputs)
-        _sparse_linear_setup(ctx, inputs, out)
+        out = impl(*inputs)
+        setup(ctx, inputs, out)
         return out
 
-    @staticmethod
-    def backward(ctx, grad):
-        return _sparse_linear_backward(ctx, grad, eager=True)
+    def eager_backward(ctx, *grads):
+        return backward(ctx, *grads, eager=True)
+
+    members = {"forward": staticmethod(forward), "backward": staticmethod(eager_backward)}
+    return type(name, (torch.autograd.Function,), members)
 
 
-class _SparseOutputMSE(torch.autograd.Function):
-    """The eager path of deeprec::sparse_output_mse (see _SparseLinear)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        out = _sparse_output_mse_impl(*inputs)
-        _sparse_output_setup(ctx, inputs, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_resid):
-        return _sparse_output_backward(ctx, grad_loss, grad_resid, eager=True)
+_SparseLinear = _eager(
+    "_SparseLinear", _sparse_linear_impl, _sparse_linear_setup, _sparse_linear_backward
+)
+_SparseOutputMSE = _eager(
+    "_SparseOutputMSE", _sparse_output_mse_impl, _sparse_output_setup, _sparse_output_backward
+)
 
 
 # Backward building blocks, themselves ops so torch.compile sees them as opaque calls.
