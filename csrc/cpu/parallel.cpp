@@ -1,8 +1,9 @@
 // A persistent std::thread pool behind deeprec::parallel_for (see common.h).
 //
-// Workers sleep on a condition variable between jobs, so they use no CPU while
-// torch's own threads work. One job runs at a time; a caller that finds the
-// pool busy (another Python thread with the GIL released) runs its whole range
+// Workers poll for 50 us after a job (see spin_ns), then sleep on a condition
+// variable, so they use no CPU while torch's own threads work for longer. The
+// range is cut into chunks that threads claim, so a late worker never delays a
+// job. One job runs at a time; a caller that finds the pool busy (another Python thread with the GIL released) runs its whole range
 // inline instead of waiting. After fork() the child gets a fresh pool, since
 // the parent's threads do not exist there.
 //
@@ -17,6 +18,10 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -44,9 +49,46 @@ template <typename F>
 void with_denormal_mode(unsigned int, F&& fn) { fn(); }
 #endif
 
+// How long a waiting thread polls before it sleeps. A sleeping thread on a VM takes
+// 20-60 us to wake (the idle vCPU must be woken by the host), as long as the kernels it
+// would help with: masked-MSE backward took 89 us on two threads against 66 us on one
+// (2-core EPYC), and 40 us once the worker polled between jobs. Polling yields the core
+// at every turn, so torch's own threads keep it while they have work; 50 us catches the
+// backward kernel that follows a forward, and 200 us bought nothing more.
+// OMP_WAIT_POLICY=passive turns polling off here too.
+int64_t spin_ns() {
+  static const int64_t ns = [] {
+    const char* p = std::getenv("OMP_WAIT_POLICY");
+    const bool passive = p != nullptr && (std::strcmp(p, "passive") == 0 || std::strcmp(p, "PASSIVE") == 0);
+    return passive ? int64_t{0} : int64_t{50000};
+  }();
+  return ns;
+}
+
+// Polls until done() or spin_ns() has passed; true if done() held.
+template <typename F>
+bool spin_until(F&& done) {
+  const int64_t budget = spin_ns();
+  if (budget <= 0) return done();
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 1;; ++i) {
+    if (done()) return true;
+    std::this_thread::yield();
+    if ((i & 15) == 0 &&
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+                .count() > budget)
+      return done();
+  }
+}
+
+// The range is cut into up to kChunksPerThread chunks per thread, which the caller and
+// the workers claim one at a time. A worker that wakes late finds fewer chunks (or none)
+// left, so a slow wake-up costs at most the parallelism it would have added, never a wait
+// (the caller runs the chunks itself). Every kernel's result depends only on the range
+// each item falls in, not on which thread ran it.
 class Pool {
  public:
-  // Runs chunks 1..t-1 of fn on workers and chunk 0 here; returns when all are done.
+  // Runs fn over [0, n) on the calling thread and up to t-1 workers; returns when done.
   void run(int64_t n, int t, const std::function<void(int64_t, int64_t)>& fn) {
     std::unique_lock<std::mutex> busy(job_mutex_, std::try_to_lock);
     if (!busy.owns_lock()) {
@@ -54,46 +96,79 @@ class Pool {
       return;
     }
     grow(t - 1);
-    const int64_t chunk = (n + t - 1) / t;
+    const int64_t want = std::min<int64_t>(n, int64_t{t} * kChunksPerThread);
+    const int64_t size = (n + want - 1) / want;
+    const uint64_t count = static_cast<uint64_t>((n + size - 1) / size);
+    uint64_t seq;
     {
+      // Job fields are published by the release store of state_; the lock makes a worker
+      // that is about to sleep see the new job (no lost wake-up).
       std::lock_guard<std::mutex> lk(m_);
       fn_ = &fn;
       mode_ = denormal_mode();
       n_ = n;
-      chunk_ = chunk;
-      active_ = t - 1;
-      remaining_ = t - 1;
-      ++generation_;
+      size_ = size;
+      finished_.store(0, std::memory_order_relaxed);
+      seq = (state_.load(std::memory_order_relaxed) >> kSeqShift) + 1;
+      state_.store((seq << kSeqShift) | (count << kCountShift), std::memory_order_release);
     }
     wake_.notify_all();
-    fn(0, std::min(n, chunk));
-    std::unique_lock<std::mutex> lk(m_);
-    done_.wait(lk, [&] { return remaining_ == 0; });
-    fn_ = nullptr;
+    work(seq, /*worker=*/false);
+    const auto finished = [&] { return finished_.load(std::memory_order_acquire) == count; };
+    if (!spin_until(finished)) {
+      std::unique_lock<std::mutex> lk(m_);
+      done_.wait(lk, finished);
+    }
   }
 
  private:
-  void grow(int workers) {
-    while (static_cast<int>(threads_.size()) < workers) {
-      const int id = static_cast<int>(threads_.size());
-      threads_.emplace_back([this, id] { loop(id); });
+  // state_ packs the job's sequence number, its chunk count and the next unclaimed chunk,
+  // so one compare-and-swap claims a chunk of exactly the job it was counted for.
+  static constexpr int kSeqShift = 32, kCountShift = 16;
+  static constexpr uint64_t kField = 0xffff;
+  static constexpr int64_t kChunksPerThread = 4;  // with <= 1024 threads, count < 2^16
+
+  // Claims and runs chunks of job `seq` until none are left. The job's fields stay put
+  // while a claimed chunk runs: the caller waits for every chunk before the next job.
+  void work(uint64_t seq, bool worker) {
+    for (;;) {
+      uint64_t s = state_.load(std::memory_order_acquire);
+      uint64_t k, count;
+      do {
+        count = (s >> kCountShift) & kField;
+        k = s & kField;
+        if ((s >> kSeqShift) != seq || k >= count) return;
+      } while (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
+                                             std::memory_order_acquire));
+      const int64_t b = static_cast<int64_t>(k) * size_, e = std::min(n_, b + size_);
+      if (worker) {
+        with_denormal_mode(mode_, [&] { (*fn_)(b, e); });
+      } else {
+        (*fn_)(b, e);
+      }
+      if (finished_.fetch_add(1, std::memory_order_acq_rel) + 1 == count && worker) {
+        std::lock_guard<std::mutex> lk(m_);  // the caller may be about to sleep on done_
+        done_.notify_one();
+      }
     }
   }
 
-  void loop(int id) {
+  void grow(int workers) {
+    while (static_cast<int>(threads_.size()) < workers) {
+      threads_.emplace_back([this] { loop(); });
+    }
+  }
+
+  void loop() {
     uint64_t seen = 0;
+    const auto fresh = [&] { return (state_.load(std::memory_order_acquire) >> kSeqShift) != seen; };
     for (;;) {
-      std::unique_lock<std::mutex> lk(m_);
-      wake_.wait(lk, [&] { return generation_ != seen; });
-      seen = generation_;
-      if (id >= active_) continue;  // this job needs fewer workers
-      const auto* fn = fn_;
-      const unsigned int mode = mode_;
-      const int64_t b = (id + 1) * chunk_, e = std::min(n_, b + chunk_);
-      lk.unlock();
-      if (b < e) with_denormal_mode(mode, [&] { (*fn)(b, e); });
-      lk.lock();
-      if (--remaining_ == 0) done_.notify_one();
+      if (!spin_until(fresh)) {
+        std::unique_lock<std::mutex> lk(m_);
+        wake_.wait(lk, fresh);
+      }
+      seen = state_.load(std::memory_order_acquire) >> kSeqShift;
+      work(seen, /*worker=*/true);
     }
   }
 
@@ -101,11 +176,13 @@ class Pool {
   std::mutex m_;
   std::condition_variable wake_, done_;
   std::vector<std::thread> threads_;
+  // Written by the caller before state_ is published; read only by a thread holding a
+  // claimed chunk, which the caller waits for before it writes them again.
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   unsigned int mode_ = 0;  // the caller's denormal bits for the current job
-  int64_t n_ = 0, chunk_ = 0;
-  int active_ = 0, remaining_ = 0;
-  uint64_t generation_ = 0;
+  int64_t n_ = 0, size_ = 0;
+  std::atomic<uint64_t> state_{0};     // (sequence << 32) | (chunks << 16) | next chunk
+  std::atomic<uint64_t> finished_{0};  // chunks of the current job run to the end
 };
 
 // The process's pool. Never destroyed: joining threads during interpreter
@@ -128,7 +205,7 @@ void parallel_for(int64_t n, int num_threads, int64_t grain,
                   const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   const int64_t by_grain = grain > 0 ? std::max<int64_t>(1, n / grain) : n;
-  const int64_t t = std::min<int64_t>({static_cast<int64_t>(std::max(num_threads, 1)), by_grain, n});
+  const int64_t t = std::min<int64_t>({static_cast<int64_t>(std::max(num_threads, 1)), by_grain, n, 1024});
   if (t <= 1) {
     fn(0, n);
     return;

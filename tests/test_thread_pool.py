@@ -1,0 +1,115 @@
+"""The native thread pool (csrc/cpu/parallel.cpp): workers that spin between jobs and then
+sleep must still run every chunk exactly once, whatever the thread count, from several
+Python threads at once, after fork, and with spinning turned off (OMP_WAIT_POLICY=passive).
+
+Each check compares results bitwise with a one-thread run: the kernels' results do not
+depend on the thread count, so a chunk skipped or run twice shows up as a difference.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+from conftest import random_csr
+
+from deeprec.ops import masked_mse
+
+pytestmark = pytest.mark.usefixtures("native_required")
+
+
+def loss_and_grad(output, target):
+    out = output.detach().clone().requires_grad_(True)
+    loss = masked_mse(out, target, impl="fused")
+    loss.backward()
+    return loss.detach(), out.grad
+
+
+@pytest.fixture
+def problem():
+    target = random_csr(300, 1500, 0.05, seed=11, dtype=torch.float32)
+    output = torch.randn(300, 1500, generator=torch.Generator().manual_seed(3))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    expected = loss_and_grad(output, target)
+    torch.set_num_threads(before)
+    yield output, target, expected
+    torch.set_num_threads(before)
+
+
+def test_every_thread_count_back_to_back_and_after_sleeping(problem):
+    output, target, (loss, grad) = problem
+    # Counts that grow and shrink the pool, calls back to back (workers still spinning)
+    # and after a pause longer than the spin (workers asleep on the condition variable).
+    for threads in (3, 1, 4, 2, 4, 3, 2):
+        torch.set_num_threads(threads)
+        for pause in (0.0, 0.0, 0.01):
+            time.sleep(pause)
+            got_loss, got_grad = loss_and_grad(output, target)
+            assert torch.equal(got_loss, loss) and torch.equal(got_grad, grad), threads
+
+
+def test_several_python_threads_at_once(problem):
+    output, target, (loss, grad) = problem
+    torch.set_num_threads(3)
+    failures: list[str] = []
+
+    def work(k: int) -> None:
+        for i in range(40):
+            got_loss, got_grad = loss_and_grad(output, target)
+            if not (torch.equal(got_loss, loss) and torch.equal(got_grad, grad)):
+                failures.append(f"thread {k} call {i}")
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert failures == []
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import hashlib, os, sys, torch
+    sys.path.insert(0, {tests!r})
+    from conftest import random_csr
+    from deeprec.ops.loss import _run_native
+
+    output = torch.randn(300, 1500, generator=torch.Generator().manual_seed(3))
+    target = random_csr(300, 1500, 0.05, seed=11, dtype=torch.float32)
+    loss, grad = output.new_empty(()), torch.empty_like(output)
+
+    def run():  # the kernels alone: torch's own OpenMP is not fork-safe, ours must be
+        _run_native(output, *target, loss, None, None)
+        _run_native(output, *target, None, grad, None)
+        return float(loss), hashlib.sha256(grad.numpy().tobytes()).hexdigest()
+
+    torch.set_num_threads(1)
+    expected = run()
+    torch.set_num_threads(2)
+    assert run() == expected, "parent"
+    if {fork}:
+        pid = os.fork()
+        if pid == 0:  # the child gets its own pool: the parent's workers do not exist here
+            os._exit(0 if run() == expected else 3)
+        assert os.waitpid(pid, 0)[1] == 0, "forked child"
+    print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize("policy", ["", "passive"])
+def test_fork_and_passive_wait_policy(policy):
+    env = dict(os.environ, OMP_WAIT_POLICY=policy)
+    tests = os.path.dirname(__file__)
+    code = SCRIPT.format(tests=tests, fork=hasattr(os, "fork"))
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
