@@ -9,14 +9,110 @@ long-tailed Netflix-shape training step under each SIMD variant this CPU runs
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from common import measure, rating_batch, seed_dense_masked_mse
 from workloads import step_workload
 
+import deeprec.ops.loss
+import deeprec.ops.row_adam
+import deeprec.ops.sparse
 from deeprec import _native
 from deeprec.data.matrix import Batch, remember
-from deeprec.ops import masked_mse
+from deeprec.ops import masked_mse, row_adam_step, sparse_linear, sparse_output_mse
 from deeprec.ops.loss import _run_native
+
+_LAUNCHING = (deeprec.ops.loss, deeprec.ops.sparse, deeprec.ops.row_adam)
+
+
+@contextmanager
+def kernels_skipped():
+    """Every op with its native launches made no-ops: what the op still costs is its
+    per-call overhead (checks, dispatch, autograd, allocation), whatever the kernel count."""
+    saved = [m.launch for m in _LAUNCHING]
+    for m in _LAUNCHING:
+        m.launch = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        for m, launch in zip(_LAUNCHING, saved, strict=True):
+            m.launch = launch
+
+
+def op_overheads(runs: int = 101, hidden: int = 512) -> dict[str, dict[str, float]]:
+    """Microseconds per op at the seed shape (128 x 9,559, 1.7% rated; the seed's 512-wide
+    first and last layers), forward and forward + backward: the op, the op with its kernels
+    skipped (the overhead), and their difference (the kernels). Backward overhead is
+    (fwd + bwd overhead) - (fwd overhead)."""
+    _, (crow, col, val), _ = rating_batch(128, 9559, 0.017)
+    batch = remember(Batch(torch.arange(128), crow, col.long(), val, 9559))
+    g = torch.Generator().manual_seed(1)
+    w_in = (torch.randn(9559, hidden, generator=g) * 0.01).requires_grad_(True)
+    b_in = torch.zeros(hidden, requires_grad=True)
+    w_out = (torch.randn(9559, hidden, generator=g) * 0.01).requires_grad_(True)
+    b_out = torch.zeros(9559, requires_grad=True)
+    h = torch.randn(128, hidden, generator=g).requires_grad_(True)
+    out = torch.rand(128, 9559, generator=g).mul(5).requires_grad_(True)
+    g_lin = torch.randn(128, hidden, generator=g)
+    idx = batch.index
+    with torch.no_grad():
+        moments = torch.zeros_like(w_in), torch.zeros_like(w_in)
+    sparse_grad = sparse_linear(batch.csr, w_in, b_in, index=idx, sparse_grad=True)
+    sparse_grad.backward(g_lin)
+    adam_grad = w_in.grad.coalesce()
+    w_in.grad = None
+    p = w_in.detach().clone()
+
+    def clear():
+        for t in (w_in, b_in, w_out, b_out, h, out):
+            t.grad = None
+
+    calls = {
+        "masked_mse": (
+            lambda: masked_mse(out, batch.csr, impl="fused"),
+            lambda: masked_mse(out, batch.csr, impl="fused").backward(),
+        ),
+        "sparse_linear": (
+            lambda: sparse_linear(batch.csr, w_in, b_in, index=idx, sparse_grad=True),
+            lambda: sparse_linear(batch.csr, w_in, b_in, index=idx, sparse_grad=True).backward(
+                g_lin
+            ),
+        ),
+        "sparse_output_mse": (
+            lambda: sparse_output_mse(h, w_out, b_out, batch.csr, index=idx, sparse_grad=True),
+            lambda: sparse_output_mse(
+                h, w_out, b_out, batch.csr, index=idx, sparse_grad=True
+            ).backward(),
+        ),
+        "row_adam_step": (
+            lambda: row_adam_step(p, *moments, adam_grad, 1, 1e-3, (0.9, 0.999), 1e-8, 0.0, True),
+            None,
+        ),
+    }
+
+    def timed(fn) -> float:
+        def step():
+            clear()
+            fn()
+
+        return measure(step, runs=runs, warmup=10)["median"] * 1e6
+
+    res: dict[str, dict[str, float]] = {}
+    for name, (fwd, both) in calls.items():
+        r = {"op_forward": timed(fwd)}
+        with kernels_skipped():
+            r["overhead_forward"] = timed(fwd)
+        if both is not None:
+            r["op_forward_backward"] = timed(both)
+            with kernels_skipped():
+                r["overhead_forward_backward"] = timed(both)
+            r["overhead_backward"] = r["overhead_forward_backward"] - r["overhead_forward"]
+        r["kernels"] = r.get("op_forward_backward", r["op_forward"]) - r.get(
+            "overhead_forward_backward", r["overhead_forward"]
+        )
+        res[name] = r
+    return res
 
 
 def loss_overhead(runs: int = 101) -> dict[str, float]:
@@ -77,6 +173,22 @@ def per_variant(runs: int = 5) -> dict[str, dict[str, float]]:
     finally:
         _native.use_isa(before)
     return out
+
+
+def ops_markdown(ops: dict[str, dict[str, float]], isa: str) -> str:
+    """The op_overheads table: microseconds, overheads against the 50 us budget."""
+    lines = [
+        f"## Per-call overhead of every op, seed shape, kernels skipped (SIMD variant: {isa})",
+        "",
+        "| op | op fwd us | overhead fwd us | op fwd+bwd us | overhead bwd us | kernels us |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in ops.items():
+        cells = [r.get(k) for k in ("op_forward", "overhead_forward", "op_forward_backward",
+                                    "overhead_backward", "kernels")]  # fmt: skip
+        shown = " | ".join("-" if c is None else f"{c:.1f}" for c in cells)
+        lines.append(f"| {name} | {shown} |")
+    return "\n".join(lines) + "\n"
 
 
 def to_markdown(o: dict, variants: dict, isa: str) -> str:

@@ -1,18 +1,22 @@
-"""Quality against the classical baselines on several protocols (issue #15, first step).
+"""Quality against the classical baselines on several protocols (issue #15).
 
-    python experiments/quality.py [--seeds 5] [--out experiments/results]
+    python experiments/quality.py [--data ml-latest-small] [--seeds 5] [--out DIR]
 
-Protocols on ml-latest-small: user-time 0.8 (per user, the last 20% by time) and random
-90/10 with seeds 0..4 (the AutoRec / GLocal-K protocol). On every split, the same validation
+Protocols on ml-latest-small (or --data: any set deeprec loads, e.g. ml-1m, ml-100k):
+user-time 0.8 (per user, the last 20% by time) and random 90/10 with seeds 0..4 (the
+AutoRec / GLocal-K protocol). On every split, the same validation
 ratings (those whose user and item occur in training) are scored by:
 - Surprise's SVD and SVD++ (default settings, random_state = the seed; Surprise is an
   experiments-only dependency: pip install scikit-surprise);
 - the bias baseline (mu + b_user + b_item, Surprise's BaselineOnly ALS settings);
 - deeprec ``--preset best`` (I-AutoRec on residuals), trained on the split's training ratings;
-- a blend of I-AutoRec, U-AutoRec (the same recipe, rows = users) and the bias baseline,
-  with weights fit by least squares on a *nested* split of the training ratings (the same
-  rule applied again): the reported validation ratings are read once, to score the blend
-  (deeprec.blending; ``python -m deeprec.blend`` runs one split).
+- item and user kNN on the bias baseline's residuals (deeprec.neighbors: KNNBaseline with
+  the shrunk pearson_baseline similarity, k = 40);
+- a blend of I-AutoRec, U-AutoRec (the same recipe, rows = users), the bias baseline and
+  the two kNN models, with weights fit by least squares on a *nested* split of the training
+  ratings (the same rule applied again), each model's weight depending on the log-support
+  of the rating's user and item: the reported validation ratings are read once, to score
+  the blend (deeprec.blending; ``python -m deeprec.blend`` runs one split).
 Writes quality.json and quality.md with bootstrap 95% intervals of each RMSE.
 """
 
@@ -59,16 +63,21 @@ def rmse_ci(pred: np.ndarray, truth: np.ndarray, seed: int = 0) -> tuple[float, 
 
 def protocol(how: str, seed: int, scale, best: Config, data_dir) -> dict:
     config = best.replace(
-        split=how, val_frac=0.2 if how == "user-time" else 0.1, seed=seed, fused=True
+        split=how,
+        val_frac=0.2 if how == "user-time" else 0.1,
+        seed=seed,
+        fused=True,
     )
     t = time.perf_counter()
     # weights on the nested split only, then one score (deeprec.blending)
     done = blend_predictions(config, data_dir)
     seconds = time.perf_counter() - t
     truth = done.val["rating"].to_numpy(np.float64)
-    item, user, bias = done.parts
+    item, user, bias, item_knn, user_knn = done.parts
     preds = {
         "bias baseline": bias,
+        "item kNN": item_knn,
+        "user kNN": user_knn,
         "deeprec --preset best (I-AutoRec)": item,
         "U-AutoRec (same recipe, by user)": user,
         "deeprec blend (weights from the nested split)": done.blended,
@@ -86,12 +95,13 @@ def protocol(how: str, seed: int, scale, best: Config, data_dir) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="ml-latest-small", help="dataset [ml-latest-small]")
     p.add_argument("--seeds", type=int, default=5, help="random 90/10 seeds [5]")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
     data_dir = os.environ.get("DEEPREC_DATA") or (SHARED if SHARED.exists() else None)
-    ds = load("ml-latest-small", data_dir)
-    best = load_preset("best")
+    ds = load(args.data, data_dir)
+    best = load_preset("best").replace(data=args.data)
     runs = [protocol("user-time", 0, ds.scale, best, data_dir)]
     print(json.dumps(runs[-1]), flush=True)
     for seed in range(args.seeds):
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(runs, indent=1))
     names = list(runs[0]["rmse"])
-    lines = ["# Quality on ml-latest-small (experiments/quality.py)", "",
+    lines = [f"# Quality on {args.data} (experiments/quality.py)", "",
              "RMSE [bootstrap 95% interval] on each split's validation ratings.", "",
              "| protocol | " + " | ".join(names) + " |",
              "|---|" + "---:|" * len(names)]  # fmt: skip

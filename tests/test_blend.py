@@ -25,7 +25,9 @@ def toy(tmp_path_factory):
 
 def test_the_blend_scores_every_model_and_itself(toy):
     result = blending.blend(Config(data=str(toy), **RECIPE))
-    assert len(result.weights) == 4 and all(np.isfinite(result.weights))
+    assert len(result.weights) == blending.n_weights(len(blending.MODELS)) and all(
+        np.isfinite(result.weights)
+    )
     assert set(result.rmse) == {*blending.MODELS, "blend"}
     for rmse, lo, hi in result.rmse.values():
         assert 0 < lo <= rmse <= hi < 5
@@ -61,7 +63,9 @@ def test_blend_command_prints_and_writes(toy, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "blend" in printed and "weight" in printed
     doc = json.loads(out.read_text())
-    assert len(doc["weights"]) == 4 and doc["config"]["hidden"] == [16]
+    assert len(doc["weights"]) == blending.n_weights(len(blending.MODELS)) and doc["config"][
+        "hidden"
+    ] == [16]
     assert blend_main(["--data", str(toy), "--preset", "nope"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -94,3 +98,28 @@ def test_a_saved_blend_recommends_and_scores_as_it_was_measured(toy, tmp_path, c
     assert not rated & {int(x.rsplit("[", 1)[1].rstrip("]")) for x in lines[1:]}
     assert recommend_main(["--blend", str(tmp_path / "nope"), "--user", "3"]) == 2
     assert "not a saved blend" in capsys.readouterr().err
+    # a blend saved with other members (an older deeprec) is refused in one line
+    doc = json.loads((tmp_path / "b" / "blend.json").read_text())
+    doc["models"], doc["weights"] = doc["models"][:3], doc["weights"][:4]
+    (tmp_path / "b" / "blend.json").write_text(json.dumps(doc))
+    assert recommend_main(["--blend", str(tmp_path / "b"), "--user", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "save the blend again" in err and len(err.strip().splitlines()) == 1
+
+
+def test_support_weighted_stacking_recovers_known_weights_and_broadcasts():
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(3, 1, 500) for _ in range(3)]
+    supports = rng.uniform(0, 5, 500), rng.uniform(0, 5, 500)
+    true = rng.normal(0, 0.3, blending.n_weights(3))
+    truth = blending.combine(parts, supports, true)
+    np.testing.assert_allclose(blending.fit_weights(parts, supports, truth), true, atol=1e-9)
+    # (users, 1) and (1, items) supports with (users, items) predictions: the same numbers
+    grid = [p[:20].reshape(4, 5) for p in parts]
+    su, si = rng.uniform(0, 5, (4, 1)), rng.uniform(0, 5, (1, 5))
+    flat = blending.combine(
+        [g.ravel() for g in grid], (np.repeat(su, 5, 1).ravel(), np.repeat(si, 4, 0).ravel()), true
+    )
+    np.testing.assert_allclose(blending.combine(grid, (su, si), true).ravel(), flat)
+    with pytest.raises(ValueError, match="blend weights for"):
+        blending.combine(parts, supports, true[:-1])

@@ -1,4 +1,4 @@
-"""python -m deeprec.blend: score a blend of I-AutoRec, U-AutoRec and the bias baseline.
+"""python -m deeprec.blend: score a blend of I-AutoRec, U-AutoRec, the bias baseline and kNN.
 
     python -m deeprec.blend --preset best --split user-time --fused
 
@@ -22,7 +22,8 @@ from deeprec.config import Config, load_config_file, load_preset, presets
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m deeprec.blend",
-        description="Blend I-AutoRec, U-AutoRec and the bias baseline with weights fit on a "
+        description="Blend I-AutoRec, U-AutoRec, the bias baseline and item/user kNN with "
+        "weights fit on a "
         "nested split of the training ratings; print every model's and the blend's RMSE.",
     )
     Config.add_arguments(p)
@@ -50,12 +51,15 @@ def main(args: argparse.Namespace) -> int:
         f"{config.data}, {config.split}: weights fit on {result.n_inner_val} inner validation "
         f"ratings; scored on {result.n_val} validation ratings"
     )
-    names = [*blending.MODELS, "blend"]
-    weights = [*result.weights[:3], None]
-    for name, w in zip(names, weights, strict=True):
+    w, m = result.weights, len(blending.MODELS)
+    print("weights: w + w_u log(1 + user's ratings) + w_i log(1 + item's ratings)")
+    for k, name in enumerate(blending.MODELS):
         rmse, lo, hi = result.rmse[name]
-        shown = f"  weight {w:+.3f}" if w is not None else f"  intercept {result.weights[3]:+.3f}"
-        print(f"{name:14s} RMSE {rmse:.4f} [{lo:.4f}, {hi:.4f}]{shown}")
+        print(f"{name:14s} RMSE {rmse:.4f} [{lo:.4f}, {hi:.4f}]  "
+              f"w {w[k]:+.3f}  w_u {w[m + k]:+.3f}  w_i {w[2 * m + k]:+.3f}")  # fmt: skip
+    rmse, lo, hi = result.rmse["blend"]
+    print(f"{'blend':14s} RMSE {rmse:.4f} [{lo:.4f}, {hi:.4f}]  "
+          f"constant {w[-1]:+.3f}  w_u {w[3 * m]:+.3f}  w_i {w[3 * m + 1]:+.3f}")  # fmt: skip
     if args.out is not None:
         doc = {"config": config.to_dict(), "weights": result.weights, "rmse": result.rmse,
                "n_inner_val": result.n_inner_val, "n_val": result.n_val}  # fmt: skip
