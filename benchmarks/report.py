@@ -118,6 +118,7 @@ def run_device(device: str, quick: bool) -> dict:
         print("  per-call overhead and SIMD variants", flush=True)
         report["overhead"] = overhead.loss_overhead(41 if quick else 101)
         report["variants"] = overhead.per_variant(3 if quick else 5)
+        report["op_overheads"] = overhead.op_overheads(41 if quick else 101)
     if not quick:
         print("  scale: synth-netflix epoch, synth-ml32m, torchrun, load times", flush=True)
         report["scale"] = scale.run(device)
@@ -174,6 +175,8 @@ def to_markdown(rep: dict) -> str:
     if "overhead" in rep:
         isa = rep["machine"]["deeprec_build"].get("cpu_simd_variant", "?")
         lines.append(overhead.to_markdown(rep["overhead"], rep["variants"], isa))
+        if "op_overheads" in rep:
+            lines.append(overhead.ops_markdown(rep["op_overheads"], isa))
     if "scale" in rep:
         lines.append(scale.to_markdown(rep["scale"]))
     return "\n".join(lines)

@@ -75,7 +75,9 @@ class _MaskedMSE(torch.autograd.Function):
     def backward(ctx, grad):
         output, crow, col, val = ctx.saved_tensors
         out = torch.empty_like(output, memory_format=torch.contiguous_format)
-        scale = grad.to(output.dtype).reshape(()).contiguous()
+        scale = grad
+        if grad.dtype != output.dtype or grad.dim() != 0 or not grad.is_contiguous():
+            scale = grad.to(output.dtype).reshape(()).contiguous()
         _run_native(output, crow, col, val, loss=None, grad=out, grad_scale=scale)
         return out, None, None, None
 

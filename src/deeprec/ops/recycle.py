@@ -34,7 +34,7 @@ def _free(base: torch.Tensor) -> bool:
 def empty(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """An uninitialised (rows, cols) tensor, from a recycled block where possible."""
     n = rows * cols
-    size = torch.empty((), dtype=dtype).element_size()
+    size = dtype.itemsize
     if device.type != "cpu" or _use_count is None or n * size < MIN_BYTES:
         return torch.empty(rows, cols, dtype=dtype, device=device)
     with _lock:

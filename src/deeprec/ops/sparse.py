@@ -224,9 +224,11 @@ def _col_accumulate(
 
 
 def _as_sparse_rows(ucol: torch.Tensor, values: torch.Tensor, shape: tuple[int, ...]):
-    """A coalesced sparse COO gradient holding rows ``ucol`` (sorted, unique) of ``shape``."""
+    """A coalesced sparse COO gradient holding rows ``ucol`` (sorted, unique) of ``shape``;
+    ``ucol`` may already be the (1, U) index."""
+    indices = ucol if ucol.dim() == 2 else ucol.unsqueeze(0)
     return torch.sparse_coo_tensor(
-        ucol.unsqueeze(0), values, shape, is_coalesced=True, check_invariants=False
+        indices, values, shape, is_coalesced=True, check_invariants=False
     )
 
 
@@ -269,6 +271,8 @@ def _sparse_linear_setup(ctx, inputs, output):
 
 
 def _sparse_linear_backward(ctx, grad, eager: bool = False):
+    if grad is None:  # eager path, materialize_grads off: nothing flows back
+        return (None,) * 10
     val, perm, ucol, uptr, rows = ctx.saved_tensors
     d_weight = d_bias = None
     if ctx.needs_input_grad[7]:
@@ -349,10 +353,14 @@ def _sparse_output_setup(ctx, inputs, output):
 
 
 def _sparse_output_backward(ctx, grad_loss, _grad_resid, eager: bool = False):
+    if grad_loss is None:  # eager path, materialize_grads off: nothing flows back
+        return (None,) * 11
     h, weight, crow, col, perm, ucol, uptr, rows, resid = ctx.saved_tensors
     nnz = col.numel()
     # G = 2 (p - r) / nnz * grad_loss, folded into one scale so the kernels read it in place.
-    scale = (grad_loss * (2.0 / max(nnz, 1))).to(h.dtype).reshape(()).contiguous()
+    scale = torch.mul(grad_loss, 2.0 / max(nnz, 1))  # a fresh 0-dim tensor, contiguous
+    if scale.dtype != h.dtype or scale.dim() != 0:
+        scale = scale.to(h.dtype).reshape(())
     d_h = d_weight = d_bias = None
     if ctx.needs_input_grad[0]:
         if eager:  # batch and index were checked in forward; autograd vouches they are unchanged
@@ -371,8 +379,9 @@ def _sparse_output_backward(ctx, grad_loss, _grad_resid, eager: bool = False):
                 perm, ucol, uptr, rows, resid, h, weight.shape[0], True, scale, ctx.sparse_grad
             )
         if ctx.sparse_grad:
-            d_weight = _as_sparse_rows(ucol, d_weight, tuple(weight.shape))
-            d_bias = _as_sparse_rows(ucol, d_bias, (weight.shape[0],))
+            rows_index = ucol.unsqueeze(0)
+            d_weight = _as_sparse_rows(rows_index, d_weight, tuple(weight.shape))
+            d_bias = _as_sparse_rows(rows_index, d_bias, (weight.shape[0],))
     return d_h, d_weight, d_bias, None, None, None, None, None, None, None, None
 
 
@@ -388,6 +397,8 @@ def _eager(name: str, impl, setup, backward) -> type[torch.autograd.Function]:
     def forward(ctx, *inputs):
         out = impl(*inputs)
         setup(ctx, inputs, out)
+        # No zero tensor for outputs backward does not read (sparse_output_mse's residuals).
+        ctx.set_materialize_grads(False)
         return out
 
     def eager_backward(ctx, *grads):
