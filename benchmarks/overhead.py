@@ -212,6 +212,10 @@ def to_markdown(o: dict, variants: dict, isa: str) -> str:
         lines.append(f"| {k.replace('_', ' ')} | {o[k]:.1f} |")
     lines += [
         "",
+        "Kernel rows: the two kernels launched alone, back to back on warm buffers; inside the "
+        "op they run colder, so op - kernel here is an upper bound on the overhead (the "
+        "per-op table below skips the kernels instead and measures it directly).",
+        "",
         f"fused fwd+bwd vs the seed's eager dense loss: **{o['fused_vs_eager']:.2f}x**; vs its "
         f"torch.compile version: **{o['fused_vs_compiled']:.2f}x**.",
         "",
