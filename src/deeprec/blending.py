@@ -87,14 +87,16 @@ def design(parts: list[np.ndarray], user_support, item_support) -> list[np.ndarr
     alone, times its user's log-support and times its item's log-support, then the two
     supports and a constant. How much to trust a model then depends on how much its user and
     item were seen: on the nested splits of ml-latest-small this cut the blend's RMSE by
-    0.0016-0.0038 against fixed weights (experiments/results/quality.md). Arrays broadcast,
-    so the scorer passes (users, 1) and (1, items) supports with (users, items) predictions."""
+    0.0016-0.0038 against fixed weights (experiments/results/quality-choices.md). Arrays
+    broadcast, so the scorer passes (users, 1) and (1, items) supports with (users, items)
+    predictions."""
     return [*parts, *(p * user_support for p in parts), *(p * item_support for p in parts),
             user_support + 0 * item_support, item_support + 0 * user_support,
             np.ones(np.broadcast_shapes(*(np.shape(p) for p in parts)))]  # fmt: skip
 
 
 def n_weights(n_models: int) -> int:
+    """How many regressors design() makes for n_models models."""
     return 3 * n_models + 3
 
 
