@@ -110,3 +110,19 @@ def test_user_without_ratings_gets_the_baseline():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         neighbors.fit(random_ratings(3, 3, 0.5, seed=0), **kwargs)
+
+
+@pytest.mark.parametrize("kind", neighbors.KINDS)
+def test_explicit_zero_ratings_are_ratings(kind):
+    """A stored 0.0 (scales that start at 0) is a rating: it counts as a co-rating and a
+    neighbour, like any other value."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((9, 7)) < 0.6
+    rows, cols = np.nonzero(mask)
+    vals = rng.integers(0, 3, len(rows)).astype(float)  # many exact zeros
+    train = sp.csr_matrix((vals, (rows, cols)), shape=(9, 7))
+    assert (train.data == 0).any()
+    model = neighbors.fit(train, kind, k=3, shrinkage=1.0)
+    u, i = np.repeat(np.arange(9), 7), np.tile(np.arange(7), 9)
+    want = [loop_reference(train, kind, a, c, 3, 1.0) for a, c in zip(u, i, strict=True)]
+    np.testing.assert_allclose(model.predict(u, i), want, rtol=1e-10, atol=1e-10)
