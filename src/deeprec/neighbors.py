@@ -23,12 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm import tqdm
 
 from deeprec import baseline
 
 KINDS = ("item", "user")
 BLOCK_BYTES = 128 << 20  # dense similarity rows computed at once
 GATHER = 1 << 22  # neighbour entries gathered at once
+PROGRESS_BLOCKS = 16  # show a progress bar from this many blocks of similarities
 
 
 @dataclass
@@ -64,7 +66,10 @@ class Neighborhood:
         uniq, first = np.unique(targets[order], return_index=True)
         bounds = np.append(first, len(order))
         indptr = self.resid.indptr
-        for b in range(0, len(uniq), block):
+        starts = range(0, len(uniq), block)
+        # large sets take minutes (the products cost the sum over raters of ratings squared)
+        for b in tqdm(starts, desc=f"{self.kind} kNN", unit="block", leave=False,
+                      disable=len(starts) < PROGRESS_BLOCKS):  # fmt: skip
             pairs = order[bounds[b] : bounds[min(b + block, len(uniq))]]
             sims = self.similarities(uniq[b : b + block])
             local = np.searchsorted(uniq[b : b + block], targets[pairs])
