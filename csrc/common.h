@@ -131,9 +131,9 @@ T scalar_or_one(const void* p) {
 // Runs fn(begin, end) over [0, n) split into contiguous chunks (up to four per
 // thread), claimed by the calling thread and a persistent pool of std::threads
 // (csrc/cpu/parallel.cpp): starting a thread costs ~50 us on small VMs, more
-// than many of our kernels take. fn must not depend on how [0, n) is cut. Callers size
-// num_threads from torch.get_num_threads(), so no second OpenMP runtime
-// competes with torch's. Below `grain` items per thread fewer threads are used.
+// than many of our kernels take. fn must not depend on how [0, n) is cut.
+// Callers size num_threads from torch.get_num_threads(), so no second OpenMP
+// runtime competes with torch's. Below `grain` items per thread fewer threads are used.
 void parallel_for(int64_t n, int num_threads, int64_t grain,
                   const std::function<void(int64_t, int64_t)>& fn);
 

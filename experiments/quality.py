@@ -63,10 +63,7 @@ def rmse_ci(pred: np.ndarray, truth: np.ndarray, seed: int = 0) -> tuple[float, 
 
 def protocol(how: str, seed: int, scale, best: Config, data_dir) -> dict:
     config = best.replace(
-        split=how,
-        val_frac=0.2 if how == "user-time" else 0.1,
-        seed=seed,
-        fused=True,
+        split=how, val_frac=0.2 if how == "user-time" else 0.1, seed=seed, fused=True
     )
     t = time.perf_counter()
     # weights on the nested split only, then one score (deeprec.blending)

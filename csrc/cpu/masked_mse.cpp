@@ -51,7 +51,7 @@ void masked_mse_impl(const void* out, const int64_t* crow, const void* col, cons
                      int num_threads) {
   std::vector<double> row_sums(static_cast<size_t>(B), 0.0);
   const double coef = nnz > 0 ? 2.0 * grad_scale / static_cast<double>(nnz) : 0.0;
-  // A thread is worth waking for ~32K gradient writes or ~4K gathers (workers spin
+  // A thread is worth waking for ~32K gradient writes or ~4K gathers (workers poll
   // between jobs, so waking one costs ~1 us, not the 20-60 us of a sleeping one).
   const int64_t per_row = grad != nullptr ? N : std::max<int64_t>(1, nnz / std::max<int64_t>(B, 1));
   const int64_t grain = std::max<int64_t>(1, (grad != nullptr ? 32768 : 4096) / std::max<int64_t>(per_row, 1));

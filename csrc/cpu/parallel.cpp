@@ -3,8 +3,9 @@
 // Workers poll for 50 us after a job (see spin_ns), then sleep on a condition
 // variable, so they use no CPU while torch's own threads work for longer. The
 // range is cut into chunks that threads claim, so a late worker never delays a
-// job. One job runs at a time; a caller that finds the pool busy (another Python thread with the GIL released) runs its whole range
-// inline instead of waiting. After fork() the child gets a fresh pool, since
+// job. One job runs at a time; a caller that finds the pool busy (another
+// Python thread with the GIL released) runs its whole range inline instead of
+// waiting. After fork() the child gets a fresh pool, since
 // the parent's threads do not exist there.
 //
 // Denormal handling is explicit: a job runs on every worker with the calling

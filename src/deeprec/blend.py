@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m deeprec.blend",
         description="Blend I-AutoRec, U-AutoRec, the bias baseline and item/user kNN with "
-        "weights fit on a "
-        "nested split of the training ratings; print every model's and the blend's RMSE.",
+        "weights fit on a nested split of the training ratings; print every model's and the "
+        "blend's RMSE.",
     )
     Config.add_arguments(p)
     base = p.add_mutually_exclusive_group()

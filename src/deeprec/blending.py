@@ -58,8 +58,9 @@ def classical_predictions(
     """Clipped predictions at val's (known) ratings of the regularized bias baseline, then
     item kNN and user kNN on its residuals."""
     m = RatingMatrix.from_split(train, val, "user", scale)
-    parts = [baseline.fit(m.train, "user").at(m.val_rows, m.val_cols)]
-    parts += [neighbors.fit(m.train, kind).predict(m.val_rows, m.val_cols)
+    biases = baseline.fit(m.train, "user")
+    parts = [biases.at(m.val_rows, m.val_cols)]
+    parts += [neighbors.fit(m.train, kind, biases=biases).predict(m.val_rows, m.val_cols)
               for kind in neighbors.KINDS]  # fmt: skip
     return [np.clip(p, *scale) for p in parts]
 
@@ -214,14 +215,13 @@ class BlendScorer:
             raise DataError(f"{folder}: the blend's two models were trained on different data")
         self.user_ids, self.item_ids = second.user_ids, second.item_ids
         self.titles, self.scale = second.titles, second.scale
-        matrix = second.run.matrix  # by user: rows users, columns items
-        self.bias = baseline.fit(matrix.train, "user")
-        train = matrix.train
+        train = second.run.matrix.train  # by user: rows users, columns items
+        self.bias = baseline.fit(train, "user")
         self.user_support = np.log1p(np.diff(train.indptr).astype(np.float64))
         self.item_support = np.log1p(
             np.bincount(train.indices, minlength=train.shape[1]).astype(np.float64)
         )
-        self.knn = [neighbors.fit(matrix.train, kind) for kind in neighbors.KINDS]
+        self.knn = [neighbors.fit(train, kind, biases=self.bias) for kind in neighbors.KINDS]
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         item, user = (np.clip(p.score_users(users), *self.scale) for p in self.parts)

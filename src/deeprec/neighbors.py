@@ -138,13 +138,23 @@ class Neighborhood:
             return np.where(weight > 0, total / weight, 0.0)
 
 
-def fit(train: sp.csr_matrix, kind: str, k: int = 40, shrinkage: float = 100.0) -> Neighborhood:
-    """A kNN model of ``train`` (users x items, as RatingMatrix(by="user").train)."""
+def fit(
+    train: sp.csr_matrix,
+    kind: str,
+    k: int = 40,
+    shrinkage: float = 100.0,
+    biases: baseline.Biases | None = None,
+) -> Neighborhood:
+    """A kNN model of ``train`` (users x items, as RatingMatrix(by="user").train).
+
+    ``biases``: baseline.fit(train, "user"), if already fitted (the blend fits it once for
+    its bias member and both kNN models)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if k < 1 or shrinkage < 0:
         raise ValueError(f"need k >= 1 and shrinkage >= 0, got k={k}, shrinkage={shrinkage}")
-    biases = baseline.fit(train, "user")
+    if biases is None:
+        biases = baseline.fit(train, "user")
     coo = train.tocoo()
     resid = coo.data.astype(np.float64) - biases.at(coo.row, coo.col)
     X = sp.csr_matrix((resid, (coo.row, coo.col)), shape=train.shape)

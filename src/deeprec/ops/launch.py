@@ -86,6 +86,14 @@ def check_scale(scale: torch.Tensor | None, like: torch.Tensor, name: str = "sca
         raise ValueError(f"{name} must be contiguous")
 
 
+def as_scalar(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A one-element tensor as the contiguous 0-dim ``dtype`` scalar the kernels read in
+    place (an incoming gradient, a folded scale); ``t`` itself when it already is one."""
+    if t.dtype == dtype and t.dim() == 0 and t.is_contiguous():
+        return t
+    return t.to(dtype).reshape(()).contiguous()
+
+
 def ptr(t: torch.Tensor | None) -> int:
     """The data address of a contiguous tensor, or 0 for None."""
     return 0 if t is None else t.data_ptr()

@@ -19,7 +19,16 @@ from __future__ import annotations
 import torch
 
 from deeprec import csr
-from deeprec.ops.launch import Impl, check_kernel, choose_impl, dtype_code, index_code, launch, ptr
+from deeprec.ops.launch import (
+    Impl,
+    as_scalar,
+    check_kernel,
+    choose_impl,
+    dtype_code,
+    index_code,
+    launch,
+    ptr,
+)
 
 __all__ = ["masked_mse", "masked_mse_reference"]
 
@@ -75,9 +84,7 @@ class _MaskedMSE(torch.autograd.Function):
     def backward(ctx, grad):
         output, crow, col, val = ctx.saved_tensors
         out = torch.empty_like(output, memory_format=torch.contiguous_format)
-        scale = grad
-        if grad.dtype != output.dtype or grad.dim() != 0 or not grad.is_contiguous():
-            scale = grad.to(output.dtype).reshape(()).contiguous()
+        scale = as_scalar(grad, output.dtype)
         _run_native(output, crow, col, val, loss=None, grad=out, grad_scale=scale)
         return out, None, None, None
 
@@ -166,7 +173,7 @@ def _masked_mse_backward_op(
     if grad.device != output.device:
         raise ValueError(f"grad is on {grad.device} but output is on {output.device}")
     out = torch.empty_like(output, memory_format=torch.contiguous_format)
-    scale = grad.to(output.dtype).reshape(()).contiguous()
+    scale = as_scalar(grad, output.dtype)
     _run_native(output, crow, col, val, loss=None, grad=out, grad_scale=scale)
     return out
 

@@ -25,6 +25,7 @@ from deeprec.csr import ColumnIndex, column_index
 from deeprec.ops import recycle
 from deeprec.ops.launch import (
     Impl,
+    as_scalar,
     check_kernel,
     check_scale,
     choose_impl,
@@ -223,10 +224,9 @@ def _col_accumulate(
     return dW, db
 
 
-def _as_sparse_rows(ucol: torch.Tensor, values: torch.Tensor, shape: tuple[int, ...]):
-    """A coalesced sparse COO gradient holding rows ``ucol`` (sorted, unique) of ``shape``;
-    ``ucol`` may already be the (1, U) index."""
-    indices = ucol if ucol.dim() == 2 else ucol.unsqueeze(0)
+def _as_sparse_rows(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, ...]):
+    """A coalesced sparse COO gradient holding the rows of ``shape`` that ``indices`` names
+    (ucol.unsqueeze(0): sorted, unique)."""
     return torch.sparse_coo_tensor(
         indices, values, shape, is_coalesced=True, check_invariants=False
     )
@@ -271,7 +271,7 @@ def _sparse_linear_setup(ctx, inputs, output):
 
 
 def _sparse_linear_backward(ctx, grad, eager: bool = False):
-    if grad is None:  # eager path, materialize_grads off: nothing flows back
+    if grad is None:  # eager path, materialize_grads off: no gradient came (gradcheck does this)
         return (None,) * 10
     val, perm, ucol, uptr, rows = ctx.saved_tensors
     d_weight = d_bias = None
@@ -295,7 +295,7 @@ def _sparse_linear_backward(ctx, grad, eager: bool = False):
                 ctx.sparse_grad,
             )
         if ctx.sparse_grad:
-            d_weight = _as_sparse_rows(ucol, d_weight, ctx.weight_shape)
+            d_weight = _as_sparse_rows(ucol.unsqueeze(0), d_weight, ctx.weight_shape)
     if ctx.needs_input_grad[8]:
         d_bias = grad.sum(0)
     return None, None, None, None, None, None, None, d_weight, d_bias, None
@@ -353,14 +353,12 @@ def _sparse_output_setup(ctx, inputs, output):
 
 
 def _sparse_output_backward(ctx, grad_loss, _grad_resid, eager: bool = False):
-    if grad_loss is None:  # eager path, materialize_grads off: nothing flows back
+    if grad_loss is None:  # eager path, materialize_grads off: no gradient came for the loss
         return (None,) * 11
     h, weight, crow, col, perm, ucol, uptr, rows, resid = ctx.saved_tensors
     nnz = col.numel()
     # G = 2 (p - r) / nnz * grad_loss, folded into one scale so the kernels read it in place.
-    scale = torch.mul(grad_loss, 2.0 / max(nnz, 1))  # a fresh 0-dim tensor, contiguous
-    if scale.dtype != h.dtype or scale.dim() != 0:
-        scale = scale.to(h.dtype).reshape(())
+    scale = as_scalar(torch.mul(grad_loss, 2.0 / max(nnz, 1)), h.dtype)
     d_h = d_weight = d_bias = None
     if ctx.needs_input_grad[0]:
         if eager:  # batch and index were checked in forward; autograd vouches they are unchanged
