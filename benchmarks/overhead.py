@@ -16,7 +16,7 @@ from common import measure, rating_batch, seed_dense_masked_mse
 from workloads import step_workload
 
 from deeprec import _native
-from deeprec.data.matrix import Batch, remember
+from deeprec.csr import Batch
 from deeprec.ops import masked_mse, row_adam_step, sparse_linear, sparse_output_mse
 from deeprec.ops.loss import _run_native
 
@@ -48,13 +48,18 @@ def kernels_skipped():
         _native.module = real
 
 
+def our_batch(crow, col, val) -> Batch:
+    """The seed-shape batch as deeprec builds one (its distinct columns counted on the host)."""
+    return Batch(crow, col.long(), val, 9559, int(torch.unique(col).numel()), torch.arange(128))
+
+
 def op_overheads(runs: int = 101, hidden: int = 512) -> dict[str, dict[str, float]]:
     """Microseconds per op at the seed shape (128 x 9,559, 1.7% rated; the seed's 512-wide
     first and last layers), forward and forward + backward: the op, the op with its kernels
     skipped (the overhead), and their difference (the kernels). Backward overhead is
     (fwd + bwd overhead) - (fwd overhead)."""
     _, (crow, col, val), _ = rating_batch(128, 9559, 0.017)
-    batch = remember(Batch(torch.arange(128), crow, col.long(), val, 9559))
+    batch = our_batch(crow, col, val)
     g = torch.Generator().manual_seed(1)
     w_in = (torch.randn(9559, hidden, generator=g) * 0.01).requires_grad_(True)
     b_in = torch.zeros(hidden, requires_grad=True)
@@ -126,7 +131,7 @@ def op_overheads(runs: int = 101, hidden: int = 512) -> dict[str, dict[str, floa
 def loss_overhead(runs: int = 101) -> dict[str, float]:
     """Microseconds: op fwd, op fwd+bwd, kernels fwd / bwd, overheads, and the seed's losses."""
     output, (crow, col, val), target = rating_batch(128, 9559, 0.017)
-    batch = remember(Batch(torch.arange(128), crow, col.long(), val, 9559))
+    batch = our_batch(crow, col, val)
     out = output.clone().requires_grad_(True)
     loss = output.new_empty(())
     grad = torch.empty_like(output)

@@ -1,8 +1,10 @@
 // The one pybind11 module, deeprec._C. Every kernel entry point is bound by one template
 // (bind_kernel): addresses travel from Python as integers and are cast to the entry
 // point's pointer types, the GIL is released around the call, and a non-zero Status
-// becomes a Python exception naming the entry point. All argument validation happens in
-// Python (deeprec/ops) before any address gets here.
+// becomes a Python exception naming the entry point. Python checks the metadata (dtypes,
+// shapes, devices, lengths) before any address gets here; the kernels check every index
+// value they read (checks.h), and a refused one raises deeprec._C.BadIndex (a ValueError)
+// after the call, with the details in the caller's error word.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -10,6 +12,7 @@
 #include <string>
 #include <type_traits>
 
+#include "checks.h"
 #include "common.h"
 #include "masked_mse.h"
 #include "row_adam.h"
@@ -28,11 +31,17 @@ namespace {
 
 // The entry points' argument convention; bump when any signature changes, so Python
 // refuses a module built from other sources (deeprec/_native.py, NATIVE_ABI).
-constexpr int kAbi = 3;
+constexpr int kAbi = 4;
+
+// A kernel refused an index; Python reads the error word and says which.
+struct BadIndex : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 void check(int status, const char* name) {
   if (status == deeprec::kOk) return;
   std::string msg = std::string("deeprec._C.") + name + ": ";
+  if (status == deeprec::kBadIndex) throw BadIndex(msg + "refused an index (see the error word)");
   switch (status) {
     case deeprec::kBadDtype: msg += "unsupported scalar dtype code"; break;
     case deeprec::kBadIndexDtype: msg += "unsupported index dtype code"; break;
@@ -94,6 +103,19 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_isa", &deeprec::set_isa, py::arg("isa"),
         "use SIMD variant `isa` (ISA_NAMES index); False if this CPU cannot run it");
   m.attr("ABI") = kAbi;
+  py::register_exception<BadIndex>(m, "BadIndex", PyExc_ValueError);
+  m.attr("ERROR_WORDS") = deeprec::kErrorWords;
+  // Check codes of the error word (checks.h), by name.
+  m.attr("CHECKS") = py::dict(
+      py::arg("crow_start") = int(deeprec::kCrowStart), py::arg("crow_order") = int(deeprec::kCrowOrder),
+      py::arg("crow_end") = int(deeprec::kCrowEnd), py::arg("col_range") = int(deeprec::kColRange),
+      py::arg("col_order") = int(deeprec::kColOrder), py::arg("uptr_order") = int(deeprec::kUptrOrder),
+      py::arg("ucol_range") = int(deeprec::kUcolRange), py::arg("ucol_order") = int(deeprec::kUcolOrder),
+      py::arg("perm_range") = int(deeprec::kPermRange), py::arg("perm_order") = int(deeprec::kPermOrder),
+      py::arg("perm_column") = int(deeprec::kPermColumn), py::arg("rows_range") = int(deeprec::kRowsRange),
+      py::arg("rows_match") = int(deeprec::kRowsMatch),
+      py::arg("grad_row_range") = int(deeprec::kGradRowRange),
+      py::arg("grad_row_order") = int(deeprec::kGradRowOrder));
   m.attr("DTYPE_CODES") = py::dict(py::arg("float32") = int(deeprec::kFloat32),
                                    py::arg("float64") = int(deeprec::kFloat64),
                                    py::arg("float16") = int(deeprec::kFloat16),
@@ -105,7 +127,8 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("SANITIZED") = false;
 #endif
-  // CPU entry points end in num_threads; CUDA ones in (device, stream).
+  // Every entry point ends in (err, err_tag): the error word's address and the caller's
+  // tag (checks.h); then CPU ones take num_threads, CUDA ones (device, stream).
   bind_kernel(m, "masked_mse_cpu", &deeprec::masked_mse_cpu,
               "Fused masked MSE over CSR rows on the CPU (loss and/or gradient).");
   bind_kernel(m, "spmm_rows_cpu", &deeprec::spmm_rows_cpu,

@@ -15,6 +15,7 @@ enum Status : int {
   kBadDtype = 1,
   kBadIndexDtype = 2,
   kCudaError = 3,
+  kBadIndex = 4,  // a kernel refused an index; the error word says which (checks.h)
 };
 
 // Scalar dtype tags; Python reads them from deeprec._C.DTYPE_CODES.

@@ -2,7 +2,7 @@
 //
 // O is a dense row-major (B x N) prediction matrix; the targets are CSR rows
 // (crow: int64[B+1], col: int32|int64[nnz], val: scalar[nnz]) with columns
-// strictly increasing inside each row (validated in Python). One pass computes
+// strictly increasing inside each row. One pass computes
 //   loss = sum_k (O[i, col[k]] - val[k])^2 / nnz          (if loss != nullptr)
 //   G    = scale * 2 (O - R) / nnz at stored entries, 0 elsewhere
 //                                                         (if grad != nullptr)
@@ -10,6 +10,8 @@
 // the CPU; on CUDA in double for float64 and in float for float32, float16 and
 // bfloat16 (reduce.cuh, Acc<T>). Either way it is reduced in a fixed order, so it
 // is deterministic (and, on the CPU, independent of the thread count).
+// crow and col are checked as they are read (checks.h): a refused entry or row is
+// skipped and reported through (err, err_tag).
 #pragma once
 
 #include <cstdint>
@@ -17,22 +19,25 @@
 namespace deeprec {
 
 // CPU: float32 / float64. `grad_scale` points to one scalar of `dtype` multiplying G
-// (the incoming gradient of the loss), or is nullptr for 1. Returns a Status.
+// (the incoming gradient of the loss), or is nullptr for 1. Returns a Status (kBadIndex
+// when the error word `err` records a refused index).
 int masked_mse_cpu(const void* out, const int64_t* crow, const void* col, const void* val,
                    int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype,
-                   void* loss, void* grad, const void* grad_scale, int num_threads);
+                   void* loss, void* grad, const void* grad_scale, int64_t* err,
+                   int64_t err_tag, int num_threads);
 
 // CUDA: float32 / float64 / float16 / bfloat16, one launch on `stream` of
 // device `device`. `grad_scale` is a device pointer to one scalar of `dtype`
 // (or nullptr for 1). `partials` is a device workspace of at least
 // kMaskedMseMaxBlocks doubles and `counter` a device uint32 that is zero on
-// entry (the kernel leaves it zero). Returns a Status; on kCudaError the
-// cudaError_t is recorded for this thread (cuda_info.h, take_cuda_error).
+// entry (the kernel leaves it zero); `err` is the device error word. Returns a
+// Status; on kCudaError the cudaError_t is recorded for this thread (cuda_info.h,
+// take_cuda_error).
 constexpr int64_t kMaskedMseMaxBlocks = 2048;
 int masked_mse_cuda(const void* out, const int64_t* crow, const void* col, const void* val,
                     int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
                     void* grad, const void* grad_scale, void* partials, void* counter,
-                    int device, void* stream);
+                    int64_t* err, int64_t err_tag, int device, void* stream);
 
 // Whether this build holds code that runs on CUDA device `device` (checks the
 // masked-MSE kernel's image); kCudaError, the error recorded, otherwise.

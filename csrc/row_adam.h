@@ -6,7 +6,9 @@
 //   p -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps),  step_size = lr / (1 - b1^t)
 // exact: every row is updated (untouched rows with g = 0), equal to dense Adam with
 // the dense zero-filled gradient, which is never materialized. lazy: only the
-// touched rows are updated (SparseAdam semantics).
+// touched rows are updated (SparseAdam semantics). The row ids are checked (checks.h:
+// inside [0, N), strictly increasing); on the CPU a refused id leaves the parameter
+// untouched, on CUDA its row is skipped; either way it is reported through (err, err_tag).
 #pragma once
 
 #include <cstdint>
@@ -15,11 +17,12 @@ namespace deeprec {
 
 int row_adam_cpu(void* p, void* m, void* v, const void* g, const int64_t* ucol, int64_t U,
                  int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
-                 double b2, double eps, double wd, bool lazy, int dtype, int num_threads);
+                 double b2, double eps, double wd, bool lazy, int dtype, int64_t* err,
+                 int64_t err_tag, int num_threads);
 
 int row_adam_cuda(void* p, void* m, void* v, const void* g, const int64_t* ucol, int64_t U,
                   int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
-                  double b2, double eps, double wd, bool lazy, int dtype, int device,
-                  void* stream);
+                  double b2, double eps, double wd, bool lazy, int dtype, int64_t* err,
+                  int64_t err_tag, int device, void* stream);
 
 }  // namespace deeprec

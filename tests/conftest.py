@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,6 +64,17 @@ def random_csr(
         cols.to(index_dtype).to(device),
         val.to(dtype).to(device),
     )
+
+
+def reference_column_index(crow, col) -> tuple[torch.Tensor, ...]:
+    """(perm, ucol, uptr, rows) of a canonical CSR batch from the definition, in numpy: what
+    deeprec.csr.column_index must build (entries grouped by column, rows ascending)."""
+    crow, col = crow.cpu().numpy(), col.cpu().numpy().astype(np.int64)
+    rows = np.repeat(np.arange(crow.size - 1), np.diff(crow))
+    perm = np.lexsort((rows, col))  # by column, then row: CSR order inside each column
+    ucol, counts = np.unique(col, return_counts=True)
+    uptr = np.concatenate([[0], np.cumsum(counts)])
+    return tuple(torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in (perm, ucol, uptr, rows))
 
 
 def pytest_sessionstart(session):

@@ -6,9 +6,12 @@ registered ops (torch.ops.deeprec.masked_mse, masked_mse_backward, sparse_linear
 sparse_output_mse, spmm_rows, col_accumulate), the public wrappers forward and
 backward, and row_adam_step. One argument at a time is mutated (CSR parts, int32
 offsets, weight, bias, h, output, every ColumnIndex component, gradient scales,
-optimizer state). The unmutated call must succeed and equal the pure-PyTorch
-reference; a mutated call must raise ValueError/TypeError or equal the reference.
-Prints FUZZ-OK at the end.
+optimizer state), at one of three times: before the call; in place between two calls
+(the first unmutated); or in place between forward and backward. In-place edits are
+written through NumPy, which torch's version counter does not see. The unmutated call
+must succeed and equal the pure-PyTorch reference; a mutated call must raise
+ValueError/TypeError or equal the reference for the data it used (forward: the data as it
+was; backward: as it is). Prints FUZZ-OK at the end.
 """
 
 from __future__ import annotations
@@ -357,28 +360,33 @@ def adam_grad(c):
     )
 
 
-def call(c):
-    """The native result for the (possibly mutated) case, as a list of tensors."""
+def call(c, between=lambda: None):
+    """The native result for the (possibly mutated) case, as a list of tensors.
+
+    between(): runs after the forward pass and before the backward pass (for ops without
+    a backward, before the call)."""
     op = c["op"]
     crow, col, val = c["crow"], c["col"], c["val"]
     if op == "mse":
         out = c["output"].clone().requires_grad_()
         loss = ops.masked_mse(out, crow, col, val)
+        between()
         grad = ops.masked_mse_backward(c["scale"], out.detach(), crow, col, val)
         return [loss, grad]
     if op == "mse_wrapper":
         out = c["output"].clone().requires_grad_()
         loss = masked_mse(out, (crow, col, val), impl="fused")
+        between()
         return [loss.detach(), *torch.autograd.grad((loss * c["scale"]).sum(), out)]
-    if op == "mse_backward":
-        return [ops.masked_mse_backward(c["scale"], c["output"], crow, col, val)]
     if op == "linear":
         W, b = c["W"].clone().requires_grad_(), c["b"].clone().requires_grad_()
         y = ops.sparse_linear(crow, col, val, *c["index"], W, b, False)
+        between()
         return [y.detach(), *torch.autograd.grad((y * c["up"][: y.shape[0]]).sum(), (W, b))]
     if op == "linear_wrapper":
         W, b = c["W"].clone().requires_grad_(), c["b"].clone().requires_grad_()
         y = sparse_linear((crow, col, val), W, b, index=c["index"], impl="fused")
+        between()
         return [y.detach(), *torch.autograd.grad((y * c["up"][: y.shape[0]]).sum(), (W, b))]
     if op in ("output", "output_wrapper"):
         h, W, b = (c[k].clone().requires_grad_() for k in ("h", "W", "b"))
@@ -386,11 +394,15 @@ def call(c):
             loss = ops.sparse_output_mse(h, W, b, crow, col, val, *c["index"], False)[0]
         else:
             loss = sparse_output_mse(h, W, b, (crow, col, val), index=c["index"], impl="fused")
+        between()
         return [loss.detach(), *torch.autograd.grad((loss * c["scale"]).sum(), (h, W, b))]
+    between()
+    if op == "mse_backward":
+        return [ops.masked_mse_backward(c["scale"], c["output"], crow, col, val)]
     if op == "spmm_rows":
         return [ops.spmm_rows(crow, col, val, c["W"], c["scale"])]
     if op == "col_accumulate":
-        args = (*c["index"], c["coef"], c["A"], c["n_cols"], True, c["scale"])
+        args = (*c["index"], crow, col, c["coef"], c["A"], c["n_cols"], True, c["scale"])
         return [*ops.col_accumulate(*args, False), *ops.col_accumulate(*args, True)]
     if op == "row_adam":
         state = [c[k].clone() if k == "p" else c[k] for k in ("p", "m", "v")]
@@ -414,6 +426,62 @@ def close(got, want) -> bool:
     )
 
 
+def in_place_plan(c, mutated):
+    """The mutation as invisible in-place writes into c's own tensors: a function that
+    makes them (through NumPy, unseen by the version counter), or None when the mutation
+    changes a shape, dtype or layout and so cannot be made in place."""
+    writes = []
+    for key, new in mutated.items():
+        old = c.get(key)
+        if key == "index" and new is not old and old is not None:
+            pairs = list(zip(old, new, strict=True))
+        elif isinstance(new, torch.Tensor) and new is not old:
+            pairs = [(old, new)]
+        else:
+            continue
+        for o, n in pairs:
+            if o is n:
+                continue
+            if not (isinstance(o, torch.Tensor) and isinstance(n, torch.Tensor)):
+                return None
+            if o.shape != n.shape or o.dtype != n.dtype or not o.is_contiguous():
+                return None
+            writes.append((o, n.contiguous().clone()))
+    if not writes:
+        return None
+
+    def apply():
+        for o, n in writes:
+            o.numpy()[...] = n.numpy()
+
+    return apply
+
+
+def attempt(fn):
+    """The native call's result, or None when it refused with a Python error."""
+    try:
+        return fn()
+    except REFUSED:
+        return None
+
+
+def expected(fn):
+    """The reference's answer, or None when it cannot make sense of the data either."""
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+def judge(op, kind, got, want):
+    if got is None:
+        OUTCOMES["refused"] += 1
+        return  # refused with a Python error: the contract
+    assert want is not None, f"{op}/{kind}: accepted input the reference cannot evaluate"
+    assert close(got, want), f"{op}/{kind}: accepted, but native != reference"
+    OUTCOMES["accepted"] += 1
+
+
 @settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     op=st.sampled_from(OPS),
@@ -423,36 +491,53 @@ def close(got, want) -> bool:
     density=st.floats(0, 1),
     seed=st.integers(0, 2**20),
     kind=st.sampled_from(sorted(MUTATIONS)),
+    when=st.sampled_from(["before", "between calls", "between forward and backward"]),
     lazy=st.booleans(),
     data=st.data(),
 )
-def fuzz(op, B, N, H, density, seed, kind, lazy, data):
+def fuzz(op, B, N, H, density, seed, kind, when, lazy, data):
     c = make_case(op, B, N, H, density, seed)
     c["lazy"] = lazy
     draw = lambda lo, hi: data.draw(st.integers(lo, hi))  # noqa: E731
+    mutated = dict(c)
     changed = False
     if kind != "none":
         try:  # False: does not apply to this case; KeyError: names an argument op lacks
-            changed = MUTATIONS[kind](c, draw) is not False
+            changed = MUTATIONS[kind](mutated, draw) is not False
         except KeyError:
             changed = False
-    try:
-        want = reference(c)
-    except Exception:  # the reference cannot make sense of it either
-        want = None
+    plan = in_place_plan(c, mutated) if changed and when != "before" else None
+    if changed and when != "before" and plan is None:
+        changed = False  # not an edit that can be made in place: run the valid case
     if not changed:
+        want = reference(c)
         got = call(c)  # a valid call must succeed
-        assert want is not None and close(got, want), f"{op}/valid: native != reference"
+        assert close(got, want), f"{op}/valid: native != reference"
         OUTCOMES["valid"] += 1
         return
-    try:
-        got = call(c)
-    except REFUSED:
-        OUTCOMES["refused"] += 1
-        return  # refused with a Python error: the contract
-    assert want is not None, f"{op}/{kind}: accepted input the reference cannot evaluate"
-    assert close(got, want), f"{op}/{kind}: accepted, but native != reference"
-    OUTCOMES["accepted"] += 1
+    if when == "before":
+        judge(op, kind, attempt(lambda: call(mutated)), expected(lambda: reference(mutated)))
+        return
+    before = reference(c)
+    if when == "between calls":
+        assert close(call(c), before), f"{op}/valid: native != reference"
+        plan()
+        judge(op, kind, attempt(lambda: call(c)), expected(lambda: reference(c)))
+        return
+    # Between forward and backward: forward saw the data as it was. Backward saw it as it
+    # is where it reads it again, or as it was where it kept what forward computed from it
+    # (sparse_output_mse keeps its residuals, not the ratings).
+    got = attempt(lambda: call(c, between=plan))
+    after = expected(lambda: reference(c))
+    has_backward = op in ("mse", "mse_wrapper", "linear", "linear_wrapper", "output",
+                          "output_wrapper")  # fmt: skip
+    if not has_backward:
+        judge(op, kind, got, after)
+    elif got is not None and close(got, before):
+        OUTCOMES["accepted"] += 1
+    else:
+        want = None if after is None else [before[0], *after[1:]]
+        judge(op, f"{kind} between forward and backward", got, want)
 
 
 if __name__ == "__main__":

@@ -111,22 +111,29 @@ def test_a_column_index_must_be_exactly_this_batchs(which):
     b = torch.randn(4, dtype=torch.float64)
     h = torch.randn(6, 4, dtype=torch.float64)
     bo = torch.randn(20, dtype=torch.float64)
+    # Forward reads no index; the weight gradients do, and refuse one that is not exactly
+    # this batch's (wrong metadata is refused at once).
+    Wg, bog = W.clone().requires_grad_(), bo.clone().requires_grad_()
     with pytest.raises(BAD, match="index"):
-        sparse_linear((crow, col, val), W, b, index=bad, impl="fused")
+        sparse_linear((crow, col, val), Wg, b, index=bad, impl="fused").sum().backward()
     with pytest.raises(BAD, match="index"):
-        ops.sparse_output_mse(h, W, bo, crow, col, val, *bad, False)
+        loss, _ = ops.sparse_output_mse(h, Wg, bog, crow, col, val, *bad, False)
+        loss.backward()
     # and the real index passes
     sparse_output_mse(h, W, bo, (crow, col, val), index=column_index(crow, col), impl="fused")
 
 
-def test_index_is_built_only_after_the_batch_validates():
+def test_an_index_of_a_damaged_crow_is_built_safely_and_refused():
     col = torch.tensor([0, 1], dtype=torch.int64)
     crow = torch.tensor([0, 10**15], dtype=torch.int64)
-    W = torch.randn(4, 3, dtype=torch.float64)
+    W = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    x = (crow, col, torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"crow\[1\] = 1000000000000000"):
+        sparse_linear(x, W, None, impl="fused")
+    index = column_index(crow, col)  # reads no value: nothing to fault on
+    assert index.rows.tolist() == [0, 0]
     with pytest.raises(ValueError, match="crow"):
-        sparse_linear((crow, col, torch.ones(2, dtype=torch.float64)), W, None, impl="fused")
-    with pytest.raises(ValueError, match="crow"):
-        column_index(crow, col)
+        sparse_linear(x, W, None, index=index, impl="fused")
 
 
 # ------------------------------------------------------------------ row Adam

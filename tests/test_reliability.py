@@ -6,14 +6,12 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from datasets import write_movielens_csv
 
 from deeprec import checkpoint, csr
 from deeprec import training as train_mod
-from deeprec.csr import column_index_numpy
 from deeprec.evaluate import cli_main as evaluate_main
 from deeprec.train import cli_main as train_main
 
@@ -160,6 +158,6 @@ def test_sixty_four_bit_columns_and_offsets_validate_without_huge_tensors():
     csr.check_values(parts, big)  # valid: every id < 2**40
     with pytest.raises(ValueError, match="outside"):
         csr.check_values(parts, 2**35)  # 2**35 and 2**39 are out of range
-    _, ucol, uptr, rows = column_index_numpy(crow.numpy(), col.numpy())
-    assert ucol.dtype == np.int64 and ucol.tolist() == sorted(col.tolist())
+    _, ucol, uptr, rows = csr.column_index(crow, col)
+    assert ucol.dtype == torch.int64 and ucol.tolist() == sorted(col.tolist())
     assert rows.tolist() == [0, 0, 1] and uptr.tolist() == [0, 1, 2, 3]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -228,7 +230,10 @@ def test_sparse_ops_reject_bad_input(case, message):
             idx = column_index(crow, col)
             perm = idx.perm.clone()
             perm[0] = 10**6
-            sparse_linear((crow, col, val), W, b, index=idx._replace(perm=perm), impl="fused")
+            # forward does not read the index; the weight's gradient does, and refuses it
+            Wg = W.clone().requires_grad_()
+            y = sparse_linear((crow, col, val), Wg, b, index=idx._replace(perm=perm), impl="fused")
+            y.sum().backward()
         elif case == "weight dtype":
             sparse_linear((crow, col, val), W.float(), b.float(), impl="fused")
         else:
@@ -352,9 +357,10 @@ def test_fused_and_reference_training_stay_together_in_float64():
             shuffle = torch.Generator().manual_seed(0)
             losses = []
             for _ in range(6):
-                batches = list(matrix.batches(32, generator=shuffle))
-                for b in batches:
-                    b.val = b.val.double()
+                batches = [
+                    dataclasses.replace(b, val=b.val.double())
+                    for b in matrix.batches(32, generator=shuffle)
+                ]
                 losses.append(run_epoch(model, opt, batches, path))
             runs[fused] = losses
     for epoch, (a, b) in enumerate(zip(runs[False], runs[True], strict=True), 1):

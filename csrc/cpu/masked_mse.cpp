@@ -3,11 +3,14 @@
 // Rows are split across std::threads. Each gradient row is zeroed with one
 // memset while it is hot in cache, then the stored entries are scattered.
 // The loss is summed per row in double and the row sums are added in row
-// order, which makes the result independent of the thread count.
+// order, which makes the result independent of the thread count. Each row's
+// offsets and each column are checked before use (checks.h); a refused row or
+// entry contributes nothing and is reported.
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "../checks.h"
 #include "../common.h"
 #include "../masked_mse.h"
 
@@ -16,16 +19,22 @@ namespace {
 
 template <typename scalar_t, typename index_t>
 void masked_mse_rows(const scalar_t* __restrict out, const int64_t* __restrict crow,
-                     const index_t* __restrict col, const scalar_t* __restrict val, int64_t N,
-                     scalar_t* __restrict grad, double coef, double* __restrict row_sums,
-                     int64_t begin, int64_t end) {
+                     const index_t* __restrict col, const scalar_t* __restrict val, int64_t B,
+                     int64_t N, int64_t nnz, scalar_t* __restrict grad, double coef,
+                     double* __restrict row_sums, ErrorSink err, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; ++i) {
     const scalar_t* o = out + i * N;
-    const int64_t k0 = crow[i], k1 = crow[i + 1];
+    int64_t k0 = 0, k1 = 0;  // a refused row has no entries
+    row_entries(crow, i, B, nnz, err, &k0, &k1);
     double sum = 0.0;
+    int64_t before = -1;  // the row's previous column
     if (grad == nullptr) {
       for (int64_t k = k0; k < k1; ++k) {
-        const double d = static_cast<double>(o[col[k]]) - static_cast<double>(val[k]);
+        const int64_t raw = static_cast<int64_t>(col[k]);
+        const int64_t j = checked_column(raw, before, k, N, err);
+        before = raw;
+        if (j < 0) continue;
+        const double d = static_cast<double>(o[j]) - static_cast<double>(val[k]);
         sum += d * d;
       }
     } else {
@@ -35,7 +44,10 @@ void masked_mse_rows(const scalar_t* __restrict out, const int64_t* __restrict c
       scalar_t* g = grad + i * N;
       std::memset(g, 0, static_cast<size_t>(N) * sizeof(scalar_t));
       for (int64_t k = k0; k < k1; ++k) {
-        const int64_t j = static_cast<int64_t>(col[k]);
+        const int64_t raw = static_cast<int64_t>(col[k]);
+        const int64_t j = checked_column(raw, before, k, N, err);
+        before = raw;
+        if (j < 0) continue;
         const double d = static_cast<double>(o[j]) - static_cast<double>(val[k]);
         sum += d * d;
         g[j] = static_cast<scalar_t>(coef * d);
@@ -48,7 +60,7 @@ void masked_mse_rows(const scalar_t* __restrict out, const int64_t* __restrict c
 template <typename scalar_t, typename index_t>
 void masked_mse_impl(const void* out, const int64_t* crow, const void* col, const void* val,
                      int64_t B, int64_t N, int64_t nnz, void* loss, void* grad, double grad_scale,
-                     int num_threads) {
+                     ErrorSink err, int num_threads) {
   std::vector<double> row_sums(static_cast<size_t>(B), 0.0);
   const double coef = nnz > 0 ? 2.0 * grad_scale / static_cast<double>(nnz) : 0.0;
   // A thread is worth waking for ~32K gradient writes or ~4K gathers (workers poll
@@ -58,8 +70,8 @@ void masked_mse_impl(const void* out, const int64_t* crow, const void* col, cons
   parallel_for(B, num_threads, grain, [&](int64_t b, int64_t e) {
     masked_mse_rows<scalar_t, index_t>(
         static_cast<const scalar_t*>(out), crow, static_cast<const index_t*>(col),
-        static_cast<const scalar_t*>(val), N, static_cast<scalar_t*>(grad), coef,
-        row_sums.data(), b, e);
+        static_cast<const scalar_t*>(val), B, N, nnz, static_cast<scalar_t*>(grad), coef,
+        row_sums.data(), err, b, e);
   });
   if (loss != nullptr) {
     double total = 0.0;
@@ -73,12 +85,15 @@ void masked_mse_impl(const void* out, const int64_t* crow, const void* col, cons
 
 int masked_mse_cpu(const void* out, const int64_t* crow, const void* col, const void* val,
                    int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
-                   void* grad, const void* grad_scale, int num_threads) {
+                   void* grad, const void* grad_scale, int64_t* err, int64_t err_tag,
+                   int num_threads) {
+  const ErrorSink sink{err, err_tag};
   return dispatch(CpuFloats{}, dtype, index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     masked_mse_impl<T, typename decltype(i)::type>(out, crow, col, val, B, N, nnz, loss, grad,
-                                                   scalar_or_one<T>(grad_scale), num_threads);
-    return kOk;
+                                                   scalar_or_one<T>(grad_scale), sink,
+                                                   num_threads);
+    return failed(sink) ? kBadIndex : kOk;
   });
 }
 

@@ -1,8 +1,10 @@
 // CPU row-sparse Adam (see row_adam.h). Threads own disjoint row ranges; the
-// per-row update is compiled for AVX-512 / AVX2 / x86-64 (DEEPREC_SIMD_FN).
+// per-row update is compiled for AVX-512 / AVX2 / x86-64 (DEEPREC_SIMD_FN). The row ids
+// are checked in one pass first; if one is refused, nothing is updated.
 #include <algorithm>
 #include <cmath>
 
+#include "../checks.h"
 #include "../common.h"
 #include "../row_adam.h"
 
@@ -56,7 +58,12 @@ void row_adam(T* p, T* m, T* v, const T* g, const int64_t* ucol, int64_t U, int6
 
 int row_adam_cpu(void* p, void* m, void* v, const void* g, const int64_t* ucol, int64_t U,
                  int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
-                 double b2, double eps, double wd, bool lazy, int dtype, int num_threads) {
+                 double b2, double eps, double wd, bool lazy, int dtype, int64_t* err,
+                 int64_t err_tag, int num_threads) {
+  const ErrorSink sink{err, err_tag};
+  for (int64_t u = 0; u < U; ++u) {
+    if (grad_row(ucol, u, N, sink) < 0) return kBadIndex;
+  }
   return dispatch_dtype(CpuFloats{}, dtype, [&](auto t) {
     using T = typename decltype(t)::type;
     const AdamCoef<T> c{static_cast<T>(step_size), static_cast<T>(inv_sqrt_bc2),

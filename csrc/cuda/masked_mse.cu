@@ -6,9 +6,12 @@
 // is reduced without float atomics: a fixed-order tree inside each block, one
 // partial per block, and the last block to finish (found with an integer
 // atomic counter) adds the partials in block order. The grid size depends only
-// on B, so the result is bitwise reproducible run to run.
+// on B, so the result is bitwise reproducible run to run. Each row's offsets and
+// each entry's column are checked before use (checks.h); a refused row or entry
+// is skipped and recorded in the device error word, never a device-side assert.
 #include <algorithm>
 
+#include "../checks.h"
 #include "../common.h"
 #include "../masked_mse.h"
 #include "common.cuh"
@@ -32,7 +35,7 @@ masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
                   const I* __restrict__ col, const T* __restrict__ val, int64_t B, int64_t N,
                   int64_t nnz, T* __restrict__ loss, T* __restrict__ grad,
                   const T* __restrict__ grad_scale, typename Acc<T>::type* __restrict__ partials,
-                  unsigned int* __restrict__ counter) {
+                  unsigned int* __restrict__ counter, ErrorSink err) {
   using A = typename Acc<T>::type;
   __shared__ A smem[kThreads];
   const A inv_nnz = nnz > 0 ? A(1) / static_cast<A>(nnz) : A(0);
@@ -44,20 +47,24 @@ masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
   A acc = A(0);
   for (int64_t row = blockIdx.x; row < B; row += gridDim.x) {
     const T* o = out + row * N;
-    const int64_t k0 = crow[row], k1 = crow[row + 1];
+    int64_t k0 = 0, k1 = 0;  // a refused row has no entries
+    row_entries(crow, row, B, nnz, err, &k0, &k1);
     if (grad != nullptr) {
       T* g = grad + row * N;
       for (int64_t j = threadIdx.x; j < N; j += kThreads) g[j] = zero<T>();
       __syncthreads();  // zero-fill of this row before its scatter
       for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) {
-        const int64_t j = static_cast<int64_t>(col[k]);
+        const int64_t j = entry_column(col, k, k0, N, err);
+        if (j < 0) continue;
         const A d = to_acc<T, A>(o[j]) - to_acc<T, A>(val[k]);
         acc += d * d;
         g[j] = from_acc<T, A>(coef * d);
       }
     } else {
       for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) {
-        const A d = to_acc<T, A>(o[col[k]]) - to_acc<T, A>(val[k]);
+        const int64_t j = entry_column(col, k, k0, N, err);
+        if (j < 0) continue;
+        const A d = to_acc<T, A>(o[j]) - to_acc<T, A>(val[k]);
         acc += d * d;
       }
     }
@@ -74,13 +81,13 @@ masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
 template <typename T, typename I>
 int launch(const void* out, const int64_t* crow, const void* col, const void* val, int64_t B,
            int64_t N, int64_t nnz, void* loss, void* grad, const void* grad_scale, void* partials,
-           void* counter, cudaStream_t stream) {
+           void* counter, ErrorSink err, cudaStream_t stream) {
   using A = typename Acc<T>::type;
   const unsigned int blocks = static_cast<unsigned int>(std::min<int64_t>(B, kMaskedMseMaxBlocks));
   masked_mse_kernel<T, I><<<blocks, kThreads, 0, stream>>>(
       static_cast<const T*>(out), crow, static_cast<const I*>(col), static_cast<const T*>(val), B,
       N, nnz, static_cast<T*>(loss), static_cast<T*>(grad), static_cast<const T*>(grad_scale),
-      static_cast<A*>(partials), static_cast<unsigned int*>(counter));
+      static_cast<A*>(partials), static_cast<unsigned int*>(counter), err);
   return cuda::check_launch();
 }
 
@@ -88,8 +95,8 @@ int launch(const void* out, const int64_t* crow, const void* col, const void* va
 
 int masked_mse_cuda(const void* out, const int64_t* crow, const void* col, const void* val,
                     int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
-                    void* grad, const void* grad_scale, void* partials, void* counter, int device,
-                    void* stream) {
+                    void* grad, const void* grad_scale, void* partials, void* counter,
+                    int64_t* err, int64_t err_tag, int device, void* stream) {
   cuda::DeviceGuard guard;
   if (const int st = cuda::fail(guard.set(device))) return st;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -100,7 +107,8 @@ int masked_mse_cuda(const void* out, const int64_t* crow, const void* col, const
   }
   return dispatch(CudaFloats{}, dtype, index_dtype, [&](auto t, auto i) {
     return launch<typename decltype(t)::type, typename decltype(i)::type>(
-        out, crow, col, val, B, N, nnz, loss, grad, grad_scale, partials, counter, s);
+        out, crow, col, val, B, N, nnz, loss, grad, grad_scale, partials, counter,
+        ErrorSink{err, err_tag}, s);
   });
 }
 

@@ -150,6 +150,13 @@ class Config:
         "optimization",
         range=(0, None, True, False),
     )
+    loss_every: int = _option(
+        0,
+        "read the training loss back from the device every N steps (and at each epoch's "
+        "end); 0: about once a second. Between reads a GPU step never waits for the host",
+        "optimization",
+        range=(0, None, True, False),
+    )
     seed: int = _option(
         0,
         "random seed (init, shuffling, dropout)",

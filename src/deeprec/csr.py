@@ -1,16 +1,16 @@
-"""CSR batches and their column index: unpacking, and the checks every native op runs.
+"""CSR batches and their column index: the batch type, unpacking, and the metadata checks.
 
-Native kernels trust the addresses and sizes they are given, so everything they read
-is checked here first: structure (tensor kind, rank, dtype, device, contiguity,
-lengths) without touching values, then the values (offsets, column bounds,
-canonical order, and a column index's consistency with its batch) on the host.
-Each registered op runs these checks itself, so a raw ``torch.ops.deeprec.*`` call
-is as safe as the public wrappers.
+The native kernels check every index value they read (csrc/checks.h), so the ops check
+only metadata here: tensor kind, rank, dtype, device, contiguity and lengths, never
+values, which on a GPU would cost a host sync per check. Values are checked on the host
+only where data enters (``Batch.from_csr``, the file readers) and on the pure-PyTorch
+reference path, the fallback whose indexing must not fault (``check_values``).
 """
 
 from __future__ import annotations
 
-import weakref
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -33,7 +33,8 @@ class ColumnIndex(NamedTuple):
     perm: entry ids sorted by (column, row); ucol: the distinct columns, ascending;
     uptr: offsets of each distinct column's entries in perm; rows: each entry's row.
     All int64, contiguous, on the batch's device. Exactly one index describes a
-    batch: the one ``column_index`` builds.
+    batch: the one ``column_index`` builds; the kernels that read an index check it
+    against its batch (a stale or foreign index is refused, never trusted).
     """
 
     perm: torch.Tensor
@@ -44,13 +45,18 @@ class ColumnIndex(NamedTuple):
 
 # ------------------------------------------------------------------ unpacking
 def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRParts:
-    """Split a torch sparse CSR tensor or a (crow, col, val) triple into checked parts.
+    """Split a Batch, a torch sparse CSR tensor or a (crow, col, val) triple into parts
+    whose metadata is checked (values are the kernels' to check).
 
     ``shape`` is the dense (B, N) shape the batch must have. crow is converted to
     int64 and every part made contiguous (copies only where needed). Raises
     TypeError or ValueError naming ``name`` and what is wrong.
     """
-    if isinstance(target, torch.Tensor):
+    if isinstance(target, Batch):
+        if target.n_cols != shape[1]:
+            raise ValueError(f"{name} has {target.n_cols} columns but output has {shape[1]}")
+        crow, col, val = target.csr
+    elif isinstance(target, torch.Tensor):
         if target.layout != torch.sparse_csr:
             raise TypeError(
                 f"{name} must be a torch sparse CSR tensor or a (crow, col, val) triple, "
@@ -65,7 +71,7 @@ def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRP
         crow, col, val = target
     else:
         raise TypeError(
-            f"{name} must be a torch sparse CSR tensor or a (crow, col, val) triple, "
+            f"{name} must be a Batch, a torch sparse CSR tensor or a (crow, col, val) triple, "
             f"got {type(target).__name__}"
         )
     check_structure(crow, col, val, shape[0], name, need_contiguous=False)
@@ -139,6 +145,8 @@ def check_structure(
         )
     if col.numel() != val.numel():
         raise ValueError(f"{name}: col has {col.numel()} entries but val has {val.numel()}")
+    if n_rows == 0 and col.numel() != 0:
+        raise ValueError(f"{name}: a batch of 0 rows stores no entries, got {col.numel()}")
     if not (crow.device == col.device == val.device):
         raise ValueError(
             f"{name}: crow, col and val are on different devices "
@@ -168,52 +176,11 @@ def check_index_structure(index: ColumnIndex, nnz: int, device: torch.device) ->
         )
 
 
-# ------------------------------------------------------------------ value checks
-# Our own batches (RatingMatrix / ResidentMatrix build them, check them once and pass
-# remember=True), keyed by their crow tensor: col (weakly), both tensors' version counters
-# and addresses, and the width. An in-place change through torch bumps a version counter,
-# and a new batch is a new key, so the ops validate each of our batches once instead of at
-# every call (#14). Tensors from anyone else are checked at every call, as before.
-# (Tensors compare element-wise, so the key is id(crow), held with weak references that
-# drop the entry when crow dies, before its id can be reused.)
-_checked: dict[int, tuple] = {}
-
-
-def _stamp(parts: CSRParts, n_cols: int) -> tuple:
-    c, k = parts.crow, parts.col
-    return (c._version, k._version, c.data_ptr(), k.data_ptr(), k.numel(), n_cols)
-
-
-def _known(parts: CSRParts, n_cols: int) -> bool:
-    entry = _checked.get(id(parts.crow))
-    return (
-        entry is not None
-        and entry[0]() is parts.crow
-        and entry[1]() is parts.col
-        and entry[2] == _stamp(parts, n_cols)
-    )
-
-
-def _remember(parts: CSRParts, n_cols: int) -> None:
-    key = id(parts.crow)
-    crow_ref = weakref.ref(parts.crow, lambda _, key=key: _checked.pop(key, None))
-    _checked[key] = (crow_ref, weakref.ref(parts.col), _stamp(parts, n_cols))
-
-
-def check_values(
-    parts: CSRParts, n_cols: int, name: str = "target", *, remember: bool = False
-) -> None:
-    """Check offsets, column bounds and canonical order (strictly increasing columns per row).
-
-    remember: the caller built this batch and keeps it unchanged (deeprec's batches); once
-    checked, later checks of the same unmodified tensors for the same width return at once.
-
-    Runs on numpy views of the index arrays: a dozen small numpy calls cost ~20 us
-    where the same torch ops cost ~75 us on the CPU. CUDA indices are copied to the
-    host first (one sync, as any check of device values needs).
-    """
-    if _known(parts, n_cols):
-        return
+# ------------------------------------------------------------------ value checks (host)
+def check_values(parts: CSRParts, n_cols: int, name: str = "target") -> None:
+    """Check offsets, column bounds and canonical order (strictly increasing columns per row)
+    on host copies: where data enters, and on the reference path (the native kernels check
+    these themselves as they read them). A copy of device indices is a host sync."""
     crow = parts.crow.detach().cpu().numpy()
     col = parts.col.detach().cpu().numpy()
     nnz = col.size
@@ -228,8 +195,6 @@ def check_values(
             bad = not ok.all()
     if bad:
         raise ValueError(_describe(crow, col, n_cols, name))
-    if remember:
-        _remember(parts, n_cols)
 
 
 def _describe(crow: np.ndarray, col: np.ndarray, n_cols: int, name: str) -> str:
@@ -262,140 +227,103 @@ def _describe(crow: np.ndarray, col: np.ndarray, n_cols: int, name: str) -> str:
     return f"{name}: malformed CSR batch"
 
 
-def check_grouping(perm, ucol, uptr, rows, n_rows: int, n_cols: int) -> None:
-    """Internal consistency of a column index, on host arrays; raises ValueError.
-
-    perm is a permutation of the entries, ucol strictly increasing inside [0, n_cols),
-    every distinct column has at least one entry (uptr strictly increasing from 0 to
-    nnz), and rows lie in [0, n_rows).
-    What kernels rely on: every address stays inside its array, and no two column
-    groups (CUDA blocks, CPU threads) write the same output row.
-    """
-    perm, ucol, uptr, rows = (np.asarray(a) for a in (perm, ucol, uptr, rows))
-    nnz = perm.size
-    if uptr[0] != 0 or uptr[-1] != nnz or bool((uptr[1:] <= uptr[:-1]).any()):
-        raise ValueError(
-            "index: uptr must rise strictly from 0 to nnz (every distinct column has entries)"
-        )
-    if ucol.size and (ucol[0] < 0 or ucol[-1] >= n_cols or bool((ucol[1:] <= ucol[:-1]).any())):
-        raise ValueError(f"index: ucol must be strictly increasing inside [0, {n_cols})")
-    if nnz == 0:
-        return
-    if perm.min() < 0 or perm.max() >= nnz:
-        raise ValueError(f"index: perm holds ids outside [0, {nnz})")
-    seen = np.zeros(nnz, dtype=bool)
-    seen[perm] = True
-    if not seen.all():
-        raise ValueError("index: perm repeats an entry (it must be a permutation of the entries)")
-    if rows.min() < 0 or rows.max() >= n_rows:
-        raise ValueError(f"index: rows holds rows outside [0, {n_rows})")
-
-
-def _index_stamp(index: ColumnIndex, parts: CSRParts, n_cols: int) -> tuple:
-    return (*(t._version for t in index), *(t.data_ptr() for t in index), _stamp(parts, n_cols))
-
-
-def _index_known(index: ColumnIndex, parts: CSRParts, n_cols: int) -> bool:
-    entry = _checked.get(id(index[0]))
-    return (
-        entry is not None
-        and all(r() is t for r, t in zip(entry[0], (*index, parts.crow, parts.col), strict=True))
-        and entry[1] == _index_stamp(index, parts, n_cols)
-    )
-
-
-def remember_index(index: ColumnIndex, parts: CSRParts, n_cols: int) -> None:
-    """Check our batch's column index once (check_index) and let later checks of the same
-    unmodified tensors return at once, as check_values(remember=True) does for the batch."""
-    check_index(index, parts, n_cols)
-    key = id(index[0])
-    refs = tuple(weakref.ref(t) for t in (*index, parts.crow, parts.col))
-    weakref.finalize(index[0], _checked.pop, key, None)
-    _checked[key] = (refs, _index_stamp(index, parts, n_cols))
-
-
-def check_index(index: ColumnIndex, parts: CSRParts, n_cols: int) -> None:
-    """A ColumnIndex must be exactly column_index(crow, col) of *this* batch.
-
-    One remembered with remember_index and unmodified since (with its batch) passes at once.
-
-    Checked in linear time (no sort): the grouping is consistent (check_grouping),
-    rows are each entry's row under crow, col[perm] runs through ucol group by group,
-    and inside each group perm ascends (the stable order column_index produces).
-    Call after check_values(parts, n_cols).
-    """
-    if _index_known(index, parts, n_cols):
-        return
-    check_index_structure(index, parts.col.numel(), parts.col.device)
-    crow = parts.crow.detach().cpu().numpy()
-    col = parts.col.detach().cpu().numpy()
-    perm, ucol, uptr, rows = (t.detach().cpu().numpy() for t in index)
-    n_rows = crow.size - 1
-    check_grouping(perm, ucol, uptr, rows, n_rows, n_cols)
-    if perm.size == 0:
-        return
-    counts = np.diff(crow)
-    if not np.array_equal(rows, np.repeat(np.arange(n_rows, dtype=np.int64), counts)):
-        raise ValueError("index: rows do not match this batch's crow (an index of another batch?)")
-    if not np.array_equal(col[perm], np.repeat(ucol, np.diff(uptr))):
-        raise ValueError("index: ucol/uptr/perm do not group this batch's columns")
-    rising = perm[1:] > perm[:-1]
-    rising[uptr[1:-1] - 1] = True  # a new column group may start anywhere
-    if not rising.all():
-        raise ValueError("index: entries of a column must be listed in row order")
-
-
 # ------------------------------------------------------------------ the column index
-def column_index_numpy(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(perm, ucol, uptr, rows) as int64 numpy arrays for a canonical CSR structure.
-
-    The caller vouches for the structure (RatingMatrix batches are ours and canonical);
-    ``column_index`` checks it first.
-    """
-    counts = np.diff(indptr)
-    rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    perm = np.argsort(indices, kind="stable").astype(np.int64)
-    ucol, per_col = np.unique(indices[perm], return_counts=True)
-    uptr = np.zeros(len(ucol) + 1, dtype=np.int64)
-    np.cumsum(per_col, out=uptr[1:])
-    return perm, ucol.astype(np.int64), uptr, rows
-
-
-def column_index(
-    crow: torch.Tensor, col: torch.Tensor, n_cols: int | None = None, name: str = "batch"
-) -> ColumnIndex:
-    """The column index of a CSR batch, built on the host after the batch is validated.
-
-    n_cols: the batch's width, if known (else only the offsets and order are checked).
-    """
-    check_tensor(crow, f"{name}: crow", dim=1, dtypes=INDEX_DTYPES, contiguous=False)
-    check_tensor(col, f"{name}: col", dim=1, dtypes=INDEX_DTYPES, device=crow.device,
-                 contiguous=False)  # fmt: skip
-    if crow.numel() == 0:
-        raise ValueError(f"{name}: crow is empty; a batch of B rows needs B + 1 offsets")
-    parts = CSRParts(crow.to(torch.int64), col, col)
-    check_values(parts, n_cols if n_cols is not None else np.iinfo(np.int64).max, name)
-    arrays = column_index_numpy(parts.crow.cpu().numpy(), col.cpu().numpy())
-    return ColumnIndex(*(torch.from_numpy(a).to(col.device) for a in arrays))
-
-
 def entry_rows(crow: torch.Tensor, nnz: int) -> torch.Tensor:
-    """The row of every stored entry, for the pure-PyTorch references.
+    """The row of every stored entry (int64, on crow's device), with no host sync.
 
-    torch.repeat_interleave trusts ``output_size`` and writes past its buffer when crow
-    disagrees with it, so it is given only under torch.compile (where it avoids a host
-    sync and a data-dependent shape). Eagerly the offsets are checked first (crow[0] == 0,
-    non-decreasing, crow[-1] == nnz), so a bad crow is a ValueError, not a wild write or
-    an allocation of crow[-1] entries.
+    Each row start crow[1..B-1] marks the entry where the next row begins; a running
+    count of the marks is each entry's row. Safe for any crow: offsets are clamped into
+    [0, nnz], so a damaged crow gives wrong rows (which the kernels refuse against crow),
+    never a write outside the buffer (``torch.repeat_interleave`` with ``output_size``
+    trusts crow and writes past its buffer when they disagree).
     """
-    rows = torch.arange(crow.numel() - 1, device=crow.device)
-    if torch.compiler.is_compiling():
-        return torch.repeat_interleave(rows, crow.diff(), output_size=nnz)
+    marks = torch.zeros(nnz + 1, dtype=torch.int64, device=crow.device)
+    starts = crow[1:-1].to(torch.int64).clamp(0, nnz)
+    marks.index_add_(0, starts, torch.ones_like(starts))
+    return marks[:nnz].cumsum(0)
+
+
+def column_index(crow: torch.Tensor, col: torch.Tensor, n_unique: int | None = None) -> ColumnIndex:
+    """The column index of a CSR batch, built where the batch lives with torch ops.
+
+    n_unique: the number of distinct columns, when the caller knows it (deeprec's batches
+    count them on the host, where their rows come from); without it they are counted here,
+    which on a GPU is one host sync. Nothing is read back otherwise: every size comes from
+    metadata, and the kernels check the index against its batch when they use it.
+    """
+    check_tensor(crow, "crow", dim=1, dtypes=INDEX_DTYPES, contiguous=False)
+    check_tensor(col, "col", dim=1, dtypes=INDEX_DTYPES, device=crow.device, contiguous=False)
     if crow.numel() == 0:
         raise ValueError("crow is empty; a batch of B rows needs B + 1 offsets")
-    first, last = int(crow[0]), int(crow[-1])
-    if first != 0 or last != nnz or bool((crow.diff() < 0).any()):
-        raise ValueError(
-            f"crow must rise from 0 to nnz = {nnz} without decreasing, got {first}..{last}"
-        )
-    return torch.repeat_interleave(rows, crow.diff(), output_size=nnz)
+    nnz = col.numel()
+    perm = torch.sort(col, stable=True).indices
+    grouped = col[perm].to(torch.int64)
+    new = grouped[1:] != grouped[:-1]
+    if n_unique is None:
+        n_unique = int(new.sum()) + 1 if nnz else 0
+    if not 0 <= n_unique <= nnz or (nnz and n_unique == 0):
+        raise ValueError(f"n_unique = {n_unique} is impossible for a batch of {nnz} entries")
+    uptr = torch.empty(n_unique + 1, dtype=torch.int64, device=col.device)
+    uptr[0] = 0
+    uptr[-1] = nnz
+    if n_unique > 1:
+        starts = torch.nonzero_static(new, size=n_unique - 1).flatten()
+        uptr[1:-1] = starts + 1
+    ucol = grouped[uptr[:-1].clamp(max=max(nnz - 1, 0))] if nnz else grouped[:0]
+    return ColumnIndex(perm, ucol.contiguous(), uptr, entry_rows(crow, nnz))
+
+
+# ------------------------------------------------------------------ the batch
+@dataclass(frozen=True)
+class Batch:
+    """A CSR batch of rating rows (B x n_cols) on one device, and its column index.
+
+    RatingMatrix and ResidentMatrix build them; ``from_csr`` makes one of a caller's own
+    CSR. Frozen: its fields cannot be rebound, and none aliases another (no host view of
+    col); values edited in place by other means are refused by the kernels that read them.
+    rows: the matrix rows the batch holds (int64), or None. n_unique: its distinct
+    columns, counted where the batch was built, so the index needs no host sync.
+    """
+
+    crow: torch.Tensor  # int64 (B+1)
+    col: torch.Tensor  # int64 (nnz)
+    val: torch.Tensor  # float (nnz)
+    n_cols: int
+    n_unique: int
+    rows: torch.Tensor | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_csr(cls, crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
+                 n_cols: int) -> Batch:  # fmt: skip
+        """A caller's own canonical CSR rows as a Batch, checked once here (on a GPU:
+        one host sync, to check the values and count the distinct columns)."""
+        n_rows = crow.numel() - 1 if isinstance(crow, torch.Tensor) else 0
+        parts = unpack((crow, col, val), (n_rows, n_cols), name="batch")
+        check_values(parts, n_cols, "batch")
+        n_unique = int(torch.unique(parts.col).numel())
+        return cls(parts.crow, parts.col, parts.val, n_cols, n_unique)
+
+    @cached_property
+    def index(self) -> ColumnIndex:
+        """Its ColumnIndex, built on the batch's device on first use (the sparse path)."""
+        return column_index(self.crow, self.col, self.n_unique)
+
+    @property
+    def csr(self) -> CSRParts:
+        return CSRParts(self.crow, self.col, self.val)
+
+    @property
+    def nnz(self) -> int:
+        return self.col.numel()
+
+    def dense(self) -> torch.Tensor:
+        """The (B, n_cols) dense rating rows (0 where unrated), the dense model's input.
+
+        Built with no host sync. A batch whose indices were damaged after it was built may
+        scatter to the wrong places (never outside the tensor); the loss kernels refuse it.
+        """
+        B = self.crow.numel() - 1
+        out = torch.zeros(B, self.n_cols, dtype=self.val.dtype, device=self.val.device)
+        rows = entry_rows(self.crow, self.nnz).clamp_(0, max(B - 1, 0))
+        out.index_put_((rows, self.col.clamp(0, self.n_cols - 1)), self.val)
+        return out

@@ -11,6 +11,7 @@ import torch
 
 from deeprec.data import RatingMatrix
 from deeprec.model import AutoEncoder
+from deeprec.ops import raise_kernel_errors
 
 
 @torch.no_grad()
@@ -22,31 +23,46 @@ def predict_entries(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
     offsets=None,
+    source=None,
 ) -> np.ndarray:
     """Unclipped predictions at (rows[k], cols[k]) for every k.
 
     matrix holds the model's inputs. offsets: the baseline.Biases the model was trained
-    on top of (--residual); added back here.
+    on top of (--residual); added back here. source: where the batches come from (the
+    matrix, or a ResidentMatrix of it); predictions stay on the device until one read at
+    the end, which also raises an index a GPU kernel refused.
     """
+    source = matrix if source is None else source
     was_training = model.training
     model.eval()
-    out = np.empty(len(rows), dtype=np.float64)
     unique, inverse = np.unique(rows, return_inverse=True)
     order = np.argsort(inverse, kind="stable")  # entries grouped by chunk, one pass
     bounds = np.searchsorted(inverse[order], np.arange(0, len(unique) + batch_size, batch_size))
-    for n, start in enumerate(range(0, len(unique), batch_size)):
-        chunk = unique[start : start + batch_size]
-        pick = order[bounds[n] : bounds[n + 1]]
-        batch = matrix.batch(chunk, device)
-        local = torch.as_tensor(inverse[pick] - start, device=batch.col.device)
-        col = torch.as_tensor(cols[pick], device=batch.col.device)
+    device = torch.device(device)
+    local = _upload(inverse[order] % batch_size, device)  # row inside its chunk
+    col = _upload(np.asarray(cols)[order], device)
+    pred = torch.empty(len(rows), dtype=torch.float64, device=device)
+    chunks = source.batches(batch_size, device, shuffle=False, rows=unique) if len(unique) else ()
+    for n, batch in enumerate(chunks):
+        at = slice(int(bounds[n]), int(bounds[n + 1]))
         if model.supports_sparse:  # only at the entries: no (chunk x n_items) output
-            pred = model.outputs_at(*batch.csr, local, col, index=batch.index)
+            got = model.outputs_at(*batch.csr, local[at], col[at], index=batch.index)
         else:
-            pred = model(batch.dense())[local, col]
-        out[pick] = pred.double().cpu().numpy()
+            got = model(batch.dense())[local[at], col[at]]
+        pred[at] = got
     model.train(was_training)
+    out = np.empty(len(rows), dtype=np.float64)
+    out[order] = pred.cpu().numpy()
+    raise_kernel_errors(device)  # an index a GPU kernel refused, before a value is used
     return out if offsets is None else out + offsets.at(rows, cols)
+
+
+def _upload(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An int64 host array on ``device``; from pinned memory on a GPU (no host wait)."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from deeprec.config import Config, ConfigError, TrainingPath, decide_path
 from deeprec.data import Batch, RatingMatrix
 from deeprec.distributed import ALONE, World, all_sum, reduce_gradients
 from deeprec.model import AutoEncoder
-from deeprec.ops import masked_mse
+from deeprec.ops import masked_mse, read_checked
 from deeprec.predict import predict_entries
 from deeprec.run import (
     Run,
@@ -61,7 +61,7 @@ def batch_loss(model: AutoEncoder, batch: Batch, path: TrainingPath) -> torch.Te
         return model.sparse_loss(
             *batch.csr, index=batch.index, impl="fused", sparse_grad=path.sparse_grad
         )
-    return masked_mse(model(batch.dense()), batch.csr, impl=path.impl)
+    return masked_mse(model(batch.dense()), batch, impl=path.impl)
 
 
 def train_epochs(
@@ -84,7 +84,13 @@ def train_epochs(
     with flushed_denormals():
         for epoch in range(1, config.epochs + 1):
             set_lr(opt, epoch_lr(config, epoch))
-            run_epoch(model, opt, inputs.batches(config.batch_size, device, generator=order), path)
+            run_epoch(
+                model,
+                opt,
+                inputs.batches(config.batch_size, device, generator=order),
+                path,
+                loss_every=config.loss_every,
+            )
             if after_epoch is not None:
                 after_epoch(epoch, model, inputs, offsets)
     return model, inputs, offsets
@@ -100,6 +106,46 @@ def refeed_step(model: AutoEncoder, optimizer: Any, batch: Batch) -> None:
     optimizer.step()
 
 
+class LossTotal:
+    """An epoch's training loss, summed where it is computed and read back only now and then.
+
+    Each step adds its loss times its rating count on the device, with no sync; ``read``
+    copies the running total to the host together with the kernels' error word (one
+    transfer, the step's only sync), raises a kernel's ValueError or a diverged loss, and
+    returns the epoch's loss so far. ``due`` says when to read: every ``every`` steps, or
+    with every=0 about once a second, so a progress bar still moves.
+    """
+
+    def __init__(self, every: int = 0, on_read: Callable[[float], None] | None = None) -> None:
+        self.every, self.on_read = every, on_read
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self.steps = 0
+        self.last_read = time.monotonic()
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        term = loss.detach().double() * n
+        self.total = term if self.total is None else self.total + term
+        self.count += n
+        self.steps += 1
+
+    def due(self) -> bool:
+        if self.every:
+            return self.steps % self.every == 0
+        return time.monotonic() - self.last_read >= 1.0
+
+    def read(self) -> float:
+        self.last_read = time.monotonic()
+        if self.total is None:
+            return 0.0
+        value = read_checked(self.total) / max(self.count, 1)
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss became {value}")
+        if self.on_read is not None:
+            self.on_read(value)
+        return value
+
+
 def run_epoch(
     model: AutoEncoder,
     optimizer: Any,
@@ -107,29 +153,31 @@ def run_epoch(
     path: TrainingPath,
     refeed: bool = False,
     world: World = ALONE,
+    loss_every: int = 0,
+    on_loss: Callable[[float], None] | None = None,
 ) -> float:
     """One pass over ``batches``; returns the epoch's loss (MSE over all its ratings).
 
-    Under torchrun ``batches`` are this rank's shares of the global batches, and the epoch
-    is run_distributed_epoch's.
+    The loss is read back every ``loss_every`` steps (0: about once a second; see
+    LossTotal) and at the end, where a diverged loss or an index a GPU kernel refused is
+    raised; ``on_loss`` gets each value read. Under torchrun ``batches`` are this rank's
+    shares of the global batches, and the epoch is run_distributed_epoch's.
     """
     if world.active:
         return run_distributed_epoch(model, optimizer, batches, path, world)
     model.train()
-    loss_sum, count = 0.0, 0
+    losses = LossTotal(loss_every, on_loss)
     for batch in batches:
         loss = batch_loss(model, batch, path)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"loss became {value}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if refeed:
             refeed_step(model, optimizer, batch)
-        loss_sum += value * batch.col.numel()
-        count += batch.col.numel()
-    return loss_sum / max(count, 1)
+        losses.add(loss, batch.nnz)
+        if losses.due():
+            losses.read()
+    return losses.read()
 
 
 def run_distributed_epoch(
@@ -150,7 +198,7 @@ def run_distributed_epoch(
     for batch in batches:
         n_local = batch.col.numel()
         loss = batch_loss(model, batch, path) if n_local else None
-        local = loss.item() * n_local if loss is not None else 0.0
+        local = read_checked(loss) * n_local if loss is not None else 0.0
         n_global, sse = all_sum([float(n_local), local], world, batch.col.device)
         if n_global == 0:
             continue
@@ -185,17 +233,19 @@ def validate(
     device: torch.device,
     offsets: Any = None,
     world: World = ALONE,
+    source: Any = None,
 ) -> dict[str, float]:
     """RMSE and MAE at the validation ratings, clipped to the scale and unclipped.
 
-    Under torchrun each rank predicts the entries of its rows (row % size == rank) and
-    the sums are all-reduced.
+    source: where the batches come from (matrix, or a ResidentMatrix of it). Under
+    torchrun each rank predicts the entries of its rows (row % size == rank) and the sums
+    are all-reduced.
     """
     rows, cols, truth = matrix.val_rows, matrix.val_cols, matrix.val_ratings
     if world.active:
         mine = rows % world.size == world.rank
         rows, cols, truth = rows[mine], cols[mine], truth[mine]
-    pred = predict_entries(model, matrix, rows, cols, device, offsets=offsets)
+    pred = predict_entries(model, matrix, rows, cols, device, offsets=offsets, source=source)
     err = pred - truth.astype(np.float64)
     err_c = np.clip(pred, *matrix.scale) - truth.astype(np.float64)
     sums = [
@@ -278,7 +328,14 @@ def fit(
             try:
                 set_lr(run.optimizer, epoch_lr(config, epoch))
                 train_loss = run_epoch(
-                    run.model, run.optimizer, bar, run.path, config.refeed, world
+                    run.model,
+                    run.optimizer,
+                    bar,
+                    run.path,
+                    config.refeed,
+                    world,
+                    config.loss_every,
+                    on_loss=lambda value, bar=bar: bar.set_postfix(loss=f"{value:.4f}"),
                 )
             except TrainingDiverged as exc:
                 raise TrainingDiverged(
@@ -286,7 +343,9 @@ def fit(
                     "(try a lower --lr)"
                 ) from None
             seconds = time.perf_counter() - t0
-            metrics = validate(run.model, run.inputs, run.device, run.offsets, world)
+            metrics = validate(
+                run.model, run.inputs, run.device, run.offsets, world, source=run.source
+            )
             run.history.append(
                 {
                     "epoch": epoch,

@@ -9,74 +9,25 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from deeprec.csr import (
-    ColumnIndex,
-    CSRParts,
-    check_values,
-    column_index,
-    column_index_numpy,
-    remember_index,
-)
+from deeprec.csr import Batch
 from deeprec.data.errors import DataError
 from deeprec.data.ids import codes_of, ids_and_codes
 
 
-@dataclass
-class Batch:
-    """Rows ``rows`` of the training matrix as a CSR triple on one device."""
-
-    rows: torch.Tensor  # int64 row indices into the matrix
-    crow: torch.Tensor  # int64 (B+1)
-    col: torch.Tensor  # int64 (nnz)
-    val: torch.Tensor  # float32 (nnz)
-    n_cols: int
-    host: tuple[np.ndarray, np.ndarray] | None = None  # (indptr, indices) on the host
-    _index: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
-
-    @property
-    def index(self):
-        """Its ColumnIndex (deeprec.csr), built on first use: only the sparse path
-        needs it, and from the host arrays it costs no device sync."""
-        if self._index is None:
-            if self.host is not None:
-                parts = column_index_numpy(*self.host)
-                index = ColumnIndex(*(torch.from_numpy(a).to(self.col.device) for a in parts))
-            else:
-                index = column_index(self.crow, self.col, self.n_cols)
-            remember_index(index, CSRParts(self.crow, self.col, self.val), self.n_cols)
-            self._index = index
-        return self._index
-
-    @index.setter
-    def index(self, value) -> None:
-        self._index = value
-
-    @property
-    def csr(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.crow, self.col, self.val
-
-    def dense(self) -> torch.Tensor:
-        """The (B, n_cols) dense rating rows (0 where unrated), the dense model's input."""
-        B = self.crow.numel() - 1
-        out = torch.zeros(B, self.n_cols, dtype=self.val.dtype, device=self.val.device)
-        r = torch.repeat_interleave(
-            torch.arange(B, device=self.val.device), self.crow.diff(), output_size=self.col.numel()
-        )
-        out[r, self.col] = self.val
-        return out
-
-
-def remember(batch: Batch) -> Batch:
-    """Check a batch we built once, and let the ops skip re-checking it (csr.check_values)."""
-    check_values(CSRParts(batch.crow, batch.col, batch.val), batch.n_cols, "batch", remember=True)
-    return batch
+def distinct_count(indices: np.ndarray, n: int) -> int:
+    """How many distinct values in [0, n) ``indices`` holds (a batch's distinct columns)."""
+    if indices.size * 8 < n:
+        return int(np.unique(indices).size)
+    seen = np.zeros(n, dtype=bool)
+    seen[indices] = True
+    return int(np.count_nonzero(seen))
 
 
 @dataclass
@@ -179,18 +130,23 @@ class RatingMatrix:
         )
 
     def batch(self, rows: np.ndarray, device: torch.device | str = "cpu") -> Batch:
-        """Training rows ``rows`` as a CSR batch on ``device``."""
+        """Training rows ``rows`` as a CSR batch on ``device`` (canonical: the matrix is)."""
         sub = self.train[rows]
-        indptr, indices = sub.indptr.astype(np.int64), sub.indices.astype(np.int64)
-        batch = Batch(
-            torch.as_tensor(np.asarray(rows), dtype=torch.int64).to(device),
-            torch.from_numpy(indptr).to(device),
+        indices = sub.indices.astype(np.int64)
+        return Batch(
+            torch.from_numpy(sub.indptr.astype(np.int64)).to(device),
             torch.from_numpy(indices).to(device),
             torch.from_numpy(sub.data.astype(np.float32)).to(device),
             self.n_cols,
-            (indptr, indices),
+            distinct_count(indices, self.n_cols),
+            torch.as_tensor(np.asarray(rows), dtype=torch.int64).to(device),
         )
-        return remember(batch)
+
+    def batch_sizes(self, rows: np.ndarray) -> tuple[int, int]:
+        """(stored ratings, distinct columns) of training rows ``rows``, from the host copy:
+        what sizes a batch built elsewhere (ResidentMatrix) without reading the device."""
+        sub = self.train[rows]
+        return int(sub.nnz), distinct_count(sub.indices, self.n_cols)
 
     def batches(
         self,

@@ -2,10 +2,11 @@
 
 On CUDA a batch built on the host costs a host-to-device copy of its CSR every step, and
 its column index a round trip. A ResidentMatrix copies the training CSR to the device
-once; each batch is then gathered on the device from the rows' offsets (one scalar, the
-batch's rating count, comes back to size the gather), and its column index is built on
-the device too. The batch order is the host path's (RatingMatrix.batches), so both give
-the same batches; the CPU runs the same code in the tests.
+once; each batch is then gathered on the device from the rows' offsets, and its column
+index is built on the device too. The sizes that shape them (the batch's rating count
+and distinct columns) come from the host copy of the matrix, so a batch reads nothing
+back from the device. The batch order is the host path's (RatingMatrix.batches), so both
+give the same batches; the CPU runs the same code in the tests.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from deeprec.csr import ColumnIndex, CSRParts, remember_index
-from deeprec.data.matrix import Batch, RatingMatrix, batch_rows, remember
+from deeprec.csr import Batch, entry_rows
+from deeprec.data.matrix import RatingMatrix, batch_rows
 
 
 class ResidentMatrix:
@@ -26,9 +27,9 @@ class ResidentMatrix:
         self.matrix = matrix
         self.device = torch.device(device)
         train = matrix.train
-        self.indptr = torch.from_numpy(train.indptr.astype(np.int64)).to(self.device)
-        self.indices = torch.from_numpy(train.indices.astype(np.int64)).to(self.device)
-        self.data = torch.from_numpy(np.asarray(train.data, dtype=np.float32)).to(self.device)
+        self.indptr = _to_device(train.indptr.astype(np.int64), self.device)
+        self.indices = _to_device(train.indices.astype(np.int64), self.device)
+        self.data = _to_device(np.asarray(train.data, dtype=np.float32), self.device)
 
     @property
     def n_rows(self) -> int:
@@ -38,23 +39,21 @@ class ResidentMatrix:
     def n_cols(self) -> int:
         return self.matrix.n_cols
 
-    def batch(self, rows: torch.Tensor) -> Batch:
-        """Rows ``rows`` (an int64 tensor on the device) as a CSR batch, with its index."""
+    def batch(self, rows: torch.Tensor, nnz: int, n_unique: int) -> Batch:
+        """Rows ``rows`` (an int64 tensor on the device) as a CSR batch of ``nnz`` ratings
+        over ``n_unique`` distinct columns (RatingMatrix.batch_sizes of the same rows).
+
+        Gathered with no host sync; positions are clamped into the stored arrays, so even
+        edited offsets cannot read outside them.
+        """
         start = self.indptr[rows]
         length = self.indptr[rows + 1] - start
         crow = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=self.device)
         torch.cumsum(length, 0, out=crow[1:])
-        nnz = int(crow[-1])  # the one value that comes back: it sizes the gather
-        entry_row = torch.repeat_interleave(
-            torch.arange(rows.numel(), device=self.device), length, output_size=nnz
-        )
+        entry_row = entry_rows(crow, nnz)
         pos = start[entry_row] + torch.arange(nnz, device=self.device) - crow[entry_row]
-        col = self.indices[pos]
-        batch = remember(Batch(rows, crow, col, self.data[pos], self.n_cols))
-        index = device_column_index(col, entry_row)
-        remember_index(index, CSRParts(crow, col, batch.val), self.n_cols)
-        batch.index = index
-        return batch
+        pos.clamp_(0, max(self.indices.numel() - 1, 0))
+        return Batch(crow, self.indices[pos], self.data[pos], self.n_cols, n_unique, rows)
 
     def batches(
         self,
@@ -69,8 +68,8 @@ class ResidentMatrix:
     ) -> Iterator[Batch]:
         """As RatingMatrix.batches (same order for the same generator), built on the device.
 
-        The epoch's row order is copied to the device once; ``device`` must be this
-        matrix's, if given."""
+        The epoch's row order is copied to the device once (an epoch's one host-to-device
+        copy); ``device`` must be this matrix's, if given."""
         if device is not None and torch.device(device) != self.device:
             raise ValueError(f"batches on {device} from a matrix resident on {self.device}")
         chunks = list(
@@ -78,20 +77,14 @@ class ResidentMatrix:
         )
         if not chunks:
             return
-        order = torch.from_numpy(np.concatenate(chunks).astype(np.int64)).to(self.device)
+        order = _to_device(np.concatenate(chunks).astype(np.int64), self.device)
         start = 0
         for chunk in chunks:
-            yield self.batch(order[start : start + len(chunk)])
+            sizes = self.matrix.batch_sizes(chunk)
+            yield self.batch(order[start : start + len(chunk)], *sizes)
             start += len(chunk)
 
 
-def device_column_index(col: torch.Tensor, entry_row: torch.Tensor) -> ColumnIndex:
-    """csr.column_index_numpy's (perm, ucol, uptr, rows), computed where ``col`` lives.
-
-    The stable sort by column keeps each column's entries in row order, as the host
-    version's does, so both give the identical index."""
-    perm = torch.sort(col, stable=True).indices
-    ucol, counts = torch.unique_consecutive(col[perm], return_counts=True)
-    uptr = torch.zeros(ucol.numel() + 1, dtype=torch.int64, device=col.device)
-    torch.cumsum(counts, 0, out=uptr[1:])
-    return ColumnIndex(perm, ucol, uptr, entry_row)
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A private device copy of a host array (never a view of it, and writable)."""
+    return torch.tensor(a, device=device)

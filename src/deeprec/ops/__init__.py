@@ -4,10 +4,13 @@
 - sparse_linear: the input layer x @ W + b straight from a CSR batch.
 - sparse_output_mse: the output layer + masked MSE evaluated only at stored ratings.
 - row_adam_step: Adam for item-major parameters with row-sparse gradients.
+
+The kernels check every index they read; on CUDA a refused one is raised at the next
+``read_checked`` or ``raise_kernel_errors`` (the training loop reads the loss that way).
 """
 
-from deeprec.csr import ColumnIndex, column_index, column_index_numpy
-from deeprec.ops.launch import choose_impl, fused_available
+from deeprec.csr import Batch, ColumnIndex, column_index
+from deeprec.ops.launch import choose_impl, fused_available, raise_kernel_errors, read_checked
 from deeprec.ops.loss import masked_mse, masked_mse_reference
 from deeprec.ops.row_adam import row_adam_reference, row_adam_step
 from deeprec.ops.sparse import (
@@ -18,13 +21,15 @@ from deeprec.ops.sparse import (
 )
 
 __all__ = [
+    "Batch",
     "ColumnIndex",
     "choose_impl",
     "column_index",
-    "column_index_numpy",
     "fused_available",
     "masked_mse",
     "masked_mse_reference",
+    "raise_kernel_errors",
+    "read_checked",
     "row_adam_reference",
     "row_adam_step",
     "sparse_linear",

@@ -1,13 +1,21 @@
-"""How an op reaches native code: the impl choice, the checks shared by every op, and
-``launch``, the one place that picks the CPU or CUDA entry point of a kernel.
+"""How an op reaches native code: the impl choice, the checks shared by every op,
+``launch``, the one place that picks the CPU or CUDA entry point of a kernel, and the
+kernels' error word.
 
 Kept in one place so every op module launches the same way: addresses of
 contiguous tensors, dtype codes read from the compiled module, torch's thread
 count on the CPU, torch's current stream (and a reduction workspace) on CUDA.
+
+The kernels check every index they read (csrc/checks.h) and record the first one they
+refuse in an error word. On the CPU the launch raises at once. On CUDA the word stays in
+device memory, so checking costs no host sync; ``raise_kernel_errors`` reads it, and the
+training loop calls it where it reads the loss anyway.
 """
 
 from __future__ import annotations
 
+import struct
+import threading
 import warnings
 from typing import Literal
 
@@ -118,21 +126,164 @@ def cuda_target(device: torch.device) -> tuple[int, int]:
     return index, torch.cuda.current_stream(device).cuda_stream
 
 
+# ------------------------------------------------------------------ the error word
+# The tag a launch records with a refused index: which op, and what it calls its CSR batch.
+TAGS: tuple[tuple[str, str], ...] = (
+    ("masked_mse", "target"),
+    ("masked_mse backward", "target"),
+    ("sparse_linear", "x"),
+    ("sparse_linear backward", "x"),
+    ("sparse_output_mse", "target"),
+    ("sparse_output_mse backward", "target"),
+    ("spmm_rows", "target"),
+    ("col_accumulate", "target"),
+    ("row_adam_step", "grad"),
+)
+_TAG = {op: i + 1 for i, (op, _) in enumerate(TAGS)}
+
+# What each check of csrc/checks.h means, as "<tensor>[<position>] = <value> <says>".
+_SAYS = {
+    "crow_start": ("crow", "must be 0 (offsets start at 0)"),
+    "crow_order": (
+        "crow",
+        "breaks the offsets (they must be non-decreasing, from 0 to nnz = {bound})",
+    ),
+    "crow_end": ("crow", "must equal nnz = {bound} (the length of col and val)"),
+    "col_range": ("col", "is outside [0, {bound})"),
+    "col_order": (
+        "col",
+        "is not strictly increasing after {bound} in its row (CSR rows must be sorted and "
+        "free of duplicates: torch's coalesce(), scipy's sort_indices())",
+    ),
+    "uptr_order": (
+        "index.uptr",
+        "breaks the column offsets (they must be non-decreasing, from 0 to nnz = {bound})",
+    ),
+    "ucol_range": ("index.ucol", "is outside [0, {bound})"),
+    "ucol_order": ("index.ucol", "is not strictly increasing after {bound}"),
+    "perm_range": ("index.perm", "is outside [0, {bound})"),
+    "perm_order": (
+        "index.perm",
+        "is not strictly increasing after {bound} (a column lists its entries once each, in "
+        "row order)",
+    ),
+    "perm_column": (
+        "index.perm",
+        "is an entry outside column {bound} (an index of another batch?)",
+    ),
+    "rows_range": ("index.rows", "is outside [0, {bound})"),
+    "rows_match": ("index.rows", "is not the row of that entry (an index of another batch?)"),
+    "grad_row_range": ("rows", "is outside the parameter's rows [0, {bound})"),
+    "grad_row_order": (
+        "rows",
+        "is not strictly increasing after {bound} (gradient rows must be sorted and unique)",
+    ),
+}
+
+
+def describe_error(words: list[int]) -> str:
+    """The one-line message for an error word (check, tag, position, value, bound)."""
+    check, tag, position, value, bound = words
+    C = _native.module()
+    names = {code: name for name, code in (C.CHECKS.items() if C else ())}
+    op, batch = TAGS[tag - 1] if 1 <= tag <= len(TAGS) else ("a deeprec kernel", "batch")
+    tensor, says = _SAYS.get(names.get(check, ""), ("index", "was refused (check {check})"))
+    owner = batch if not tensor.startswith("index") else batch + " " + tensor.split(".")[0]
+    part = tensor.removeprefix("index.")
+    says = says.format(bound=bound, check=check)
+    return f"deeprec {op}: {owner}: {part}[{position}] = {value} {says}"
+
+
+_local = threading.local()
+_device_words: dict[torch.device, torch.Tensor] = {}
+
+
+def error_word(device: torch.device) -> torch.Tensor:
+    """The zeroed error word the kernels on ``device`` report into: one per host thread on
+    the CPU (reset after each refusal), one per GPU (reset when it is read)."""
+    if device.type == "cpu":
+        word = getattr(_local, "word", None)
+        if word is None:
+            word = _local.word = torch.zeros(_native.module().ERROR_WORDS, dtype=torch.int64)
+        return word
+    device = _word_device(device)
+    word = _device_words.get(device)
+    if word is None:
+        word = torch.zeros(_native.module().ERROR_WORDS, dtype=torch.int64, device=device)
+        _device_words[device] = word
+    return word
+
+
+def _raise_from(word: torch.Tensor) -> None:
+    words = word.tolist()
+    if words[0]:
+        word.zero_()
+        raise ValueError(describe_error(words)) from None
+
+
+def raise_kernel_errors(device: torch.device | str | None = None) -> None:
+    """Raise the ValueError for an index a CUDA kernel refused since the last call.
+
+    One small device-to-host read (a sync): call it where the host waits for the GPU
+    anyway. The training loop does at every loss read and at the end of each epoch and
+    of validation. ``device``: one GPU, or None for every GPU used so far. CPU kernels
+    raise at once, so for the CPU this does nothing.
+    """
+    if device is not None:
+        key = _word_device(torch.device(device))
+        words = [_device_words[key]] if key in _device_words else []
+    else:
+        words = list(_device_words.values())
+    for word in words:
+        _raise_from(word)
+
+
+def read_checked(value: torch.Tensor) -> float:
+    """A one-element tensor's value on the host, read in one transfer together with its
+    device's error word: one sync where there would be one anyway. Raises the ValueError
+    for an index a kernel on that device refused since the word was last read."""
+    device = _word_device(value.device)
+    word = _device_words.get(device) if device is not None else None
+    if word is None:  # the CPU, or a device no kernel has run on
+        return float(value)
+    bits = value.detach().reshape(1).to(torch.float64).view(torch.int64)
+    words = torch.cat([word, bits]).tolist()
+    if words[0]:
+        word.zero_()
+        raise ValueError(describe_error(words[: len(words) - 1])) from None
+    return struct.unpack("<d", struct.pack("<q", words[-1]))[0]
+
+
+def _word_device(device: torch.device) -> torch.device | None:
+    """The key of a GPU's error word (its explicit index); None for the CPU."""
+    if device.type == "cpu":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.device(device.type, index)
+
+
 # Kernels whose CUDA entry point takes a workspace for its deterministic loss reduction,
 # and the module constant that bounds its blocks.
 _REDUCTIONS = {"masked_mse": "MASKED_MSE_MAX_BLOCKS", "sddmm_residual": "SPARSE_MAX_BLOCKS"}
 
 
-def launch(kernel: str, device: torch.device, *args: object, reduce: bool = True) -> None:
-    """deeprec._C.<kernel>_cpu(*args, threads) or <kernel>_cuda(*args, [workspace,] device,
-    stream): the device branch, written once for every op.
+def launch(kernel: str, device: torch.device, *args: object, op: str, reduce: bool = True) -> None:
+    """deeprec._C.<kernel>_cpu(*args, err, tag, threads) or <kernel>_cuda(*args,
+    [workspace,] err, tag, device, stream): the device branch, written once for every op.
 
+    op: the public op this launch serves (a TAGS name), recorded with a refused index.
     reduce: the CUDA kernel computes a loss, so it gets a reduction workspace (kernels
     with one take null addresses otherwise).
     """
     C = _native.module()
+    word = error_word(device)
+    tag = _TAG[op]
     if device.type == "cpu":
-        getattr(C, f"{kernel}_cpu")(*args, threads())
+        try:
+            getattr(C, f"{kernel}_cpu")(*args, ptr(word), tag, threads())
+        except C.BadIndex:
+            _raise_from(word)
+            raise  # a BadIndex with no word recorded: say what the binding said
         return
     workspace: tuple[int, ...] = ()
     if kernel in _REDUCTIONS:
@@ -140,7 +291,7 @@ def launch(kernel: str, device: torch.device, *args: object, reduce: bool = True
         if reduce:
             partials, counter = reduction_workspace(device, getattr(C, _REDUCTIONS[kernel]))
         workspace = (ptr(partials), ptr(counter))
-    getattr(C, f"{kernel}_cuda")(*args, *workspace, *cuda_target(device))
+    getattr(C, f"{kernel}_cuda")(*args, *workspace, ptr(word), tag, *cuda_target(device))
 
 
 def reduction_workspace(device: torch.device, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,8 @@ stored in a CSR batch of ratings (an explicit 0.0 rating counts; absent
 entries do not). The fused version is registered with ``torch.library`` so it
 works with ``torch.compile`` and ``torch.library.opcheck``; eager calls take an
 ``autograd.Function`` over the same checks and kernels, which skips the custom-op
-dispatcher's per-call cost (issue #14).
+dispatcher's per-call cost. Python checks the batch's metadata; the kernels check its
+indices as they read them, in forward and again in backward.
 
 Forward reads only the nnz stored predictions; backward recomputes the
 residuals and writes the dense gradient in one pass, already scaled by the
@@ -36,8 +37,8 @@ __all__ = ["masked_mse", "masked_mse_reference"]
 def masked_mse(output: torch.Tensor, target: object, *, impl: Impl = "auto") -> torch.Tensor:
     """Mean squared error between ``output`` and the ratings stored in ``target``.
 
-    output: dense (B, N) predictions. target: a torch sparse CSR tensor of shape
-    (B, N), or a (crow, col, val) triple with col indices into N. Columns must be
+    output: dense (B, N) predictions. target: a deeprec Batch, a torch sparse CSR tensor
+    of shape (B, N), or a (crow, col, val) triple with col indices into N. Columns must be
     strictly increasing inside each row (canonical CSR). Returns a 0-dim tensor of
     output's dtype, differentiable with respect to ``output``; 0 when nothing is
     stored. ``impl``: "reference" (pure PyTorch), "fused" (native; raises if
@@ -68,9 +69,9 @@ def masked_mse(output: torch.Tensor, target: object, *, impl: Impl = "auto") -> 
 class _MaskedMSE(torch.autograd.Function):
     """The eager path of the fused op: the same checks and kernels as deeprec::masked_mse,
     without the custom-op dispatcher, whose Python autograd layer cost ~75 us per step at
-    the seed shape, more than the forward kernel (#14). torch.compile traces the registered
-    op instead. The batch is checked in forward; backward reuses the saved tensors, which
-    autograd refuses to hand back if they were modified in place."""
+    the seed shape, more than the forward kernel. torch.compile traces the registered op
+    instead. Backward's kernel checks the saved indices again as it reads them: they may
+    have been edited since forward in ways autograd's version counter does not see."""
 
     @staticmethod
     def forward(ctx, output, crow, col, val):
@@ -110,6 +111,7 @@ def _run_native(
 ) -> None:
     """Launch the kernel for output's device; writes into loss and/or grad."""
     B, N = output.shape
+    op = "masked_mse" if loss is not None else "masked_mse backward"
     launch(
         "masked_mse",
         output.device,
@@ -125,12 +127,14 @@ def _run_native(
         ptr(loss),
         ptr(grad),
         ptr(grad_scale),
+        op=op,
         reduce=loss is not None,
     )
 
 
 def _check_args(op: str, output, crow, col, val) -> None:
-    """Everything the kernel reads, checked inside the op (raw torch.ops calls included)."""
+    """The metadata of everything the kernel reads, checked inside the op (raw torch.ops
+    calls included); the kernel checks the index values."""
     csr.check_tensor(output, "output", dim=2)
     check_kernel(op, output)
     csr.check_structure(crow, col, val, output.shape[0])
@@ -138,7 +142,6 @@ def _check_args(op: str, output, crow, col, val) -> None:
         raise TypeError(f"target values have dtype {val.dtype} but output has {output.dtype}")
     if crow.device != output.device:
         raise ValueError(f"target is on {crow.device} but output is on {output.device}")
-    csr.check_values(csr.CSRParts(crow, col, val), output.shape[1])
 
 
 @torch.library.custom_op("deeprec::masked_mse", mutates_args=(), device_types=("cpu", "cuda"))

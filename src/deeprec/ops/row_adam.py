@@ -4,14 +4,15 @@
 sorted, unique rows (or a dense one). exact (lazy=False): torch's Adam update,
 untouched rows included with a zero gradient, without building the dense gradient.
 lazy=True: only the gradient's rows move (SparseAdam semantics). A native kernel
-(csrc/row_adam.*) and a pure-PyTorch reference compute the same update.
+(csrc/row_adam.*) and a pure-PyTorch reference compute the same update. The kernel checks
+the gradient's row ids (inside the parameter, sorted, unique) as it reads them, so the
+step reads nothing back to the host.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from deeprec import csr
@@ -40,8 +41,8 @@ def row_adam_step(
 
     p, exp_avg, exp_avg_sq: contiguous, same shape, dtype and device; rows are the
     first dimension. grad: a sparse COO tensor of p's shape over dimension 0 (rows
-    sorted and unique, or merged here when autograd left them uncoalesced) or a dense
-    tensor of p's shape. ``step`` counts from 1.
+    sorted and unique, or merged here when autograd left them uncoalesced: on a GPU that
+    merge is a host sync) or a dense tensor of p's shape. ``step`` counts from 1.
     """
     ucol, values = _rows_of_grad(p, exp_avg, exp_avg_sq, grad)
     _check_hyper(step, lr, betas, eps, weight_decay)
@@ -50,6 +51,7 @@ def row_adam_step(
     inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2**step)
     coefs = (step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay, lazy)
     if choose_impl(p, impl, "row_adam_step", ROW_ADAM_DTYPES) == "reference":
+        _check_rows(ucol, p.shape[0])
         row_adam_reference(p, exp_avg, exp_avg_sq, ucol, values, *coefs)
         return
     check_kernel("row_adam_step", p, ROW_ADAM_DTYPES)
@@ -60,6 +62,7 @@ def row_adam_step(
         p.device,
         *(ptr(p), ptr(exp_avg), ptr(exp_avg_sq), ptr(values), ptr(ucol)),
         *(ucol.numel(), N, H, *coefs, dtype_code(p)),
+        op="row_adam_step",
     )
 
 
@@ -130,25 +133,30 @@ def _rows_of_grad(p, exp_avg, exp_avg_sq, grad) -> tuple[torch.Tensor, torch.Ten
         )
     raw = grad._indices()
     csr.check_tensor(raw, "grad rows", dtypes=(torch.int64,), device=p.device, contiguous=False)
-    cols = raw[0].cpu().numpy()
-    if cols.size and (cols.min() < 0 or cols.max() >= N):  # before coalesce() reads them
-        raise ValueError(f"row_adam_step: gradient rows must lie inside the parameter [0, {N})")
-    if not grad.is_coalesced() and cols.size > 1 and bool((np.diff(cols) <= 0).any()):
-        # Rows out of order or repeated (tied weights sum two sparse gradients): merge
-        # them. Our own gradients arrive sorted and unique; autograd may drop the flag.
+    if not grad.is_coalesced() and raw.shape[1] > 1:
+        # Rows maybe out of order or repeated (tied weights sum two sparse gradients):
+        # merge them. Our own gradients arrive flagged sorted and unique. Rows outside the
+        # parameter survive the merge (coalesce sorts them, reads nothing through them)
+        # and the kernel refuses them.
         grad = grad.coalesce()
-        cols = grad._indices()[0].cpu().numpy()
     ucol, values = grad._indices()[0].contiguous(), grad._values().contiguous()
-    if cols.size > 1 and bool((np.diff(cols) <= 0).any()):  # flagged coalesced, but is not
-        raise ValueError(
-            "row_adam_step: gradient rows must be sorted, unique and inside the parameter"
-        )
     if values.shape != (ucol.numel(), *p.shape[1:]):
         raise ValueError(
             f"row_adam_step: gradient rows have shape {tuple(values.shape)}, expected "
             f"{(ucol.numel(), *p.shape[1:])}"
         )
     return ucol, values
+
+
+def _check_rows(ucol: torch.Tensor, n_rows: int) -> None:
+    """The reference path's check of the row ids, on the host (the kernel checks its own)."""
+    ids = ucol.cpu()
+    if ids.numel() and (bool(ids.min() < 0) or bool(ids.max() >= n_rows)):
+        raise ValueError(
+            f"row_adam_step: gradient rows must lie inside the parameter [0, {n_rows})"
+        )
+    if ids.numel() > 1 and bool((ids[1:] <= ids[:-1]).any()):
+        raise ValueError("row_adam_step: gradient rows must be sorted and unique")
 
 
 def _check_hyper(step, lr, betas, eps, weight_decay) -> None:

@@ -13,7 +13,9 @@ Both equal their dense definitions (tests compare every gradient in float64 to
 1e-10); both have a pure-PyTorch reference (gather / index_add) and the same
 impl="auto"|"fused"|"reference" switch as masked_mse. Each is a registered op (what
 torch.compile and opcheck see) and, for eager calls, an autograd.Function over the same
-checks and kernels whose backward launches the kernels directly (issue #14).
+checks and kernels whose backward launches the kernels directly. Python checks metadata
+only; every kernel checks the batch's indices and its column index (against the batch)
+as it reads them, in backward too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from deeprec import csr
-from deeprec.csr import ColumnIndex, column_index
+from deeprec.csr import Batch, ColumnIndex, column_index
 from deeprec.ops import recycle
 from deeprec.ops.launch import (
     Impl,
@@ -81,8 +83,9 @@ def sparse_linear(
 ) -> torch.Tensor:
     """x @ weight + bias for a CSR batch x (B x N), weight (N x H), bias (H); (B x H).
 
-    Differentiable with respect to weight and bias (x is data). ``index``: the
-    batch's ColumnIndex, if already known (RatingMatrix batches carry one).
+    Differentiable with respect to weight and bias (x is data: a Batch, a torch sparse
+    CSR tensor or a triple). ``index``: the batch's ColumnIndex, if already known (a
+    Batch carries its own; otherwise it is built here, which on a GPU costs a host sync).
     ``sparse_grad``: the fused path returns weight's gradient as a sparse COO tensor
     holding only the batch's columns (for deeprec.optim.ItemAdam).
     """
@@ -93,8 +96,7 @@ def sparse_linear(
         if not torch.compiler.is_compiling():
             csr.check_values(parts, weight.shape[0], "x")
         return sparse_linear_reference(parts, weight, bias)
-    if index is None:
-        index = column_index(parts.crow, parts.col, weight.shape[0], "x")
+    index = _index_of(x, parts, index)
     if torch.compiler.is_compiling():
         return torch.ops.deeprec.sparse_linear(*parts, *index, weight, bias, sparse_grad)
     return _SparseLinear.apply(*parts, *index, weight, bias, sparse_grad)
@@ -112,7 +114,8 @@ def sparse_output_mse(
 ) -> torch.Tensor:
     """Masked MSE of the output layer h @ weight^T + bias, only where target stores a rating.
 
-    h: (B, H) hidden activations; weight: (N, H); bias: (N); target: CSR (B, N) ratings.
+    h: (B, H) hidden activations; weight: (N, H); bias: (N); target: CSR (B, N) ratings
+    (a Batch, a torch sparse CSR tensor or a triple).
     Differentiable with respect to h, weight and bias. ``sparse_grad``: the fused path
     returns weight's and bias's gradients as sparse COO tensors of the batch's columns.
     """
@@ -131,8 +134,7 @@ def sparse_output_mse(
         return sparse_output_mse_reference(h, weight, bias, parts)
     if not h.is_contiguous():
         h = h.contiguous()
-    if index is None:
-        index = column_index(parts.crow, parts.col, weight.shape[0])
+    index = _index_of(target, parts, index)
     if torch.compiler.is_compiling():
         loss, _ = torch.ops.deeprec.sparse_output_mse(h, weight, bias, *parts, *index, sparse_grad)
     else:
@@ -140,7 +142,18 @@ def sparse_output_mse(
     return loss
 
 
+def _index_of(data: object, parts: csr.CSRParts, index: ColumnIndex | None) -> ColumnIndex:
+    """The given index, a Batch's own, or one built for a caller's CSR (on a GPU: a sync)."""
+    if index is not None:
+        return index
+    if isinstance(data, Batch):
+        return data.index
+    return column_index(parts.crow, parts.col)
+
+
 def _rows_of(x: object) -> int:
+    if isinstance(x, Batch):
+        return x.crow.numel() - 1
     if isinstance(x, torch.Tensor) and x.layout == torch.sparse_csr:
         return x.shape[0]
     if isinstance(x, (tuple, list)) and len(x) == 3 and isinstance(x[0], torch.Tensor):
@@ -179,38 +192,47 @@ def _check_same(ref: torch.Tensor, other: torch.Tensor, name: str) -> None:
 
 
 def _check_batch(op: str, weight, crow, col, val, n_rows: int, index=None, name="target"):
-    """Inside an op: the kernel exists, the batch is a valid CSR batch of n_rows rows over
-    weight's rows, and the index (if given) is exactly this batch's column index."""
+    """Inside an op: the kernel exists, and the batch (n_rows rows) and its index have the
+    dtypes, devices and lengths the kernels need. The values are the kernels' to check."""
     check_kernel(op, weight, SPARSE_DTYPES)
     csr.check_structure(crow, col, val, n_rows, name)
     _check_same(weight, val, f"{name} values")
-    parts = csr.CSRParts(crow, col, val)
-    csr.check_values(parts, weight.shape[0], name)
     if index is not None:
-        csr.check_index(ColumnIndex(*index), parts, weight.shape[0])
+        csr.check_index_structure(ColumnIndex(*index), col.numel(), weight.device)
 
 
 # ------------------------------------------------------------------ native launches
-def _spmm(crow, col, val, weight, bias, out, scale) -> None:
+def _spmm(crow, col, val, weight, bias, out, scale, op: str) -> None:
     """out = bias + scale * CSR @ weight."""
     B, H = out.shape
     launch(
         "spmm_rows",
         weight.device,
-        *(ptr(crow), ptr(col), ptr(val), ptr(weight), ptr(bias), ptr(out), B, H),
-        *(ptr(scale), dtype_code(weight), index_code(col)),
+        *(ptr(crow), ptr(col), ptr(val), ptr(weight), ptr(bias), ptr(out)),
+        *(B, weight.shape[0], H, col.numel(), ptr(scale), dtype_code(weight), index_code(col)),
+        op=op,
     )
 
 
 def _col_accumulate(
-    index: ColumnIndex, coef, A, n_cols: int, with_bias: bool, scale, compact: bool = False
+    index: ColumnIndex,
+    crow,
+    col,
+    coef,
+    A,
+    n_cols: int,
+    with_bias: bool,
+    scale,
+    compact: bool,
+    op: str,
 ):
-    """(dW, db or None): per-column sums of scale * coef * A[row].
+    """(dW, db or None): per-column sums of scale * coef * A[row], over the column index
+    of the batch (crow, col) that A's rows belong to.
 
     Dense: dW (n_cols x H), db (n_cols), zero where the batch has no entry. Compact:
     only the touched columns, dW (U x H) and db (U) in ucol order.
     """
-    H = A.shape[1]
+    B, H = A.shape
     rows_out = index.ucol.numel() if compact else n_cols
     dW = recycle.empty(rows_out, H, A.dtype, A.device)
     db = torch.empty(rows_out, dtype=A.dtype, device=A.device) if with_bias else None
@@ -218,8 +240,10 @@ def _col_accumulate(
         "col_accumulate",
         A.device,
         *(ptr(t) for t in index),
-        *(ptr(coef), ptr(A), ptr(dW), ptr(db), index.ucol.numel(), n_cols, H),
-        *(ptr(scale), dtype_code(A), compact),
+        *(ptr(crow), ptr(col), ptr(coef), ptr(A), ptr(dW), ptr(db)),
+        *(index.ucol.numel(), n_cols, B, H, col.numel(), ptr(scale)),
+        *(dtype_code(A), index_code(col), compact),
+        op=op,
     )
     return dW, db
 
@@ -249,7 +273,7 @@ def _sparse_linear_impl(
     B, H = crow.numel() - 1, weight.shape[1]
     _check_batch("sparse_linear", weight, crow, col, val, B, (perm, ucol, uptr, rows), "x")
     out = torch.empty(B, H, dtype=weight.dtype, device=weight.device)
-    _spmm(crow, col, val, weight, bias, out, None)
+    _spmm(crow, col, val, weight, bias, out, None, "sparse_linear")
     return out
 
 
@@ -264,8 +288,8 @@ def _(crow, col, val, perm, ucol, uptr, rows, weight, bias, sparse_grad):
 
 
 def _sparse_linear_setup(ctx, inputs, output):
-    _crow, _col, val, perm, ucol, uptr, rows, weight, _bias, sparse_grad = inputs
-    ctx.save_for_backward(val, perm, ucol, uptr, rows)
+    crow, col, val, perm, ucol, uptr, rows, weight, _bias, sparse_grad = inputs
+    ctx.save_for_backward(crow, col, val, perm, ucol, uptr, rows)
     ctx.weight_shape = tuple(weight.shape)
     ctx.sparse_grad = sparse_grad
 
@@ -273,20 +297,23 @@ def _sparse_linear_setup(ctx, inputs, output):
 def _sparse_linear_backward(ctx, grad, eager: bool = False):
     if grad is None:  # eager path, materialize_grads off: no gradient came (gradcheck does this)
         return (None,) * 10
-    val, perm, ucol, uptr, rows = ctx.saved_tensors
+    crow, col, val, perm, ucol, uptr, rows = ctx.saved_tensors
     d_weight = d_bias = None
     if ctx.needs_input_grad[7]:
-        if eager:  # the index was checked in forward, and autograd vouches it is unchanged
+        if eager:  # the kernel checks the index against the batch again as it reads it
             index = ColumnIndex(perm, ucol, uptr, rows)
             d_weight, _ = _col_accumulate(
-                index, val, grad.contiguous(), ctx.weight_shape[0], False, None, ctx.sparse_grad
-            )
+                index, crow, col, val, grad.contiguous(), ctx.weight_shape[0], False, None,
+                ctx.sparse_grad, "sparse_linear backward",
+            )  # fmt: skip
         else:
             d_weight, _ = torch.ops.deeprec.col_accumulate(
                 perm,
                 ucol,
                 uptr,
                 rows,
+                crow,
+                col,
                 val,
                 grad.contiguous(),
                 ctx.weight_shape[0],
@@ -330,7 +357,8 @@ def _sparse_output_mse_impl(
         "sddmm_residual",
         h.device,
         *(ptr(crow), ptr(col), ptr(val), ptr(h), ptr(weight), ptr(bias), ptr(resid), ptr(loss)),
-        *(B, H, nnz, dtype_code(h), index_code(col)),
+        *(B, weight.shape[0], H, nnz, dtype_code(h), index_code(col)),
+        op="sparse_output_mse",
     )
     return loss, resid
 
@@ -360,22 +388,24 @@ def _sparse_output_backward(ctx, grad_loss, _grad_resid, eager: bool = False):
     # G = 2 (p - r) / nnz * grad_loss, folded into one scale so the kernels read it in place.
     scale = as_scalar(torch.mul(grad_loss, 2.0 / max(nnz, 1)), h.dtype)
     d_h = d_weight = d_bias = None
+    op = "sparse_output_mse backward"
     if ctx.needs_input_grad[0]:
-        if eager:  # batch and index were checked in forward; autograd vouches they are unchanged
+        if eager:  # the kernels check the batch and its index again as they read them
             d_h = h.new_empty(crow.numel() - 1, weight.shape[1])
-            _spmm(crow, col, resid, weight, None, d_h, scale)
+            _spmm(crow, col, resid, weight, None, d_h, scale, op)
         else:
             d_h = torch.ops.deeprec.spmm_rows(crow, col, resid, weight, scale)
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         if eager:
             index = ColumnIndex(perm, ucol, uptr, rows)
             d_weight, d_bias = _col_accumulate(
-                index, resid, h, weight.shape[0], True, scale, ctx.sparse_grad
+                index, crow, col, resid, h, weight.shape[0], True, scale, ctx.sparse_grad, op
             )
         else:
             d_weight, d_bias = torch.ops.deeprec.col_accumulate(
-                perm, ucol, uptr, rows, resid, h, weight.shape[0], True, scale, ctx.sparse_grad
-            )
+                perm, ucol, uptr, rows, crow, col, resid, h, weight.shape[0], True, scale,
+                ctx.sparse_grad,
+            )  # fmt: skip
         if ctx.sparse_grad:
             rows_index = ucol.unsqueeze(0)
             d_weight = _as_sparse_rows(rows_index, d_weight, tuple(weight.shape))
@@ -387,10 +417,11 @@ _sparse_output_mse_op.register_autograd(_sparse_output_backward, setup_context=_
 
 
 def _eager(name: str, impl, setup, backward) -> type[torch.autograd.Function]:
-    """The eager path of a registered op (issue #14): an autograd.Function running the op's
+    """The eager path of a registered op: an autograd.Function running the op's
     own ``impl`` (its checks and kernels) and ``setup``, without the custom-op dispatcher's
     Python autograd layer and re-dispatch; ``backward(..., eager=True)`` launches the
-    kernels directly on the inputs forward checked. torch.compile uses the op."""
+    kernels directly on the saved inputs (which check them again). torch.compile uses the
+    op."""
 
     def forward(ctx, *inputs):
         out = impl(*inputs)
@@ -428,7 +459,7 @@ def _spmm_rows_op(
     _check_batch("spmm_rows", weight, crow, col, val, crow.numel() - 1)
     check_scale(scale, weight)
     out = torch.empty(crow.numel() - 1, weight.shape[1], dtype=weight.dtype, device=weight.device)
-    _spmm(crow, col, val, weight, None, out, scale)
+    _spmm(crow, col, val, weight, None, out, scale, "spmm_rows")
     return out
 
 
@@ -443,6 +474,8 @@ def _col_accumulate_op(
     ucol: torch.Tensor,
     uptr: torch.Tensor,
     rows: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
     coef: torch.Tensor,
     A: torch.Tensor,
     n_cols: int,
@@ -450,21 +483,25 @@ def _col_accumulate_op(
     scale: torch.Tensor | None,
     compact: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-column sums of scale * coef * A[row]: dense (n_cols x H) or compact (U x H) rows."""
+    """Per-column sums of scale * coef * A[row] over the column index of the batch (crow,
+    col) whose rows A holds: dense (n_cols x H) or compact (U x H) rows."""
     csr.check_tensor(A, "A", dim=2)
     check_kernel("col_accumulate", A, SPARSE_DTYPES)
+    csr.check_structure(crow, col, coef, A.shape[0], "batch")
     csr.check_tensor(coef, "coef", dim=1, dtypes=(A.dtype,), device=A.device)
+    csr.check_tensor(crow, "crow", dim=1, device=A.device)
     if n_cols < 0:
         raise ValueError(f"n_cols must be >= 0, got {n_cols}")
     index = ColumnIndex(perm, ucol, uptr, rows)
     csr.check_index_structure(index, coef.numel(), A.device)
-    csr.check_grouping(*(t.detach().cpu().numpy() for t in index), A.shape[0], n_cols)
     check_scale(scale, A)
-    dW, db = _col_accumulate(index, coef, A, n_cols, with_bias, scale, compact)
+    dW, db = _col_accumulate(
+        index, crow, col, coef, A, n_cols, with_bias, scale, compact, "col_accumulate"
+    )
     return dW, (db if db is not None else A.new_empty(0))
 
 
 @_col_accumulate_op.register_fake
-def _(perm, ucol, uptr, rows, coef, A, n_cols, with_bias, scale, compact):
+def _(perm, ucol, uptr, rows, crow, col, coef, A, n_cols, with_bias, scale, compact):
     rows_out = ucol.shape[0] if compact else n_cols
     return A.new_empty(rows_out, A.shape[1]), A.new_empty(rows_out if with_bias else 0)
