@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -95,6 +96,18 @@ def native_required():
         pytest.skip("native module not built")
 
 
+def sleep_cycles(ms: float) -> int:
+    """torch.cuda._sleep's argument for about ``ms`` milliseconds on this GPU, measured
+    (its clock rate differs from GPU to GPU)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    probe = 20_000_000
+    start.record()
+    torch.cuda._sleep(probe)
+    end.record()
+    end.synchronize()
+    return int(probe / max(start.elapsed_time(end), 1e-3) * ms)
+
+
 def run_while_default_stream_is_busy(fn, poison_numel: int = 0):
     """fn() on a side stream while the default stream sleeps; returns fn's tensors as the
     side stream saw them, plus whether the default stream was still busy at that point.
@@ -103,14 +116,24 @@ def run_while_default_stream_is_busy(fn, poison_numel: int = 0):
     would still be queued behind the sleep when the side stream copies its results, so
     the copies would hold whatever the buffers held before: NaN poison, when the caching
     allocator hands back the poisoned block of ``poison_numel`` floats freed just before.
-    Nothing synchronises both streams before the copies are taken.
+    Nothing synchronises both streams before the copies are taken. The sleep is sized
+    from a timed run of fn (50 times its wall time, at least 0.2 s), so it outlasts fn on
+    any GPU.
     """
     side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        fn()  # warm-up (allocator, first launches)
+        side.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        side.synchronize()
+        fn_ms = (time.perf_counter() - t0) * 1e3
+    cycles = sleep_cycles(max(200.0, 50.0 * fn_ms))
     with torch.cuda.stream(side):
         if poison_numel:
             torch.full((poison_numel,), float("nan"), device="cuda")  # freed at once, poisoned
         torch.cuda.current_stream().synchronize()
-    torch.cuda._sleep(200_000_000)  # on the default stream: ~0.1 s of GPU time on an H100
+    torch.cuda._sleep(cycles)  # on the default stream
     with torch.cuda.stream(side):
         result = fn()
         snapshot = [t.detach().clone() for t in result]

@@ -35,7 +35,7 @@ from deeprec.ops import (
     sparse_output_mse,
 )
 from deeprec.optim import build
-from deeprec.training import run_epoch
+from deeprec.training import run_epoch, validate
 
 pytestmark = pytest.mark.usefixtures("native_required")
 
@@ -197,13 +197,17 @@ def counting_host_reads():
             setattr(owner, name, real)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sparse-adam"])
-def test_fused_training_steps_read_nothing_back_but_the_loss(optimizer):
+@pytest.mark.parametrize(
+    "optimizer,last", [("adam", "none"), ("sparse-adam", "none"), ("adam", "sigmoid")]
+)
+def test_fused_training_steps_read_nothing_back_but_the_loss(optimizer, last):
+    """The sparse path (exact and lazy row Adam), and the dense model with the fused loss."""
     m = matrix(n_users=200, n_items=90)
-    config = Config(fused=True, hidden=[16, 8], optimizer=optimizer)
+    config = Config(fused=True, hidden=[16, 8], optimizer=optimizer, last_activation=last)
     device = torch.device("cpu")
     path = decide_path(config, device)
-    model = AutoEncoder(m.n_cols, [16, 8])
+    assert path.loss == ("sparse" if last == "none" else "fused")
+    model = AutoEncoder(m.n_cols, [16, 8], last_activation=last)
     opt = build(optimizer, model, 1e-3, 0.0, path.sparse_grad)
     batches = ResidentMatrix(m, device).batches(16, generator=torch.Generator().manual_seed(0))
     run_epoch(model, opt, [next(batches)], path)  # warm-up: the optimizer's state, the order
@@ -212,6 +216,18 @@ def test_fused_training_steps_read_nothing_back_but_the_loss(optimizer):
     # 12 steps remain: reads at steps 5 and 10 and at the end of the epoch
     assert calls == ["__float__"] * 3, calls
     assert np.isfinite(loss)
+
+
+def test_validation_reads_its_predictions_back_once():
+    m = matrix(n_users=200, n_items=90)
+    held = RatingMatrix(m.train, m.row_ids, m.col_ids, m.by, *np.nonzero(m.train.toarray()),
+                        m.train.data, m.scale)  # fmt: skip
+    model = AutoEncoder(m.n_cols, [16, 8])
+    source = ResidentMatrix(held, "cpu")
+    with counting_host_reads() as calls:
+        metrics = validate(model, held, torch.device("cpu"), source=source)
+    assert calls == ["cpu", "numpy"], calls  # one transfer of every prediction
+    assert np.isfinite(metrics["val_rmse"])
 
 
 def test_the_count_sees_a_host_read():

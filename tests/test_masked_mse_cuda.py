@@ -10,7 +10,7 @@ import torch
 from conftest import random_csr, run_while_default_stream_is_busy
 
 from deeprec import _native
-from deeprec.ops import masked_mse
+from deeprec.ops import masked_mse, raise_kernel_errors
 
 pytestmark = pytest.mark.cuda
 
@@ -100,12 +100,15 @@ def test_cuda_opcheck_and_compile():
     )
 
 
-def test_cuda_bad_input_is_caught_before_launch():
+def test_cuda_bad_input_is_refused():
+    """Metadata is refused before launch; an index value by the kernel, raised at the next
+    read of the error word (no host sync in the op itself)."""
     crow, col, val = random_csr(4, 8, 0.5, seed=0, dtype=torch.float32, device="cuda")
     bad_col = col.clone()
     bad_col[-1] = 10**6
     with pytest.raises(ValueError, match="outside"):
         masked_mse(torch.randn(4, 8, device="cuda"), (crow, bad_col, val), impl="fused")
+        raise_kernel_errors("cuda")
     with pytest.raises(ValueError, match=r"devices|on cpu|on cuda"):
         masked_mse(torch.randn(4, 8, device="cuda"), (crow.cpu(), col, val), impl="fused")
     assert _native.unavailable_reason("cuda") is None

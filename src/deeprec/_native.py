@@ -97,6 +97,9 @@ def module() -> ModuleType | None:
     return _C
 
 
+# A constant of the process for a given device: torch.compile takes the answer at trace
+# time instead of tracing into the compiled module's CUDA probe (which it cannot trace).
+@torch.compiler.assume_constant_result
 def unavailable_reason(device: torch.device | str) -> str | None:
     """Why the fused kernels cannot run on ``device``, or None when they can."""
     device = torch.device(device)

@@ -72,6 +72,10 @@ class ItemAdam:
             "adam", [p for p in model.parameters() if id(p) not in ids], lr, weight_decay
         )
         self.lazy, self.betas, self.eps, self.weight_decay = lazy, betas, eps, weight_decay
+        # Each item parameter gets one sparse gradient per step, its rows sorted and unique
+        # (autograd drops the flag that says so), unless tied weights make one parameter
+        # the input and the output weight: then autograd sums two, which must be merged.
+        self.merge = model.tied
         self.item_group = {"params": self.items, "lr": lr}
         self.item_state = [
             {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
@@ -105,6 +109,7 @@ class ItemAdam:
                 self.eps,
                 self.weight_decay,
                 self.lazy,
+                merge=self.merge,
             )
         self.dense.step()
 

@@ -36,15 +36,19 @@ def row_adam_step(
     lazy: bool,
     *,
     impl: Impl = "auto",
+    merge: bool = True,
 ) -> None:
     """In-place Adam update of ``p`` (and its moments) from a row-sparse or dense gradient.
 
     p, exp_avg, exp_avg_sq: contiguous, same shape, dtype and device; rows are the
-    first dimension. grad: a sparse COO tensor of p's shape over dimension 0 (rows
-    sorted and unique, or merged here when autograd left them uncoalesced: on a GPU that
-    merge is a host sync) or a dense tensor of p's shape. ``step`` counts from 1.
+    first dimension. grad: a sparse COO tensor of p's shape over dimension 0 or a dense
+    tensor of p's shape. ``step`` counts from 1. merge: coalesce a sparse gradient that is
+    not flagged coalesced (rows out of order or repeated, as when tied weights sum two
+    gradients; a sort, and on a GPU a host sync). merge=False: use its rows as they are, as
+    for deeprec's own gradients, whose rows are sorted and unique but which autograd hands
+    over without the flag; the kernel refuses rows out of order.
     """
-    ucol, values = _rows_of_grad(p, exp_avg, exp_avg_sq, grad)
+    ucol, values = _rows_of_grad(p, exp_avg, exp_avg_sq, grad, merge)
     _check_hyper(step, lr, betas, eps, weight_decay)
     b1, b2 = betas
     step_size = lr / (1.0 - b1**step)
@@ -100,7 +104,7 @@ def _adam(p, m, v, g, step_size, inv_sqrt_bc2, b1, b2, eps, wd) -> None:
     p.sub_(step_size * m / (v.sqrt() * inv_sqrt_bc2 + eps))
 
 
-def _rows_of_grad(p, exp_avg, exp_avg_sq, grad) -> tuple[torch.Tensor, torch.Tensor]:
+def _rows_of_grad(p, exp_avg, exp_avg_sq, grad, merge) -> tuple[torch.Tensor, torch.Tensor]:
     """(ucol int64 sorted unique, values (U, *row shape) contiguous), after every check."""
     csr.check_tensor(p, "param")
     if p.dim() == 0:
@@ -133,7 +137,7 @@ def _rows_of_grad(p, exp_avg, exp_avg_sq, grad) -> tuple[torch.Tensor, torch.Ten
         )
     raw = grad._indices()
     csr.check_tensor(raw, "grad rows", dtypes=(torch.int64,), device=p.device, contiguous=False)
-    if not grad.is_coalesced() and raw.shape[1] > 1:
+    if merge and not grad.is_coalesced() and raw.shape[1] > 1:
         # Rows maybe out of order or repeated (tied weights sum two sparse gradients):
         # merge them. Our own gradients arrive flagged sorted and unique. Rows outside the
         # parameter survive the merge (coalesce sorts them, reads nothing through them)
