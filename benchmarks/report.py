@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_profile
 import overhead
 import scale
 from common import copy_bandwidth, machine_info, matmul_rate, measure
@@ -119,6 +120,9 @@ def run_device(device: str, quick: bool) -> dict:
         report["overhead"] = overhead.loss_overhead(41 if quick else 101)
         report["variants"] = overhead.per_variant(3 if quick else 5)
         report["op_overheads"] = overhead.op_overheads(41 if quick else 101)
+    if device.startswith("cuda"):
+        print("  GPU profile: wall, GPU-busy, syncs, kernels against their floors", flush=True)
+        report["profile"] = gpu_profile.run(quick)
     if not quick:
         print("  scale: synth-netflix epoch, synth-ml32m, torchrun, load times", flush=True)
         report["scale"] = scale.run(device)
@@ -177,6 +181,8 @@ def to_markdown(rep: dict) -> str:
         lines.append(overhead.to_markdown(rep["overhead"], rep["variants"], isa))
         if "op_overheads" in rep:
             lines.append(overhead.ops_markdown(rep["op_overheads"], isa))
+    if "profile" in rep:
+        lines.append(gpu_profile.to_markdown(rep["profile"]))
     if "scale" in rep:
         lines.append(scale.to_markdown(rep["scale"]))
     return "\n".join(lines)
