@@ -10,7 +10,6 @@ reference path, the fallback whose indexing must not fault (``check_values``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -66,7 +65,7 @@ def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRP
             raise ValueError(
                 f"{name} has shape {tuple(target.shape)} but output has shape {tuple(shape)}"
             )
-        crow, col, val = target.crow_indices(), target.col_indices(), target.values()
+        crow, col, val = _copied_parts(target)
     elif isinstance(target, (tuple, list)) and len(target) == 3:
         crow, col, val = target
     else:
@@ -76,6 +75,15 @@ def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRP
         )
     check_structure(crow, col, val, shape[0], name, need_contiguous=False)
     return CSRParts(crow.to(torch.int64).contiguous(), col.contiguous(), val.contiguous())
+
+
+@torch.compiler.disable
+def _copied_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A sparse CSR tensor's parts, as copies made outside any compiled graph: torch.compile
+    fails (IndexError) on a frame whose inputs are views of a sparse tensor's parts, which
+    crow_indices() returns, and every function we hand them to would be such a frame. The
+    copies cost one pass over the indices."""
+    return x.crow_indices().clone(), x.col_indices().clone(), x.values().clone()
 
 
 # ------------------------------------------------------------------ structure checks
@@ -249,17 +257,26 @@ def column_index(crow: torch.Tensor, col: torch.Tensor, n_unique: int | None = N
     n_unique: the number of distinct columns, when the caller knows it (deeprec's batches
     count them on the host, where their rows come from); without it they are counted here,
     which on a GPU is one host sync. Nothing is read back otherwise: every size comes from
-    metadata, and the kernels check the index against its batch when they use it.
+    metadata, and the kernels check the index against its batch when they use it. Under
+    torch.compile it is the registered op deeprec::column_index, whose fake declares the
+    number of distinct columns a data-dependent size, so a whole step stays one graph.
     """
     check_tensor(crow, "crow", dim=1, dtypes=INDEX_DTYPES, contiguous=False)
     check_tensor(col, "col", dim=1, dtypes=INDEX_DTYPES, device=crow.device, contiguous=False)
     if crow.numel() == 0:
         raise ValueError("crow is empty; a batch of B rows needs B + 1 offsets")
+    count = -1 if n_unique is None else n_unique
+    if torch.compiler.is_compiling():
+        return ColumnIndex(*torch.ops.deeprec.column_index(crow, col, count))
+    return ColumnIndex(*_build_index(crow, col, count))
+
+
+def _build_index(crow: torch.Tensor, col: torch.Tensor, n_unique: int) -> tuple[torch.Tensor, ...]:
     nnz = col.numel()
     perm = torch.sort(col, stable=True).indices
     grouped = col[perm].to(torch.int64)
     new = grouped[1:] != grouped[:-1]
-    if n_unique is None:
+    if n_unique < 0:
         n_unique = int(new.sum()) + 1 if nnz else 0
     if not 0 <= n_unique <= nnz or (nnz and n_unique == 0):
         raise ValueError(f"n_unique = {n_unique} is impossible for a batch of {nnz} entries")
@@ -270,7 +287,27 @@ def column_index(crow: torch.Tensor, col: torch.Tensor, n_unique: int | None = N
         starts = torch.nonzero_static(new, size=n_unique - 1).flatten()
         uptr[1:-1] = starts + 1
     ucol = grouped[uptr[:-1].clamp(max=max(nnz - 1, 0))] if nnz else grouped[:0]
-    return ColumnIndex(perm, ucol.contiguous(), uptr, entry_rows(crow, nnz))
+    return perm, ucol.contiguous(), uptr, entry_rows(crow, nnz)
+
+
+@torch.library.custom_op("deeprec::column_index", mutates_args=(), device_types=("cpu", "cuda"))
+def _column_index_op(
+    crow: torch.Tensor, col: torch.Tensor, n_unique: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(perm, ucol, uptr, rows) of a CSR batch; n_unique < 0: count the distinct columns."""
+    return _build_index(crow, col, n_unique)
+
+
+@_column_index_op.register_fake
+def _(crow, col, n_unique):
+    nnz = col.shape[0]
+    if n_unique < 0:
+        n_unique = torch.library.get_ctx().new_dynamic_size()
+
+    def longs(n):
+        return col.new_empty(n, dtype=torch.int64)
+
+    return longs(nnz), longs(n_unique), longs(n_unique + 1), longs(nnz)
 
 
 # ------------------------------------------------------------------ the batch
@@ -303,10 +340,16 @@ class Batch:
         n_unique = int(torch.unique(parts.col).numel())
         return cls(parts.crow, parts.col, parts.val, n_cols, n_unique)
 
-    @cached_property
+    @property
     def index(self) -> ColumnIndex:
-        """Its ColumnIndex, built on the batch's device on first use (the sparse path)."""
-        return column_index(self.crow, self.col, self.n_unique)
+        """Its ColumnIndex, built on the batch's device on first use (the sparse path) and
+        kept; inside a compiled graph it is built there instead (no side effect)."""
+        index = self.__dict__.get("_index")
+        if index is None:
+            index = column_index(self.crow, self.col, self.n_unique)
+            if not torch.compiler.is_compiling():
+                object.__setattr__(self, "_index", index)
+        return index
 
     @property
     def csr(self) -> CSRParts:
