@@ -151,9 +151,16 @@ def start(
     device: torch.device,
     out: Path | None = None,
     world: World = ALONE,
+    overwrite: bool = False,
 ) -> Run:
-    """A new run of ``config``, ready to train, writing to ``out``."""
+    """A new run of ``config``, ready to train, writing to ``out``; a folder that already
+    holds a run (a model.pt) is refused unless ``overwrite``."""
     config.check()
+    if out is not None and not overwrite and (out / "model.pt").exists():
+        raise ConfigError(
+            f"--out {out} already holds a run (model.pt); continue it with --resume {out}, "
+            "replace it with --overwrite, or pick another --out"
+        )
     check_world(config, world)
     path = decide_path(config, device)  # decided once, before any data is loaded
     run = _build(config, data_dir, device)
@@ -161,6 +168,11 @@ def start(
     run.world = world
     _make_trainable(run, path)
     return run
+
+
+def run_folder(path: Path) -> Path:
+    """The run folder of a --resume argument (the folder, or the folder of its model.pt)."""
+    return path if path.is_dir() else path.parent
 
 
 def saved_config(state: dict[str, Any], where: Path | str) -> Config:
@@ -187,7 +199,7 @@ def resume(
     config = saved_config(state, folder)
     if epochs is not None:
         config = config.replace(epochs=epochs)
-    out = folder if folder.is_dir() else folder.parent
+    out = run_folder(folder)
     if state["epoch"] >= config.epochs:
         raise ConfigError(
             f"{out} already ran {state['epoch']} epochs; pass --epochs N > {state['epoch']}"

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", type=Path, help="run folder (default: runs/<data>-<split>-<by>-<time>)")
     r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --out replace a run already in that folder (without it, a folder holding a "
+        "model.pt is refused: continue it with --resume, or pick another --out)",
+    )
+    r.add_argument(
         "--resume", type=Path, metavar="DIR", help="continue the run in DIR up to --epochs"
     )
     r.add_argument(
@@ -110,7 +116,7 @@ def refuse_changes_on_resume(args: argparse.Namespace, saved: Config) -> None:
         changed.append(f"--preset {args.preset}")
     if args.config is not None:
         changed.append(f"--config {args.config}")
-    if args.out is not None:
+    if args.out is not None and args.out.resolve() != run.run_folder(args.resume).resolve():
         changed.append(f"--out {args.out} (a resumed run writes to its own folder)")
     if changed:
         raise cli.UsageError(
@@ -138,7 +144,7 @@ def _train(args: argparse.Namespace, world: distributed.World, device: torch.dev
         refuse_changes_on_resume(args, run.saved_config(state, args.resume))
         job = run.resume(args.resume, args.data_dir, device, args.epochs, state, world)
     else:
-        job = run.start(build_config(args), args.data_dir, device, args.out, world)
+        job = run.start(build_config(args), args.data_dir, device, args.out, world, args.overwrite)
     c, m = job.config, job.matrix
     say = print if world.main else (lambda *a, **k: None)
     procs = f" | {world.size} processes" if world.active else ""

@@ -1,0 +1,48 @@
+"""A run folder is never overwritten by accident, and --resume takes its own folder as --out."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import write_movielens_csv
+
+from deeprec.train import cli_main as train_main
+
+TINY = ["--hidden", "8", "--batch-size", "16", "--quiet"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_movielens_csv(tmp_path / "toy")
+
+
+def test_train_refuses_an_out_folder_holding_a_run(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(["--data", str(data), "--out", str(out), "--epochs", "1", *TINY]) == 0
+    model = (out / "model.pt").read_bytes()
+    capsys.readouterr()
+    code = train_main(["--data", str(data), "--out", str(out), "--epochs", "2", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "--overwrite" in err and f"--resume {out}" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (out / "model.pt").read_bytes() == model  # nothing lost
+    args = ["--data", str(data), "--out", str(out), "--epochs", "2", "--overwrite", *TINY]
+    assert train_main(args) == 0
+    assert (out / "model.pt").read_bytes() != model
+
+
+def test_an_empty_or_new_out_folder_needs_no_flag(data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new"):
+        assert train_main(["--data", str(data), "--out", str(out), "--epochs", "1", *TINY]) == 0
+
+
+def test_resume_accepts_its_own_folder_as_out(data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert train_main(["--data", str(data), "--out", str(out), "--epochs", "1", *TINY]) == 0
+    monkeypatch.chdir(tmp_path)
+    # the same folder, spelled another way, as scripts pass it
+    same = ["--resume", "run", "--out", str(out) + "/", "--epochs", "2", "--quiet"]
+    assert train_main(same) == 0
+    other = ["--resume", "run", "--out", "elsewhere", "--epochs", "3", "--quiet"]
+    assert train_main(other) == 2
+    assert "a resumed run writes to its own folder" in capsys.readouterr().err
