@@ -100,6 +100,9 @@ PYBIND11_MODULE(_C, m) {
   m.attr("ISA_NAMES") = py::make_tuple("baseline", "avx2", "avx512");  // index = deeprec::Isa
   m.def("best_isa", &deeprec::best_isa, "the widest SIMD variant this CPU runs (ISA_NAMES index)");
   m.def("active_isa", &deeprec::active_isa, "the SIMD variant the CPU kernels use now");
+  m.def("parallel_threads_used", &deeprec::parallel_threads_used, py::arg("n"),
+        py::arg("num_threads"), py::arg("grain"), py::arg("spin_us"),
+        "distinct threads that ran chunks of one parallel_for (a diagnostic for the tests)");
   m.def("set_isa", &deeprec::set_isa, py::arg("isa"),
         "use SIMD variant `isa` (ISA_NAMES index); False if this CPU cannot run it");
   m.attr("ABI") = kAbi;

@@ -130,12 +130,17 @@ T scalar_or_one(const void* p) {
 }
 
 // Runs fn(begin, end) over [0, n) split into contiguous chunks (up to four per
-// thread), claimed by the calling thread and a persistent pool of std::threads
+// thread), claimed by the calling thread and a persistent pool of std::threads, at most
+// num_threads - 1 of which take part in one call
 // (csrc/cpu/parallel.cpp): starting a thread costs ~50 us on small VMs, more
 // than many of our kernels take. fn must not depend on how [0, n) is cut.
 // Callers size num_threads from torch.get_num_threads(), so no second OpenMP
 // runtime competes with torch's. Below `grain` items per thread fewer threads are used.
 void parallel_for(int64_t n, int num_threads, int64_t grain,
                   const std::function<void(int64_t, int64_t)>& fn);
+
+// How many distinct threads ran chunks of one parallel_for over [0, n), each chunk busy for
+// spin_us microseconds: what the tests read to hold the pool to num_threads threads.
+int parallel_threads_used(int64_t n, int num_threads, int64_t grain, int64_t spin_us);
 
 }  // namespace deeprec

@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import random_csr
 
+from deeprec import _native
 from deeprec.ops import masked_mse
 
 pytestmark = pytest.mark.usefixtures("native_required")
@@ -46,13 +47,77 @@ def problem():
 def test_every_thread_count_back_to_back_and_after_sleeping(problem):
     output, target, (loss, grad) = problem
     # Counts that grow and shrink the pool, calls back to back (workers still spinning)
-    # and after a pause longer than the spin (workers asleep on the condition variable).
-    for threads in (3, 1, 4, 2, 4, 3, 2):
+    # and after a pause longer than the spin (workers asleep on the condition variable):
+    # the same results, and never more threads than asked for.
+    for threads in (3, 1, 8, 2, 4, 3, 2):
         torch.set_num_threads(threads)
         for pause in (0.0, 0.0, 0.01):
             time.sleep(pause)
             got_loss, got_grad = loss_and_grad(output, target)
             assert torch.equal(got_loss, loss) and torch.equal(got_grad, grad), threads
+            assert threads_used(threads) <= threads
+
+
+def threads_used(threads: int) -> int:
+    """Distinct threads running one 64-chunk job of busy chunks (the most of 3 tries)."""
+    C = _native.module()
+    return max(C.parallel_threads_used(64, threads, 1, 200) for _ in range(3))
+
+
+def test_a_job_uses_at_most_its_thread_count_after_a_wider_one():
+    assert threads_used(8) >= 2  # the pool has grown to 7 workers, and they take part
+    for threads in (1, 2, 3, 2, 1):
+        assert threads_used(threads) <= threads, threads
+
+
+FORK_WHILE_BUSY = textwrap.dedent(
+    """
+    import os, sys, threading, time, torch
+    sys.path.insert(0, {tests!r})
+    from conftest import random_csr
+    from deeprec.ops.loss import _run_native
+
+    output = torch.randn(64, 300, generator=torch.Generator().manual_seed(3))
+    target = random_csr(64, 300, 0.05, seed=11, dtype=torch.float32)
+    torch.set_num_threads(2)
+    stop = False
+
+    def busy():  # enters the pool again and again, with the GIL released
+        loss = output.new_empty(())
+        while not stop:
+            _run_native(output, *target, loss, None, None)
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    for _ in range(150):
+        pid = os.fork()
+        if pid == 0:  # must get a pool of its own, whatever the other thread held
+            loss = output.new_empty(())
+            _run_native(output, *target, loss, None, None)
+            os._exit(0)
+        deadline = time.monotonic() + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert status == 0, status
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                print("child hung")
+                os._exit(4)
+            time.sleep(0.001)
+    stop = True
+    worker.join()
+    print("ok")
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_fork_while_another_thread_is_in_the_pool():
+    code = FORK_WHILE_BUSY.format(tests=os.path.dirname(__file__))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.stdout, done.stderr[-2000:])
 
 
 def test_several_python_threads_at_once(problem):

@@ -25,6 +25,7 @@
 #include <cstring>
 #include <condition_variable>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -89,7 +90,8 @@ bool spin_until(F&& done) {
 // each item falls in, not on which thread ran it.
 class Pool {
  public:
-  // Runs fn over [0, n) on the calling thread and up to t-1 workers; returns when done.
+  // Runs fn over [0, n) on the calling thread and at most t-1 workers (the first t-1 the
+  // pool made: a pool grown by an earlier, wider job never lends more); returns when done.
   void run(int64_t n, int t, const std::function<void(int64_t, int64_t)>& fn) {
     std::unique_lock<std::mutex> busy(job_mutex_, std::try_to_lock);
     if (!busy.owns_lock()) {
@@ -109,6 +111,7 @@ class Pool {
       mode_ = denormal_mode();
       n_ = n;
       size_ = size;
+      helpers_.store(t - 1, std::memory_order_relaxed);
       finished_.store(0, std::memory_order_relaxed);
       seq = (state_.load(std::memory_order_relaxed) >> kSeqShift) + 1;
       state_.store((seq << kSeqShift) | (count << kCountShift), std::memory_order_release);
@@ -156,11 +159,14 @@ class Pool {
 
   void grow(int workers) {
     while (static_cast<int>(threads_.size()) < workers) {
-      threads_.emplace_back([this] { loop(); });
+      const int index = static_cast<int>(threads_.size());
+      threads_.emplace_back([this, index] { loop(index); });
     }
   }
 
-  void loop() {
+  // Worker `index` takes part in a job only if the job lends that many workers
+  // (helpers_ > index); the others note the job as seen and wait for the next one.
+  void loop(int index) {
     uint64_t seen = 0;
     const auto fresh = [&] { return (state_.load(std::memory_order_acquire) >> kSeqShift) != seen; };
     for (;;) {
@@ -169,7 +175,7 @@ class Pool {
         wake_.wait(lk, fresh);
       }
       seen = state_.load(std::memory_order_acquire) >> kSeqShift;
-      work(seen, /*worker=*/true);
+      if (index < helpers_.load(std::memory_order_acquire)) work(seen, /*worker=*/true);
     }
   }
 
@@ -182,22 +188,37 @@ class Pool {
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   unsigned int mode_ = 0;  // the caller's denormal bits for the current job
   int64_t n_ = 0, size_ = 0;
+  // How many workers the current job may use (its t - 1). Read after the job's state_ is
+  // acquired; a worker that reads a newer job's value works on nothing of the older one,
+  // since work() claims chunks only of the job whose sequence number it was given.
+  std::atomic<int> helpers_{0};
   std::atomic<uint64_t> state_{0};     // (sequence << 32) | (chunks << 16) | next chunk
   std::atomic<uint64_t> finished_{0};  // chunks of the current job run to the end
 };
 
 // The process's pool. Never destroyed: joining threads during interpreter
-// shutdown can deadlock, and the OS reclaims them at exit.
+// shutdown can deadlock, and the OS reclaims them at exit. Found without a lock: a fork
+// while another thread held one would leave it held forever in the child. A pool made by
+// another process (the parent, before a fork) is replaced; racing callers agree on one
+// through a compare-and-swap, and the losers' pools are deleted unused.
+struct OwnedPool {
+  Pool* pool;
+  pid_t owner;
+};
+
 Pool& pool() {
-  static std::mutex create_mutex;
-  static Pool* instance = nullptr;
-  static pid_t owner = 0;
-  std::lock_guard<std::mutex> lk(create_mutex);
-  if (instance == nullptr || owner != getpid()) {  // first use, or we are a forked child
-    instance = new Pool();
-    owner = getpid();
+  static std::atomic<OwnedPool*> current{nullptr};
+  const pid_t me = getpid();
+  OwnedPool* seen = current.load(std::memory_order_acquire);
+  while (seen == nullptr || seen->owner != me) {  // first use, or we are a forked child
+    auto* mine = new OwnedPool{new Pool(), me};
+    if (current.compare_exchange_strong(seen, mine, std::memory_order_acq_rel)) {
+      return *mine->pool;  // the parent's pool (if any) is left as it is: its threads are gone
+    }
+    delete mine->pool;
+    delete mine;
   }
-  return *instance;
+  return *seen->pool;
 }
 
 }  // namespace
@@ -212,6 +233,21 @@ void parallel_for(int64_t n, int num_threads, int64_t grain,
     return;
   }
   pool().run(n, static_cast<int>(t), fn);
+}
+
+int parallel_threads_used(int64_t n, int num_threads, int64_t grain, int64_t spin_us) {
+  std::mutex m;
+  std::set<std::thread::id> ids;
+  parallel_for(n, num_threads, grain, [&](int64_t, int64_t) {
+    {
+      std::lock_guard<std::mutex> lk(m);
+      ids.insert(std::this_thread::get_id());
+    }
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+  });
+  return static_cast<int>(ids.size());
 }
 
 }  // namespace deeprec
