@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -178,6 +179,52 @@ def test_a_changed_source_is_parsed_again_with_a_notice(cached, capsys):
     again = load(str(cached))
     assert 999 in set(again.ratings["user"])
     assert "stale cache" in capsys.readouterr().err
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_parsed_again(cached, capsys, monkeypatch):
+    """rsync -t, cp -p and tar extraction restore the modification time; a same-size edit
+    must still be seen, in a source of any size (a cache that hashed only small sources,
+    below HASH_BELOW bytes, is made to treat this one as large)."""
+    monkeypatch.setattr(store, "HASH_BELOW", 0, raising=False)
+    load(str(cached))
+    ratings = cached / "ratings.csv"
+    before = ratings.stat()
+    data = ratings.read_bytes()  # bytes: the file's own line ends stay as they are
+    # a line whose rating is one character, changed to another one-character rating
+    line = next(x for x in data.decode().splitlines()[1:] if len(x.split(",")[2]) == 1)
+    user, item, rating, stamp = line.split(",")
+    new = "4" if rating != "4" else "2"
+    edited = ",".join([user, item, new, stamp])
+    ratings.write_bytes(data.replace(line.encode(), edited.encode(), 1))
+    os.utime(ratings, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert ratings.stat().st_size == before.st_size
+    again = load(str(cached)).ratings
+    first = again[(again["user"] == int(user)) & (again["item"] == int(item))]
+    assert float(first["rating"].iloc[0]) == float(new)
+    assert "stale cache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage", ["columns is a list", "titles is a list", "rows is text", "a column is a list"]
+)
+def test_a_cache_file_of_the_wrong_json_type_is_rebuilt(cached, capsys, damage):
+    want = load(str(cached)).ratings
+    folder = next((cached.parent / "cache" / "parsed").iterdir())
+    meta = json.loads((folder / "meta.json").read_text())
+    if damage == "titles is a list":
+        (folder / "titles.json").write_text(json.dumps(["Toy Story"]))
+    else:
+        if damage == "columns is a list":
+            meta["columns"] = list(meta["columns"])
+        elif damage == "rows is text":
+            meta["rows"] = "many"
+        else:
+            meta["columns"]["rating"] = [1, 2]
+        (folder / "meta.json").write_text(json.dumps(meta))
+    pd.testing.assert_frame_equal(load(str(cached)).ratings, want)
+    err = capsys.readouterr().err
+    assert "parsing the source again" in err and "Traceback" not in err
+    pd.testing.assert_frame_equal(load(str(cached)).ratings, want)  # and it was rebuilt
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "index"])

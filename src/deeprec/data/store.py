@@ -5,10 +5,12 @@ caches every source, ``=0`` none) writes the validated columns as .npy files, wi
 item titles and rating scale, under the user cache (``<cache>/parsed/``). Later loads
 memory-map them: a 100M-rating set is back in about a second instead of a minute.
 
-The cache is keyed by the source: every file's name, size and modification time, its
-sha256 when the files are small enough for that to be cheap (< 64 MiB), the scale asked
-for, and this format's version. A cache whose key differs (stale) or whose columns fail
-their CRC-32 (corrupt, truncated) is never used: it is rebuilt, with a one-line notice.
+The cache is keyed by the source: every file's name, size and content (XXH3-128 of the
+whole file, memory-mapped: an edit that keeps the size and restores the modification time,
+as rsync -t, cp -p or a tar extraction make, is still seen), the scale asked for, and this
+format's version. XXH3 is a fingerprint at memory speed, not a security check. A cache
+whose key differs (stale) or whose columns fail their CRC-32 (corrupt, truncated) is never
+used: it is rebuilt, with a one-line notice.
 Writes go to a private temporary folder renamed into place, so readers never see half a
 cache and two processes writing at once both end with a whole one.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import sys
@@ -29,11 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deeprec.data.sources import replace_folder, sha256
+from deeprec.data.sources import replace_folder
 
 FORMAT = 1  # bump when the cached layout or the validation rules change
 MIN_BYTES = 32 << 20
-HASH_BELOW = 64 << 20
 
 
 @dataclass
@@ -56,15 +58,22 @@ def wanted(files: list[Path]) -> bool:
 def key(path: Path, files: list[Path], scale: tuple[float, float] | None) -> dict:
     """What identifies a parse: the source files as they are now, and how we read them."""
     base = path.parent if path.is_file() else path  # a single-file source: its siblings too
-    stats = [(str(f.relative_to(base)), f.stat()) for f in files]
-    total = sum(s.st_size for _, s in stats)
     return {
         "format": FORMAT,
         "source": str(path.resolve()),
         "scale": list(scale) if scale is not None else None,
-        "files": [[name, s.st_size, s.st_mtime_ns] for name, s in stats],
-        "sha256": [sha256(f) for f in files] if total < HASH_BELOW else None,
+        "files": [[str(f.relative_to(base)), f.stat().st_size, fingerprint(f)] for f in files],
     }
+
+
+def fingerprint(path: Path) -> str:
+    """XXH3-128 of the file's whole content."""
+    import xxhash  # deferred: only a cached (large) source needs it
+
+    if path.stat().st_size == 0:
+        return xxhash.xxh3_128(b"").hexdigest()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        return xxhash.xxh3_128(view).hexdigest()
 
 
 def folder_for(root: Path, path: Path) -> Path:
@@ -96,6 +105,8 @@ def _read(folder: Path, source_key: dict) -> tuple[Parsed | None, str]:
     if not isinstance(meta, dict) or meta.get("key") != source_key:
         return None, "the source changed since it was cached (stale cache)"
     try:
+        if not isinstance(meta.get("columns"), dict) or not isinstance(meta.get("rows"), int):
+            return None, "cache index of the wrong shape (corrupt cache)"
         columns = {}
         for name, want in meta["columns"].items():
             array = np.load(folder / f"{name}.npy", mmap_mode="r")
@@ -104,8 +115,11 @@ def _read(folder: Path, source_key: dict) -> tuple[Parsed | None, str]:
             if zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B")) != want["crc32"]:
                 return None, f"cached column {name} fails its checksum (corrupt cache)"
             columns[name] = array.view(np.ndarray)  # still mapped, as a plain array
-        titles = {int(k): v for k, v in json.loads((folder / "titles.json").read_text()).items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        titles = json.loads((folder / "titles.json").read_text())
+        if not isinstance(titles, dict) or not all(isinstance(v, str) for v in titles.values()):
+            return None, "cached titles of the wrong shape (corrupt cache)"
+        titles = {int(k): v for k, v in titles.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return None, f"unreadable cache ({type(exc).__name__})"
     scale = tuple(meta["scale"]) if meta["scale"] is not None else None
     return Parsed(pd.DataFrame(columns, copy=False), titles, scale), ""
