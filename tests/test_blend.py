@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from datasets import write_movielens_csv
 
-from deeprec import blending
+from deeprec import baseline, blending
 from deeprec.blend import cli_main as blend_main
 from deeprec.config import Config
-from deeprec.data import split
+from deeprec.data import RatingMatrix, split
+from deeprec.evaluation import bootstrap_rmse
 
 RECIPE = dict(hidden=[16], activation="sigmoid", residual=True, epochs=3, batch_size=16,
               split="user-time", fused=True)  # fmt: skip
@@ -30,8 +31,20 @@ def test_the_blend_scores_every_model_and_itself(toy):
     )
     assert set(result.rmse) == {*blending.MODELS, "blend"}
     for rmse, lo, hi in result.rmse.values():
-        assert 0 < lo <= rmse <= hi < 5
+        assert lo < rmse < hi
     assert result.n_val > 0 and result.n_inner_val > 0
+    # The bias member's score, recomputed from its definition on the same split: the
+    # clipped regularized user+item biases fit on the outer training ratings.
+    frame = pd.read_csv(toy / "ratings.csv").rename(columns={"userId": "user", "movieId": "item"})
+    train, val = split(frame, "user-time")
+    m = RatingMatrix.from_split(train, val, "user", (0.5, 5.0))
+    pred = np.clip(baseline.fit(m.train, "user").at(m.val_rows, m.val_cols), 0.5, 5.0)
+    truth = m.val_ratings.astype(np.float64)
+    assert len(truth) == result.n_val
+    want = float(np.sqrt(np.mean((pred - truth) ** 2)))
+    got = result.rmse["bias baseline"]
+    assert got[0] == pytest.approx(want, rel=1e-9)
+    assert got[1:] == pytest.approx(bootstrap_rmse(pred, truth), rel=1e-9)
 
 
 def test_the_blend_never_reads_the_reported_validation_ratings(toy, tmp_path):

@@ -18,8 +18,6 @@ from datasets import (
 
 from deeprec.data import DataError, RatingMatrix, load, sources, split
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 # ---------------------------------------------------------------- readers
 @pytest.mark.parametrize(
@@ -211,11 +209,10 @@ def test_split_without_timestamps_is_refused():
         split(crafted().drop(columns="timestamp"), "global-time")
 
 
-@pytest.mark.skipif(
-    not (SHARED / "ml-latest-small" / "ratings.csv").exists(), reason="real data absent"
-)
-def test_real_ml_latest_small_seed_split():
-    ds = load("ml-latest-small", data_dir=SHARED)
+def test_real_ml_latest_small_seed_split(monkeypatch):
+    """The copy shipped in the package (never skipped): GroupLens's counts and the seed split."""
+    monkeypatch.delenv("DEEPREC_DATA", raising=False)
+    ds = load("ml-latest-small")
     assert len(ds.ratings) == 100_836
     train, val = split(ds.ratings)
     m = RatingMatrix.from_split(train, val, "user", ds.scale)
