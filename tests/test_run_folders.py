@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from datasets import write_movielens_csv
 
@@ -46,3 +48,51 @@ def test_resume_accepts_its_own_folder_as_out(data, tmp_path, monkeypatch, capsy
     other = ["--resume", "run", "--out", "elsewhere", "--epochs", "3", "--quiet"]
     assert train_main(other) == 2
     assert "a resumed run writes to its own folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ tune and blend outputs
+def run_cli(main, args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("where", ["a file", "under /proc"])
+def test_tune_refuses_an_out_it_cannot_write_in_one_line(data, tmp_path, capsys, where):
+    pytest.importorskip("optuna")
+    from deeprec.tune import cli_main as tune_main
+
+    out = tmp_path / "taken"
+    if where == "a file":
+        out.write_text("not a folder")
+    else:
+        out = Path("/proc/deeprec-study")
+    code, err = run_cli(tune_main, ["--data", str(data), "--out", str(out), "--trials", "1"],
+                        capsys)  # fmt: skip
+    assert code == 2 and "--out" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_tune_refuses_a_corrupt_study_naming_it(data, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    from deeprec.tune import cli_main as tune_main
+
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.db").write_bytes(b"this is not an SQLite database" * 40)
+    args = ["--data", str(data), "--out", str(out), "--trials", "1", "--epochs", "1", "--quiet"]
+    code, err = run_cli(tune_main, args, capsys)
+    assert code == 2 and "study.db" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_blend_checks_its_outputs_before_the_work(data, tmp_path, capsys, monkeypatch):
+    from deeprec import blending
+    from deeprec.blend import cli_main as blend_main
+
+    monkeypatch.setattr(blending, "blend", lambda *a, **k: pytest.fail("blended first"))
+    base = ["--data", str(data), "--hidden", "8", "--epochs", "1"]
+    code, err = run_cli(blend_main, [*base, "--save", "/proc/deeprec-blend"], capsys)
+    assert code == 2 and "--save" in err and len(err.strip().splitlines()) == 1, err
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    code, err = run_cli(blend_main, [*base, "--out", str(folder)], capsys)
+    assert code == 2 and "--out" in err, err

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     recipe = load_config_file(args.config) if args.config else load_preset(args.preset or "best")
     config = recipe.replace(**Config.overrides(args))
+    if args.out is not None:  # outputs are checked before the blend is computed
+        cli.writable_file(args.out, "--out")
+    if args.save is not None:
+        cli.writable_folder(args.save, "--save")
     result = blending.blend(config, args.data_dir)
     print(
         f"{config.data}, {config.split}: weights fit on {result.n_inner_val} inner validation "

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from deeprec.errors import CheckpointError, ConfigError, DataError, PeerError
 
@@ -16,6 +18,26 @@ USER_ERRORS = (DataError, CheckpointError, ConfigError)
 
 class UsageError(ConfigError):
     """A command-line value that parsed but cannot be used."""
+
+
+def writable_folder(path: Path, flag: str) -> None:
+    """Make sure ``path`` is (or can become) a folder we can write, before any work: a
+    one-line UsageError otherwise (a file in the way, no permission, a read-only place)."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".deeprec-write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
+
+
+def writable_file(path: Path, flag: str) -> None:
+    """Make sure a file can be written at ``path`` (its folder writable, not a folder)."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder, not a file")
+    writable_folder(path.parent if str(path.parent) else Path("."), flag)
 
 
 def add_debug(parser: argparse.ArgumentParser) -> None:

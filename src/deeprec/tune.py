@@ -62,6 +62,7 @@ def main(args: argparse.Namespace) -> int:
         if k in ("data", "split", "quantile", "val_frac", "fused", "seed") and v is not None
     }
     base = base.replace(**given)
+    cli.writable_folder(args.out, "--out")
     data = tuning.nested_data(base, args.data_dir)
     print(
         f"tuning on the inner {base.split} split of {base.data}'s training ratings: "

@@ -132,14 +132,20 @@ def run_study(
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=STUDY,
-        storage=f"sqlite:///{out / 'study.db'}",
-        load_if_exists=True,
-        direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed + len_trials(out)),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
-    )
+    try:
+        study = optuna.create_study(
+            study_name=STUDY,
+            storage=f"sqlite:///{out / 'study.db'}",
+            load_if_exists=True,
+            direction="minimize",
+            sampler=optuna.samplers.TPESampler(seed=seed + len_trials(out)),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
+        )
+    except _storage_errors() as exc:
+        raise ConfigError(
+            f"{out / 'study.db'}: not a readable study ({str(exc).splitlines()[0][:120]}); "
+            "move it aside, or pick another --out"
+        ) from None
 
     def objective(trial) -> float:
         config = suggest(trial, base)
@@ -171,6 +177,15 @@ def run_study(
         show_progress_bar=progress,
     )
     return study
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """What optuna's SQLite storage raises on a damaged or foreign study.db."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    return (sqlalchemy.exc.SQLAlchemyError, sqlite3.DatabaseError)
 
 
 def len_trials(out: Path) -> int:
