@@ -77,11 +77,15 @@ def test_tune_refuses_a_corrupt_study_naming_it(data, tmp_path, capsys):
     from deeprec.tune import cli_main as tune_main
 
     out = tmp_path / "study"
-    out.mkdir()
-    (out / "study.db").write_bytes(b"this is not an SQLite database" * 40)
     args = ["--data", str(data), "--out", str(out), "--trials", "1", "--epochs", "1", "--quiet"]
-    code, err = run_cli(tune_main, args, capsys)
-    assert code == 2 and "study.db" in err and len(err.strip().splitlines()) == 1, err
+    assert tune_main(args) == 0  # a real study, with its record
+    for record in (True, False):  # the database damaged, with and without its record
+        (out / "study.db").write_bytes(b"this is not an SQLite database" * 40)
+        if not record:
+            (out / "study.json").unlink()
+        capsys.readouterr()
+        code, err = run_cli(tune_main, args, capsys)
+        assert code == 2 and "study.db" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_blend_checks_its_outputs_before_the_work(data, tmp_path, capsys, monkeypatch):
@@ -96,3 +100,25 @@ def test_blend_checks_its_outputs_before_the_work(data, tmp_path, capsys, monkey
     folder.mkdir()
     code, err = run_cli(blend_main, [*base, "--out", str(folder)], capsys)
     assert code == 2 and "--out" in err, err
+
+
+def test_tune_refuses_to_mix_studies(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    from datasets import synthetic_ratings
+
+    from deeprec.tune import cli_main as tune_main
+
+    a = write_movielens_csv(tmp_path / "a")
+    b = write_movielens_csv(tmp_path / "b", synthetic_ratings(seed=5))
+    out = tmp_path / "study"
+    base = ["--out", str(out), "--trials", "1", "--epochs", "1", "--quiet"]
+    assert tune_main(["--data", str(a), *base]) == 0
+    records = (out / "study.json").read_text()
+    capsys.readouterr()
+    for other in (["--data", str(b)], ["--data", str(a), "--split", "random"]):
+        code = tune_main([*other, *base])
+        err = capsys.readouterr().err
+        assert code == 2 and "holds a study of other data or settings" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert (out / "study.json").read_text() == records
+    assert tune_main(["--data", str(a), *base]) == 0  # the same study resumes

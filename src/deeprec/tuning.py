@@ -10,6 +10,7 @@ SQLite file, so an interrupted or extended search resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from deeprec.config import Config, ConfigError, toml_text
@@ -61,6 +63,15 @@ class NestedData:
     n_outer_train: int
     n_outer_val: int
     _matrices: dict[str, RatingMatrix] | None = None
+
+    def fingerprint(self) -> str:
+        """sha256 over the inner ratings: identifies the data a study searches on."""
+        h = hashlib.sha256()
+        for frame in (self.train, self.val):
+            for name in ("user", "item", "rating"):
+                h.update(np.ascontiguousarray(frame[name].to_numpy()).tobytes())
+        h.update(json.dumps(list(self.scale)).encode())
+        return h.hexdigest()
 
     def matrix(self, by: str) -> RatingMatrix:
         self._matrices = self._matrices or {}
@@ -118,6 +129,57 @@ def train_inner(config: Config, data: NestedData, epochs: int, report=None) -> l
     return curve
 
 
+def study_identity(base: Config, data: NestedData) -> dict[str, Any]:
+    """What a study folder studies: the data (name and fingerprint), how it is split, the
+    search space and the base recipe the trials vary. A resume must match it."""
+    fixed = {k: v for k, v in base.to_dict().items() if k not in ("data", "epochs")}
+    return {
+        "data": base.data,
+        "data_fingerprint": data.fingerprint(),
+        "split": {
+            "split": base.split,
+            "quantile": base.quantile,
+            "val_frac": base.val_frac,
+            "seed": base.seed,
+        },
+        "search_space": json.loads(json.dumps(SPACE)),
+        "base": fixed,
+    }
+
+
+def check_identity(out: Path, identity: dict[str, Any]) -> None:
+    """Record what a new study studies (out/study.json), or refuse to resume one that
+    studies something else, naming each difference."""
+    record = out / "study.json"
+    if not (out / "study.db").exists():
+        record.write_text(json.dumps(identity, indent=1))
+        return
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"{out / 'study.db'}: a study without a readable record of what it studies "
+            f"({record.name}); pick another --out"
+        ) from None
+    if not isinstance(saved, dict):
+        saved = {}
+    differ = [
+        f"{key} ({_short(saved.get(key))} there, {_short(value)} now)"
+        for key, value in identity.items()
+        if saved.get(key) != value
+    ]
+    if differ:
+        raise ConfigError(
+            f"{out} holds a study of other data or settings: {'; '.join(differ)}. Resume it "
+            "with its own --data/--split/--config, or pick another --out"
+        )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:28] + "..." + text[-28:]
+
+
 def run_study(
     base: Config,
     data: NestedData,
@@ -132,6 +194,7 @@ def run_study(
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out.mkdir(parents=True, exist_ok=True)
+    check_identity(out, study_identity(base, data))
     try:
         study = optuna.create_study(
             study_name=STUDY,
