@@ -210,9 +210,67 @@ def test_onnx_errors_are_one_line(exported, tmp_path, capsys):
     assert "not in the training data" in capsys.readouterr().err
     garbage = tmp_path / "g.onnx"
     garbage.write_bytes(b"not a model")
-    (tmp_path / "g.onnx.npz").write_bytes(exported["plain"].with_suffix(".onnx.npz").read_bytes())
+    with np.load(exported["plain"].with_suffix(".onnx.npz")) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    np.savez(tmp_path / "g.onnx.npz", **arrays)  # the real sidecar: another model's hash
+    assert recommend_main(["--onnx", str(garbage), "--user", "1"]) == 2
+    assert "belongs to another model" in capsys.readouterr().err
+    from deeprec.serving import file_sha256
+
+    meta["model_sha256"] = file_sha256(garbage)  # a sidecar vouching for the garbage
+    np.savez(tmp_path / "g.onnx.npz", **(arrays | {"meta": np.array(json.dumps(meta))}))
     assert recommend_main(["--onnx", str(garbage), "--user", "1"]) == 2
     assert "onnxruntime cannot load it" in capsys.readouterr().err
+
+
+def test_a_foreign_sidecar_with_the_same_items_is_refused(trained, exported, tmp_path, capsys):
+    """The residual model's export has the same items as the plain one: its sidecar passes
+    every shape check, but it is not this model's."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(exported["plain"].read_bytes())
+    (tmp_path / "m.onnx.npz").write_bytes(
+        exported["residual"].with_suffix(".onnx.npz").read_bytes()
+    )
+    assert recommend_main(["--onnx", str(model), "--user", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "belongs to another model" in err, err
+
+
+@pytest.mark.parametrize("failure", ["sidecar", "verification"])
+def test_a_failed_export_leaves_the_previous_one_whole(trained, exported, tmp_path, capsys,
+                                                       monkeypatch, failure):  # fmt: skip
+    from deeprec import onnx_export
+    from deeprec.export import cli_main as export_main
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(exported["plain"].read_bytes())
+    side = tmp_path / "m.onnx.npz"
+    side.write_bytes(exported["plain"].with_suffix(".onnx.npz").read_bytes())
+    before = out.read_bytes(), side.read_bytes()
+
+    def fail(*args, **kwargs):
+        if failure == "sidecar":
+            raise OSError(28, "No space left on device")
+        raise onnx_export.ExportError("onnxruntime disagrees with torch: max |diff| 1")
+
+    monkeypatch.setattr(onnx_export, "_write_sidecar" if failure == "sidecar" else "_verify", fail)
+    ck = ["--checkpoint", str(trained["residual"]), "--out", str(out)]
+    assert export_main(ck) == 2
+    assert (out.read_bytes(), side.read_bytes()) == before  # the old pair, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.npz"]  # no leftovers
+    assert recommend_main(["--onnx", str(out), "--user", "1"]) == 0
+
+
+def test_an_item_based_model_is_refused_at_export(toy, tmp_path, capsys):
+    from deeprec.export import cli_main as export_main
+
+    train(tmp_path / "items", "--data", str(toy), *SMALL, "--epochs", "1", "--by", "item")
+    capsys.readouterr()
+    code = export_main(["--checkpoint", str(tmp_path / "items"), "--out", str(tmp_path / "i.onnx")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "item-based" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "i.onnx").exists()
 
 
 def test_export_refuses_a_bad_out_name(trained, capsys):

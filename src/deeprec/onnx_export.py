@@ -1,9 +1,12 @@
 """Export a trained Run as an ONNX dense scorer plus the sidecar deeprec.serving reads.
 
 The graph is the AutoEncoder in eval mode, traced by torch.onnx's exporter with a dynamic
-batch dimension. Before anything is reported, onnxruntime scores real training rows and
-must agree with the torch model (float32, within 1e-4 relative); a failed check removes
-the files.
+batch dimension. Both files are written under temporary names; onnxruntime scores real
+training rows and must agree with the torch model (float32, within 1e-4 relative); only
+then are both renamed into place, so a failure at any point leaves a previous export whole.
+The sidecar records the sha256 of the model it belongs to, and serving refuses a pair that
+does not match. Only user-based models are exported: an item-based one has no input row for
+a user, so it could not serve one.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import uuid
 import warnings
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import torch
 
 from deeprec import __version__
 from deeprec.run import Run
-from deeprec.serving import SIDECAR_FORMAT, ServingError, sidecar_path
+from deeprec.serving import SIDECAR_FORMAT, file_sha256, sidecar_path
 
 
 class ExportError(ValueError):
@@ -28,6 +33,11 @@ class ExportError(ValueError):
 
 def export_onnx(run: Run, out: Path, check_rows: int = 64) -> dict[str, float]:
     """Write ``out`` (ONNX) and ``out``.npz (sidecar); returns the verification figures."""
+    if run.matrix.by != "user":
+        raise ExportError(
+            "an item-based model (--by item) has no input row for a user, so an export could "
+            "not serve one; export a user-based model, or recommend with --checkpoint"
+        )
     try:
         import onnxruntime  # noqa: F401 - checked before the slow export
     except ImportError:
@@ -38,6 +48,24 @@ def export_onnx(run: Run, out: Path, check_rows: int = 64) -> dict[str, float]:
     n_check = min(check_rows, run.inputs.n_rows)
     example = run.inputs.batch(np.arange(n_check), "cpu").dense()
     out.parent.mkdir(parents=True, exist_ok=True)
+    tag = f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp_model = out.with_name(tag + ".onnx")
+    tmp_side = sidecar_path(tmp_model)
+    try:
+        _export(model, example, tmp_model)
+        _write_sidecar(run, tmp_side, file_sha256(tmp_model))
+        check = _verify(model, tmp_model, example)
+        # both verified: the sidecar first, so a crash between the renames leaves a pair
+        # that serving refuses (hash mismatch), never a silently mismatched one
+        tmp_side.replace(sidecar_path(out))
+        tmp_model.replace(out)
+        return check
+    finally:
+        tmp_model.unlink(missing_ok=True)
+        tmp_side.unlink(missing_ok=True)
+
+
+def _export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     quiet = logging.getLogger("torch.onnx")  # it logs about optional torchvision ops
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -53,21 +81,14 @@ def export_onnx(run: Run, out: Path, check_rows: int = 64) -> dict[str, float]:
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                 verbose=False,
             )
-            program.save(str(out))
+            program.save(str(path))
     except Exception as exc:  # the exporter raises many types; all mean "not exported"
         raise ExportError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from None
     finally:
         quiet.setLevel(level)
-    _write_sidecar(run, sidecar_path(out))
-    try:
-        return _verify(model, out, example)
-    except (ExportError, ServingError):
-        out.unlink(missing_ok=True)
-        sidecar_path(out).unlink(missing_ok=True)
-        raise
 
 
-def _write_sidecar(run: Run, path: Path) -> None:
+def _write_sidecar(run: Run, path: Path, model_sha256: str) -> None:
     matrix = run.matrix
     items = matrix.item_ids()
     titles = [run.dataset.titles.get(int(i), "") for i in items]
@@ -83,6 +104,7 @@ def _write_sidecar(run: Run, path: Path) -> None:
         "input": "ratings: float32 (batch, n_cols)",
         "output": "scores: float32 (batch, n_cols)",
         "config": run.config.to_dict(),
+        "model_sha256": model_sha256,
     }
     arrays = {
         "meta": np.array(json.dumps(meta)),
@@ -100,9 +122,7 @@ def _write_sidecar(run: Run, path: Path) -> None:
             "row_bias": run.offsets.rows,
             "col_bias": run.offsets.cols,
         }
-    tmp = path.with_name(f".{path.name}.partial.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    np.savez_compressed(path, **arrays)
 
 
 def _verify(model: torch.nn.Module, out: Path, example: torch.Tensor) -> dict[str, float]:

@@ -19,6 +19,7 @@ ranking.Scorer, so ``recommend --onnx`` ranks exactly as ``recommend --checkpoin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -37,6 +38,15 @@ class ServingError(ValueError):
 
 def sidecar_path(model: Path) -> Path:
     return model.with_name(model.name + ".npz")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a model file: what its sidecar records, and serving checks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _check_sidecar(side: Path, meta: object, arrays: dict[str, np.ndarray]) -> None:
@@ -96,6 +106,17 @@ class OnnxScorer:
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise ServingError(f"{side}: unreadable sidecar ({type(exc).__name__})") from None
         _check_sidecar(side, meta, arrays)
+        recorded = meta.get("model_sha256")
+        if not isinstance(recorded, str):
+            raise ServingError(
+                f"{side}: records no model hash (an export of an older deeprec); export the "
+                "model again"
+            )
+        if recorded != file_sha256(model):
+            raise ServingError(
+                f"{side}: this sidecar belongs to another model than {model.name} (its recorded "
+                "model hash does not match); export again to write a matching pair"
+            )
         if meta["by"] != "user":
             raise ServingError(
                 f"{model}: an item-based model (--by item) has no input row for a user; "
