@@ -188,3 +188,43 @@ def test_row_sparse_reduction_methods_agree(tmp_path):
                 assert rows == sorted(want), (k, method)
                 for i, v in zip(rows, vals, strict=True):
                     assert v == pytest.approx(want[i], abs=1e-12), (k, method, i)
+
+
+@pytest.mark.parametrize("other", ["same shape, other ratings", "other shape", "other flags"])
+def test_ranks_that_see_different_data_or_flags_stop_before_writing(toy, tmp_path, other):
+    """Two ranks started by hand (as torchrun starts them on two nodes), rank 1 with other
+    data or flags: both stop with one line naming each rank's fingerprints; nothing is
+    written and no rank aborts."""
+    frame = (toy / "ratings.csv").read_text().splitlines()
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "movies.csv").write_bytes((toy / "movies.csv").read_bytes())
+    if other == "same shape, other ratings":  # the same pairs, one rating changed
+        user, item, rating, stamp = frame[1].split(",")
+        frame[1] = ",".join([user, item, "4" if rating != "4" else "2", stamp])
+    elif other == "other shape":
+        frame = frame[: len(frame) // 2]
+    (twin / "ratings.csv").write_text("\n".join(frame) + "\n")
+    port = _free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPREC_DIST_TIMEOUT": "60",
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        data = toy if rank == 0 or other == "other flags" else twin
+        extra = ["--lr", "0.01"] if rank == 1 and other == "other flags" else []
+        cmd = [sys.executable, "-m", "deeprec.train", "--data", str(data), "--out",
+               str(tmp_path / "run"), *RECIPE, *extra]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+    try:
+        errs = [p.communicate(timeout=180)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, err in zip(procs, errs, strict=True):
+        assert p.returncode == 2, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert "see different data or settings" in last and "rank 0:" in last, err[-2000:]
+        assert "rank 1:" in last and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

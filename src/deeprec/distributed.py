@@ -25,7 +25,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from deeprec.errors import PeerError
+from deeprec.errors import ConfigError, PeerError
 
 # Seconds a collective may wait for the other ranks before the job fails.
 DEFAULT_TIMEOUT_S = 600.0
@@ -128,6 +128,37 @@ def exit_process(code: int) -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def agree(world: World, device: torch.device, **facts: str) -> None:
+    """Make every rank check that all ranks hold the same ``facts`` (hex digests: the data's
+    fingerprint, the resolved configuration's) before any training or writing. A rank that
+    sees other data would otherwise train on a silent mix, or make gloo abort when the
+    shapes differ. On a mismatch every rank raises the same one-line ConfigError naming
+    each rank's values."""
+    if not world.active:
+        return
+    line = "|".join(f"{k}={v}" for k, v in sorted(facts.items())).encode()
+    mine = torch.zeros(1024, dtype=torch.uint8)
+    mine[: len(line)] = torch.frombuffer(bytearray(line[:1024]), dtype=torch.uint8)
+    mine = mine.to(_comm_device(device))
+    every = [torch.empty_like(mine) for _ in range(world.size)]
+    with collective():
+        dist.all_gather(every, mine)
+    seen = [bytes(t.cpu().tolist()).rstrip(b"\0").decode() for t in every]
+    if len(set(seen)) > 1:
+        described = "; ".join(
+            f"rank {r}: " + ", ".join(f"{k} {v[:16]}" for k, v in _facts(s).items())
+            for r, s in enumerate(seen)
+        )
+        raise ConfigError(
+            f"the processes of this torchrun job see different data or settings ({described}); "
+            "give every rank the same --data, --data-dir and flags"
+        )
+
+
+def _facts(line: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in line.split("|") if "=" in part)
 
 
 def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:

@@ -6,6 +6,7 @@ What every command stands on; the epoch loop itself is in deeprec.training.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from deeprec import baseline, checkpoint, optim
+from deeprec import baseline, checkpoint, distributed, optim
 from deeprec.config import Config, ConfigError, TrainingPath, decide_path, toml_text
 from deeprec.data import DataError, Dataset, RatingMatrix, load, split
 from deeprec.data.resident import ResidentMatrix
@@ -133,6 +134,17 @@ def _make_trainable(run: Run, path: TrainingPath) -> None:
     run.source = ResidentMatrix(run.inputs, run.device) if resident else run.inputs
 
 
+def _agree(run: Run, world: World) -> None:
+    """Under torchrun: every rank holds the same data and resolved config, or none trains."""
+    config = json.dumps(run.config.to_dict(), sort_keys=True).encode()
+    distributed.agree(
+        world,
+        run.device,
+        data=run.matrix.fingerprint(),
+        config=hashlib.sha256(config).hexdigest(),
+    )
+
+
 def default_out(config: Config) -> Path:
     """runs/<data>-<split>-<by>-<time>."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -164,6 +176,7 @@ def start(
     check_world(config, world)
     path = decide_path(config, device)  # decided once, before any data is loaded
     run = _build(config, data_dir, device)
+    _agree(run, world)
     run.out = out or default_out(config)
     run.world = world
     _make_trainable(run, path)
@@ -207,6 +220,7 @@ def resume(
     check_world(config, world)
     path = decide_path(config, device)
     run = _build(config, data_dir, device)
+    _agree(run, world)
     if state["data"]["fingerprint"] != run.matrix.fingerprint():
         raise checkpoint.CheckpointError(
             f"{folder}: checkpoint was trained on different data than {run.dataset.path} gives now"
