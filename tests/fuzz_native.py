@@ -482,7 +482,7 @@ def judge(op, kind, got, want):
     OUTCOMES["accepted"] += 1
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     op=st.sampled_from(OPS),
     B=st.integers(1, 8),

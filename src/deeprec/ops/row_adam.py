@@ -139,9 +139,10 @@ def _rows_of_grad(p, exp_avg, exp_avg_sq, grad, merge) -> tuple[torch.Tensor, to
     csr.check_tensor(raw, "grad rows", dtypes=(torch.int64,), device=p.device, contiguous=False)
     if merge and not grad.is_coalesced() and raw.shape[1] > 1:
         # Rows maybe out of order or repeated (tied weights sum two sparse gradients):
-        # merge them. Our own gradients arrive flagged sorted and unique. Rows outside the
-        # parameter survive the merge (coalesce sorts them, reads nothing through them)
-        # and the kernel refuses them.
+        # merge them. torch's coalesce() trusts the rows and corrupts the heap on one
+        # outside the parameter, so they are checked on the host first (a merge is a host
+        # sync on a GPU anyway). Unmerged rows are the kernel's to check.
+        _check_rows_in_range(raw[0], N)
         grad = grad.coalesce()
     ucol, values = grad._indices()[0].contiguous(), grad._values().contiguous()
     if values.shape != (ucol.numel(), *p.shape[1:]):
@@ -152,13 +153,18 @@ def _rows_of_grad(p, exp_avg, exp_avg_sq, grad, merge) -> tuple[torch.Tensor, to
     return ucol, values
 
 
-def _check_rows(ucol: torch.Tensor, n_rows: int) -> None:
-    """The reference path's check of the row ids, on the host (the kernel checks its own)."""
-    ids = ucol.cpu()
+def _check_rows_in_range(ids: torch.Tensor, n_rows: int) -> None:
+    ids = ids.cpu()
     if ids.numel() and (bool(ids.min() < 0) or bool(ids.max() >= n_rows)):
         raise ValueError(
             f"row_adam_step: gradient rows must lie inside the parameter [0, {n_rows})"
         )
+
+
+def _check_rows(ucol: torch.Tensor, n_rows: int) -> None:
+    """The reference path's check of the row ids, on the host (the kernel checks its own)."""
+    _check_rows_in_range(ucol, n_rows)
+    ids = ucol.cpu()
     if ids.numel() > 1 and bool((ids[1:] <= ids[:-1]).any()):
         raise ValueError("row_adam_step: gradient rows must be sorted and unique")
 

@@ -20,6 +20,8 @@ as it reads them, in backward too.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from deeprec import csr
@@ -250,10 +252,14 @@ def _col_accumulate(
 
 def _as_sparse_rows(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, ...]):
     """A coalesced sparse COO gradient holding the rows of ``shape`` that ``indices`` names
-    (ucol.unsqueeze(0): sorted, unique)."""
-    return torch.sparse_coo_tensor(
-        indices, values, shape, is_coalesced=True, check_invariants=False
-    )
+    (ucol.unsqueeze(0): sorted, unique; the kernels that read them check them). Checking
+    the invariants here is declined explicitly; torch still warned that they were
+    "implicitly disabled" on every GPU training run, a warning we silence at this call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly")
+        return torch.sparse_coo_tensor(
+            indices, values, shape, is_coalesced=True, check_invariants=False
+        )
 
 
 # ------------------------------------------------------------------ torch.library ops
