@@ -125,6 +125,22 @@ DEEPREC_HD int64_t entry_column(const I* col, int64_t k, int64_t k0, int64_t N, 
   return checked_column(static_cast<int64_t>(col[k]), before, k, N, e);
 }
 
+// The CPU kernels' row loop: f(k, j) for every entry k of row i, with j its checked column,
+// or -1 for an entry the checks refused (row i's offsets checked first: a refused row has no
+// entries).
+template <typename I, typename F>
+inline void for_each_entry(const int64_t* crow, const I* col, int64_t i, int64_t B, int64_t N,
+                           int64_t nnz, ErrorSink e, F&& f) {
+  int64_t k0 = 0, k1 = 0;
+  if (!row_entries(crow, i, B, nnz, e, &k0, &k1)) return;
+  int64_t before = -1;
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t raw = static_cast<int64_t>(col[k]);
+    f(k, checked_column(raw, before, k, N, e));
+    before = raw;
+  }
+}
+
 // Column group u of a column index (U groups over nnz entries and N columns): its
 // positions [*p0, *p1) in perm and its column *j, or false (reported). Together the groups
 // check uptr (rising from 0 to nnz) and ucol (strictly increasing inside [0, N)).

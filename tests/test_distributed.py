@@ -87,6 +87,13 @@ def _wait_for(path: Path, proc: subprocess.Popen, limit_s: float = 120.0) -> Non
         time.sleep(0.2)
 
 
+def rank_env(rank: int, port: int, timeout_s: int) -> dict[str, str]:
+    """The environment torchrun gives rank ``rank`` of a 2-process job on this machine."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DEEPREC_DIST_TIMEOUT": str(timeout_s),
+            "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+
+
 def test_a_rank_that_dies_ends_the_job_with_a_clear_error(toy, tmp_path):
     """Two ranks started as torchrun starts them on two nodes (no agent to stop the other):
     rank 1 is killed after the first epoch; rank 0 must fail with one line, not hang."""
@@ -95,9 +102,7 @@ def test_a_rank_that_dies_ends_the_job_with_a_clear_error(toy, tmp_path):
     port = _free_port()
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPREC_DIST_TIMEOUT": "30",
-               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        env = rank_env(rank, port, timeout_s=30)
         cmd = [sys.executable, "-m", "deeprec.train", "--data", str(toy), "--out",
                str(tmp_path / "run"), *RECIPE[:-1], "10000"]  # fmt: skip
         procs.append(
@@ -208,9 +213,7 @@ def test_ranks_that_see_different_data_or_flags_stop_before_writing(toy, tmp_pat
     port = _free_port()
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPREC_DIST_TIMEOUT": "60",
-               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        env = rank_env(rank, port, timeout_s=60)
         data = toy if rank == 0 or other == "other flags" else twin
         extra = ["--lr", "0.01"] if rank == 1 and other == "other flags" else []
         cmd = [sys.executable, "-m", "deeprec.train", "--data", str(data), "--out",

@@ -216,7 +216,7 @@ def test_onnx_errors_are_one_line(exported, tmp_path, capsys):
     np.savez(tmp_path / "g.onnx.npz", **arrays)  # the real sidecar: another model's hash
     assert recommend_main(["--onnx", str(garbage), "--user", "1"]) == 2
     assert "belongs to another model" in capsys.readouterr().err
-    from deeprec.serving import file_sha256
+    from deeprec.digest import file_sha256
 
     meta["model_sha256"] = file_sha256(garbage)  # a sidecar vouching for the garbage
     np.savez(tmp_path / "g.onnx.npz", **(arrays | {"meta": np.array(json.dumps(meta))}))

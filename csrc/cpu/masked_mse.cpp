@@ -24,34 +24,25 @@ void masked_mse_rows(const scalar_t* __restrict out, const int64_t* __restrict c
                      double* __restrict row_sums, ErrorSink err, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; ++i) {
     const scalar_t* o = out + i * N;
-    int64_t k0 = 0, k1 = 0;  // a refused row has no entries
-    row_entries(crow, i, B, nnz, err, &k0, &k1);
     double sum = 0.0;
-    int64_t before = -1;  // the row's previous column
     if (grad == nullptr) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t raw = static_cast<int64_t>(col[k]);
-        const int64_t j = checked_column(raw, before, k, N, err);
-        before = raw;
-        if (j < 0) continue;
+      for_each_entry(crow, col, i, B, N, nnz, err, [&](int64_t k, int64_t j) {
+        if (j < 0) return;
         const double d = static_cast<double>(o[j]) - static_cast<double>(val[k]);
         sum += d * d;
-      }
+      });
     } else {
       // Zero the whole row first (one memset, ~60 GB/s while the row sits in L1/L2),
       // then scatter: measured 3x faster than filling each short gap between the
       // ~1-2% stored columns separately.
       scalar_t* g = grad + i * N;
       std::memset(g, 0, static_cast<size_t>(N) * sizeof(scalar_t));
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t raw = static_cast<int64_t>(col[k]);
-        const int64_t j = checked_column(raw, before, k, N, err);
-        before = raw;
-        if (j < 0) continue;
+      for_each_entry(crow, col, i, B, N, nnz, err, [&](int64_t k, int64_t j) {
+        if (j < 0) return;
         const double d = static_cast<double>(o[j]) - static_cast<double>(val[k]);
         sum += d * d;
         g[j] = static_cast<scalar_t>(coef * d);
-      }
+      });
     }
     row_sums[i] = sum;
   }

@@ -54,14 +54,9 @@ void spmm_rows(const int64_t* crow, const I* col, const T* val, const T* W, cons
                    } else {
                      std::memset(o, 0, static_cast<size_t>(H) * sizeof(T));
                    }
-                   int64_t k0 = 0, k1 = 0, before = -1;
-                   row_entries(crow, i, B, nnz, err, &k0, &k1);
-                   for (int64_t k = k0; k < k1; ++k) {
-                     const int64_t raw = static_cast<int64_t>(col[k]);
-                     const int64_t j = checked_column(raw, before, k, N, err);
-                     before = raw;
+                   for_each_entry(crow, col, i, B, N, nnz, err, [&](int64_t k, int64_t j) {
                      if (j >= 0) axpy(o, s * val[k], W + j * H, H);
-                   }
+                   });
                  }
                });
 }
@@ -75,20 +70,15 @@ void sddmm_residual(const int64_t* crow, const I* col, const T* val, const T* h,
     for (int64_t i = b; i < e; ++i) {
       const T* hi = h + i * H;
       double sum = 0.0;
-      int64_t k0 = 0, k1 = 0, before = -1;
-      row_entries(crow, i, B, nnz, err, &k0, &k1);
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t raw = static_cast<int64_t>(col[k]);
-        const int64_t j = checked_column(raw, before, k, N, err);
-        before = raw;
+      for_each_entry(crow, col, i, B, N, nnz, err, [&](int64_t k, int64_t j) {
         if (j < 0) {
           resid[k] = T(0);  // k itself lies inside [0, nnz): its row's offsets passed
-          continue;
+          return;
         }
         const T r = dot(hi, W + j * H, H) + bias[j] - val[k];
         resid[k] = r;
         sum += static_cast<double>(r) * static_cast<double>(r);
-      }
+      });
       row_sums[i] = sum;
     }
   });

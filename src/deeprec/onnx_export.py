@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from deeprec import __version__
+from deeprec.digest import file_sha256
 from deeprec.run import Run
-from deeprec.serving import SIDECAR_FORMAT, file_sha256, sidecar_path
+from deeprec.serving import SIDECAR_FORMAT, sidecar_path
 
 
 class ExportError(ValueError):

@@ -19,7 +19,6 @@ ranking.Scorer, so ``recommend --onnx`` ranks exactly as ``recommend --checkpoin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from deeprec.baseline import Biases
+from deeprec.digest import file_sha256
 from deeprec.ranking import new_user_row
 
 SIDECAR_FORMAT = 1
@@ -38,15 +38,6 @@ class ServingError(ValueError):
 
 def sidecar_path(model: Path) -> Path:
     return model.with_name(model.name + ".npz")
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a model file: what its sidecar records, and serving checks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_sidecar(side: Path, meta: object, arrays: dict[str, np.ndarray]) -> None:

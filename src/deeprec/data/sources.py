@@ -9,7 +9,6 @@ then), checked, and cached. ``--data PATH`` reads a folder or file as is.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from deeprec.data.errors import DataError
+from deeprec.digest import file_sha256 as sha256
 
 
 @dataclass(frozen=True)
@@ -193,11 +193,3 @@ def _verified(folder: Path, source: Source, ours: bool) -> Path:
         f"({source.ratings_sha256[:12]}...): not the GroupLens release; use the original file "
         "or pass the folder as a path (--data PATH) to train on it as your own data"
     )
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
