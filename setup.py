@@ -8,12 +8,14 @@ CMAKE_BUILD_PARALLEL_LEVEL (build jobs).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -46,8 +48,6 @@ class CMakeBuild(build_ext):
 
         extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_temp = Path(self.build_temp) / ext.name
-        _drop_stale_cache(build_temp)
-        build_temp.mkdir(parents=True, exist_ok=True)
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}{os.sep}",
             f"-DPython_EXECUTABLE={sys.executable}",
@@ -68,8 +68,34 @@ class CMakeBuild(build_ext):
         build_args = []
         if "CMAKE_BUILD_PARALLEL_LEVEL" not in os.environ:
             build_args += ["--parallel", str(os.cpu_count() or 1)]
+        key = _build_key(args, pybind11.__version__)
+        stamp = build_temp / "deeprec-build-key.txt"
+        module = Path(self.get_ext_fullpath(ext.name))
+        if module.is_file() and stamp.is_file() and stamp.read_text() == key:
+            print(f"deeprec: {module.name} is already built from these sources and settings")
+            return
+        _drop_stale_cache(build_temp)
+        build_temp.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cmake", str(ROOT), *args], cwd=build_temp, check=True)
         subprocess.run(["cmake", "--build", ".", *build_args], cwd=build_temp, check=True)
+        stamp.write_text(key)
+
+
+def _build_key(args: list[str], pybind11_version: str) -> str:
+    """What a build of the extension depends on: every source file, the CMake arguments
+    (less the paths of pip's throwaway build environment), the compilers found, pybind11's
+    version and the Python ABI. A second ``pip install`` with the same key reuses the built
+    module instead of compiling everything (CUDA included) again."""
+    h = hashlib.sha256()
+    sources = [*ROOT.joinpath("csrc").rglob("*"), ROOT / "CMakeLists.txt", ROOT / "setup.py"]
+    for path in sorted(sources):
+        if path.is_file():
+            h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    kept = [a for a in args if not a.startswith("-Dpybind11_DIR=")]
+    tools = [shutil.which(t) or "" for t in ("nvcc", "c++", "cc")]
+    for part in (*kept, *tools, pybind11_version, sysconfig.get_config_var("EXT_SUFFIX") or ""):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
 
 
 def _drop_stale_cache(build_temp: Path) -> None:
