@@ -367,6 +367,6 @@ class Batch:
         """
         B = self.crow.numel() - 1
         out = torch.zeros(B, self.n_cols, dtype=self.val.dtype, device=self.val.device)
-        rows = entry_rows(self.crow, self.nnz).clamp_(0, max(B - 1, 0))
+        rows = entry_rows(self.crow, self.nnz)  # inside [0, B - 1] whatever crow holds
         out.index_put_((rows, self.col.clamp(0, self.n_cols - 1)), self.val)
         return out

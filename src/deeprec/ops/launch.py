@@ -214,8 +214,9 @@ def error_word(device: torch.device) -> torch.Tensor:
     return word
 
 
-def _raise_from(word: torch.Tensor) -> None:
-    words = word.tolist()
+def _raise_from(word: torch.Tensor, words: list[int] | None = None) -> None:
+    """Raise the error ``word`` records (its values, if already read), resetting it."""
+    words = word.tolist() if words is None else words
     if words[0]:
         word.zero_()
         raise ValueError(describe_error(words)) from None
@@ -248,9 +249,7 @@ def read_checked(value: torch.Tensor) -> float:
         return float(value)
     bits = value.detach().reshape(1).to(torch.float64).view(torch.int64)
     words = torch.cat([word, bits]).tolist()
-    if words[0]:
-        word.zero_()
-        raise ValueError(describe_error(words[: len(words) - 1])) from None
+    _raise_from(word, words[:-1])
     return struct.unpack("<d", struct.pack("<q", words[-1]))[0]
 
 

@@ -153,18 +153,19 @@ def _rows_of_grad(p, exp_avg, exp_avg_sq, grad, merge) -> tuple[torch.Tensor, to
     return ucol, values
 
 
-def _check_rows_in_range(ids: torch.Tensor, n_rows: int) -> None:
+def _check_rows_in_range(ids: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """The row ids on the host, after checking that they lie inside the parameter."""
     ids = ids.cpu()
     if ids.numel() and (bool(ids.min() < 0) or bool(ids.max() >= n_rows)):
         raise ValueError(
             f"row_adam_step: gradient rows must lie inside the parameter [0, {n_rows})"
         )
+    return ids
 
 
 def _check_rows(ucol: torch.Tensor, n_rows: int) -> None:
     """The reference path's check of the row ids, on the host (the kernel checks its own)."""
-    _check_rows_in_range(ucol, n_rows)
-    ids = ucol.cpu()
+    ids = _check_rows_in_range(ucol, n_rows)
     if ids.numel() > 1 and bool((ids[1:] <= ids[:-1]).any()):
         raise ValueError("row_adam_step: gradient rows must be sorted and unique")
 
