@@ -42,9 +42,29 @@ def _flag(name: str) -> str | None:
     raise SystemExit(f"{name}={os.environ[name]!r}: expected 0 or 1")
 
 
+NEEDS = "pip install setuptools pybind11 cmake ninja"
+
+
+def _build_tools():
+    """pybind11, with cmake on PATH; one line saying what to install otherwise (with
+    ``pip install --no-build-isolation`` the build uses this environment's tools)."""
+    try:
+        import pybind11
+    except ImportError:
+        raise SystemExit(
+            f"deeprec build: pybind11 is not installed here ({NEEDS}, or drop "
+            "--no-build-isolation so pip fetches the build tools)"
+        ) from None
+    if shutil.which("cmake") is None:
+        raise SystemExit(
+            f"deeprec build: cmake is not on PATH ({NEEDS}, or drop --no-build-isolation)"
+        )
+    return pybind11
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
-        import pybind11
+        pybind11 = _build_tools()
 
         extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_temp = Path(self.build_temp) / ext.name

@@ -26,8 +26,7 @@ from common import (
     write_bandwidth,
 )
 
-from deeprec import _native
-from deeprec.ops import masked_mse
+from deeprec.ops import _native, masked_mse
 
 
 def fwd_bwd(loss_fn, output):

@@ -15,10 +15,9 @@ import torch
 from common import measure, rating_batch, seed_dense_masked_mse
 from workloads import step_workload
 
-from deeprec import _native
 from deeprec.csr import Batch
-from deeprec.ops import masked_mse, row_adam_step, sparse_linear, sparse_output_mse
-from deeprec.ops.loss import _run_native
+from deeprec.ops import _native, masked_mse, row_adam_step, sparse_linear, sparse_output_mse
+from deeprec.ops.schema import masked_mse_launch
 
 
 class _NoKernels:
@@ -157,8 +156,8 @@ def loss_overhead(runs: int = 101) -> dict[str, float]:
     us = {
         "op_forward": op_fwd,
         "op_forward_backward": op_both,
-        "kernel_forward": lambda: _run_native(output, *batch.csr, loss, None, None),
-        "kernel_backward": lambda: _run_native(output, *batch.csr, None, grad, scale),
+        "kernel_forward": lambda: masked_mse_launch(output, *batch.csr, loss, None, None),
+        "kernel_backward": lambda: masked_mse_launch(output, *batch.csr, None, grad, scale),
         "seed_dense_eager": dense(seed_dense_masked_mse),
         "seed_dense_compiled": dense(compiled),
     }

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from common import rating_batch, seed_dense_masked_mse
 
-from deeprec.config import Config, TrainingPath, decide_path
+from deeprec.config import Config
 from deeprec.data import Batch, RatingMatrix, load, split
 from deeprec.model import AutoEncoder
 from deeprec.ops import fused_available, masked_mse
-from deeprec.optim import build as build_optimizer
-from deeprec.training import batch_loss, run_epoch
+from deeprec.training import TrainingPlan, batch_loss, plan, run_epoch
+from deeprec.training.optim import build as build_optimizer
 
 # (rows per batch, items, fraction rated)
 LOSS_SHAPES = {
@@ -35,7 +35,7 @@ SEED_HIDDEN = (512, 512, 1024)
 # Training impls: (name, --fused, --optimizer), built exactly as deeprec.train builds them:
 # the reference uses torch's fused Adam; --fused uses ItemAdam (exact, row-sparse gradients).
 TRAIN_IMPLS = (
-    ("reference, torch default Adam (as in #3)", False, "torch-adam"),
+    ("reference, torch default Adam (per-tensor loop)", False, "torch-adam"),
     ("reference (dense)", False, "adam"),
     ("--fused", True, "adam"),
     ("--fused --optimizer sparse-adam", True, "sparse-adam"),
@@ -99,14 +99,14 @@ def loss_workload(shape: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     )
 
 
-def _path_and_optimizer(name: str, model, fused: bool, device: str) -> tuple[TrainingPath, object]:
+def _path_and_optimizer(name: str, model, fused: bool, device: str) -> tuple[TrainingPlan, object]:
     """The training path and optimizer deeprec.train would use, or torch's default (per-tensor
-    loop) Adam on the reference path for the #3 baseline."""
+    loop) Adam on the reference path, the first baseline's optimizer."""
     config = Config(fused=fused, optimizer="adam" if name == "torch-adam" else name)
-    path = decide_path(config, torch.device(device))
+    path = plan(config, torch.device(device))
     if name == "torch-adam":
         return path, torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False)
-    return path, build_optimizer(name, model, 1e-3, 0.0, path.sparse_grad)
+    return path, build_optimizer(config, model, path)
 
 
 def dense_flops(n_in: int, hidden=SEED_HIDDEN) -> int:

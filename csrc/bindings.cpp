@@ -1,5 +1,6 @@
-// The one pybind11 module, deeprec._C. Every kernel entry point is bound by one template
-// (bind_kernel): addresses travel from Python as integers and are cast to the entry
+// The one pybind11 module, deeprec._C. Every kernel entry point is bound once, from one
+// table (DEEPREC_KERNELS), by one template (bind_kernel): keyword-only arguments named by
+// the family headers, addresses travel from Python as integers and are cast to the entry
 // point's pointer types, the GIL is released around the call, and a non-zero Status
 // becomes a Python exception naming the entry point. Python checks the metadata (dtypes,
 // shapes, devices, lengths) before any address gets here; the kernels check every index
@@ -7,18 +8,21 @@
 // after the call, with the details in the caller's error word.
 #include <pybind11/pybind11.h>
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "checks.h"
 #include "common.h"
-#include "masked_mse.h"
-#include "row_adam.h"
-#include "sparse_layers.h"
+#include "masked_mse/masked_mse.h"
+#include "row_adam/row_adam.h"
+#include "sparse_layers/sparse_layers.h"
 #ifdef DEEPREC_WITH_CUDA
-#include "cuda_info.h"
+#include "device/device.h"
 #endif
 
 #ifndef DEEPREC_VERSION
@@ -31,7 +35,7 @@ namespace {
 
 // The entry points' argument convention; bump when any signature changes, so Python
 // refuses a module built from other sources (deeprec/_native.py, NATIVE_ABI).
-constexpr int kAbi = 4;
+constexpr int kAbi = 5;
 
 // A kernel refused an index; Python reads the error word and says which.
 struct BadIndex : std::runtime_error {
@@ -68,9 +72,24 @@ T to_native(PyArg<T> value) {
   }
 }
 
-// Binds `int fn(Args...)` as `name(*args)`: casts, releases the GIL, checks the Status.
-template <typename... Args>
-void bind_kernel(py::module_& m, const char* name, int (*fn)(Args...), const char* doc) {
+// The names of an entry point's arguments: its family's shared ones, then its tail.
+template <size_t N, size_t M>
+constexpr std::array<const char*, N + M> join(const char* const (&a)[N],
+                                              const std::array<const char*, M>& b) {
+  std::array<const char*, N + M> out{};
+  for (size_t k = 0; k < N; ++k) out[k] = a[k];
+  for (size_t k = 0; k < M; ++k) out[N + k] = b[k];
+  return out;
+}
+constexpr std::array<const char*, 3> kCpuTail = {"err", "err_tag", "num_threads"};
+constexpr std::array<const char*, 4> kCudaTail = {"err", "err_tag", "device", "stream"};
+constexpr std::array<const char*, 6> kCudaReduceTail = {"partials", "counter", "err",
+                                                        "err_tag",  "device",  "stream"};
+
+template <typename... Args, size_t... K>
+void bind_named(py::module_& m, const char* name, int (*fn)(Args...), const char* doc,
+                const std::array<const char*, sizeof...(Args)>& names,
+                std::index_sequence<K...>) {
   m.def(
       name,
       [fn, name](PyArg<Args>... args) {
@@ -81,13 +100,39 @@ void bind_kernel(py::module_& m, const char* name, int (*fn)(Args...), const cha
         }
         check(status, name);
       },
-      doc);
+      doc, py::kw_only(), py::arg(names[K])...);
+}
+
+// Binds `int fn(Args...)` as `name(**args)`, keyword-only with one name per argument (a
+// call that swaps or leaves out an argument fails in Python): casts, releases the GIL,
+// checks the Status.
+template <size_t N, typename... Args>
+void bind_kernel(py::module_& m, const char* name, int (*fn)(Args...), const char* doc,
+                 const std::array<const char*, N>& names) {
+  static_assert(N == sizeof...(Args), "one name per argument of the entry point");
+  bind_named(m, name, fn, doc, names, std::index_sequence_for<Args...>{});
+}
+
+// The scalar dtypes of a kernel family on one device, by name (deeprec._C.KERNEL_DTYPES).
+template <size_t N>
+py::tuple dtype_names(const int (&codes)[N]) {
+  py::list out;
+  for (int code : codes) {
+    switch (code) {
+      case deeprec::kFloat32: out.append("float32"); break;
+      case deeprec::kFloat64: out.append("float64"); break;
+      case deeprec::kFloat16: out.append("float16"); break;
+      case deeprec::kBFloat16: out.append("bfloat16"); break;
+      default: break;
+    }
+  }
+  return py::tuple(out);
 }
 
 #ifdef DEEPREC_WITH_CUDA
 // "" when the kernels run on `device`, else the CUDA error text.
 std::string cuda_kernel_problem(int device) {
-  if (deeprec::masked_mse_cuda_image_ok(device) == deeprec::kOk) return "";
+  if (deeprec::cuda_image_ok(device) == deeprec::kOk) return "";
   return deeprec::cuda_error_string(deeprec::take_cuda_error());
 }
 #endif
@@ -130,33 +175,41 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("SANITIZED") = false;
 #endif
-  // Every entry point ends in (err, err_tag): the error word's address and the caller's
-  // tag (checks.h); then CPU ones take num_threads, CUDA ones (device, stream).
-  bind_kernel(m, "masked_mse_cpu", &deeprec::masked_mse_cpu,
-              "Fused masked MSE over CSR rows on the CPU (loss and/or gradient).");
-  bind_kernel(m, "spmm_rows_cpu", &deeprec::spmm_rows_cpu,
-              "out = bias + scale * CSR @ W (W item-major), CPU.");
-  bind_kernel(m, "sddmm_residual_cpu", &deeprec::sddmm_residual_cpu,
-              "Residuals h.W[col] + b[col] - val at stored entries and their mean square, CPU.");
-  bind_kernel(m, "col_accumulate_cpu", &deeprec::col_accumulate_cpu,
-              "dW[j] = sum over column j's entries of scale * coef * A[row], CPU.");
-  bind_kernel(m, "row_adam_cpu", &deeprec::row_adam_cpu,
-              "Adam step with a row-sparse gradient (exact or lazy), CPU.");
+  // The kernel table, once: each entry point's family arguments (the family headers name
+  // them) and its device tail. CPU entry points end in (err, err_tag, num_threads), CUDA
+  // ones in ([partials, counter,] err, err_tag, device, stream): the error word's address,
+  // the caller's tag (checks.h), then the device's own.
+#define DEEPREC_KERNELS(X)                                                                    \
+  X(masked_mse, kMaskedMseArgs, kCudaReduceTail,                                              \
+    "Fused masked MSE over CSR rows (loss and/or gradient)")                                  \
+  X(spmm_rows, kSpmmRowsArgs, kCudaTail, "out = bias + scale * CSR @ W (W item-major)")       \
+  X(sddmm_residual, kSddmmResidualArgs, kCudaReduceTail,                                      \
+    "Residuals h.W[col] + b[col] - val at stored entries and their mean square")              \
+  X(col_accumulate, kColAccumulateArgs, kCudaTail,                                            \
+    "dW[j] = sum over column j's entries of scale * coef * A[row]")                           \
+  X(row_adam, kRowAdamArgs, kCudaTail, "Adam step with a row-sparse gradient (exact or lazy)")
+#define DEEPREC_BIND_CPU(name, args, cuda_tail, doc) \
+  bind_kernel(m, #name "_cpu", &deeprec::name##_cpu, doc ", CPU.", join(deeprec::args, kCpuTail));
+  DEEPREC_KERNELS(DEEPREC_BIND_CPU)
+  py::dict kernel_dtypes;
+  kernel_dtypes["masked_mse"] = py::dict(py::arg("cpu") = dtype_names(deeprec::kMaskedMseCpuDtypes),
+                                         py::arg("cuda") = dtype_names(deeprec::kMaskedMseCudaDtypes));
+  kernel_dtypes["sparse_layers"] =
+      py::dict(py::arg("cpu") = dtype_names(deeprec::kSparseLayersCpuDtypes),
+               py::arg("cuda") = dtype_names(deeprec::kSparseLayersCudaDtypes));
+  kernel_dtypes["row_adam"] = py::dict(py::arg("cpu") = dtype_names(deeprec::kRowAdamCpuDtypes),
+                                       py::arg("cuda") = dtype_names(deeprec::kRowAdamCudaDtypes));
+  m.attr("KERNEL_DTYPES") = kernel_dtypes;
 #ifdef DEEPREC_WITH_CUDA
   m.attr("WITH_CUDA") = true;
   m.attr("CUDA_ARCHS") = DEEPREC_CUDA_ARCHS;
-  m.attr("MASKED_MSE_MAX_BLOCKS") = deeprec::kMaskedMseMaxBlocks;
-  m.attr("SPARSE_MAX_BLOCKS") = deeprec::kSparseMaxBlocks;
-  bind_kernel(m, "masked_mse_cuda", &deeprec::masked_mse_cuda,
-              "Fused masked MSE over CSR rows on a CUDA stream (loss and/or gradient).");
-  bind_kernel(m, "spmm_rows_cuda", &deeprec::spmm_rows_cuda,
-              "out = bias + scale * CSR @ W (W item-major), CUDA.");
-  bind_kernel(m, "sddmm_residual_cuda", &deeprec::sddmm_residual_cuda,
-              "Residuals h.W[col] + b[col] - val at stored entries and their mean square, CUDA.");
-  bind_kernel(m, "col_accumulate_cuda", &deeprec::col_accumulate_cuda,
-              "dW[j] = sum over column j's entries of scale * coef * A[row], CUDA.");
-  bind_kernel(m, "row_adam_cuda", &deeprec::row_adam_cuda,
-              "Adam step with a row-sparse gradient (exact or lazy), CUDA.");
+  // Kernels whose CUDA entry point takes a reduction workspace, and its size in blocks.
+  m.attr("CUDA_WORKSPACE_BLOCKS") =
+      py::dict(py::arg("masked_mse") = deeprec::kMaskedMseMaxBlocks,
+               py::arg("sddmm_residual") = deeprec::kSparseMaxBlocks);
+#define DEEPREC_BIND_CUDA(name, args, cuda_tail, doc) \
+  bind_kernel(m, #name "_cuda", &deeprec::name##_cuda, doc ", CUDA.", join(deeprec::args, cuda_tail));
+  DEEPREC_KERNELS(DEEPREC_BIND_CUDA)
   m.def("cuda_kernel_problem", &cuda_kernel_problem,
         "Empty string if the CUDA kernels run on the device, else the reason.");
   m.def("cuda_runtime_version", &deeprec::cuda_runtime_version);

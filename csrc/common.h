@@ -3,6 +3,7 @@
 // beside any torch build), so everything here is plain C++17.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 
@@ -84,7 +85,7 @@ struct Tag {
 template <typename... Ts>
 struct Types {};
 
-// The dtype code of a scalar type; cuda/common.cuh adds __half and __nv_bfloat16.
+// The dtype code of a scalar type; cuda_common.cuh adds __half and __nv_bfloat16.
 template <typename T>
 struct DtypeOf;
 template <>
@@ -95,7 +96,33 @@ template <>
 struct DtypeOf<double> {
   static constexpr int value = kFloat64;
 };
-using CpuFloats = Types<float, double>;
+// The scalar types of the float32/float64 kernels (every CPU kernel, and the sparse and
+// Adam kernels on CUDA); cuda_common.cuh adds the half-precision list of masked MSE.
+using Float32And64 = Types<float, double>;
+
+// Bytes per element of a scalar dtype code; 0 for an unknown code.
+constexpr size_t dtype_size(int dtype) {
+  switch (dtype) {
+    case kFloat32: return 4;
+    case kFloat64: return 8;
+    case kFloat16:
+    case kBFloat16: return 2;
+    default: return 0;
+  }
+}
+
+// True when the type list Ts... has exactly the dtype codes `codes`, in order: each
+// kernel file checks its dispatch list against the table its header exports (through
+// bindings.cpp as deeprec._C.KERNEL_DTYPES), so the two cannot drift.
+template <typename... Ts, size_t N>
+constexpr bool same_codes(Types<Ts...>, const int (&codes)[N]) {
+  if (sizeof...(Ts) != N) return false;
+  const int mine[] = {DtypeOf<Ts>::value..., 0};
+  for (size_t k = 0; k < N; ++k) {
+    if (mine[k] != codes[k]) return false;
+  }
+  return true;
+}
 
 // f(Tag<T>{}) for the T in Floats whose code is `dtype`; kBadDtype when none is.
 template <typename... Ts, typename F>
@@ -132,8 +159,8 @@ T scalar_or_one(const void* p) {
 // Runs fn(begin, end) over [0, n) split into contiguous chunks (up to four per
 // thread), claimed by the calling thread and a persistent pool of std::threads, at most
 // num_threads - 1 of which take part in one call
-// (csrc/cpu/parallel.cpp): starting a thread costs ~50 us on small VMs, more
-// than many of our kernels take. fn must not depend on how [0, n) is cut.
+// (csrc/parallel/cpu.cpp): starting a thread can cost more than many of our kernels
+// take. fn must not depend on how [0, n) is cut.
 // Callers size num_threads from torch.get_num_threads(), so no second OpenMP
 // runtime competes with torch's. Below `grain` items per thread fewer threads are used.
 void parallel_for(int64_t n, int num_threads, int64_t grain,

@@ -19,18 +19,19 @@ from pathlib import Path
 
 import torch
 
-from deeprec.config import Config, decide_path, load_preset
-from deeprec.optim import build as build_optimizer
-from deeprec.run import build_model, prepare_data
-from deeprec.training import flushed_denormals, run_epoch
+from deeprec.config import Config, load_preset
+from deeprec.model import AutoEncoder
+from deeprec.run import prepare_data
+from deeprec.training import flushed_denormals, plan, run_epoch
+from deeprec.training.optim import build as build_optimizer
 
 
 def losses(config: Config, matrix, fused: bool, dtype: torch.dtype, epochs: int) -> list[float]:
     config = config.replace(fused=fused)
-    path = decide_path(config, torch.device("cpu"))
+    path = plan(config, torch.device("cpu"))
     torch.manual_seed(config.seed)
-    model = build_model(config, matrix.n_cols).to(dtype)
-    opt = build_optimizer(config.optimizer, model, config.lr, config.weight_decay, path.sparse_grad)
+    model = AutoEncoder.from_config(config, matrix.n_cols).to(dtype)
+    opt = build_optimizer(config, model, path)
     shuffle = torch.Generator().manual_seed(config.seed)
     out = []
     for _ in range(epochs):

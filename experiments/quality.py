@@ -1,4 +1,4 @@
-"""Quality against the classical baselines on several protocols (issue #15).
+"""Quality against the classical baselines on several protocols.
 
     python experiments/quality.py [--data ml-latest-small] [--seeds 5] [--out DIR]
 
@@ -10,13 +10,13 @@ ratings (those whose user and item occur in training) are scored by:
   experiments-only dependency: pip install scikit-surprise);
 - the bias baseline (mu + b_user + b_item, Surprise's BaselineOnly ALS settings);
 - deeprec ``--preset best`` (I-AutoRec on residuals), trained on the split's training ratings;
-- item and user kNN on the bias baseline's residuals (deeprec.neighbors: KNNBaseline with
+- item and user kNN on the bias baseline's residuals (deeprec.quality.neighbors: KNNBaseline with
   the shrunk pearson_baseline similarity, k = 40);
 - a blend of I-AutoRec, U-AutoRec (the same recipe, rows = users), the bias baseline and
   the two kNN models, with weights fit by least squares on a *nested* split of the training
   ratings (the same rule applied again), each model's weight depending on the log-support
   of the rating's user and item: the reported validation ratings are read once, to score
-  the blend (deeprec.blending; ``python -m deeprec.blend`` runs one split).
+  the blend (deeprec.quality.blending; ``python -m deeprec.blend`` runs one split).
 Writes quality.json and quality.md with bootstrap 95% intervals of each RMSE.
 """
 
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deeprec.blending import blend_predictions
 from deeprec.config import Config, load_preset
 from deeprec.data import load
-from deeprec.evaluation import bootstrap_rmse
+from deeprec.quality.blending import blend_predictions
+from deeprec.quality.evaluation import bootstrap_rmse
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -66,7 +66,7 @@ def protocol(how: str, seed: int, scale, best: Config, data_dir) -> dict:
         split=how, val_frac=0.2 if how == "user-time" else 0.1, seed=seed, fused=True
     )
     t = time.perf_counter()
-    # weights on the nested split only, then one score (deeprec.blending)
+    # weights on the nested split only, then one score (deeprec.quality.blending)
     done = blend_predictions(config, data_dir)
     seconds = time.perf_counter() - t
     truth = done.val["rating"].to_numpy(np.float64)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from deeprec import _native
+from deeprec.ops import _native
 
 # Tests run against the installed package; a missing native module must fail CI
 # loudly instead of silently skipping every fused test.

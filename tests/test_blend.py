@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from datasets import write_movielens_csv
 
-from deeprec import baseline, blending
 from deeprec.blend import cli_main as blend_main
 from deeprec.config import Config
 from deeprec.data import RatingMatrix, split
-from deeprec.evaluation import bootstrap_rmse
+from deeprec.quality import baseline, blending
+from deeprec.quality.evaluation import bootstrap_rmse
 
 RECIPE = dict(hidden=[16], activation="sigmoid", residual=True, epochs=3, batch_size=16,
               split="user-time", fused=True)  # fmt: skip
@@ -84,9 +84,9 @@ def test_blend_command_prints_and_writes(toy, tmp_path, capsys):
 
 
 def test_a_saved_blend_recommends_and_scores_as_it_was_measured(toy, tmp_path, capsys):
-    from deeprec.blending import BlendScorer
     from deeprec.data import load
     from deeprec.data.splits import known_users_items
+    from deeprec.quality.blending import BlendScorer
     from deeprec.recommend import cli_main as recommend_main
     from deeprec.run import resolve_device
 

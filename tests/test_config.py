@@ -1,19 +1,22 @@
-"""The typed Config and the library/command layering (issue #11)."""
+"""The typed Config and the library/command layering."""
 
 from __future__ import annotations
 
 import argparse
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from deeprec.config import Config, ConfigError, TrainingPath, decide_path, load_preset, presets
+from deeprec.config import Config, ConfigError, load_preset, presets
+from deeprec.training import TrainingPlan
+from deeprec.training import plan as decide_path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "deeprec"
-COMMANDS = ("train", "evaluate", "recommend", "info")
+COMMANDS = ("train", "evaluate", "recommend", "info", "tune", "blend", "export")
 
 
 def test_defaults_are_the_seed_preset():
@@ -64,14 +67,20 @@ def test_argparse_is_built_from_the_fields():
     assert flags == {f.name for f in dataclasses.fields(Config)}
 
 
-def test_training_path_is_decided_from_the_config():
+def test_training_plan_is_decided_from_the_config():
     cpu = torch.device("cpu")
-    assert decide_path(Config(), cpu) == TrainingPath("reference")
-    assert decide_path(Config(fused=True), cpu) == TrainingPath("sparse", sparse_grad=True)
-    assert decide_path(Config(fused=True, last_activation="sigmoid"), cpu) == TrainingPath("fused")
-    assert decide_path(Config(fused=True, optimizer="sgd"), cpu) == TrainingPath("sparse")
+    assert decide_path(Config(), cpu) == TrainingPlan("reference")
+    assert decide_path(Config(fused=True), cpu) == TrainingPlan("sparse", sparse_grad=True)
+    sigmoid = Config(fused=True, last_activation="sigmoid")
+    assert decide_path(sigmoid, cpu) == TrainingPlan("fused", linear_output=False)
+    assert decide_path(Config(last_activation="tanh"), cpu) == TrainingPlan(
+        "reference", linear_output=False
+    )
+    assert decide_path(Config(fused=True, optimizer="sgd"), cpu) == TrainingPlan("sparse")
     lazy = decide_path(Config(fused=True, optimizer="sparse-adam"), cpu)
-    assert lazy == TrainingPath("sparse", sparse_grad=True, lazy=True)
+    assert lazy == TrainingPlan("sparse", sparse_grad=True, lazy=True)
+    assert decide_path(Config(data_on_device="yes"), cpu).resident
+    assert not decide_path(Config(), cpu).resident  # auto: resident on CUDA only
     with pytest.raises(ConfigError, match="sparse-adam needs --fused"):
         decide_path(Config(optimizer="sparse-adam"), cpu)
     with pytest.raises(ConfigError, match="--fused: "):
@@ -98,3 +107,84 @@ def test_no_command_imports_another_and_nothing_outside_imports_a_command():
         own = f"deeprec.{path.stem}"
         bad = {n for n in _deeprec_imports(path) if n in commands and n != own}
         assert not bad, f"{path.relative_to(root)} imports the command module(s) {sorted(bad)}"
+
+
+# ---------------------------------------------------------------- the floors
+GROUND = {"deeprec.choices", "deeprec.errors"}
+
+
+def _deeprec_modules(path: Path) -> set[str]:
+    """The deeprec modules ``path`` imports (``from deeprec import x`` counts as deeprec.x)."""
+    names = set()
+    for name in _deeprec_imports(path):
+        parts = name.split(".")
+        names.add(".".join(parts[:2]))  # deeprec.<top-level module or package>
+    return names - {"deeprec"}
+
+
+def test_config_stands_on_the_ground_floor_only():
+    above = _deeprec_modules(SRC / "config.py") - GROUND
+    assert not above, f"deeprec.config imports {sorted(above)}, above the ground floor"
+    for name in GROUND:  # and the ground floor imports no deeprec module at all
+        path = SRC / f"{name.split('.')[1]}.py"
+        assert not _deeprec_modules(path), f"{name} imports {_deeprec_modules(path)}"
+
+
+def _epoch_loops(path: Path) -> list[int]:
+    """Lines of ``for ... in range(...)`` loops over something named like epochs."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.For)
+            and isinstance(node.iter, ast.Call)
+            and getattr(node.iter.func, "id", None) == "range"
+            and "epoch" in ast.unparse(node.iter).lower()
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_module_outside_the_training_wing_loops_over_epochs():
+    wing = SRC / "training"
+    found = {
+        str(p.relative_to(SRC)): _epoch_loops(p)
+        for p in SRC.rglob("*.py")
+        if wing not in p.parents and _epoch_loops(p)
+    }
+    assert not found, f"epoch loops outside deeprec.training: {found}"
+    assert _epoch_loops(wing / "loop.py"), "the scan finds the one loop it must allow"
+
+
+def test_each_op_schema_is_defined_once_in_the_schema_module():
+    """One place registers ops (the Op class of ops/schema.py, one custom_op call), every
+    deeprec:: op torch knows is one of its OPS, and no two OPS share a name."""
+    registering = re.compile(r"custom_op\(|torch\.library\.(define|impl|register_fake)\(|Library\(")
+    calls = {
+        str(p.relative_to(SRC)): len(registering.findall(p.read_text()))
+        for p in SRC.rglob("*.py")
+        if registering.search(p.read_text())
+    }
+    assert calls == {"ops/schema.py": 1}, calls
+    from deeprec.ops import schema
+
+    names = [op.name for op in schema.OPS]
+    assert len(names) == len(set(names)) >= 8, names
+    for name in names:  # each is registered, with the schema of its own run function
+        assert hasattr(torch.ops.deeprec, name), name
+    registered = {n for n in dir(torch.ops.deeprec) if not n.startswith("_")} - {"name"}
+    assert registered <= set(names), registered - set(names)
+
+
+def test_no_issue_tracker_references_in_code_or_tests():
+    root = SRC.parents[1]
+    suffixes = {".py", ".cpp", ".h", ".cu", ".cuh", ".sh", ".toml", ".txt"}
+    ref = re.compile(r"(?<![\w&])#\d+\b|\bissue #?\d|\b[Ii]ssue\b(?! tracker)")
+    hits = []
+    for folder in ("src", "csrc", "benchmarks", "tests", "experiments"):
+        for path in (root / folder).rglob("*"):
+            if path.suffix not in suffixes or not path.is_file() or path == Path(__file__):
+                continue
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if ref.search(line):
+                    hits.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert not hits, "\n".join(hits)

@@ -110,8 +110,18 @@ def test_unusable_files(tmp_path, content, message):
 
 
 def test_unknown_dataset_name_and_missing_path():
-    with pytest.raises(DataError, match="not a known dataset"):
+    with pytest.raises(DataError, match="not a known dataset") as info:
         load("ml-999k")
+    assert "synth-netflix" in str(info.value) and "synth:USERSxITEMSxRATINGS" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "typo, meant",
+    [("ml-lates-small", "ml-latest-small"), ("ML-1M", "ml-1m"), ("synth-netflx", "synth-netflix")],
+)
+def test_a_mistyped_dataset_name_gets_a_did_you_mean(typo, meant):
+    with pytest.raises(DataError, match=f"did you mean '{meant}'"):
+        load(typo)
 
 
 def test_missing_known_dataset_offline_says_where_to_put_it(tmp_path, monkeypatch):

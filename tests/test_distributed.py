@@ -1,4 +1,4 @@
-"""torchrun: K processes make the update one process makes (issue #12).
+"""torchrun: K processes make the update one process makes.
 
 Each case trains the same recipe once in one process and once under
 ``torchrun --nproc_per_node=2`` (gloo on CPU) and compares metrics.json epoch by epoch.

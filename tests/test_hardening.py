@@ -1,4 +1,4 @@
-"""The validation holes of the hardening issue, each as a test that failed before the fix.
+"""Validation holes, each as a test that failed before the fix.
 
 Raw ``torch.ops.deeprec.*`` calls get the same checks as the public wrappers; a
 caller-supplied ColumnIndex must be exactly the batch's own; native work follows the
@@ -181,7 +181,7 @@ def test_row_adam_checks_devices_and_index_dtype():
 
 
 def test_row_adam_reference_is_the_auto_fallback(monkeypatch):
-    from deeprec import _native
+    from deeprec.ops import _native
 
     monkeypatch.setattr(_native, "_C", None)
     monkeypatch.setattr(_native, "IMPORT_ERROR", "ImportError: simulated")
@@ -259,7 +259,7 @@ def test_require_cuda_turns_a_cuda_skip_into_a_failure(tmp_path):
 def test_the_compiled_module_belongs_to_this_package():
     """_C carries the package version and argument convention; the dtype codes come from it."""
     import deeprec
-    from deeprec import _native
+    from deeprec.ops import _native
 
     C = _native.module()
     if C is None:
@@ -276,7 +276,7 @@ def test_a_stale_build_is_refused_with_one_line(version, abi):
     import types
 
     import deeprec
-    from deeprec import _native
+    from deeprec.ops import _native
 
     fake = types.SimpleNamespace(__version__=deeprec.__version__ if version == "same" else version)
     if abi is not None:

@@ -14,8 +14,7 @@ from conftest import random_csr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deeprec import _native
-from deeprec.ops import masked_mse, sparse_linear, sparse_output_mse
+from deeprec.ops import _native, masked_mse, sparse_linear, sparse_output_mse
 from deeprec.ops.row_adam import row_adam_step
 
 VARIANTS = _native.supported_isas()

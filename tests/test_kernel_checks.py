@@ -22,7 +22,7 @@ from conftest import random_csr, reference_column_index
 from datasets import synthetic_ratings
 
 from deeprec import csr
-from deeprec.config import Config, decide_path
+from deeprec.config import Config
 from deeprec.csr import Batch, column_index
 from deeprec.data import RatingMatrix
 from deeprec.data.resident import ResidentMatrix
@@ -34,8 +34,9 @@ from deeprec.ops import (
     sparse_linear,
     sparse_output_mse,
 )
-from deeprec.optim import build
+from deeprec.training import plan as decide_path
 from deeprec.training import run_epoch, validate
+from deeprec.training.optim import build
 
 pytestmark = pytest.mark.usefixtures("native_required")
 
@@ -208,7 +209,7 @@ def test_fused_training_steps_read_nothing_back_but_the_loss(optimizer, last):
     path = decide_path(config, device)
     assert path.loss == ("sparse" if last == "none" else "fused")
     model = AutoEncoder(m.n_cols, [16, 8], last_activation=last)
-    opt = build(optimizer, model, 1e-3, 0.0, path.sparse_grad)
+    opt = build(config, model, path)
     batches = ResidentMatrix(m, device).batches(16, generator=torch.Generator().manual_seed(0))
     run_epoch(model, opt, [next(batches)], path)  # warm-up: the optimizer's state, the order
     with counting_host_reads() as calls:
@@ -245,7 +246,7 @@ def test_cuda_training_steps_make_no_host_sync():
     device = torch.device("cuda")
     path = decide_path(config, device)
     model = AutoEncoder(m.n_cols, [16, 8]).to(device)
-    opt = build("adam", model, 1e-3, 0.0, path.sparse_grad)
+    opt = build(config, model, path)
     batches = ResidentMatrix(m, device).batches(16, generator=torch.Generator().manual_seed(0))
     run_epoch(model, opt, [next(batches), next(batches)], path)  # warm-up
     steps = [next(batches) for _ in range(6)]  # built before the checked region

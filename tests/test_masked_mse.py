@@ -10,8 +10,7 @@ from conftest import random_csr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deeprec import _native
-from deeprec.ops import fused_available, masked_mse, masked_mse_reference
+from deeprec.ops import _native, fused_available, masked_mse, masked_mse_reference
 from deeprec.ops import launch as ops
 
 pytestmark = pytest.mark.usefixtures("native_required")

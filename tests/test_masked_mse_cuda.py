@@ -9,8 +9,7 @@ import pytest
 import torch
 from conftest import random_csr, run_while_default_stream_is_busy
 
-from deeprec import _native
-from deeprec.ops import masked_mse, raise_kernel_errors
+from deeprec.ops import _native, masked_mse, raise_kernel_errors
 
 pytestmark = pytest.mark.cuda
 

@@ -1,4 +1,4 @@
-"""The product surface (issue #13): the bundled dataset offline, config files, ONNX export and
+"""The product surface: the bundled dataset offline, config files, ONNX export and
 serving, batch recommendations, TensorBoard logging and the tune command."""
 
 from __future__ import annotations
@@ -178,8 +178,9 @@ def test_onnx_gives_the_same_top_k_as_the_checkpoint(trained, exported, capsys, 
 
 
 def test_onnx_scorer_matches_the_torch_model_on_every_user(trained, exported):
-    from deeprec import recommendation, run
-    from deeprec.serving import OnnxScorer
+    from deeprec import run
+    from deeprec.inference import recommendation
+    from deeprec.inference.serving import OnnxScorer
 
     for name in ("plain", "residual"):
         job = run.load_trained(trained[name], None, run.resolve_device("cpu"))
@@ -240,8 +241,8 @@ def test_a_foreign_sidecar_with_the_same_items_is_refused(trained, exported, tmp
 @pytest.mark.parametrize("failure", ["sidecar", "verification"])
 def test_a_failed_export_leaves_the_previous_one_whole(trained, exported, tmp_path, capsys,
                                                        monkeypatch, failure):  # fmt: skip
-    from deeprec import onnx_export
     from deeprec.export import cli_main as export_main
+    from deeprec.inference import onnx_export
 
     out = tmp_path / "m.onnx"
     out.write_bytes(exported["plain"].read_bytes())
@@ -316,19 +317,37 @@ def test_all_users_excludes_training_items(trained, tmp_path, capsys):
 
 def test_all_users_flag_checks(trained, capsys):
     ck = ["--checkpoint", str(trained["plain"])]
-    assert recommend_main([*ck, "--all-users"]) == 2
+    assert recommend_main([*ck, "--user", "1", "--out", "r.csv"]) == 2
     assert "--out goes with --all-users" in capsys.readouterr().err
     assert recommend_main([*ck, "--all-users", "--out", "r.json"]) == 2
     assert ".csv or .parquet" in capsys.readouterr().err
 
 
+def test_default_outputs_land_beside_the_model(trained, tmp_path, capsys):
+    """recommend --all-users and export write into the run folder they read, not the
+    current directory; tune's default study folder is under runs/."""
+    import shutil
+
+    from deeprec.export import cli_main as export_main
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained["plain"], folder)
+    assert recommend_main(["--checkpoint", str(folder / "model.pt"), "--all-users", "-k", "3",
+                           "--quiet"]) == 0  # fmt: skip
+    assert (folder / "recs.csv").is_file() and str(folder / "recs.csv") in capsys.readouterr().out
+    assert export_main(["--checkpoint", str(folder)]) == 0
+    assert (folder / "model.onnx").is_file() and (folder / "model.onnx.npz").is_file()
+
+
 # ---------------------------------------------------------------- 5. TensorBoard
-def test_tensorboard_logs_every_epoch(toy, tmp_path):
+def test_tensorboard_logs_every_epoch_in_a_subfolder_per_run(toy, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(tmp_path / "r", "--data", str(toy), *SMALL, "--epochs", "3", "--tensorboard",
-          str(tmp_path / "tb"))  # fmt: skip
-    acc = EventAccumulator(str(tmp_path / "tb"))
+    for name in ("r", "s"):
+        train(tmp_path / name, "--data", str(toy), *SMALL, "--epochs", "3", "--tensorboard",
+              str(tmp_path / "tb"))  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["r", "s"]
+    acc = EventAccumulator(str(tmp_path / "tb" / "r"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert tags >= {"train/loss", "val/rmse", "val/mae", "lr", "seconds"}

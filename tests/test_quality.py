@@ -1,4 +1,4 @@
-"""Issue #6 machinery: residual learning, input dropout, ranking metrics, bootstrap intervals."""
+"""Quality machinery: residual learning, input dropout, ranking metrics, bootstrap intervals."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ import torch
 from conftest import random_csr
 from datasets import write_movielens_csv
 
-from deeprec import baseline
 from deeprec.config import Config
 from deeprec.data import RatingMatrix
 from deeprec.evaluate import cli_main as evaluate_main
-from deeprec.evaluation import bootstrap_rmse, ranking_metrics
+from deeprec.inference.predict import predict_entries, score_items
 from deeprec.model import AutoEncoder
 from deeprec.ops import masked_mse
-from deeprec.predict import predict_entries, score_items
+from deeprec.quality import baseline
+from deeprec.quality.evaluation import bootstrap_rmse, ranking_metrics
 from deeprec.recommend import cli_main as recommend_main
-from deeprec.run import model_inputs
 from deeprec.train import cli_main as train_main
+from deeprec.training import model_inputs
 
 
 def toy_matrix(by="user"):
@@ -152,8 +152,8 @@ def test_best_preset_exists_and_loads():
 
 
 def test_cosine_schedule_and_set_lr_reach_every_parameter_group():
-    from deeprec.optim import build
-    from deeprec.training import epoch_lr, set_lr
+    from deeprec.training import TrainingPlan, epoch_lr, set_lr
+    from deeprec.training.optim import build
 
     config = Config(lr=0.01, epochs=5, lr_schedule="cosine")
     lrs = [epoch_lr(config, e) for e in range(1, 6)]
@@ -161,7 +161,7 @@ def test_cosine_schedule_and_set_lr_reach_every_parameter_group():
     assert epoch_lr(config.replace(lr_schedule="constant"), 4) == 0.01
     model = AutoEncoder(20, (4,))
     for sparse_path in (False, True):
-        opt = build("adam", model, 0.01, 0.0, sparse_path)
+        opt = build(config, model, TrainingPlan("sparse", sparse_grad=sparse_path))
         set_lr(opt, 0.123)
         assert all(g["lr"] == 0.123 for g in opt.param_groups)
 
@@ -189,7 +189,7 @@ def test_refeed_step_fits_the_models_own_output():
 def test_interrupted_schedule_and_refeed_run_resumes_exactly(tmp_path, monkeypatch):
     import json
 
-    from deeprec import training as train_mod
+    from deeprec.training import loop as train_mod
 
     data = write_movielens_csv(tmp_path / "toy")
     common = [

@@ -11,9 +11,9 @@ import torch
 from datasets import write_movielens_csv
 
 from deeprec import checkpoint, csr
-from deeprec import training as train_mod
 from deeprec.evaluate import cli_main as evaluate_main
 from deeprec.train import cli_main as train_main
+from deeprec.training import loop as train_mod
 
 SMALL = ["--hidden", "8", "--batch-size", "8", "--quiet", "--split", "user-time"]
 HEADER = "userId,movieId,rating,timestamp\n"
@@ -93,7 +93,9 @@ def toy(tmp_path_factory):
     return write_movielens_csv(tmp_path_factory.mktemp("d") / "toy")
 
 
-def test_ctrl_c_keeps_the_last_completed_epoch(toy, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_keeps_the_last_completed_epoch_says_how_to_resume_and_resumes_exactly(
+    toy, tmp_path, monkeypatch, capsys
+):
     real = train_mod.run_epoch
     calls = {"n": 0}
 
@@ -106,15 +108,26 @@ def test_ctrl_c_keeps_the_last_completed_epoch(toy, tmp_path, monkeypatch, capsy
     monkeypatch.setattr(train_mod, "run_epoch", interrupted)
     out = tmp_path / "run"
     assert train_main(["--data", str(toy), "--out", str(out), "--epochs", "5", *SMALL]) == 130
-    assert "interrupted" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"python -m deeprec.train: interrupted: in epoch 3; epoch 2 is saved in "
+        f"{out / 'model.pt'}; continue with: python -m deeprec.train --resume {out}"
+    )
     state = checkpoint.load(out / "model.pt")
     assert state["epoch"] == 2
     assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["epochs"]] == [1, 2]
     names = sorted(p.name for p in out.iterdir())
     assert names == ["config.toml", "metrics.json", "model.pt"]  # no temp files
     monkeypatch.setattr(train_mod, "run_epoch", real)
-    assert train_main(["--resume", str(out), "--epochs", "3", "--quiet"]) == 0
-    assert checkpoint.load(out)["epoch"] == 3
+    assert train_main(["--resume", str(out), "--quiet"]) == 0  # the printed command
+    straight = tmp_path / "straight"
+    assert train_main(["--data", str(toy), "--out", str(straight), "--epochs", "5", *SMALL]) == 0
+    resumed, whole = checkpoint.load(out), checkpoint.load(straight)
+    assert resumed["epoch"] == whole["epoch"] == 5
+    for name, weight in whole["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weight), name
+    losses = [[e["train_loss"] for e in s["history"]] for s in (resumed, whole)]
+    assert losses[0] == losses[1]
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
@@ -132,7 +145,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
     out = tmp_path / "run"
     assert train_main(["--data", str(toy), "--out", str(out), "--epochs", "4", *SMALL]) == 2
     err = capsys.readouterr().err
-    assert "loss became nan in epoch 2" in err and "last good checkpoint" in err
+    assert "loss became nan in epoch 2; epoch 1 is saved in" in err and "lower --lr" in err
     assert checkpoint.load(out)["epoch"] == 1
 
 

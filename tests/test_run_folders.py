@@ -89,8 +89,8 @@ def test_tune_refuses_a_corrupt_study_naming_it(data, tmp_path, capsys):
 
 
 def test_blend_checks_its_outputs_before_the_work(data, tmp_path, capsys, monkeypatch):
-    from deeprec import blending
     from deeprec.blend import cli_main as blend_main
+    from deeprec.quality import blending
 
     monkeypatch.setattr(blending, "blend", lambda *a, **k: pytest.fail("blended first"))
     base = ["--data", str(data), "--hidden", "8", "--epochs", "1"]
@@ -122,3 +122,22 @@ def test_tune_refuses_to_mix_studies(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1
     assert (out / "study.json").read_text() == records
     assert tune_main(["--data", str(a), *base]) == 0  # the same study resumes
+
+
+def test_slim_keeps_the_weights_only_and_is_refused_by_resume(data, tmp_path, capsys):
+    from deeprec import checkpoint
+    from deeprec.evaluate import cli_main as evaluate_main
+
+    args = ["--data", str(data), "--epochs", "2", *TINY]
+    assert train_main([*args, "--out", str(tmp_path / "full")]) == 0
+    assert train_main([*args, "--out", str(tmp_path / "slim"), "--slim"]) == 0
+    full, slim = (checkpoint.load(tmp_path / name) for name in ("full", "slim"))
+    for name, weight in full["state_dict"].items():  # the same model
+        assert (slim["state_dict"][name] == weight).all(), name
+    assert "optimizer" not in slim and "optimizer" in full
+    size = {n: (tmp_path / n / "model.pt").stat().st_size for n in ("full", "slim")}
+    assert size["slim"] < 0.5 * size["full"], size  # Adam keeps two moments per weight
+    assert evaluate_main(["--checkpoint", str(tmp_path / "slim")]) == 0
+    capsys.readouterr()
+    assert train_main(["--resume", str(tmp_path / "slim"), "--epochs", "3", "--quiet"]) == 2
+    assert "saved with --slim" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from conftest import random_csr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deeprec.config import Config
 from deeprec.model import AutoEncoder
 from deeprec.ops import (
     column_index,
@@ -19,7 +20,8 @@ from deeprec.ops import (
     sparse_linear,
     sparse_output_mse,
 )
-from deeprec.optim import ItemAdam, build
+from deeprec.training import TrainingPlan
+from deeprec.training.optim import ItemAdam, build
 
 pytestmark = pytest.mark.usefixtures("native_required")
 
@@ -277,7 +279,7 @@ def test_item_adam_trains_like_dense_adam_step_for_step():
     b = AutoEncoder(60, (8, 4)).double()
     b.load_state_dict(a.state_dict())
     opt_a = torch.optim.Adam(a.parameters(), lr=1e-2, foreach=False)
-    opt_b = build("adam", b, 1e-2, 0.0, sparse_grad=True)
+    opt_b = build(Config(lr=1e-2), b, TrainingPlan("sparse", sparse_grad=True))
     assert isinstance(opt_b, ItemAdam)
     for _ in range(5):
         opt_a.zero_grad()
@@ -337,19 +339,19 @@ def test_fused_and_reference_training_stay_together_in_float64():
     train losses agree to 1e-10 relative through epoch 6, past the loss spike at epoch 5
     where float32 runs start to part (1e-4 at epoch 6, 1e-2 by epoch 9; see
     experiments/results/fused_drift.md). So the float32 gap is rounding, amplified."""
-    from deeprec.config import decide_path, load_preset
-    from deeprec.run import build_model, prepare_data
-    from deeprec.training import flushed_denormals, run_epoch
+    from deeprec.config import load_preset
+    from deeprec.run import prepare_data
+    from deeprec.training import flushed_denormals, plan, run_epoch
 
     config = load_preset("seed")
     _, matrix = prepare_data(config, None)  # the copy shipped in the package
     runs = {}
     with flushed_denormals():
         for fused in (False, True):
-            path = decide_path(config.replace(fused=fused), torch.device("cpu"))
+            path = plan(config.replace(fused=fused), torch.device("cpu"))
             torch.manual_seed(0)
-            model = build_model(config, matrix.n_cols).double()
-            opt = build("adam", model, 1e-3, 0.0, sparse_grad=path.sparse_grad)
+            model = AutoEncoder.from_config(config, matrix.n_cols).double()
+            opt = build(config, model, path)
             shuffle = torch.Generator().manual_seed(0)
             losses = []
             for _ in range(6):

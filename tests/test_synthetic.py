@@ -1,13 +1,13 @@
-"""Synthetic twins of the large sets (issue #12): exact shape, determinism, learnable, cached."""
+"""Synthetic twins of the large sets: exact shape, determinism, learnable, cached."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from deeprec import baseline
 from deeprec.data import DataError, RatingMatrix, load, split
 from deeprec.data import synthetic as synth
+from deeprec.quality import baseline
 
 SMALL = "synth:3000x400x60000"
 

@@ -1,4 +1,4 @@
-"""The native thread pool (csrc/cpu/parallel.cpp): workers that spin between jobs and then
+"""The native thread pool (csrc/parallel/cpu.cpp): workers that spin between jobs and then
 sleep must still run every chunk exactly once, whatever the thread count, from several
 Python threads at once, after fork, and with spinning turned off (OMP_WAIT_POLICY=passive).
 
@@ -19,8 +19,7 @@ import pytest
 import torch
 from conftest import random_csr
 
-from deeprec import _native
-from deeprec.ops import masked_mse
+from deeprec.ops import _native, masked_mse
 
 pytestmark = pytest.mark.usefixtures("native_required")
 
@@ -75,7 +74,7 @@ FORK_WHILE_BUSY = textwrap.dedent(
     import os, sys, threading, time, torch
     sys.path.insert(0, {tests!r})
     from conftest import random_csr
-    from deeprec.ops.loss import _run_native
+    from deeprec.ops.schema import masked_mse_launch
 
     output = torch.randn(64, 300, generator=torch.Generator().manual_seed(3))
     target = random_csr(64, 300, 0.05, seed=11, dtype=torch.float32)
@@ -85,7 +84,7 @@ FORK_WHILE_BUSY = textwrap.dedent(
     def busy():  # enters the pool again and again, with the GIL released
         loss = output.new_empty(())
         while not stop:
-            _run_native(output, *target, loss, None, None)
+            masked_mse_launch(output, *target, loss, None, None)
 
     worker = threading.Thread(target=busy)
     worker.start()
@@ -93,7 +92,7 @@ FORK_WHILE_BUSY = textwrap.dedent(
         pid = os.fork()
         if pid == 0:  # must get a pool of its own, whatever the other thread held
             loss = output.new_empty(())
-            _run_native(output, *target, loss, None, None)
+            masked_mse_launch(output, *target, loss, None, None)
             os._exit(0)
         deadline = time.monotonic() + 10
         while True:
@@ -144,15 +143,15 @@ SCRIPT = textwrap.dedent(
     import hashlib, os, sys, torch
     sys.path.insert(0, {tests!r})
     from conftest import random_csr
-    from deeprec.ops.loss import _run_native
+    from deeprec.ops.schema import masked_mse_launch
 
     output = torch.randn(300, 1500, generator=torch.Generator().manual_seed(3))
     target = random_csr(300, 1500, 0.05, seed=11, dtype=torch.float32)
     loss, grad = output.new_empty(()), torch.empty_like(output)
 
     def run():  # the kernels alone: torch's own OpenMP is not fork-safe, ours must be
-        _run_native(output, *target, loss, None, None)
-        _run_native(output, *target, None, grad, None)
+        masked_mse_launch(output, *target, loss, None, None)
+        masked_mse_launch(output, *target, None, grad, None)
         return float(loss), hashlib.sha256(grad.numpy().tobytes()).hexdigest()
 
     torch.set_num_threads(1)

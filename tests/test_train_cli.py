@@ -10,8 +10,9 @@ import pytest
 import torch
 from datasets import write_movielens_csv
 
-from deeprec import baseline, checkpoint
+from deeprec import checkpoint
 from deeprec.evaluate import cli_main as evaluate_main
+from deeprec.quality import baseline
 from deeprec.recommend import cli_main as recommend_main
 from deeprec.train import cli_main as train_main
 
@@ -260,7 +261,7 @@ def test_resume_accepts_flags_equal_to_the_saved_ones_and_run_options(data_dir, 
 
 
 def test_max_batches_caps_the_steps_per_epoch_and_metrics_record_memory(tmp_path, monkeypatch):
-    from deeprec import training
+    from deeprec.training import loop as training
 
     data = write_movielens_csv(tmp_path / "toy")
     real, calls = training.batch_loss, {"n": 0}

@@ -5,7 +5,7 @@
 The recipe (a preset or --config file, with flags over it) is trained by item and by user;
 the blend's weights are fit on a nested split of the training ratings, the models retrained
 on the whole training part, and every model and the blend scored once on the validation
-ratings, with bootstrap 95% intervals. A leaf over deeprec.blending.
+ratings, with bootstrap 95% intervals. A leaf over deeprec.quality.blending.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from deeprec import blending, cli
+from deeprec import cli
 from deeprec.config import Config, load_config_file, load_preset, presets
+from deeprec.quality import blending
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train the two models on the whole training part into DIR (run folders "
         "DIR/item, DIR/user and DIR/blend.json) for python -m deeprec.recommend --blend DIR",
     )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars (none either when not a terminal)"
+    )
     cli.add_debug(p)
     return p
 
@@ -50,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
         cli.writable_file(args.out, "--out")
     if args.save is not None:
         cli.writable_folder(args.save, "--save")
-    result = blending.blend(config, args.data_dir)
+    result = blending.blend(config, args.data_dir, progress=not args.quiet)
     print(
         f"{config.data}, {config.split}: weights fit on {result.n_inner_val} inner validation "
         f"ratings; scored on {result.n_val} validation ratings"
@@ -72,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise cli.UsageError(f"--out {args.out}: cannot write ({exc.strerror})") from None
     if args.save is not None:
-        blending.save(config, result, args.save, args.data_dir)
+        blending.save(config, result, args.save, args.data_dir, progress=not args.quiet)
         print(f"saved the blend to {args.save} (recommend --blend {args.save})")
     return 0
 

@@ -63,6 +63,7 @@ def run(
             traceback.print_exc()
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a run's message says what was saved and how to go on
+        detail = f": {exc}" if str(exc) else ""
+        print(f"{parser.prog}: interrupted{detail}", file=sys.stderr)
         return 130

@@ -6,8 +6,9 @@ config file (TOML) or a saved config is read by ``from_dict`` (unknown keys refu
 keys defaulted, so older checkpoints still load) and written by ``to_dict`` / ``toml_text``.
 The defaults are the seed recipe; the shipped presets are TOML files in deeprec/presets.
 
-``decide_path`` turns a Config into the TrainingPath of a run, once; everything after it
-is handed that value instead of asking the model or the optimizer again.
+It stands on the ground floor: its choice lists come from ``deeprec.choices``, so the
+model, the optimizer and the training plan can all take a Config. How a Config trains on
+a device is decided once, by ``deeprec.training.plan``.
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-import torch
-
-from deeprec import _native
-from deeprec.data import SPLITS
+from deeprec.choices import (
+    ACTIVATIONS,
+    DATA_ON_DEVICE,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    ORIENTATIONS,
+    SPLITS,
+)
 from deeprec.errors import ConfigError
-from deeprec.model import ACTIVATIONS
-from deeprec.optim import OPTIMIZERS
 
 # (low, high, low included, high included); None is unbounded. NaN fails every comparison.
 Range = tuple[float | None, float | None, bool, bool]
@@ -79,25 +82,21 @@ class Config:
         0.2, "user-time/random: validation fraction", "data", range=(0, 1, False, False)
     )
     by: str = _option(
-        "user", "rows are users (U-AutoRec) or items (I-AutoRec)", "data", choices=("user", "item")
+        "user", "rows are users (U-AutoRec) or items (I-AutoRec)", "data", choices=ORIENTATIONS
     )
     data_on_device: str = _option(
         "auto",
         "keep the training ratings on --device and gather each batch there, with no "
         "per-step host-to-device copy (auto: yes on CUDA)",
         "data",
-        choices=("auto", "yes", "no"),
+        choices=DATA_ON_DEVICE,
     )
     hidden: list[int] = field(
         default_factory=lambda: [512, 512, 1024],
         metadata=_meta("encoder sizes, e.g. 512,512,1024", "model"),
     )
-    activation: str = _option(
-        "relu", "hidden activation", "model", choices=tuple(sorted(ACTIVATIONS))
-    )
-    last_activation: str = _option(
-        "none", "output activation", "model", choices=tuple(sorted(ACTIVATIONS))
-    )
+    activation: str = _option("relu", "hidden activation", "model", choices=ACTIVATIONS)
+    last_activation: str = _option("none", "output activation", "model", choices=ACTIVATIONS)
     dropout: float = _option(0.0, "dropout on the code layer", "model", range=(0, 1, True, False))
     input_dropout: float = _option(
         0.0,
@@ -121,7 +120,7 @@ class Config:
         "constant",
         "learning rate over the epochs: constant, or cosine annealing to 0",
         "optimization",
-        choices=("constant", "cosine"),
+        choices=LR_SCHEDULES,
     )
     refeed: bool = _option(
         False,
@@ -199,6 +198,15 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (what checkpoints and metrics.json store)."""
         return dataclasses.asdict(self)
+
+    def split_options(self) -> dict[str, Any]:
+        """How this recipe splits its ratings: deeprec.data.split's keyword arguments."""
+        return {
+            "how": self.split,
+            "quantile": self.quantile,
+            "val_frac": self.val_frac,
+            "seed": self.seed,
+        }
 
     def replace(self, **changes: Any) -> Config:
         """A checked copy with ``changes`` applied."""
@@ -369,46 +377,3 @@ def load_preset(name: str) -> Config:
         raise ConfigError(f"--preset {name!r} does not exist (choose from {', '.join(presets())})")
     with resources.as_file(path) as file:
         return Config.from_dict(read_toml(file), f"preset {name}")
-
-
-# ---------------------------------------------------------------------- the training path
-@dataclass(frozen=True)
-class TrainingPath:
-    """How every batch's loss and gradients are computed in a run; decided once.
-
-    loss: "reference" (dense model, pure-PyTorch masked MSE), "fused" (dense model, the
-    fused masked-MSE kernel: a last activation needs the dense output), or "sparse" (the
-    fully sparse path: sparse input layer, output layer only at the stored ratings).
-    sparse_grad: the item matrices get row-sparse gradients, for deeprec's row-sparse Adam.
-    lazy: that Adam moves only the batch's rows (--optimizer sparse-adam).
-    """
-
-    loss: Literal["reference", "fused", "sparse"]
-    sparse_grad: bool = False
-    lazy: bool = False
-
-    @property
-    def impl(self) -> str:
-        """The ops' impl argument: "reference" or "fused"."""
-        return "reference" if self.loss == "reference" else "fused"
-
-
-def decide_path(config: Config, device: torch.device) -> TrainingPath:
-    """The TrainingPath a config asks for on ``device``, or a ConfigError saying why not."""
-    sparse = config.fused and config.last_activation == "none"
-    if config.optimizer == "sparse-adam" and not sparse:
-        raise ConfigError(
-            "--optimizer sparse-adam needs --fused and a linear output (--last-activation none)"
-        )
-    if not config.fused:
-        return TrainingPath("reference")
-    reason = _native.unavailable_reason(device)
-    if reason is not None:
-        raise ConfigError(f"--fused: {reason}")
-    if not sparse:
-        return TrainingPath("fused")
-    return TrainingPath(
-        "sparse",
-        sparse_grad=config.optimizer in ("adam", "sparse-adam"),
-        lazy=config.optimizer == "sparse-adam",
-    )

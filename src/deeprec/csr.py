@@ -261,17 +261,23 @@ def column_index(crow: torch.Tensor, col: torch.Tensor, n_unique: int | None = N
     torch.compile it is the registered op deeprec::column_index, whose fake declares the
     number of distinct columns a data-dependent size, so a whole step stays one graph.
     """
+    count = -1 if n_unique is None else n_unique
+    check_index_inputs(crow, col, count)
+    if torch.compiler.is_compiling():  # registered in deeprec/ops/schema.py
+        return ColumnIndex(*torch.ops.deeprec.column_index(crow, col, count))
+    return ColumnIndex(*build_index(crow, col, count))
+
+
+def check_index_inputs(crow: torch.Tensor, col: torch.Tensor, n_unique: int) -> None:
+    """What building a column index needs of the batch's metadata."""
     check_tensor(crow, "crow", dim=1, dtypes=INDEX_DTYPES, contiguous=False)
     check_tensor(col, "col", dim=1, dtypes=INDEX_DTYPES, device=crow.device, contiguous=False)
     if crow.numel() == 0:
         raise ValueError("crow is empty; a batch of B rows needs B + 1 offsets")
-    count = -1 if n_unique is None else n_unique
-    if torch.compiler.is_compiling():
-        return ColumnIndex(*torch.ops.deeprec.column_index(crow, col, count))
-    return ColumnIndex(*_build_index(crow, col, count))
 
 
-def _build_index(crow: torch.Tensor, col: torch.Tensor, n_unique: int) -> tuple[torch.Tensor, ...]:
+def build_index(crow: torch.Tensor, col: torch.Tensor, n_unique: int) -> tuple[torch.Tensor, ...]:
+    """(perm, ucol, uptr, rows) with torch ops; n_unique < 0: count the distinct columns."""
     nnz = col.numel()
     perm = torch.sort(col, stable=True).indices
     grouped = col[perm].to(torch.int64)
@@ -288,26 +294,6 @@ def _build_index(crow: torch.Tensor, col: torch.Tensor, n_unique: int) -> tuple[
         uptr[1:-1] = starts + 1
     ucol = grouped[uptr[:-1].clamp(max=max(nnz - 1, 0))] if nnz else grouped[:0]
     return perm, ucol.contiguous(), uptr, entry_rows(crow, nnz)
-
-
-@torch.library.custom_op("deeprec::column_index", mutates_args=(), device_types=("cpu", "cuda"))
-def _column_index_op(
-    crow: torch.Tensor, col: torch.Tensor, n_unique: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(perm, ucol, uptr, rows) of a CSR batch; n_unique < 0: count the distinct columns."""
-    return _build_index(crow, col, n_unique)
-
-
-@_column_index_op.register_fake
-def _(crow, col, n_unique):
-    nnz = col.shape[0]
-    if n_unique < 0:
-        n_unique = torch.library.get_ctx().new_dynamic_size()
-
-    def longs(n):
-        return col.new_empty(n, dtype=torch.int64)
-
-    return longs(nnz), longs(n_unique), longs(n_unique + 1), longs(nnz)
 
 
 # ------------------------------------------------------------------ the batch

@@ -199,9 +199,8 @@ def reduce_gradients(
 
 
 # Row-sparse gradients are all-gathered while the ranks' rows together stay below this
-# fraction of the matrix, else summed densely. benchmarks/ddp_sparse_grads.py, 2 gloo
-# processes, 87,585 x 512: 2 x 15% of the rows 113 ms gathered vs 217 ms dense, 2 x 30%
-# 244 vs 285 ms, 2 x 60% 830 vs 424 ms (17,770 rows: the same crossover).
+# fraction of the matrix, else summed densely: the crossover benchmarks/ddp_sparse_grads.py
+# measures (benchmarks/results/ddp_sparse_grads.md).
 GATHER_BELOW = 0.8
 
 

@@ -10,7 +10,8 @@ import platform
 
 import torch
 
-from deeprec import __version__, _native
+from deeprec import __version__
+from deeprec.ops import _native
 
 
 def collect() -> dict[str, object]:

@@ -1,7 +1,7 @@
 """python -m deeprec.evaluate: a trained model against classical baselines, same split.
 
 Prints RMSE (bootstrap 95% interval), MAE and Precision/Recall/NDCG@10 of the model beside
-the global-mean, user+item-bias and popularity baselines (see deeprec.evaluation).
+the global-mean, user+item-bias and popularity baselines (see deeprec.quality.evaluation).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from deeprec import cli, run
-from deeprec.evaluation import evaluate
+from deeprec.quality.evaluation import evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
     python -m deeprec.export --checkpoint RUN/model.pt --format onnx --out model.onnx
 
 Writes model.onnx and its sidecar model.onnx.npz (ids, scale, training rows, residual
-offsets, titles; see deeprec.serving and the README), checks onnxruntime against the torch
+offsets, titles; see deeprec.inference.serving and the README), checks onnxruntime against the torch
 model on real rows, and only then reports success. A leaf: parses flags, calls the library.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from deeprec import cli, run
-from deeprec.onnx_export import ExportError, export_onnx
-from deeprec.serving import sidecar_path
+from deeprec.inference.onnx_export import ExportError, export_onnx
+from deeprec.inference.serving import sidecar_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="model.pt (or its run folder)")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format [onnx]")
-    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="the .onnx file to write [model.onnx beside the checkpoint, in its run folder]",
+    )
     p.add_argument("--data-dir", help="where the run's dataset lives, if it moved")
     cli.add_debug(p)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.out is None:
+        args.out = run.run_folder(Path(args.checkpoint)) / "model.onnx"
     if args.out.suffix.lower() != ".onnx":
         raise cli.UsageError(f"--out {args.out}: name the file *.onnx")
     trained = run.load_trained(args.checkpoint, args.data_dir, torch.device("cpu"))

@@ -12,6 +12,8 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from deeprec import choices
+from deeprec.config import Config
 from deeprec.ops import sparse_linear, sparse_output_mse
 
 ACTIVATIONS = {
@@ -24,6 +26,7 @@ ACTIVATIONS = {
     "swish": nn.SiLU,
     "none": nn.Identity,
 }
+assert tuple(sorted(ACTIVATIONS)) == choices.ACTIVATIONS, "deeprec.choices.ACTIVATIONS is stale"
 
 
 class InputLayer(nn.Module):
@@ -54,7 +57,7 @@ class AutoEncoder(nn.Module):
     ("none" = linear, the default). Weights are Xavier-uniform, biases zero.
 
     ``forward`` is the dense reference path. ``sparse_loss`` computes the same masked
-    MSE from a CSR batch without any N-wide dense tensor (see deeprec.ops.sparse).
+    MSE from a CSR batch without any N-wide dense tensor (see deeprec.ops.sparse_layers).
     """
 
     def __init__(
@@ -104,6 +107,19 @@ class AutoEncoder(nn.Module):
         for layer in [*self.encoder, *(self.decoder or [])]:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    @classmethod
+    def from_config(cls, config: Config, n_in: int) -> AutoEncoder:
+        """The model a training Config describes, for rows of ``n_in`` columns."""
+        return cls(
+            n_in,
+            hidden=config.hidden,
+            activation=config.activation,
+            dropout=config.dropout,
+            tied=config.tied,
+            last_activation=config.last_activation,
+            input_dropout=config.input_dropout,
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.dropout(x, self.config["input_dropout"], self.training)
@@ -185,6 +201,7 @@ class AutoEncoder(nn.Module):
         rows: torch.Tensor,
         cols: torch.Tensor,
         index=None,
+        impl: str = "auto",
     ) -> torch.Tensor:
         """The outputs at entries (rows[k], cols[k]) of a CSR batch's reconstruction, with no
         dense N-wide tensor: evaluation at a catalog's scale. Needs a linear output layer."""
@@ -192,7 +209,7 @@ class AutoEncoder(nn.Module):
             raise ValueError("outputs_at needs last_activation='none' (a linear output layer)")
         first = self.encoder[0]
         x_val = nn.functional.dropout(val, self.config["input_dropout"], self.training)
-        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index)
+        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
         h = self.decode_hidden(self.encode_rest(z1))
         weight, bias = self.output_layer()
         return (h[rows] * weight[cols]).sum(1) + bias[cols]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deeprec import cli, ranking
+from deeprec import cli
+from deeprec.inference import ranking
 
 
 def parse_ratings(text: str, scale: tuple[float, float]) -> dict[int, float]:
@@ -58,9 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="a user id from the training data")
     who.add_argument("--ratings", help='a new user\'s ratings, e.g. "296=5,318=4.5"')
-    who.add_argument("--all-users", action="store_true", help="every user (needs --out)")
+    who.add_argument("--all-users", action="store_true", help="every user, to one file (--out)")
     p.add_argument("-k", type=int, default=10, help="how many movies per user [10]")
-    p.add_argument("--out", type=Path, help="with --all-users: a .csv or .parquet file")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="with --all-users: a .csv or .parquet file [recs.csv beside the model]",
+    )
     p.add_argument(
         "--batch-size", type=int, default=512, help="with --all-users: users scored at once [512]"
     )
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _scorer(args: argparse.Namespace):
     """The model as a ranking.Scorer (and the new-user scorer for --ratings)."""
     if args.onnx is not None:
-        from deeprec.serving import OnnxScorer, ServingError
+        from deeprec.inference.serving import OnnxScorer, ServingError
 
         try:
             scorer = OnnxScorer(args.onnx)
@@ -88,11 +93,12 @@ def _scorer(args: argparse.Namespace):
                 raise cli.UsageError(str(exc)) from None
 
         return scorer, new_user
-    from deeprec import recommendation, run
+    from deeprec import run
+    from deeprec.inference import recommendation
 
     device = run.resolve_device(args.device)
     if args.blend is not None:
-        from deeprec.blending import BlendScorer
+        from deeprec.quality.blending import BlendScorer
 
         if args.ratings is not None:
             raise cli.UsageError("--ratings needs --checkpoint or --onnx (a blend has no fold-in)")
@@ -103,13 +109,26 @@ def _scorer(args: argparse.Namespace):
     )
 
 
+def _source_folder(args: argparse.Namespace) -> Path:
+    """The folder of the model recommended from: its run folder, blend folder, or the .onnx
+    file's folder (where --all-users writes recs.csv by default)."""
+    if args.onnx is not None:
+        return Path(args.onnx).parent
+    if args.blend is not None:
+        return Path(args.blend)
+    given = Path(args.checkpoint)
+    return given if given.is_dir() else given.parent
+
+
 def main(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise cli.UsageError(f"-k must be >= 1, got {args.k}")
     if args.batch_size < 1:
         raise cli.UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.all_users != (args.out is not None):
+    if args.out is not None and not args.all_users:
         raise cli.UsageError("--out goes with --all-users (one file for every user)")
+    if args.all_users and args.out is None:
+        args.out = _source_folder(args) / "recs.csv"
     if args.out is not None and args.out.suffix.lower() not in (".csv", ".parquet"):
         raise cli.UsageError(f"--out {args.out}: use a .csv or .parquet file name")
     scorer, new_user = _scorer(args)

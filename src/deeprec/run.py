@@ -1,26 +1,39 @@
-"""Preparing a run: the device, the data a Config names, the model, the optimizer, and the run
-folder (starting one, resuming one, or loading a finished one for evaluation).
+"""A run: the device, the data a Config names, its Trainer and its RunFolder (starting
+one, resuming one, training it), or a finished one loaded for evaluation (Trained).
 
-What every command stands on; the epoch loop itself is in deeprec.training.
+What the train, evaluate, recommend and export commands stand on; the Trainer and the
+epoch loop are in deeprec.training.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from deeprec import baseline, checkpoint, distributed, optim
-from deeprec.config import Config, ConfigError, TrainingPath, decide_path, toml_text
+from deeprec import __version__, checkpoint, distributed
+from deeprec.config import Config, ConfigError
 from deeprec.data import DataError, Dataset, RatingMatrix, load, split
-from deeprec.data.resident import ResidentMatrix
 from deeprec.distributed import ALONE, World
 from deeprec.model import AutoEncoder
+from deeprec.training import (
+    FolderSink,
+    RunFolder,
+    Sink,
+    Trainer,
+    TrainingDiverged,
+    console,
+    fit,
+    model_inputs,
+    plan,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,13 +52,7 @@ def resolve_device(name: str) -> torch.device:
 def prepare_data(config: Config, data_dir: str | None) -> tuple[Dataset, RatingMatrix]:
     """Load, split and index the data a config names."""
     dataset = load(config.data, data_dir)
-    train_df, val_df = split(
-        dataset.ratings,
-        config.split,
-        quantile=config.quantile,
-        val_frac=config.val_frac,
-        seed=config.seed,
-    )
+    train_df, val_df = split(dataset.ratings, **config.split_options())
     if val_df.empty:
         raise DataError(
             f"{dataset.path}: the {config.split} split leaves no validation rating whose user "
@@ -55,34 +62,30 @@ def prepare_data(config: Config, data_dir: str | None) -> tuple[Dataset, RatingM
     return dataset, RatingMatrix.from_split(train_df, val_df, config.by, dataset.scale)
 
 
-def model_inputs(config: Config, matrix: RatingMatrix) -> tuple[RatingMatrix, Any]:
-    """(the matrix the model reads and learns, offsets to add to its outputs or None).
+@dataclass
+class Run:
+    """A training run: its data, its Trainer and its folder (built by start or resume)."""
 
-    With --residual the model learns r - (mu + b_user + b_item), the regularized bias
-    baseline fitted on the training ratings (deterministic, so evaluate and recommend
-    rebuild it exactly); a model that learns nothing then predicts the baseline.
-    """
-    if not config.residual:
-        return matrix, None
-    offsets = baseline.fit(matrix.train, matrix.by)
-    return matrix.minus(offsets), offsets
+    dataset: Dataset
+    trainer: Trainer
+    folder: RunFolder
 
+    @property
+    def config(self) -> Config:
+        return self.trainer.config
 
-def build_model(config: Config, n_in: int) -> AutoEncoder:
-    return AutoEncoder(
-        n_in,
-        config.hidden,
-        config.activation,
-        config.dropout,
-        config.tied,
-        config.last_activation,
-        config.input_dropout,
-    )
+    @property
+    def matrix(self) -> RatingMatrix:
+        return self.trainer.matrix
+
+    def data_info(self) -> dict[str, Any]:
+        return data_info(self.config, self.dataset, self.matrix)
 
 
 @dataclass
-class Run:
-    """Everything a run works on, built from its Config by ``start``, ``resume`` or ``load``."""
+class Trained:
+    """A trained model with the data it was trained on, for evaluation and recommendation
+    (eval mode, no optimizer)."""
 
     config: Config
     device: torch.device
@@ -91,57 +94,26 @@ class Run:
     inputs: RatingMatrix  # what the model reads (residuals with --residual)
     offsets: Any  # baseline.Biases added to the model's outputs, or None
     model: AutoEncoder
-    out: Path | None = None  # the run folder
-    path: TrainingPath | None = None  # set when the run trains
-    optimizer: Any = None
-    shuffle: torch.Generator | None = None  # the batch order's generator
-    history: list[dict[str, Any]] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)  # the loaded checkpoint, if any
-    world: World = ALONE  # this process's place in a torchrun job
-    source: Any = None  # where the batches come from: inputs, or a ResidentMatrix of it
-
-    def data_info(self) -> dict[str, Any]:
-        """What the checkpoint records about the data (checked again on load)."""
-        return {
-            "name": self.config.data,
-            "path": str(self.dataset.path),
-            "fingerprint": self.matrix.fingerprint(),
-            "n_rows": self.matrix.n_rows,
-            "n_cols": self.matrix.n_cols,
-            "scale": list(self.matrix.scale),
-        }
+    state: dict[str, Any]  # the loaded checkpoint
 
 
-def _build(config: Config, data_dir: str | None, device: torch.device) -> Run:
-    torch.manual_seed(config.seed)
-    dataset, matrix = prepare_data(config, data_dir)
-    model = build_model(config, matrix.n_cols).to(device)
-    inputs, offsets = model_inputs(config, matrix)
-    return Run(config, device, dataset, matrix, inputs, offsets, model)
+def data_info(config: Config, dataset: Dataset, matrix: RatingMatrix) -> dict[str, Any]:
+    """What the checkpoint records about the data (checked again on load)."""
+    return {
+        "name": config.data,
+        "path": str(dataset.path),
+        "fingerprint": matrix.fingerprint(),
+        "n_rows": matrix.n_rows,
+        "n_cols": matrix.n_cols,
+        "scale": list(matrix.scale),
+    }
 
 
-def _make_trainable(run: Run, path: TrainingPath) -> None:
-    """Fix the run's training path, and build the optimizer and batch order for it."""
-    config = run.config
-    run.path = path
-    run.optimizer = optim.build(
-        config.optimizer, run.model, config.lr, config.weight_decay, run.path.sparse_grad
-    )
-    run.shuffle = torch.Generator().manual_seed(config.seed)
-    resident = config.data_on_device == "yes" or (
-        config.data_on_device == "auto" and run.device.type == "cuda"
-    )
-    run.source = ResidentMatrix(run.inputs, run.device) if resident else run.inputs
-
-
-def _agree(run: Run, world: World) -> None:
+def _agree(config: Config, matrix: RatingMatrix, device: torch.device, world: World) -> None:
     """Under torchrun: every rank holds the same data and resolved config, or none trains."""
-    config = json.dumps(run.config.to_dict(), sort_keys=True).encode()
+    text = json.dumps(config.to_dict(), sort_keys=True).encode()
     distributed.agree(
-        world,
-        run.device,
-        data=run.matrix.fingerprint(),
-        config=hashlib.sha256(config).hexdigest(),
+        world, device, data=matrix.fingerprint(), config=hashlib.sha256(text).hexdigest()
     )
 
 
@@ -157,6 +129,16 @@ def check_world(config: Config, world: World) -> None:
         raise ConfigError("--refeed is not supported under torchrun (one process only)")
 
 
+def _assemble(
+    config: Config, data_dir: str | None, device: torch.device, world: World
+) -> tuple[Dataset, Trainer]:
+    check_world(config, world)
+    chosen = plan(config, device)  # decided once, before any data is loaded
+    dataset, matrix = prepare_data(config, data_dir)
+    _agree(config, matrix, device, world)
+    return dataset, Trainer.assemble(config, matrix, device, world, chosen)
+
+
 def start(
     config: Config,
     data_dir: str | None,
@@ -168,24 +150,19 @@ def start(
     """A new run of ``config``, ready to train, writing to ``out``; a folder that already
     holds a run (a model.pt) is refused unless ``overwrite``."""
     config.check()
-    if out is not None and not overwrite and (out / "model.pt").exists():
+    folder = RunFolder(out or default_out(config))
+    if out is not None and not overwrite and folder.holds_run():
         raise ConfigError(
             f"--out {out} already holds a run (model.pt); continue it with --resume {out}, "
             "replace it with --overwrite, or pick another --out"
         )
-    check_world(config, world)
-    path = decide_path(config, device)  # decided once, before any data is loaded
-    run = _build(config, data_dir, device)
-    _agree(run, world)
-    run.out = out or default_out(config)
-    run.world = world
-    _make_trainable(run, path)
-    return run
+    dataset, trainer = _assemble(config, data_dir, device, world)
+    return Run(dataset, trainer, folder)
 
 
 def run_folder(path: Path) -> Path:
     """The run folder of a --resume argument (the folder, or the folder of its model.pt)."""
-    return path if path.is_dir() else path.parent
+    return RunFolder.of(path).path
 
 
 def saved_config(state: dict[str, Any], where: Path | str) -> Config:
@@ -209,35 +186,104 @@ def resume(
     checkpoint, if the caller has already loaded it.
     """
     state = state if state is not None else checkpoint.load(folder)
+    if state.get("slim"):
+        raise checkpoint.CheckpointError(
+            f"{folder}: saved with --slim (weights only, no optimizer state): it can be "
+            "evaluated, recommended from and exported, but not resumed"
+        )
     config = saved_config(state, folder)
     if epochs is not None:
         config = config.replace(epochs=epochs)
-    out = run_folder(folder)
+    out = RunFolder.of(folder)
     if state["epoch"] >= config.epochs:
         raise ConfigError(
-            f"{out} already ran {state['epoch']} epochs; pass --epochs N > {state['epoch']}"
+            f"{out.path} already ran {state['epoch']} epochs; pass --epochs N > {state['epoch']}"
         )
-    check_world(config, world)
-    path = decide_path(config, device)
-    run = _build(config, data_dir, device)
-    _agree(run, world)
-    if state["data"]["fingerprint"] != run.matrix.fingerprint():
+    dataset, trainer = _assemble(config, data_dir, device, world)
+    if state["data"]["fingerprint"] != trainer.matrix.fingerprint():
         raise checkpoint.CheckpointError(
-            f"{folder}: checkpoint was trained on different data than {run.dataset.path} gives now"
+            f"{folder}: checkpoint was trained on different data than {dataset.path} gives now"
         )
-    run.out, run.state, run.world = out, state, world
-    _make_trainable(run, path)
-    run.model.load_state_dict(state["state_dict"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.history = list(state["history"])
-    run.shuffle.set_state(state["rng"]["shuffle"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if device.type == "cuda" and state["rng"].get("cuda"):
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return run
+    trainer.restore(state)
+    return Run(dataset, trainer, out)
 
 
-def load_trained(path: str | Path, data_dir: str | None, device: torch.device) -> Run:
+def train(
+    run: Run,
+    save_every: int = 1,
+    quiet: bool = False,
+    report: Callable[[str], None] = tqdm.write,
+    sinks: Sequence[Sink] = (),
+    slim: bool = False,
+) -> dict[str, float]:
+    """Train ``run`` to its config's epochs; returns the final validation metrics.
+
+    slim: the last epoch's model.pt keeps the weights only (no optimizer or RNG state): a
+    third of the size, for evaluation, recommendation and export, but not resumable.
+
+    config.toml is written first; after each epoch model.pt (every ``save_every`` epochs
+    and at the last), metrics.json, then one line to ``report``, then the extra ``sinks``
+    (TensorBoard, a tuner). A diverged loss or Ctrl-C stops with the saved epoch and the
+    command that continues the run; loss.png is drawn at the end.
+    """
+    trainer, main = run.trainer, run.trainer.world.main
+    if main:
+        run.folder.write_config(run.config)
+    folder_sink = FolderSink(
+        run.folder,
+        save_every,
+        payload=lambda t: checkpoint_payload(run, t, slim and len(t.history) == t.config.epochs),
+        metrics=lambda t, final, peak: metrics_doc(run, final, peak),
+        resume=f"python -m deeprec.train --resume {run.folder.path}",
+        saved_epoch=len(trainer.history) or None,
+    )
+    try:
+        final = fit(trainer, [folder_sink, console(report), *sinks], quiet=quiet)
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{exc} (try a lower --lr)") from None
+    if main:
+        run.folder.plot(trainer.history)
+    return final
+
+
+def checkpoint_payload(run: Run, trainer: Trainer, slim: bool = False) -> dict[str, Any]:
+    """The whole training state after the trainer's last epoch: plain data, loadable with
+    weights_only. slim: without the optimizer and RNG states (not resumable)."""
+    state = trainer.state()
+    if slim:
+        state = {k: v for k, v in state.items() if k not in ("optimizer", "rng")}
+    return {
+        "deeprec": __version__,
+        "config": run.config.to_dict(),
+        **state,
+        "slim": slim,
+        "data": run.data_info(),
+        "row_ids": torch.from_numpy(run.matrix.row_ids),
+        "col_ids": torch.from_numpy(run.matrix.col_ids),
+    }
+
+
+def metrics_doc(run: Run, final: dict[str, float], memory: dict[str, float]) -> dict[str, Any]:
+    """metrics.json's document (the layout the README documents)."""
+    config, matrix = run.config, run.matrix
+    return {
+        "dataset": config.data,
+        "split": config.split,
+        "by": config.by,
+        "n_users": matrix.n_users,
+        "n_items": matrix.n_items,
+        "n_train": int(matrix.train.nnz),
+        "n_val": len(matrix.val_ratings),
+        "fused": config.fused,
+        "world_size": run.trainer.world.size,
+        "memory": memory,
+        "config": config.to_dict(),
+        "epochs": run.trainer.history,
+        "final": final,
+    }
+
+
+def load_trained(path: str | Path, data_dir: str | None, device: torch.device) -> Trained:
     """A trained model with its data re-derived and checked against the saved fingerprint
     (for evaluation and recommendation: eval mode, no optimizer)."""
     state = checkpoint.load(path)
@@ -248,7 +294,7 @@ def load_trained(path: str | Path, data_dir: str | None, device: torch.device) -
             f"{path}: the data at {dataset.path} is not the data this model was trained on "
             "(fingerprint differs)"
         )
-    model = build_model(config, matrix.n_cols)
+    model = AutoEncoder.from_config(config, matrix.n_cols)
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
@@ -257,7 +303,7 @@ def load_trained(path: str | Path, data_dir: str | None, device: torch.device) -
         ) from None
     inputs, offsets = model_inputs(config, matrix)
     model = model.to(device).eval()
-    return Run(config, device, dataset, matrix, inputs, offsets, model, state=state)
+    return Trained(config, device, dataset, matrix, inputs, offsets, model, state)
 
 
 def _saved_data_dir(state: dict[str, Any]) -> str | None:
@@ -265,59 +311,3 @@ def _saved_data_dir(state: dict[str, Any]) -> str | None:
     saved = Path(state["data"]["path"])
     name = state["config"]["data"]
     return str(saved.parent) if saved.exists() and saved.name == Path(name).name else None
-
-
-# ---------------------------------------------------------------------- run folder outputs
-def write_metrics(run: Run, final: dict[str, float], memory: dict[str, float]) -> None:
-    """metrics.json (the layout the README documents), written atomically."""
-    config, matrix = run.config, run.matrix
-    doc = {
-        "dataset": config.data,
-        "split": config.split,
-        "by": config.by,
-        "n_users": matrix.n_users,
-        "n_items": matrix.n_items,
-        "n_train": int(matrix.train.nnz),
-        "n_val": len(matrix.val_ratings),
-        "fused": config.fused,
-        "world_size": run.world.size,
-        "memory": memory,
-        "config": config.to_dict(),
-        "epochs": run.history,
-        "final": final,
-    }
-    text = json.dumps(doc, indent=1)
-    checkpoint.atomic_write(run.out / "metrics.json", lambda f: f.write(text.encode()))
-
-
-def write_config(run: Run) -> None:
-    """config.toml: the run's resolved configuration; ``train --config`` reproduces it."""
-    text = toml_text(
-        run.config,
-        f"deeprec run configuration (resolved: preset, config file and flags applied).\n"
-        f"Reproduce with: python -m deeprec.train --config {run.out / 'config.toml'}",
-    )
-    run.out.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write(run.out / "config.toml", lambda f: f.write(text.encode()))
-
-
-def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
-    """loss.png: train loss (log scale) and validation RMSE per epoch."""
-    import matplotlib  # deferred: heavy, and only needed once at the end of a run
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train loss (masked MSE)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("train loss (MSE)")
-    ax.set_yscale("log")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [h["val_rmse"] for h in history], "s-", ms=3, color="C1", label="val RMSE")
-    ax2.set_ylabel("validation RMSE")
-    fig.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -36,7 +36,7 @@ class EpochLog:
         except OSError as exc:
             raise ConfigError(f"--tensorboard {folder}: cannot write ({exc.strerror})") from None
 
-    def __call__(self, record: dict[str, Any]) -> None:
+    def __call__(self, _trainer: Any, record: dict[str, Any]) -> None:
         step = int(record["epoch"])
         self.writer.add_scalar("train/loss", record["train_loss"], step)
         self.writer.add_scalar("val/rmse", record["val_rmse"], step)

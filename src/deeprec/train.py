@@ -6,8 +6,7 @@ flag given on the command line overrides the preset (or the --config file). The 
 holds config.toml (the resolved configuration: ``--config RUN/config.toml`` reproduces the
 run), metrics.json, model.pt (the full training state; resume with --resume) and loss.png.
 
-A leaf: it parses flags and calls the library (deeprec.config, deeprec.run,
-deeprec.training).
+A leaf: it parses flags and calls the library (deeprec.config, deeprec.run).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from deeprec import (
     memory,
     run,
     tensorboard_log,
-    training,
 )
 from deeprec.config import Config, flag, load_config_file, load_preset, presets
 
@@ -71,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="log train loss, validation RMSE/MAE, learning rate and seconds per epoch, and "
-        "the config, to DIR for TensorBoard (needs deeprec[tensorboard])",
+        "the config, to DIR/<run folder name>/ for TensorBoard, so runs sharing DIR stay "
+        "apart (needs deeprec[tensorboard])",
     )
     r.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1, or auto (cuda if available) [auto]"
@@ -91,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=1,
         help="write model.pt every N epochs (and at the end) [1]",
+    )
+    r.add_argument(
+        "--slim",
+        action="store_true",
+        help="write the last model.pt with the weights only, about a third of its size "
+        "(evaluate, recommend and export read it; --resume cannot)",
     )
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     cli.add_debug(p)
@@ -151,22 +156,26 @@ def _train(args: argparse.Namespace, world: distributed.World, device: torch.dev
     say(
         f"deeprec {__version__} | {job.dataset.path} | split {c.split} | by {c.by} | "
         f"{m.n_users} users x {m.n_items} items | {m.train.nnz} train / "
-        f"{len(m.val_ratings)} val ratings | {device} | loss: {job.path.impl}{procs}"
+        f"{len(m.val_ratings)} val ratings | {device} | loss: {job.trainer.plan.impl}{procs}"
     )
-    need = memory.estimate(m, job.model)
+    need = memory.estimate(m, job.trainer.model)
     say(
         f"memory estimate: data {need['data_mib']:.0f} MiB, model + gradients + Adam "
         f"{need['model_and_optimizer_mib']:.0f} MiB (per process; activations not counted)"
     )
-    log = tensorboard_log.EpochLog(args.tensorboard, c) if args.tensorboard and world.main else None
+    log = None
+    if args.tensorboard and world.main:
+        log = tensorboard_log.EpochLog(Path(args.tensorboard) / job.folder.path.name, c)
     try:
-        final = training.fit(job, args.save_every, args.quiet, on_epoch=log)
+        final = run.train(
+            job, args.save_every, args.quiet, sinks=[log] if log else [], slim=args.slim
+        )
     finally:
         if log is not None:
             log.close()
     say(
         f"final val RMSE {final['val_rmse']:.4f}  MAE {final['val_mae']:.4f} "
-        f"(unclipped {final['val_rmse_unclipped']:.4f})  -> {job.out}"
+        f"(unclipped {final['val_rmse_unclipped']:.4f})  -> {job.folder.path}"
     )
     return 0
 

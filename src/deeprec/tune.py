@@ -7,7 +7,7 @@ Only the training ratings of the chosen --data/--split are used: they are split 
 the same rule, trials train on the inner part and are scored on the inner validation part
 (TPE sampling, median pruning on that curve). The study is an SQLite file in --out, so the
 same command resumes or extends it. Writes results.md, results.json and best.toml (the
-best configuration, its epochs set to the best inner epoch). A leaf over deeprec.tuning.
+best configuration, its epochs set to the best inner epoch). A leaf over deeprec.quality.tuning.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from deeprec import cli, tuning
+from deeprec import cli
 from deeprec.config import load_config_file, load_preset
+from deeprec.quality import tuning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyper-parameter search (Optuna TPE + median pruning) on a nested split of "
         "the training ratings; writes results.md/.json and best.toml for train --config.",
     )
-    p.add_argument("--out", type=Path, required=True, help="study folder (resumed if it exists)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="study folder, resumed if it exists [runs/tune-<data>-<split>: the same command "
+        "resumes the same study]",
+    )
     p.add_argument("--trials", type=int, default=20, help="trials to run now [20]")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--epochs", type=int, default=20, help="epochs per trial (at most) [20]")
@@ -62,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
         if k in ("data", "split", "quantile", "val_frac", "fused", "seed") and v is not None
     }
     base = base.replace(**given)
+    if args.out is None:
+        args.out = Path("runs") / f"tune-{Path(base.data).name}-{base.split}"
     cli.writable_folder(args.out, "--out")
     data = tuning.nested_data(base, args.data_dir)
     print(

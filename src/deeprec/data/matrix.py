@@ -80,6 +80,21 @@ class RatingMatrix:
         )
 
     @property
+    def rows_are_users(self) -> bool:
+        """The orientation, decided once (--by): rows are users (U-AutoRec) or items."""
+        return self.by == "user"
+
+    def by_user(self) -> sp.csr_matrix:
+        """The training ratings with users as rows, whatever the orientation."""
+        return self.train if self.rows_are_users else self.train.T.tocsr()
+
+    def user_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validation as (user index, item index, rating), whatever the orientation."""
+        if self.rows_are_users:
+            return self.val_rows, self.val_cols, self.val_ratings
+        return self.val_cols, self.val_rows, self.val_ratings
+
+    @property
     def n_rows(self) -> int:
         return self.train.shape[0]
 
@@ -89,17 +104,17 @@ class RatingMatrix:
 
     @property
     def n_users(self) -> int:
-        return self.n_rows if self.by == "user" else self.n_cols
+        return self.n_rows if self.rows_are_users else self.n_cols
 
     @property
     def n_items(self) -> int:
-        return self.n_cols if self.by == "user" else self.n_rows
+        return self.n_cols if self.rows_are_users else self.n_rows
 
     def user_ids(self) -> np.ndarray:
-        return self.row_ids if self.by == "user" else self.col_ids
+        return self.row_ids if self.rows_are_users else self.col_ids
 
     def item_ids(self) -> np.ndarray:
-        return self.col_ids if self.by == "user" else self.row_ids
+        return self.col_ids if self.rows_are_users else self.row_ids
 
     def fingerprint(self) -> str:
         """sha256 over the training matrix and id maps: identifies the data a model saw."""

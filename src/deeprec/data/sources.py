@@ -9,6 +9,7 @@ then), checked, and cached. ``--data PATH`` reads a folder or file as is.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import shutil
 import tempfile
@@ -72,15 +73,24 @@ def search_dirs(data_dir: str | Path | None) -> list[Path]:
     return dirs
 
 
+def _hint(data: str) -> str:
+    """' (did you mean ...?)' and the known names, for a name that is none of them."""
+    from deeprec.data.synthetic import SHAPES
+
+    names = [*sorted(SOURCES), *SHAPES]
+    close = difflib.get_close_matches(data.lower(), names, n=1, cutoff=0.6)
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{guess} (known: {', '.join(names)}, synth:USERSxITEMSxRATINGS)"
+
+
 def resolve(data: str, data_dir: str | Path | None = None, download: bool = True) -> Path:
     """The folder or file holding dataset ``data`` (a known name or a path)."""
     path = Path(data).expanduser()
     if data not in SOURCES:
         if path.exists():
             return path
-        known = ", ".join(sorted(SOURCES))
         raise DataError(
-            f"--data {data!r}: no such file or folder, and not a known dataset ({known})"
+            f"--data {data!r}: no such file or folder, and not a known dataset{_hint(data)}"
         )
     source = SOURCES[data]
     for base in search_dirs(data_dir):
@@ -174,8 +184,8 @@ def _download(name: str, source: Source, data_dir: str | Path | None) -> Path:
 
 
 def _verified(folder: Path, source: Source, ours: bool) -> Path:
-    """A copy of a dataset with a pinned checksum is checked every time it is used (~5 ms
-    for ml-latest-small) and after every download. A bad copy of ours (cached or just
+    """A copy of a dataset with a pinned checksum is checked every time it is used (cheap at
+    these sizes) and after every download. A bad copy of ours (cached or just
     downloaded) is moved aside, so the next run downloads it again; a bad copy the user
     pointed at is refused, never read, and kept."""
     ratings = folder / source.ratings_file

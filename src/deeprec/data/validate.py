@@ -100,7 +100,7 @@ def check(ratings: Ratings, scale: tuple[float, float] | None = None) -> pd.Data
 def _no_duplicates(ratings: Ratings, user: np.ndarray, item: np.ndarray) -> None:
     """Refuse a second rating of the same (user, item), naming both lines.
 
-    One sort of a 64-bit key per pair (about 10 s at 100M rows); the slower search for the
+    One sort of a 64-bit key per pair; the slower search for the
     first duplicate's lines runs only when there is one.
     """
     if len(user) < 2:

@@ -1,5 +1,10 @@
 """Differentiable ops, each with a pure-PyTorch reference and a fused native version.
 
+schema.py defines every deeprec:: op once (schema, fake, autograd, eager fast path);
+launch.py, cpu.py and cuda.py reach the kernels; reference.py holds the pure-PyTorch
+definitions; masked_mse.py, sparse_layers.py and row_adam.py are the public ops, named as
+their kernel families in csrc/.
+
 - masked_mse: MSE over the ratings stored in a CSR batch (dense predictions).
 - sparse_linear: the input layer x @ W + b straight from a CSR batch.
 - sparse_output_mse: the output layer + masked MSE evaluated only at stored ratings.
@@ -10,15 +15,17 @@ The kernels check every index they read; on CUDA a refused one is raised at the 
 """
 
 from deeprec.csr import Batch, ColumnIndex, column_index
+from deeprec.ops._native import unavailable_reason
 from deeprec.ops.launch import choose_impl, fused_available, raise_kernel_errors, read_checked
-from deeprec.ops.loss import masked_mse, masked_mse_reference
-from deeprec.ops.row_adam import row_adam_reference, row_adam_step
-from deeprec.ops.sparse import (
-    sparse_linear,
+from deeprec.ops.masked_mse import masked_mse
+from deeprec.ops.reference import (
+    masked_mse_reference,
+    row_adam_reference,
     sparse_linear_reference,
-    sparse_output_mse,
     sparse_output_mse_reference,
 )
+from deeprec.ops.row_adam import row_adam_step
+from deeprec.ops.sparse_layers import sparse_linear, sparse_output_mse
 
 __all__ = [
     "Batch",
@@ -36,4 +43,5 @@ __all__ = [
     "sparse_linear_reference",
     "sparse_output_mse",
     "sparse_output_mse_reference",
+    "unavailable_reason",
 ]

@@ -1,10 +1,9 @@
 """How an op reaches native code: the impl choice, the checks shared by every op,
-``launch``, the one place that picks the CPU or CUDA entry point of a kernel, and the
-kernels' error word.
+``launch``, the one place that picks the CPU or CUDA entry point of a kernel (ops/cpu.py
+and ops/cuda.py add each device's arguments), and the kernels' error word.
 
-Kept in one place so every op module launches the same way: addresses of
-contiguous tensors, dtype codes read from the compiled module, torch's thread
-count on the CPU, torch's current stream (and a reduction workspace) on CUDA.
+Kept in one place so every op launches the same way: arguments by name, addresses of
+contiguous tensors, dtype codes and dtype tables read from the compiled module.
 
 The kernels check every index they read (csrc/checks.h) and record the first one they
 refuse in an error word. On the CPU the launch raises at once. On CUDA the word stays in
@@ -21,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from deeprec import _native
+from deeprec.ops import _native
 
 Impl = Literal["auto", "fused", "reference"]
 _warned: set[tuple[str, str]] = set()
@@ -32,19 +31,18 @@ def fused_available(device: torch.device | str) -> bool:
     return _native.unavailable_reason(device) is None
 
 
-def choose_impl(
-    t: torch.Tensor, impl: str, op: str, dtypes: tuple[torch.dtype, ...] | None = None
-) -> str:
+def choose_impl(t: torch.Tensor, impl: str, op: str, family: str) -> str:
     """Resolve impl to "fused" or "reference" for a tensor's device and dtype, or raise.
 
     "auto" falls back to the reference with one warning per (device type, reason).
+    family: the kernel family whose dtype table applies (deeprec._C.KERNEL_DTYPES).
     """
     if impl == "reference":
         return "reference"
     if impl not in ("auto", "fused"):
         raise ValueError(f"impl must be 'auto', 'fused' or 'reference', got {impl!r}")
     reason = _native.unavailable_reason(t.device)
-    supported = dtypes or _native.FUSED_DTYPES.get(t.device.type, ())
+    supported = _native.kernel_dtypes(family, t.device.type)
     if reason is None and t.dtype not in supported:
         reason = (
             f"no fused kernel for {t.dtype} on {t.device.type} "
@@ -67,12 +65,13 @@ def choose_impl(
     return "reference"
 
 
-def check_kernel(op: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...] | None = None) -> None:
-    """Inside a registered op: the native kernels exist for t's device and dtype."""
+def check_kernel(op: str, t: torch.Tensor, family: str) -> None:
+    """Inside a registered op: the native kernels of ``family`` exist for t's device and
+    dtype."""
     reason = _native.unavailable_reason(t.device)
     if reason is not None:
         raise RuntimeError(f"deeprec::{op}: no native kernel on {t.device}: {reason}")
-    supported = dtypes or _native.FUSED_DTYPES.get(t.device.type, ())
+    supported = _native.kernel_dtypes(family, t.device.type)
     if t.dtype not in supported:
         raise TypeError(
             f"deeprec::{op}: no kernel for {t.dtype} on {t.device.type} "
@@ -113,17 +112,6 @@ def dtype_code(t: torch.Tensor) -> int:
 
 def index_code(t: torch.Tensor) -> int:
     return _native.INDEX_CODE[t.dtype]
-
-
-def threads() -> int:
-    """Native CPU threads: torch's own setting, so both never oversubscribe the cores."""
-    return torch.get_num_threads()
-
-
-def cuda_target(device: torch.device) -> tuple[int, int]:
-    """(device index, address of torch's current stream on it) for a CUDA launch."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return index, torch.cuda.current_stream(device).cuda_stream
 
 
 # ------------------------------------------------------------------ the error word
@@ -261,40 +249,23 @@ def _word_device(device: torch.device) -> torch.device | None:
     return torch.device(device.type, index)
 
 
-# Kernels whose CUDA entry point takes a workspace for its deterministic loss reduction,
-# and the module constant that bounds its blocks.
-_REDUCTIONS = {"masked_mse": "MASKED_MSE_MAX_BLOCKS", "sddmm_residual": "SPARSE_MAX_BLOCKS"}
-
-
-def launch(kernel: str, device: torch.device, *args: object, op: str, reduce: bool = True) -> None:
-    """deeprec._C.<kernel>_cpu(*args, err, tag, threads) or <kernel>_cuda(*args,
-    [workspace,] err, tag, device, stream): the device branch, written once for every op.
+def launch(kernel: str, device: torch.device, *, op: str, reduce: bool = True, **args) -> None:
+    """Run native ``kernel`` on ``device`` with its arguments by name (the family header's
+    names; tensors as addresses): ops/cpu.py or ops/cuda.py adds the device's own arguments.
 
     op: the public op this launch serves (a TAGS name), recorded with a refused index.
-    reduce: the CUDA kernel computes a loss, so it gets a reduction workspace (kernels
-    with one take null addresses otherwise).
+    reduce: the kernel computes a loss, so on CUDA it gets a reduction workspace.
     """
-    C = _native.module()
     word = error_word(device)
-    tag = _TAG[op]
     if device.type == "cpu":
+        from deeprec.ops import cpu
+
         try:
-            getattr(C, f"{kernel}_cpu")(*args, ptr(word), tag, threads())
-        except C.BadIndex:
+            cpu.run(kernel, args, ptr(word), _TAG[op])
+        except _native.module().BadIndex:
             _raise_from(word)
             raise  # a BadIndex with no word recorded: say what the binding said
         return
-    workspace: tuple[int, ...] = ()
-    if kernel in _REDUCTIONS:
-        partials = counter = None
-        if reduce:
-            partials, counter = reduction_workspace(device, getattr(C, _REDUCTIONS[kernel]))
-        workspace = (ptr(partials), ptr(counter))
-    getattr(C, f"{kernel}_cuda")(*args, *workspace, ptr(word), tag, *cuda_target(device))
+    from deeprec.ops import cuda
 
-
-def reduction_workspace(device: torch.device, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(partials, zeroed counter) for the kernels' deterministic last-block reduction."""
-    partials = torch.empty(blocks, dtype=torch.float64, device=device)
-    counter = torch.zeros(1, dtype=torch.int32, device=device)
-    return partials, counter
+    cuda.run(kernel, device, args, ptr(word), _TAG[op], reduce)

@@ -2,9 +2,9 @@
 
 Each training step's item-gradient rows (up to items x hidden floats, 36-180 MiB at the
 Netflix and ML-32M shapes) are fresh allocations; glibc serves blocks that large with
-mmap, so every step paid the kernel's page faults and zero-filling again: 11 ms for a
-56 MiB block against 0.6 ms to rewrite it (2-core EPYC), more than the gradient kernel
-itself. CUDA has torch's caching allocator and does not need this.
+mmap, so every step paid the kernel's page faults and zero-filling again, which cost
+more than the gradient kernel itself (benchmarks/results/measurements.md). CUDA has
+torch's caching allocator and does not need this.
 
 A block is handed out again only when nothing outside the pool can reach its memory: the
 storage's use count says the pool's tensor is its only tensor (the gradient that used it

@@ -4,9 +4,9 @@
 sorted, unique rows (or a dense one). exact (lazy=False): torch's Adam update,
 untouched rows included with a zero gradient, without building the dense gradient.
 lazy=True: only the gradient's rows move (SparseAdam semantics). A native kernel
-(csrc/row_adam.*) and a pure-PyTorch reference compute the same update. The kernel checks
-the gradient's row ids (inside the parameter, sorted, unique) as it reads them, so the
-step reads nothing back to the host.
+(csrc/row_adam/, the op deeprec::row_adam) and a pure-PyTorch reference compute the
+same update. The kernel checks the gradient's row ids (inside the parameter, sorted,
+unique) as it reads them, so the step reads nothing back to the host.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import math
 import torch
 
 from deeprec import csr
-from deeprec.ops.launch import Impl, check_kernel, choose_impl, dtype_code, launch, ptr
+from deeprec.ops.launch import Impl, choose_impl
+from deeprec.ops.reference import row_adam_reference
+from deeprec.ops.schema import ROW_ADAM
 
 __all__ = ["row_adam_reference", "row_adam_step"]
-
-ROW_ADAM_DTYPES = (torch.float32, torch.float64)
 
 
 def row_adam_step(
@@ -54,54 +54,11 @@ def row_adam_step(
     step_size = lr / (1.0 - b1**step)
     inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2**step)
     coefs = (step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay, lazy)
-    if choose_impl(p, impl, "row_adam_step", ROW_ADAM_DTYPES) == "reference":
+    if choose_impl(p, impl, "row_adam_step", "row_adam") == "reference":
         _check_rows(ucol, p.shape[0])
         row_adam_reference(p, exp_avg, exp_avg_sq, ucol, values, *coefs)
         return
-    check_kernel("row_adam_step", p, ROW_ADAM_DTYPES)
-    N = p.shape[0]
-    H = p[0].numel() if N else 0
-    launch(
-        "row_adam",
-        p.device,
-        *(ptr(p), ptr(exp_avg), ptr(exp_avg_sq), ptr(values), ptr(ucol)),
-        *(ucol.numel(), N, H, *coefs, dtype_code(p)),
-        op="row_adam_step",
-    )
-
-
-@torch.no_grad()
-def row_adam_reference(
-    p: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    ucol: torch.Tensor,
-    values: torch.Tensor,
-    step_size: float,
-    inv_sqrt_bc2: float,
-    b1: float,
-    b2: float,
-    eps: float,
-    weight_decay: float,
-    lazy: bool,
-) -> None:
-    """The same update in pure PyTorch (the definition the native kernel must match)."""
-    values = values.reshape(ucol.numel(), *p.shape[1:])
-    if lazy:
-        rows = (p[ucol], exp_avg[ucol], exp_avg_sq[ucol])
-        _adam(*rows, values, step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay)
-        p[ucol], exp_avg[ucol], exp_avg_sq[ucol] = rows
-        return
-    g = torch.zeros_like(p)
-    g[ucol] = values
-    _adam(p, exp_avg, exp_avg_sq, g, step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay)
-
-
-def _adam(p, m, v, g, step_size, inv_sqrt_bc2, b1, b2, eps, wd) -> None:
-    g = g + wd * p
-    m.mul_(b1).add_(g, alpha=1.0 - b1)
-    v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-    p.sub_(step_size * m / (v.sqrt() * inv_sqrt_bc2 + eps))
+    ROW_ADAM(p, exp_avg, exp_avg_sq, ucol, values, *coefs)
 
 
 def _rows_of_grad(p, exp_avg, exp_avg_sq, grad, merge) -> tuple[torch.Tensor, torch.Tensor]:

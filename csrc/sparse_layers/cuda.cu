@@ -1,0 +1,230 @@
+// CUDA kernels of the sparse input layer and the sparse output layer + loss
+// (see sparse_layers.h). One block per batch row (spmm, sddmm) or per distinct
+// column (col_accumulate), threads across the hidden width H, so every write
+// has one owner: no atomics, deterministic results. The sddmm loss uses the
+// same last-block reduction as the masked MSE. Every index is checked before use
+// (checks.h); a refused one is skipped and recorded in the device error word.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "checks.h"
+#include "common.h"
+#include "sparse_layers/sparse_layers.h"
+#include "cuda_common.cuh"
+#include "cuda_reduce.cuh"
+
+namespace deeprec {
+
+// The scalar types this file's entry points dispatch on: its header's table.
+using Floats = Float32And64;
+static_assert(same_codes(Floats{}, kSparseLayersCudaDtypes), "the dtype table and the dispatch differ");
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+
+template <typename T>
+__device__ __forceinline__ T read_scale(const T* p) {
+  return p != nullptr ? *p : T(1);
+}
+
+template <typename T, typename I>
+__global__ void __launch_bounds__(kThreads)
+spmm_rows_kernel(const int64_t* __restrict__ crow, const I* __restrict__ col,
+                 const T* __restrict__ val, const T* __restrict__ W, const T* __restrict__ bias,
+                 T* __restrict__ out, int64_t B, int64_t N, int64_t H, int64_t nnz,
+                 const T* __restrict__ scale, ErrorSink err) {
+  const T s = read_scale(scale);
+  for (int64_t i = blockIdx.x; i < B; i += gridDim.x) {
+    int64_t k0 = 0, k1 = 0;  // a refused row has no entries
+    row_entries(crow, i, B, nnz, err, &k0, &k1);
+    for (int64_t c = threadIdx.x; c < H; c += kThreads) {
+      T acc = bias != nullptr ? bias[c] : T(0);
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t j = entry_column(col, k, k0, N, err);
+        if (j >= 0) acc += s * val[k] * W[j * H + c];
+      }
+      out[i * H + c] = acc;
+    }
+  }
+}
+
+template <typename T, typename I>
+__global__ void __launch_bounds__(kThreads)
+sddmm_residual_kernel(const int64_t* __restrict__ crow, const I* __restrict__ col,
+                      const T* __restrict__ val, const T* __restrict__ h,
+                      const T* __restrict__ W, const T* __restrict__ bias, T* __restrict__ resid,
+                      T* __restrict__ loss, int64_t B, int64_t N, int64_t H, int64_t nnz,
+                      T* __restrict__ partials, unsigned int* __restrict__ counter,
+                      ErrorSink err) {
+  __shared__ T smem[kThreads];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  T acc = T(0);  // squared residuals summed by lane 0 of each warp
+  for (int64_t i = blockIdx.x; i < B; i += gridDim.x) {
+    const T* hi = h + i * H;
+    int64_t k0 = 0, k1 = 0;  // a refused row has no entries
+    row_entries(crow, i, B, nnz, err, &k0, &k1);
+    for (int64_t k = k0 + warp; k < k1; k += kWarps) {
+      // Lane 0 reads and checks the column; the warp follows its verdict as one.
+      int64_t j = lane == 0 ? entry_column(col, k, k0, N, err) : 0;
+      j = __shfl_sync(0xffffffffu, j, 0);
+      if (j < 0) {
+        if (lane == 0) resid[k] = T(0);
+        continue;
+      }
+      const T* w = W + j * H;
+      T dot = T(0);
+      for (int64_t c = lane; c < H; c += 32) dot += hi[c] * w[c];
+      for (int off = 16; off > 0; off >>= 1) dot += __shfl_down_sync(0xffffffffu, dot, off);
+      if (lane == 0) {
+        const T r = dot + bias[j] - val[k];
+        resid[k] = r;
+        acc += r * r;
+      }
+    }
+  }
+  if (loss == nullptr) return;
+  const T block_total = cuda::block_sum<kThreads>(acc, smem);
+  T all;
+  if (cuda::grid_sum_last_block<kThreads>(block_total, partials, counter, smem, &all) &&
+      threadIdx.x == 0) {
+    *loss = nnz > 0 ? all / static_cast<T>(nnz) : T(0);
+  }
+}
+
+template <typename T, typename I>
+__global__ void __launch_bounds__(kThreads)
+col_accumulate_kernel(const int64_t* __restrict__ perm, const int64_t* __restrict__ ucol,
+                      const int64_t* __restrict__ uptr, const int64_t* __restrict__ rows,
+                      const int64_t* __restrict__ crow, const I* __restrict__ col,
+                      const T* __restrict__ coef, const T* __restrict__ A, T* __restrict__ dW,
+                      T* __restrict__ db, int64_t U, int64_t N, int64_t B, int64_t H,
+                      int64_t nnz, const T* __restrict__ scale, bool compact,
+                      ErrorSink err) {
+  const T s = read_scale(scale);
+  // The batch's offsets, which each entry's row is checked against (group_entry).
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < B;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t k0 = 0, k1 = 0;
+    row_entries(crow, i, B, nnz, err, &k0, &k1);
+  }
+  for (int64_t u = blockIdx.x; u < U; u += gridDim.x) {
+    int64_t p0 = 0, p1 = 0, c = 0;
+    // A refused group writes nothing (dense: its row stays zero; compact: row u is zeroed).
+    const bool ok = column_group(ucol, uptr, u, U, N, nnz, err, &p0, &p1, &c);
+    const int64_t j = compact ? u : c;
+    if (!ok) {
+      if (compact) {
+        for (int64_t x = threadIdx.x; x < H; x += kThreads) dW[u * H + x] = T(0);
+        if (db != nullptr && threadIdx.x == 0) db[u] = T(0);
+      }
+      continue;
+    }
+    for (int64_t x = threadIdx.x; x < H; x += kThreads) {
+      T acc = T(0);
+      for (int64_t p = p0; p < p1; ++p) {
+        int64_t k = 0, r = 0;
+        if (group_entry(perm, rows, crow, col, p, p0, c, B, nnz, err, &k, &r)) {
+          acc += s * coef[k] * A[r * H + x];
+        }
+      }
+      dW[j * H + x] = acc;
+    }
+    if (db != nullptr && threadIdx.x == 0) {
+      T b = T(0);
+      for (int64_t p = p0; p < p1; ++p) {
+        int64_t k = 0, r = 0;
+        if (group_entry(perm, rows, crow, col, p, p0, c, B, nnz, err, &k, &r)) b += s * coef[k];
+      }
+      db[j] = b;
+    }
+  }
+  // No groups yet entries to group: the index covers none of them.
+  if (U == 0 && nnz != 0 && blockIdx.x == 0 && threadIdx.x == 0) {
+    report(err, kUptrOrder, 0, uptr[0], nnz);
+  }
+}
+
+unsigned int grid_for(int64_t n) {
+  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(n, kSparseMaxBlocks)));
+}
+
+}  // namespace
+
+int spmm_rows_cuda(const int64_t* crow, const void* col, const void* val, const void* W,
+                   const void* bias, void* out, int64_t B, int64_t N, int64_t H, int64_t nnz,
+                   const void* scale, int dtype, int index_dtype, int64_t* err,
+                   int64_t err_tag, int device, void* stream) {
+  if (index_dtype != kInt32 && index_dtype != kInt64) return kBadIndexDtype;
+  cuda::DeviceGuard guard;
+  if (const int st = cuda::fail(guard.set(device))) return st;
+  if (B == 0 || H == 0) return kOk;
+  auto s = static_cast<cudaStream_t>(stream);
+  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    spmm_rows_kernel<T, I><<<grid_for(B), kThreads, 0, s>>>(
+        crow, static_cast<const I*>(col), static_cast<const T*>(val), static_cast<const T*>(W),
+        static_cast<const T*>(bias), static_cast<T*>(out), B, N, H, nnz,
+        static_cast<const T*>(scale), ErrorSink{err, err_tag});
+    return cuda::check_launch();
+  });
+}
+
+int sddmm_residual_cuda(const int64_t* crow, const void* col, const void* val, const void* h,
+                        const void* W, const void* bias, void* resid, void* loss, int64_t B,
+                        int64_t N, int64_t H, int64_t nnz, int dtype, int index_dtype,
+                        void* partials, void* counter, int64_t* err, int64_t err_tag,
+                        int device, void* stream) {
+  if (index_dtype != kInt32 && index_dtype != kInt64) return kBadIndexDtype;
+  cuda::DeviceGuard guard;
+  if (const int st = cuda::fail(guard.set(device))) return st;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (B == 0) {  // no rows: the loss is 0 (all-zero bits)
+    if (loss == nullptr) return kOk;
+    return cuda::fail(cudaMemsetAsync(loss, 0, dtype_size(dtype), s));
+  }
+  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    sddmm_residual_kernel<T, I><<<grid_for(B), kThreads, 0, s>>>(
+        crow, static_cast<const I*>(col), static_cast<const T*>(val), static_cast<const T*>(h),
+        static_cast<const T*>(W), static_cast<const T*>(bias), static_cast<T*>(resid),
+        static_cast<T*>(loss), B, N, H, nnz, static_cast<T*>(partials),
+        static_cast<unsigned int*>(counter), ErrorSink{err, err_tag});
+    return cuda::check_launch();
+  });
+}
+
+int col_accumulate_cuda(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
+                        const int64_t* rows, const int64_t* crow, const void* col,
+                        const void* coef, const void* A, void* dW, void* db, int64_t U,
+                        int64_t N, int64_t B, int64_t H, int64_t nnz, const void* scale,
+                        int dtype, int index_dtype, bool compact, int64_t* err,
+                        int64_t err_tag, int device, void* stream) {
+  cuda::DeviceGuard guard;
+  if (const int st = cuda::fail(guard.set(device))) return st;
+  auto s = static_cast<cudaStream_t>(stream);
+  const size_t elem = dtype_size(dtype);
+  cudaError_t status = cudaSuccess;
+  if (!compact) {  // untouched rows stay zero; compact output has no untouched rows
+    status = cudaMemsetAsync(dW, 0, static_cast<size_t>(N * H) * elem, s);
+    if (status == cudaSuccess && db != nullptr) {
+      status = cudaMemsetAsync(db, 0, static_cast<size_t>(N) * elem, s);
+    }
+  }
+  if (status != cudaSuccess) return cuda::fail(status);
+  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    col_accumulate_kernel<T, I><<<grid_for(U), kThreads, 0, s>>>(
+        perm, ucol, uptr, rows, crow, static_cast<const I*>(col), static_cast<const T*>(coef),
+        static_cast<const T*>(A), static_cast<T*>(dW), static_cast<T*>(db), U, N, B, H, nnz,
+        static_cast<const T*>(scale), compact, ErrorSink{err, err_tag});
+    return cuda::check_launch();
+  });
+}
+
+}  // namespace deeprec

@@ -1,0 +1,128 @@
+"""Predictions from a trained AutoEncoder: at given (row, col) entries, or whole rows.
+
+A row's prediction always comes from that row's training vector (its known ratings),
+exactly as the model was trained. Work is batched over rows to bound memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from deeprec.data import RatingMatrix
+from deeprec.model import AutoEncoder
+from deeprec.ops import raise_kernel_errors
+
+
+@torch.no_grad()
+def predict_entries(
+    model: AutoEncoder,
+    matrix: RatingMatrix,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    offsets=None,
+    source=None,
+    impl: str = "auto",
+) -> np.ndarray:
+    """Unclipped predictions at (rows[k], cols[k]) for every k.
+
+    matrix holds the model's inputs. offsets: the baseline.Biases the model was trained
+    on top of (--residual); added back here. source: where the batches come from (the
+    matrix, or a ResidentMatrix of it); predictions stay on the device until one read at
+    the end, which also raises an index a GPU kernel refused. impl: the ops' impl
+    ("reference" keeps a run trained without --fused off the native kernels).
+    """
+    source = matrix if source is None else source
+    was_training = model.training
+    model.eval()
+    unique, inverse = np.unique(rows, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")  # entries grouped by chunk, one pass
+    bounds = np.searchsorted(inverse[order], np.arange(0, len(unique) + batch_size, batch_size))
+    device = torch.device(device)
+    local = _upload(inverse[order] % batch_size, device)  # row inside its chunk
+    col = _upload(np.asarray(cols)[order], device)
+    pred = torch.empty(len(rows), dtype=torch.float64, device=device)
+    chunks = source.batches(batch_size, device, shuffle=False, rows=unique) if len(unique) else ()
+    for n, batch in enumerate(chunks):
+        at = slice(int(bounds[n]), int(bounds[n + 1]))
+        if model.supports_sparse:  # only at the entries: no (chunk x n_items) output
+            got = model.outputs_at(*batch.csr, local[at], col[at], index=batch.index, impl=impl)
+        else:
+            got = model(batch.dense())[local[at], col[at]]
+        pred[at] = got
+    model.train(was_training)
+    out = np.empty(len(rows), dtype=np.float64)
+    out[order] = pred.cpu().numpy()
+    raise_kernel_errors(device)  # an index a GPU kernel refused, before a value is used
+    return out if offsets is None else out + offsets.at(rows, cols)
+
+
+def _upload(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An int64 host array on ``device``; from pinned memory on a GPU (no host wait)."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+@torch.no_grad()
+def predict_vector(model: AutoEncoder, x: torch.Tensor) -> torch.Tensor:
+    """Dense predictions for dense input rows x (B, n_in), in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(x)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def score_items(
+    model: AutoEncoder,
+    inputs: RatingMatrix,
+    users: np.ndarray,
+    device: torch.device | str = "cpu",
+    offsets=None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Predicted ratings of every item for each user index in ``users``: (len(users), n_items).
+
+    User-based models predict a user's row from their training vector; item-based models
+    predict every item's row and read the users' columns (items x users, in batches).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if inputs.rows_are_users:
+            out = np.empty((len(users), inputs.n_cols))
+            for s in range(0, len(users), batch_size):
+                chunk = users[s : s + batch_size]
+                out[s : s + len(chunk)] = (
+                    model(inputs.batch(chunk, device).dense()).double().cpu().numpy()
+                )
+        else:
+            out = np.empty((inputs.n_rows, len(users)))
+            cols = torch.as_tensor(users, device=device)
+            for s in range(0, inputs.n_rows, batch_size):
+                rows = np.arange(s, min(s + batch_size, inputs.n_rows))
+                pred = model(inputs.batch(rows, device).dense())
+                out[rows] = pred[:, cols].double().cpu().numpy()
+            out = out.T
+    finally:
+        model.train(was_training)
+    if offsets is not None:
+        if inputs.rows_are_users:
+            out += offsets.mu + offsets.rows[users][:, None] + offsets.cols[None, :]
+        else:
+            out += offsets.mu + offsets.cols[users][:, None] + offsets.rows[None, :]
+    return out
+
+
+def rmse_mae(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(RMSE, MAE); NaN for an empty validation set."""
+    if len(truth) == 0:
+        return float("nan"), float("nan")
+    err = np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
+    return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err)))

@@ -1,0 +1,66 @@
+"""Top-k recommendations from a trained model: for a user of the training data, for a new
+user folded in from a few ratings (no retraining), or for every user (deeprec.inference.ranking)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from deeprec.config import ConfigError
+from deeprec.inference.predict import predict_vector, score_items
+from deeprec.inference.ranking import new_user_row, rows_of, top_k, user_position
+from deeprec.run import Trained
+
+
+class TrainedScorer:
+    """A trained model as a ranking.Scorer: scores from the torch model on the run's device."""
+
+    def __init__(self, run: Trained) -> None:
+        self.run = run
+        matrix = run.matrix
+        self.user_ids, self.item_ids = matrix.user_ids(), matrix.item_ids()
+        self.titles, self.scale = run.dataset.titles, matrix.scale
+        # each user's training items, as item positions (a CSR by user in either orientation)
+        self._by_user = matrix.by_user()
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        run = self.run
+        return score_items(run.model, run.inputs, users, run.device, run.offsets)
+
+    def rated(self, user: int) -> np.ndarray:
+        return self._by_user.indices[self._by_user.indptr[user] : self._by_user.indptr[user + 1]]
+
+
+def known_user(run: Trained, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores of every item, positions of the items the user rated in training)."""
+    scorer = TrainedScorer(run)
+    try:
+        u = user_position(scorer, user_id)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return scorer.score_users(np.array([u]))[0], scorer.rated(u)
+
+
+def new_user(run: Trained, given: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(scores of every item, positions of the given items) for a user the model never saw:
+    the autoencoder reads the given ratings as that user's row (user-based models only)."""
+    matrix, device = run.matrix, run.device
+    if not matrix.rows_are_users:
+        raise ConfigError("--ratings needs a user-based model (trained with --by user)")
+    try:
+        pos, inputs, offset = new_user_row(matrix.item_ids(), given, run.offsets)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    x = torch.zeros(1, matrix.n_cols, device=device)
+    x[0, torch.as_tensor(pos, device=device)] = torch.as_tensor(
+        inputs, dtype=torch.float32, device=device
+    )
+    scores = predict_vector(run.model, x)[0].double().cpu().numpy() + offset
+    return scores, pos
+
+
+def best(
+    run: Trained, scores: np.ndarray, rated: np.ndarray, k: int
+) -> list[tuple[int, float, str]]:
+    """The k best unrated items as (item id, predicted rating clipped to the scale, title)."""
+    return rows_of(TrainedScorer(run), top_k(scores, rated, k), scores)

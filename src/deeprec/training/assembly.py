@@ -1,0 +1,109 @@
+"""The Trainer: one model of a Config on one rating matrix and device, ready to train.
+
+Built the same way for every caller (``train``, a tuning trial, each member of a blend),
+so an option such as ``--refeed``, ``--max-batches`` or ``--data-on-device`` reaches
+them all: the plan, the seeded model, the optimizer, the batch order and the batch
+source come from one ``Trainer.assemble``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from deeprec.config import Config
+from deeprec.data import RatingMatrix
+from deeprec.data.resident import ResidentMatrix
+from deeprec.distributed import ALONE, World
+from deeprec.model import AutoEncoder
+from deeprec.quality import baseline
+from deeprec.training import optim
+from deeprec.training.plan import TrainingPlan, plan
+
+
+def model_inputs(config: Config, matrix: RatingMatrix) -> tuple[RatingMatrix, Any]:
+    """(the matrix the model reads and learns, offsets to add to its outputs or None).
+
+    With --residual the model learns r - (mu + b_user + b_item), the regularized bias
+    baseline fitted on the training ratings (deterministic, so evaluate and recommend
+    rebuild it exactly); a model that learns nothing then predicts the baseline.
+    """
+    if not config.residual:
+        return matrix, None
+    offsets = baseline.fit(matrix.train, matrix.by)
+    return matrix.minus(offsets), offsets
+
+
+@dataclass
+class Trainer:
+    """Everything one model's training works on; ``history`` holds the finished epochs."""
+
+    config: Config
+    plan: TrainingPlan
+    device: torch.device
+    matrix: RatingMatrix  # the ratings (validation compares against these)
+    inputs: RatingMatrix  # what the model reads (residuals with --residual)
+    offsets: Any  # baseline.Biases added to the model's outputs, or None
+    model: AutoEncoder
+    optimizer: Any
+    source: Any  # where the batches come from: inputs, or a ResidentMatrix of it
+    shuffle: torch.Generator  # the batch order
+    world: World = ALONE
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def assemble(
+        cls,
+        config: Config,
+        matrix: RatingMatrix,
+        device: torch.device,
+        world: World = ALONE,
+        training_plan: TrainingPlan | None = None,
+    ) -> Trainer:
+        """A fresh model of ``config`` for ``matrix`` on ``device``, seeded by the config.
+
+        training_plan: the plan already decided for this config and device (deciding it
+        again gives the same plan)."""
+        chosen = training_plan if training_plan is not None else plan(config, device)
+        torch.manual_seed(config.seed)
+        model = AutoEncoder.from_config(config, matrix.n_cols).to(device)
+        inputs, offsets = model_inputs(config, matrix)
+        return cls(
+            config=config,
+            plan=chosen,
+            device=device,
+            matrix=matrix,
+            inputs=inputs,
+            offsets=offsets,
+            model=model,
+            optimizer=optim.build(config, model, chosen),
+            source=ResidentMatrix(inputs, device) if chosen.resident else inputs,
+            shuffle=torch.Generator().manual_seed(config.seed),
+            world=world,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """The training state a checkpoint keeps: weights, optimizer, history, RNGs."""
+        rng = {"shuffle": self.shuffle.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model_config": self.model.config,
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": len(self.history),
+            "history": self.history,
+            "rng": rng,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue exactly where ``state`` (a checkpoint's training state) left off."""
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])

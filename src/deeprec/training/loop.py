@@ -1,0 +1,327 @@
+"""The training loop: a batch's loss on the run's TrainingPlan, an epoch, the learning-rate
+schedule, validation, and ``fit``, the one epoch loop, which reports each finished epoch
+to its sinks (the run folder, the console, TensorBoard, a tuner's pruning).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from deeprec.config import Config, ConfigError
+from deeprec.data import Batch, RatingMatrix
+from deeprec.distributed import ALONE, World, all_sum, reduce_gradients
+from deeprec.inference.predict import predict_entries
+from deeprec.model import AutoEncoder
+from deeprec.ops import masked_mse, read_checked
+from deeprec.training.assembly import Trainer
+from deeprec.training.plan import TrainingPlan
+
+# A sink gets (trainer, record) after each finished epoch, on the main process, in order;
+# an exception from one stops training after the sinks before it have run.
+Sink = Callable[[Trainer, dict[str, Any]], None]
+
+
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite."""
+
+
+@contextmanager
+def flushed_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero for the block, then restore the caller's setting.
+
+    Adam's moment estimates for items a batch never touches decay into denormals, which
+    made late CPU epochs much slower (benchmarks/results/measurements.md). Set before
+    torch starts its worker threads, which inherit it.
+    """
+    was_flushing = (torch.tensor([1e-40]) * 1.0).item() == 0.0
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_flushing)
+
+
+def batch_loss(model: AutoEncoder, batch: Batch, path: TrainingPlan) -> torch.Tensor:
+    """The training loss of one batch: masked MSE of the reconstruction at the stored ratings,
+    computed the way ``path`` says (all three give the same value and gradients)."""
+    if path.loss == "sparse":
+        return model.sparse_loss(
+            *batch.csr, index=batch.index, impl="fused", sparse_grad=path.sparse_grad
+        )
+    return masked_mse(model(batch.dense()), batch, impl=path.impl)
+
+
+def refeed_step(model: AutoEncoder, optimizer: Any, batch: Batch) -> None:
+    """Dense re-feeding: fit f(f(x)) to f(x) over every item, f(x) held fixed."""
+    with torch.no_grad():
+        target = model(batch.dense())
+    loss = torch.nn.functional.mse_loss(model(target), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+class LossTotal:
+    """An epoch's training loss, summed where it is computed and read back only now and then.
+
+    Each step adds its loss times its rating count on the device, with no sync; ``read``
+    copies the running total to the host together with the kernels' error word (one
+    transfer, the step's only sync), raises a kernel's ValueError or a diverged loss, and
+    returns the epoch's loss so far. ``due`` says when to read: every ``every`` steps, or
+    with every=0 about once a second, so a progress bar still moves.
+    """
+
+    def __init__(self, every: int = 0, on_read: Callable[[float], None] | None = None) -> None:
+        self.every, self.on_read = every, on_read
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self.steps = 0
+        self.last_read = time.monotonic()
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        term = loss.detach().double() * n
+        self.total = term if self.total is None else self.total + term
+        self.count += n
+        self.steps += 1
+
+    def due(self) -> bool:
+        if self.every:
+            return self.steps % self.every == 0
+        return time.monotonic() - self.last_read >= 1.0
+
+    def read(self) -> float:
+        self.last_read = time.monotonic()
+        if self.total is None:
+            return 0.0
+        value = read_checked(self.total) / max(self.count, 1)
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss became {value}")
+        if self.on_read is not None:
+            self.on_read(value)
+        return value
+
+
+def run_epoch(
+    model: AutoEncoder,
+    optimizer: Any,
+    batches: Iterable[Batch],
+    path: TrainingPlan,
+    refeed: bool = False,
+    world: World = ALONE,
+    loss_every: int = 0,
+    on_loss: Callable[[float], None] | None = None,
+) -> float:
+    """One pass over ``batches``; returns the epoch's loss (MSE over all its ratings).
+
+    The loss is read back every ``loss_every`` steps (0: about once a second; see
+    LossTotal) and at the end, where a diverged loss or an index a GPU kernel refused is
+    raised; ``on_loss`` gets each value read. Under torchrun ``batches`` are this rank's
+    shares of the global batches, and the epoch is run_distributed_epoch's.
+    """
+    if world.active:
+        return run_distributed_epoch(model, optimizer, batches, path, world)
+    model.train()
+    losses = LossTotal(loss_every, on_loss)
+    for batch in batches:
+        loss = batch_loss(model, batch, path)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if refeed:
+            refeed_step(model, optimizer, batch)
+        losses.add(loss, batch.nnz)
+        if losses.due():
+            losses.read()
+    return losses.read()
+
+
+def run_distributed_epoch(
+    model: AutoEncoder,
+    optimizer: Any,
+    batches: Iterable[Batch],
+    path: TrainingPlan,
+    world: World,
+) -> float:
+    """run_epoch for one rank: the loss is normalised by the global count of ratings in
+    the global batch and the gradients are summed across ranks (deeprec.distributed), so
+    the update equals one process's on the whole batch."""
+    model.train()
+    sparse = model.item_parameters() if path.sparse_grad else []
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    loss_sum, count = 0.0, 0.0
+    for batch in batches:
+        n_local = batch.col.numel()
+        loss = batch_loss(model, batch, path) if n_local else None
+        local = read_checked(loss) * n_local if loss is not None else 0.0
+        n_global, sse = all_sum([float(n_local), local], world, batch.col.device)
+        if n_global == 0:
+            continue
+        value = sse / n_global
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss became {value}")
+        optimizer.zero_grad(set_to_none=True)
+        if loss is not None:
+            loss.backward()
+        reduce_gradients(dense, sparse, n_local / n_global, world)
+        optimizer.step()
+        loss_sum += sse
+        count += n_global
+    return loss_sum / max(count, 1.0)
+
+
+def epoch_lr(config: Config, epoch: int) -> float:
+    """The learning rate of 1-based ``epoch`` under the config's schedule (resume-exact)."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / config.epochs))
+    return config.lr
+
+
+def set_lr(optimizer: Any, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def validate(
+    model: AutoEncoder,
+    matrix: RatingMatrix,
+    device: torch.device,
+    offsets: Any = None,
+    world: World = ALONE,
+    source: Any = None,
+    impl: str = "auto",
+) -> dict[str, float]:
+    """RMSE and MAE at the validation ratings, clipped to the scale and unclipped.
+
+    source: where the batches come from (matrix, or a ResidentMatrix of it). impl: the
+    run's ops (TrainingPlan.impl), so a reference run validates without the kernels. Under
+    torchrun each rank predicts the entries of its rows (row % size == rank) and the sums
+    are all-reduced.
+    """
+    rows, cols, truth = matrix.val_rows, matrix.val_cols, matrix.val_ratings
+    if world.active:
+        mine = rows % world.size == world.rank
+        rows, cols, truth = rows[mine], cols[mine], truth[mine]
+    pred = predict_entries(
+        model, matrix, rows, cols, device, offsets=offsets, source=source, impl=impl
+    )
+    err = pred - truth.astype(np.float64)
+    err_c = np.clip(pred, *matrix.scale) - truth.astype(np.float64)
+    sums = [
+        float(len(err)),
+        (err_c**2).sum(),
+        np.abs(err_c).sum(),
+        (err**2).sum(),
+        np.abs(err).sum(),
+    ]
+    n, sq_c, ab_c, sq, ab = all_sum(sums, world, device)  # unchanged when alone
+    nan = float("nan")
+    return {
+        "val_rmse": math.sqrt(sq_c / n) if n else nan,
+        "val_mae": ab_c / n if n else nan,
+        "val_rmse_unclipped": math.sqrt(sq / n) if n else nan,
+        "val_mae_unclipped": ab / n if n else nan,
+    }
+
+
+def validate_trainer(trainer: Trainer) -> dict[str, float]:
+    """validate() of a Trainer's model on its own validation ratings, the way it trains."""
+    t = trainer
+    return validate(
+        t.model, t.inputs, t.device, t.offsets, t.world, source=t.source, impl=t.plan.impl
+    )
+
+
+def fit(
+    trainer: Trainer,
+    sinks: Sequence[Sink] = (),
+    *,
+    quiet: bool = False,
+    label: str = "",
+    evaluate: bool = True,
+) -> dict[str, float]:
+    """Train from where ``trainer`` stands up to its config's epochs; returns the last
+    epoch's validation metrics.
+
+    After each epoch the record (epoch, train_loss, seconds, lr and, with ``evaluate``,
+    the validation metrics) goes to each sink in order. quiet: no progress bar (there is
+    none either when output is not a terminal); label: what the bar names ("trial 3 ",
+    "U-AutoRec "). A diverged loss or Ctrl-C stops with a message to which each sink with
+    a ``stop_note(interrupted)`` adds its own (the last checkpoint, how to resume).
+    """
+    t, config, world = trainer, trainer.config, trainer.world
+    metrics: dict[str, float] = {}
+    steps = math.ceil(t.inputs.n_rows / config.batch_size)
+    if config.max_batches:
+        steps = min(steps, config.max_batches)
+    epoch = len(t.history)
+    try:
+        with flushed_denormals():
+            for epoch in range(len(t.history) + 1, config.epochs + 1):
+                batches = t.source.batches(
+                    config.batch_size,
+                    t.device,
+                    generator=t.shuffle,
+                    max_batches=config.max_batches,
+                    part=(world.rank, world.size),
+                )
+                bar = tqdm(
+                    batches,
+                    total=steps,
+                    desc=f"{label}epoch {epoch}/{config.epochs}",
+                    leave=False,
+                    disable=True if quiet or not world.main else None,
+                )
+                t0 = time.perf_counter()
+                lr = epoch_lr(config, epoch)
+                set_lr(t.optimizer, lr)
+                train_loss = run_epoch(
+                    t.model,
+                    t.optimizer,
+                    bar,
+                    t.plan,
+                    config.refeed,
+                    world,
+                    config.loss_every,
+                    on_loss=lambda value, bar=bar: bar.set_postfix(loss=f"{value:.4f}"),
+                )
+                seconds = time.perf_counter() - t0
+                metrics = validate_trainer(t) if evaluate else {}
+                record = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds}
+                if evaluate:
+                    record["val_rmse"] = metrics["val_rmse"]
+                t.history.append(record)
+                if world.main:
+                    for sink in sinks:
+                        sink(t, {**record, "lr": lr, **metrics})
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(_with_notes(f"{exc} in epoch {epoch}", sinks, False)) from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_with_notes(f"in epoch {epoch}", sinks, True)) from None
+    return metrics
+
+
+def _with_notes(text: str, sinks: Sequence[Sink], interrupted: bool) -> str:
+    notes = [note(interrupted) for sink in sinks if (note := getattr(sink, "stop_note", None))]
+    return "; ".join([text, *(n for n in notes if n)])
+
+
+def console(report: Callable[[str], None] = tqdm.write) -> Sink:
+    """A sink printing one line per epoch: loss, validation RMSE, seconds."""
+
+    def line(_trainer: Trainer, record: dict[str, Any]) -> None:
+        rmse = f"  val RMSE {record['val_rmse']:.4f}" if "val_rmse" in record else ""
+        report(
+            f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f}"
+            f"{rmse}  {record['seconds']:.2f}s"
+        )
+
+    return line

@@ -1,0 +1,69 @@
+"""The TrainingPlan: how a Config trains and predicts on a device, decided once.
+
+Everything after the decision (the optimizer, the batch loss, validation, the batch
+source) reads the plan instead of asking the model or the optimizer again, and a run
+that cannot work (``--fused`` with no kernels, sparse-adam without the sparse path) is
+refused here, before any data is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from deeprec.config import Config, ConfigError
+from deeprec.ops import unavailable_reason
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How every batch's loss and gradients are computed, and where batches live.
+
+    loss: "reference" (dense model, pure-PyTorch masked MSE), "fused" (dense model, the
+    fused masked-MSE kernel: a last activation needs the dense output), or "sparse" (the
+    fully sparse path: sparse input layer, output layer only at the stored ratings).
+    sparse_grad: the item matrices get row-sparse gradients, for deeprec's row-sparse Adam.
+    lazy: that Adam moves only the batch's rows (--optimizer sparse-adam).
+    resident: the training ratings stay on the device (--data-on-device).
+    linear_output: the model's output layer is linear, so predictions at given entries
+    need no dense output row.
+    """
+
+    loss: Literal["reference", "fused", "sparse"]
+    sparse_grad: bool = False
+    lazy: bool = False
+    resident: bool = False
+    linear_output: bool = True
+
+    @property
+    def impl(self) -> str:
+        """The ops' impl argument for this run, training and validation alike."""
+        return "reference" if self.loss == "reference" else "fused"
+
+
+def plan(config: Config, device: torch.device) -> TrainingPlan:
+    """The TrainingPlan ``config`` asks for on ``device``, or a ConfigError saying why not."""
+    linear = config.last_activation == "none"
+    sparse = config.fused and linear
+    if config.optimizer == "sparse-adam" and not sparse:
+        raise ConfigError(
+            "--optimizer sparse-adam needs --fused and a linear output (--last-activation none)"
+        )
+    resident = config.data_on_device == "yes" or (
+        config.data_on_device == "auto" and device.type == "cuda"
+    )
+    if not config.fused:
+        return TrainingPlan("reference", resident=resident, linear_output=linear)
+    reason = unavailable_reason(device)
+    if reason is not None:
+        raise ConfigError(f"--fused: {reason}")
+    if not sparse:
+        return TrainingPlan("fused", resident=resident, linear_output=False)
+    return TrainingPlan(
+        "sparse",
+        sparse_grad=config.optimizer in ("adam", "sparse-adam"),
+        lazy=config.optimizer == "sparse-adam",
+        resident=resident,
+    )

@@ -1,0 +1,115 @@
+"""A run folder: config.toml, metrics.json, model.pt (the checkpoint) and loss.png.
+
+``RunFolder`` owns every file of a run, so what a run writes, and how (atomically), is in
+one place; ``FolderSink`` is the sink that writes them after each epoch: the checkpoint
+first, so an epoch a user sees reported is already on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deeprec import checkpoint, memory
+from deeprec.config import Config, toml_text
+from deeprec.training.assembly import Trainer
+
+
+class RunFolder:
+    """The files of one run, in ``path``."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, given: Path | str) -> RunFolder:
+        """The run folder of a --resume argument: the folder, or the folder of its model.pt."""
+        given = Path(given)
+        return cls(given if given.is_dir() else given.parent)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "model.pt"
+
+    def holds_run(self) -> bool:
+        return self.checkpoint.exists()
+
+    def write_config(self, config: Config) -> None:
+        """config.toml: the run's resolved configuration; ``train --config`` reproduces it."""
+        text = toml_text(
+            config,
+            "deeprec run configuration (resolved: preset, config file and flags applied).\n"
+            f"Reproduce with: python -m deeprec.train --config {self.path / 'config.toml'}",
+        )
+        self.path.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write(self.path / "config.toml", lambda f: f.write(text.encode()))
+
+    def write_metrics(self, doc: dict[str, Any]) -> None:
+        """metrics.json (the layout the README documents), written atomically."""
+        text = json.dumps(doc, indent=1)
+        checkpoint.atomic_write(self.path / "metrics.json", lambda f: f.write(text.encode()))
+
+    def save_checkpoint(self, payload: dict[str, Any]) -> None:
+        checkpoint.save(self.checkpoint, payload)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        return checkpoint.load(self.checkpoint)
+
+    def plot(self, history: list[dict[str, Any]]) -> None:
+        """loss.png: train loss (log scale) and validation RMSE per epoch."""
+        import matplotlib  # deferred: heavy, and only needed once at the end of a run
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [h["epoch"] for h in history]
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+        ax.plot(
+            epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train loss (masked MSE)"
+        )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("train loss (MSE)")
+        ax.set_yscale("log")
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [h["val_rmse"] for h in history], "s-", ms=3, color="C1", label="val RMSE")
+        ax2.set_ylabel("validation RMSE")
+        fig.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(self.path / "loss.png")
+        plt.close(fig)
+
+
+class FolderSink:
+    """After each epoch: model.pt every ``save_every`` epochs and at the last, then
+    metrics.json. ``payload(trainer)`` is the whole checkpoint; ``metrics(trainer,
+    final)`` the metrics.json document. ``stop_note`` says what a stopped run left."""
+
+    def __init__(
+        self,
+        folder: RunFolder,
+        save_every: int,
+        payload: Callable[[Trainer], dict[str, Any]],
+        metrics: Callable[[Trainer, dict[str, float], dict[str, float]], dict[str, Any]],
+        resume: str,
+        saved_epoch: int | None = None,
+    ) -> None:
+        self.folder, self.save_every = folder, save_every
+        self.payload, self.metrics, self.resume = payload, metrics, resume
+        self.saved_epoch = saved_epoch  # the epoch model.pt holds
+
+    def __call__(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        epoch = record["epoch"]
+        if epoch == trainer.config.epochs or epoch % self.save_every == 0:
+            self.folder.save_checkpoint(self.payload(trainer))
+            self.saved_epoch = epoch
+        final = {k: v for k, v in record.items() if k.startswith("val_")}
+        self.folder.write_metrics(self.metrics(trainer, final, memory.peak(trainer.device)))
+
+    def stop_note(self, interrupted: bool) -> str:
+        """What a stopped run left: the saved epoch and, after Ctrl-C, how to continue."""
+        if self.saved_epoch is None:
+            return f"no epoch was saved in {self.folder.path}"
+        saved = f"epoch {self.saved_epoch} is saved in {self.folder.checkpoint}"
+        return f"{saved}; continue with: {self.resume}" if interrupted else saved
