@@ -1,6 +1,7 @@
 // The one pybind11 module, deeprec._C. Every kernel entry point is bound once, from one
-// table (DEEPREC_KERNELS), by one template (bind_kernel): keyword-only arguments named by
-// the family headers, addresses travel from Python as integers and are cast to the entry
+// table (DEEPREC_KERNELS), by one template (bind_kernel): arguments named by the family
+// headers (exported as KERNEL_ARGS; Python names every argument of every call), addresses
+// travel from Python as integers and are cast to the entry
 // point's pointer types, the GIL is released around the call, and a non-zero Status
 // becomes a Python exception naming the entry point. Python checks the metadata (dtypes,
 // shapes, devices, lengths) before any address gets here; the kernels check every index
@@ -100,17 +101,20 @@ void bind_named(py::module_& m, const char* name, int (*fn)(Args...), const char
         }
         check(status, name);
       },
-      doc, py::kw_only(), py::arg(names[K])...);
+      doc, py::arg(names[K])...);
 }
 
-// Binds `int fn(Args...)` as `name(**args)`, keyword-only with one name per argument (a
-// call that swaps or leaves out an argument fails in Python): casts, releases the GIL,
-// checks the Status.
+// Binds `int fn(Args...)` as `name(...)` with one name per argument (the names are also
+// exported as KERNEL_ARGS, which deeprec.ops.launch matches every call against): casts,
+// releases the GIL, checks the Status.
 template <size_t N, typename... Args>
-void bind_kernel(py::module_& m, const char* name, int (*fn)(Args...), const char* doc,
-                 const std::array<const char*, N>& names) {
+void bind_kernel(py::module_& m, py::dict& kernel_args, const char* name, int (*fn)(Args...),
+                 const char* doc, const std::array<const char*, N>& names) {
   static_assert(N == sizeof...(Args), "one name per argument of the entry point");
   bind_named(m, name, fn, doc, names, std::index_sequence_for<Args...>{});
+  py::tuple order(N);
+  for (size_t k = 0; k < N; ++k) order[k] = py::str(names[k]);
+  kernel_args[name] = order;
 }
 
 // The scalar dtypes of a kernel family on one device, by name (deeprec._C.KERNEL_DTYPES).
@@ -188,8 +192,10 @@ PYBIND11_MODULE(_C, m) {
   X(col_accumulate, kColAccumulateArgs, kCudaTail,                                            \
     "dW[j] = sum over column j's entries of scale * coef * A[row]")                           \
   X(row_adam, kRowAdamArgs, kCudaTail, "Adam step with a row-sparse gradient (exact or lazy)")
-#define DEEPREC_BIND_CPU(name, args, cuda_tail, doc) \
-  bind_kernel(m, #name "_cpu", &deeprec::name##_cpu, doc ", CPU.", join(deeprec::args, kCpuTail));
+  py::dict kernel_args;  // each entry point's argument names, in order
+#define DEEPREC_BIND_CPU(name, args, cuda_tail, doc)                            \
+  bind_kernel(m, kernel_args, #name "_cpu", &deeprec::name##_cpu, doc ", CPU.", \
+              join(deeprec::args, kCpuTail));
   DEEPREC_KERNELS(DEEPREC_BIND_CPU)
   py::dict kernel_dtypes;
   kernel_dtypes["masked_mse"] = py::dict(py::arg("cpu") = dtype_names(deeprec::kMaskedMseCpuDtypes),
@@ -207,8 +213,9 @@ PYBIND11_MODULE(_C, m) {
   m.attr("CUDA_WORKSPACE_BLOCKS") =
       py::dict(py::arg("masked_mse") = deeprec::kMaskedMseMaxBlocks,
                py::arg("sddmm_residual") = deeprec::kSparseMaxBlocks);
-#define DEEPREC_BIND_CUDA(name, args, cuda_tail, doc) \
-  bind_kernel(m, #name "_cuda", &deeprec::name##_cuda, doc ", CUDA.", join(deeprec::args, cuda_tail));
+#define DEEPREC_BIND_CUDA(name, args, cuda_tail, doc)                              \
+  bind_kernel(m, kernel_args, #name "_cuda", &deeprec::name##_cuda, doc ", CUDA.", \
+              join(deeprec::args, cuda_tail));
   DEEPREC_KERNELS(DEEPREC_BIND_CUDA)
   m.def("cuda_kernel_problem", &cuda_kernel_problem,
         "Empty string if the CUDA kernels run on the device, else the reason.");
@@ -219,4 +226,5 @@ PYBIND11_MODULE(_C, m) {
   m.attr("WITH_CUDA") = false;
   m.attr("CUDA_ARCHS") = "";
 #endif
+  m.attr("KERNEL_ARGS") = kernel_args;
 }

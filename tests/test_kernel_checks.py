@@ -291,3 +291,38 @@ def test_edit_battery_and_fuzzer_run_under_ci_sanitizers():
     text = ci.read_text()
     assert "tests/test_kernel_checks.py" in text and "tests/test_fuzz.py" in text
     assert os.path.exists(Path(__file__).with_name("edit_battery.py"))
+
+
+def test_kernel_arguments_travel_by_name():
+    """Every launch names every argument; the names are the family header's (KERNEL_ARGS),
+    so a misnamed or missing one is a TypeError and an argument given out of order still
+    lands in its own place."""
+    from deeprec.ops import _native
+    from deeprec.ops.launch import error_word, ptr
+
+    C = _native.module()
+    out = torch.randn(3, 5, dtype=torch.float64)
+    crow = torch.tensor([0, 2, 2, 3])
+    col = torch.tensor([1, 4, 0])
+    val = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    args = dict(out=ptr(out), crow=ptr(crow), col=ptr(col), val=ptr(val), B=3, N=5, nnz=3,
+                dtype=C.DTYPE_CODES["float64"], index_dtype=C.INDEX_CODES["int64"], grad=0,
+                grad_scale=0, err=ptr(error_word(torch.device("cpu"))), err_tag=1,
+                num_threads=1)  # fmt: skip
+    loss_in_order, loss_shuffled = torch.empty((), dtype=torch.float64), torch.empty(())
+    loss_shuffled = loss_shuffled.double()
+    _native.call("masked_mse_cpu", {**dict(list(args.items())[:9]), "loss": ptr(loss_in_order),
+                                    **dict(list(args.items())[9:])})  # fmt: skip
+    _native.call("masked_mse_cpu", {"loss": ptr(loss_shuffled), **dict(reversed(args.items()))})
+    want = masked_mse_reference(out, crow, col, val)
+    torch.testing.assert_close(loss_in_order, want)
+    torch.testing.assert_close(loss_shuffled, want)
+    for bad in ({**args}, {**args, "loss": 0, "H": 4}, {**args, "los": 0}):
+        with pytest.raises(TypeError, match="masked_mse_cpu: arguments"):
+            _native.call("masked_mse_cpu", bad)
+    for name, names in C.KERNEL_ARGS.items():  # the CPU tail, and the header's names first
+        if name.endswith("_cpu"):
+            assert names[-3:] == ("err", "err_tag", "num_threads"), name
+            cuda = C.KERNEL_ARGS.get(name.replace("_cpu", "_cuda"))
+            if cuda is not None:
+                assert cuda[: len(names) - 3] == names[:-3], name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from itertools import pairwise
 
 import numpy as np
@@ -85,22 +86,48 @@ def test_input_dropout_is_training_only_and_the_sparse_path_matches_the_dense_on
     assert a.item() != b.item()  # different masks -> different losses
 
 
+def _frame(rows):
+    return pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+
+
 def test_ranking_metrics_on_a_hand_example():
-    # one user, 5 items; item 0 rated in training, validation: item 3 (5 stars), item 4 (2 stars)
-    train = pd.DataFrame(
-        [(1, 0, 4.0, 0), (2, 1, 3.0, 0), (2, 2, 3.0, 0), (2, 3, 3.0, 0), (2, 4, 3.0, 0)],
-        columns=["user", "item", "rating", "timestamp"],
-    )
-    val = pd.DataFrame(
-        [(1, 3, 5.0, 1), (1, 4, 2.0, 1)], columns=["user", "item", "rating", "timestamp"]
-    )
+    # user 1: item 0 in training; validation item 3 (5 stars, relevant), item 4 (2 stars).
+    # user 3: item 1 in training; validation items 0 and 2 (relevant). user 2: no validation.
+    train = _frame([(1, 0, 4.0, 0), (2, 1, 3.0, 0), (2, 2, 3.0, 0), (2, 3, 3.0, 0),
+                    (2, 4, 3.0, 0), (3, 1, 3.0, 0)])  # fmt: skip
+    val = _frame([(1, 3, 5.0, 1), (1, 4, 2.0, 1), (3, 0, 4.0, 1), (3, 2, 4.5, 1)])
     m = RatingMatrix.from_split(train, val, "user")
-    scores = np.array([[9.0, 1.0, 2.0, 3.0, 8.0]])  # item 0 excluded (rated); ranking 4,3,2,1
-    got = ranking_metrics(scores, np.array([0]), m, k=10)
-    assert got["users"] == 1
-    assert got["precision@10"] == pytest.approx(1 / 10)
+    scores = np.array(
+        [
+            [9.0, 1.0, 2.0, 3.0, 8.0],  # user 1: item 0 excluded; 4, 3, 2, 1
+            [0.0, 0.0, 0.0, 0.0, 0.0],  # user 2 (no relevant item: skipped)
+            [1.0, 5.0, 0.0, 4.0, 3.0],
+        ]
+    )  # user 3: item 1 excluded; 3, 4, 0, 2
+    got = ranking_metrics(scores, np.array([0, 1, 2]), m)  # fmt: skip
+    assert got["users"] == 2
+    u1_ndcg = 1 / np.log2(3)  # one relevant item, hit at rank 2
+    u3_ndcg = (1 / np.log2(4) + 1 / np.log2(5)) / (1 + 1 / np.log2(3))  # hits at 3 and 4
+    assert got["precision@10"] == pytest.approx((1 / 10 + 2 / 10) / 2)
     assert got["recall@10"] == pytest.approx(1.0)
-    assert got["ndcg@10"] == pytest.approx((1 / np.log2(3)) / 1.0)  # hit at rank 2
+    assert got["recall@20"] == pytest.approx(1.0)  # hits / min(20, relevant)
+    assert got["ndcg@10"] == pytest.approx((u1_ndcg + u3_ndcg) / 2)
+    assert got["ndcg@100"] == pytest.approx(got["ndcg@10"])  # every list is shorter than 10
+    lo, hi = got["ndcg@10_ci95"]
+    assert min(u1_ndcg, u3_ndcg) - 1e-12 <= lo <= got["ndcg@10"] <= hi <= max(u1_ndcg, u3_ndcg)
+
+
+def test_coverage_and_popularity_rank_on_a_hand_example():
+    # 12 items; user 2 rated all of them, user 1 only item 0, so item 0 is the most rated
+    # (popularity rank 1) and items 1..11 follow in index order (ranks 2..12).
+    train = _frame([(1, 0, 4.0, 0), *((2, i, 3.0, 0) for i in range(12))])
+    m = RatingMatrix.from_split(train, _frame([(1, 5, 5.0, 1)]), "user")
+    scores = np.arange(12.0)[::-1][None, :]  # item 0 best (excluded), then 1, 2, ...
+    got = ranking_metrics(scores, np.array([0]), m)
+    assert got["coverage@10"] == pytest.approx(10 / 12)  # items 1..10 shown
+    assert got["popularity_rank@10"] == pytest.approx(np.mean(np.arange(2, 12)))
+    assert got["ndcg@10"] == pytest.approx(1 / np.log2(6))  # item 5 at rank 5
+    assert got["precision@10"] == pytest.approx(0.1) and got["recall@20"] == 1.0
 
 
 def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_more_data():
@@ -229,3 +256,47 @@ def test_interrupted_schedule_and_refeed_run_resumes_exactly(tmp_path, monkeypat
     for x, y in zip(a, b, strict=True):
         assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-6)
         assert x["val_rmse"] == pytest.approx(y["val_rmse"], abs=1e-6)
+
+
+def test_ease_equals_its_definition_solved_column_by_column():
+    """EASE's closed form against the problem it solves: for each item j, the ridge
+    regression of column j of X on the other columns (the zero-diagonal constraint)."""
+    import scipy.sparse as sp
+
+    from deeprec.quality import ease
+
+    rng = np.random.default_rng(0)
+    X = (rng.random((30, 8)) < 0.35).astype(float)
+    lam = 2.5
+    got = ease.fit(sp.csr_matrix(X * rng.uniform(1, 5, X.shape)), lam)  # values are ignored
+    for j in range(X.shape[1]):
+        others = [i for i in range(X.shape[1]) if i != j]
+        A = X[:, others]
+        b = np.linalg.solve(A.T @ A + lam * np.eye(len(others)), A.T @ X[:, j])
+        np.testing.assert_allclose(got.weights[others, j], b, rtol=1e-4, atol=1e-6)
+        assert got.weights[j, j] == 0.0
+    np.testing.assert_allclose(got.scores(sp.csr_matrix(X)), X @ got.weights, rtol=1e-5)
+    with pytest.raises(ValueError, match="lam > 0"):
+        ease.fit(sp.csr_matrix(X), 0.0)
+
+
+def test_evaluate_writes_every_metric_as_json(tmp_path, capsys):
+    data = write_movielens_csv(tmp_path / "toy")
+    out = tmp_path / "run"
+    assert train_main(["--data", str(data), "--out", str(out), "--hidden", "8", "--epochs", "2",
+                       "--split", "user-time", "--quiet"]) == 0  # fmt: skip
+    report = tmp_path / "metrics" / "eval.json"
+    assert evaluate_main(["--checkpoint", str(out), "--out", str(report)]) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(report.read_text())
+    assert set(doc["models"]) == {"deeprec", "global mean", "user+item bias", "popularity", "EASE"}
+    for name in ("deeprec", "popularity", "EASE"):
+        row = doc["models"][name]
+        for key in ("precision@10", "recall@10", "ndcg@10", "recall@20", "ndcg@100",
+                    "coverage@10", "popularity_rank@10"):  # fmt: skip
+            assert np.isfinite(row[key]), (name, key)
+        lo, hi = row["ndcg@10_ci95"]
+        assert lo <= row["ndcg@10"] <= hi
+        assert f"{row['ndcg@10']:.4f}" in printed
+    assert evaluate_main(["--checkpoint", str(out), "--out", str(tmp_path / "e.txt")]) == 2
+    assert evaluate_main(["--checkpoint", str(out), "--ease-lambda", "-1"]) == 2

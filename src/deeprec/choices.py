@@ -10,4 +10,5 @@ ORIENTATIONS = ("user", "item")  # rows are users (U-AutoRec) or items (I-AutoRe
 ACTIVATIONS = ("elu", "lrelu", "none", "relu", "selu", "sigmoid", "swish", "tanh")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "sparse-adam")
 LR_SCHEDULES = ("constant", "cosine")
+OBJECTIVES = ("mse", "multinomial")
 DATA_ON_DEVICE = ("auto", "yes", "no")

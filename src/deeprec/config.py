@@ -32,6 +32,7 @@ from deeprec.choices import (
     ACTIVATIONS,
     DATA_ON_DEVICE,
     LR_SCHEDULES,
+    OBJECTIVES,
     OPTIMIZERS,
     ORIENTATIONS,
     SPLITS,
@@ -103,6 +104,14 @@ class Config:
         "dropout on the input ratings while training (denoising)",
         "model",
         range=(0, 1, True, False),
+    )
+    objective: str = _option(
+        "mse",
+        "what the model learns: mse (the ratings, masked MSE at the stored ones) or "
+        "multinomial (Mult-DAE: which items a user rated, a softmax over every item; for "
+        "top-k lists, needs --by user and a linear output)",
+        "model",
+        choices=OBJECTIVES,
     )
     residual: bool = _option(
         False, "learn the residual over the regularized user+item bias baseline", "model"
@@ -228,6 +237,23 @@ class Config:
                 check_range(f.name, value, f.metadata["range"])
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden: layer sizes must be positive integers, got {self.hidden}")
+        if self.objective == "multinomial":
+            clash = [
+                flag
+                for flag, bad in (
+                    ("--by item", self.by != "user"),
+                    (f"--last-activation {self.last_activation}", self.last_activation != "none"),
+                    ("--residual", self.residual),
+                    ("--refeed", self.refeed),
+                    ("--optimizer sparse-adam", self.optimizer == "sparse-adam"),
+                )
+                if bad
+            ]
+            if clash:
+                raise ConfigError(
+                    f"--objective multinomial (a softmax over a user's items) does not go with "
+                    f"{', '.join(clash)}"
+                )
 
     # ------------------------------------------------------------------ argparse
     @classmethod

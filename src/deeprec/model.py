@@ -14,6 +14,7 @@ from torch import nn
 
 from deeprec import choices
 from deeprec.config import Config
+from deeprec.csr import entry_rows as entry_rows_of
 from deeprec.ops import sparse_linear, sparse_output_mse
 
 ACTIVATIONS = {
@@ -69,6 +70,7 @@ class AutoEncoder(nn.Module):
         tied: bool = False,
         last_activation: str = "none",
         input_dropout: float = 0.0,
+        objective: str = "mse",
     ) -> None:
         super().__init__()
         for name in (activation, last_activation):
@@ -89,7 +91,11 @@ class AutoEncoder(nn.Module):
             tied=tied,
             last_activation=last_activation,
             input_dropout=input_dropout,
+            objective=objective,
         )
+        if objective not in choices.OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose from {choices.OBJECTIVES}")
+        self.multinomial = objective == "multinomial"
         sizes = [n_in, *hidden]
         self.encoder = nn.ModuleList(
             [InputLayer(n_in, hidden[0]), *(nn.Linear(a, b) for a, b in pairwise(hidden))]
@@ -119,9 +125,13 @@ class AutoEncoder(nn.Module):
             tied=config.tied,
             last_activation=config.last_activation,
             input_dropout=config.input_dropout,
+            objective=config.objective,
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.multinomial:  # who rated what, each row scaled to unit length
+            rated = (x != 0).to(x.dtype)
+            x = rated / rated.norm(dim=1, keepdim=True).clamp(min=1e-12)
         x = nn.functional.dropout(x, self.config["input_dropout"], self.training)
         return self.encode_rest(self.encoder[0](x))
 
@@ -159,6 +169,36 @@ class AutoEncoder(nn.Module):
         """The sparse path needs a linear output layer; a last activation needs the dense one."""
         return self.config["last_activation"] == "none"
 
+    def multinomial_loss(
+        self,
+        crow: torch.Tensor,
+        col: torch.Tensor,
+        index=None,
+        impl: str = "fused",
+    ) -> torch.Tensor:
+        """Mult-DAE's loss on a CSR batch of who-rated-what (the values are not read): the
+        negative multinomial log-likelihood of each row's items under a softmax over every
+        item, averaged over the rows. The input is each row's binary vector scaled to unit
+        length, read by the sparse input layer (no dense input); the output is dense (a
+        softmax needs every item's logit). Equals multinomial_reference on the dense rows."""
+        rows = entry_rows_of(crow, col.numel())
+        x_val = self.input_values(crow, col, None, rows)
+        first = self.encoder[0]
+        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
+        h = self.decode_hidden(self.encode_rest(z1))
+        out_weight, out_bias = self.output_layer()
+        log_p = nn.functional.linear(h, out_weight, out_bias).log_softmax(1)
+        return -log_p[rows, col].sum() / max(crow.numel() - 1, 1)
+
+    def input_values(self, crow, col, val, rows=None) -> torch.Tensor:
+        """The stored input values the sparse input layer reads, after input dropout: the
+        ratings, or for a multinomial model 1 / sqrt(the row's count) (unit-length rows)."""
+        if self.multinomial:
+            rows = entry_rows_of(crow, col.numel()) if rows is None else rows
+            counts = (crow[1:] - crow[:-1]).clamp(min=1).to(self.encoder[0].weight.dtype)
+            val = counts.rsqrt()[rows]
+        return nn.functional.dropout(val, self.config["input_dropout"], self.training)
+
     def sparse_loss(
         self,
         crow: torch.Tensor,
@@ -178,7 +218,7 @@ class AutoEncoder(nn.Module):
             raise ValueError("sparse_loss needs last_activation='none' (a linear output layer)")
         first = self.encoder[0]
         # Dropout on the stored values is dropout on the dense input (its zeros stay zero).
-        x_val = nn.functional.dropout(val, self.config["input_dropout"], self.training)
+        x_val = self.input_values(crow, col, val)
         z1 = sparse_linear(
             (crow, col, x_val),
             first.weight,
@@ -208,7 +248,7 @@ class AutoEncoder(nn.Module):
         if not self.supports_sparse:
             raise ValueError("outputs_at needs last_activation='none' (a linear output layer)")
         first = self.encoder[0]
-        x_val = nn.functional.dropout(val, self.config["input_dropout"], self.training)
+        x_val = self.input_values(crow, col, val)
         z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
         h = self.decode_hidden(self.encode_rest(z1))
         weight, bias = self.output_layer()
@@ -225,3 +265,11 @@ class AutoEncoder(nn.Module):
         h = self.decode_hidden(self.encode(x))
         weight, bias = self.output_layer()
         return self.last_act(nn.functional.linear(h, weight, bias))
+
+
+def multinomial_reference(model: AutoEncoder, ratings: torch.Tensor) -> torch.Tensor:
+    """Mult-DAE's loss from its definition on dense rows of ratings (0: not rated): the
+    mean over rows of -sum_i rated_i log softmax(model(ratings))_i (the model reads who
+    rated what, each row scaled to unit length)."""
+    rated = (ratings != 0).to(ratings.dtype)
+    return -(model(ratings).log_softmax(1) * rated).sum(1).mean()

@@ -173,10 +173,16 @@ def _train(args: argparse.Namespace, world: distributed.World, device: torch.dev
     finally:
         if log is not None:
             log.close()
-    say(
-        f"final val RMSE {final['val_rmse']:.4f}  MAE {final['val_mae']:.4f} "
-        f"(unclipped {final['val_rmse_unclipped']:.4f})  -> {job.folder.path}"
-    )
+    if "val_rmse" in final:
+        say(
+            f"final val RMSE {final['val_rmse']:.4f}  MAE {final['val_mae']:.4f} "
+            f"(unclipped {final['val_rmse_unclipped']:.4f})  -> {job.folder.path}"
+        )
+    else:
+        say(
+            f"final val NDCG@10 {final['val_ndcg@10']:.4f}  Recall@20 "
+            f"{final['val_recall@20']:.4f}  -> {job.folder.path}"
+        )
     return 0
 
 

@@ -39,6 +39,11 @@ def export_onnx(run: Trained, out: Path, check_rows: int = 64) -> dict[str, floa
             "an item-based model (--by item) has no input row for a user, so an export could "
             "not serve one; export a user-based model, or recommend with --checkpoint"
         )
+    if run.config.objective != "mse":
+        raise ExportError(
+            "the ONNX scorer serves rating models (--objective mse); recommend with a ranking "
+            "model through --checkpoint"
+        )
     try:
         import onnxruntime  # noqa: F401 - checked before the slow export
     except ImportError:

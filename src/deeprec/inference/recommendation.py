@@ -20,12 +20,19 @@ class TrainedScorer:
         matrix = run.matrix
         self.user_ids, self.item_ids = matrix.user_ids(), matrix.item_ids()
         self.titles, self.scale = run.dataset.titles, matrix.scale
+        if run.config.objective == "multinomial":  # scores are log-probabilities, not ratings
+            self.scale = (-np.inf, np.inf)
         # each user's training items, as item positions (a CSR by user in either orientation)
         self._by_user = matrix.by_user()
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
+        """Predicted ratings of every item; for a ranking (multinomial) model the log of
+        the probability it gives each item (the same order as its raw scores)."""
         run = self.run
-        return score_items(run.model, run.inputs, users, run.device, run.offsets)
+        scores = score_items(run.model, run.inputs, users, run.device, run.offsets)
+        if run.config.objective == "multinomial":
+            scores = torch.from_numpy(scores).log_softmax(1).numpy()
+        return scores
 
     def rated(self, user: int) -> np.ndarray:
         return self._by_user.indices[self._by_user.indptr[user] : self._by_user.indptr[user + 1]]

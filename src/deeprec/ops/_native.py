@@ -49,6 +49,20 @@ DTYPE_CODE = {getattr(torch, k): v for k, v in (_C.DTYPE_CODES.items() if _C els
 INDEX_CODE = {getattr(torch, k): v for k, v in (_C.INDEX_CODES.items() if _C else ())}
 
 
+def call(entry: str, args: dict[str, object]) -> None:
+    """deeprec._C.<entry> with every argument given by name: the names must be exactly the
+    entry point's (KERNEL_ARGS, from the family headers), so a missing, extra or misnamed
+    argument is a TypeError, never a value in the wrong place. Called positionally in the
+    declared order (a keyword call costs pybind11 microseconds per launch)."""
+    names = _C.KERNEL_ARGS[entry]
+    if tuple(args) != names:
+        if set(args) != set(names):
+            wrong = sorted(set(args) ^ set(names))
+            raise TypeError(f"deeprec._C.{entry}: arguments {wrong} do not match {names}")
+        args = {name: args[name] for name in names}
+    getattr(_C, entry)(*args.values())
+
+
 def kernel_dtypes(family: str, device_type: str) -> tuple[torch.dtype, ...]:
     """The scalar dtypes kernel ``family`` (masked_mse, sparse_layers, row_adam) runs on
     ``device_type``, as the compiled module's table says (empty without the module)."""

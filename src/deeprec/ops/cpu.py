@@ -14,5 +14,6 @@ def threads() -> int:
 
 def run(kernel: str, args: dict[str, object], err: int, err_tag: int) -> None:
     """deeprec._C.<kernel>_cpu(**args, err, err_tag, num_threads); raises its BadIndex."""
-    entry = getattr(_native.module(), f"{kernel}_cpu")
-    entry(**args, err=err, err_tag=err_tag, num_threads=threads())
+    _native.call(
+        f"{kernel}_cpu", {**args, "err": err, "err_tag": err_tag, "num_threads": threads()}
+    )

@@ -36,7 +36,8 @@ def run(
             partials, counter = reduction_workspace(device, blocks)
         args = {**args, "partials": _address(partials), "counter": _address(counter)}
     index, stream = target(device)
-    getattr(C, f"{kernel}_cuda")(**args, err=err, err_tag=err_tag, device=index, stream=stream)
+    tail = {"err": err, "err_tag": err_tag, "device": index, "stream": stream}
+    _native.call(f"{kernel}_cuda", {**args, **tail})
 
 
 def _address(t: torch.Tensor | None) -> int:

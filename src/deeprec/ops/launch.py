@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from deeprec.ops import _native
+from deeprec.ops import _native, cpu, cuda
 
 Impl = Literal["auto", "fused", "reference"]
 _warned: set[tuple[str, str]] = set()
@@ -258,14 +258,10 @@ def launch(kernel: str, device: torch.device, *, op: str, reduce: bool = True, *
     """
     word = error_word(device)
     if device.type == "cpu":
-        from deeprec.ops import cpu
-
         try:
             cpu.run(kernel, args, ptr(word), _TAG[op])
         except _native.module().BadIndex:
             _raise_from(word)
             raise  # a BadIndex with no word recorded: say what the binding said
         return
-    from deeprec.ops import cuda
-
     cuda.run(kernel, device, args, ptr(word), _TAG[op], reduce)

@@ -2,9 +2,11 @@
 
 Rating accuracy: RMSE (with a bootstrap 95% interval over the validation ratings) and MAE
 of the model, the global mean and the regularized user+item bias model (deeprec.quality.baseline),
-all clipped to the rating scale. Ranking: Precision@10, Recall@10 and NDCG@10 of each
-user's top 10 unrated items, an item being relevant when the user rated it >= 4 in
-validation, against ranking by popularity (training rating count).
+all clipped to the rating scale. Ranking: Precision@10, Recall@10, NDCG@10 (with a
+bootstrap 95% interval over users), Recall@20 and NDCG@100 of each user's top unrated
+items, an item being relevant when the user rated it >= 4 in validation, the catalog
+coverage and mean popularity rank of the top 10s, against ranking by popularity (training
+rating count) and EASE (deeprec.quality.ease, the strongest simple top-k anchor).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 
 from deeprec.data import RatingMatrix
 from deeprec.inference.predict import predict_entries, rmse_mae, score_items
-from deeprec.quality import baseline
+from deeprec.quality import baseline, ease
+from deeprec.quality.metrics import ranking_metrics
 from deeprec.run import Trained
 
 
@@ -38,53 +41,15 @@ def user_view(matrix: RatingMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return matrix.user_view()
 
 
-def ranking_metrics(
-    scores: np.ndarray,
-    users: np.ndarray,
-    matrix: RatingMatrix,
-    k: int = 10,
-    relevant_at: float = 4.0,
-) -> dict[str, float]:
-    """Mean Precision@k, Recall@k and NDCG@k over users with a relevant validation item.
-
-    scores: (len(users), n_items); items a user rated in training are never recommended.
-    """
-    v_user, v_item, v_rating = user_view(matrix)
-    train_by_user = matrix.by_user()
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    precision, recall, ndcg = [], [], []
-    for row, u in enumerate(users):
-        relevant = set(v_item[(v_user == u) & (v_rating >= relevant_at)].tolist())
-        if not relevant:
-            continue
-        s = scores[row].copy()
-        s[train_by_user[u].indices] = -np.inf
-        top = np.argpartition(-s, k)[:k] if len(s) > k else np.arange(len(s))
-        top = top[np.argsort(-s[top], kind="stable")]
-        hits = np.array([i in relevant for i in top], dtype=float)
-        precision.append(hits.sum() / k)
-        recall.append(hits.sum() / len(relevant))
-        ideal = discounts[: min(len(relevant), k)].sum()
-        ndcg.append((hits * discounts[: len(hits)]).sum() / ideal)
-    if not precision:
-        return {
-            "precision@10": float("nan"),
-            "recall@10": float("nan"),
-            "ndcg@10": float("nan"),
-            "users": 0,
-        }
-    return {
-        "precision@10": float(np.mean(precision)),
-        "recall@10": float(np.mean(recall)),
-        "ndcg@10": float(np.mean(ndcg)),
-        "users": len(precision),
-    }
-
-
 def evaluate(
-    run: Trained, device: torch.device | str = "cpu", ranking: bool = True
+    run: Trained,
+    device: torch.device | str = "cpu",
+    ranking: bool = True,
+    ease_lambda: float | None = 250.0,
 ) -> dict[str, dict]:
-    """Accuracy (RMSE with 95% interval, MAE) and ranking metrics of the model and baselines."""
+    """Accuracy (RMSE with 95% interval, MAE) and ranking metrics of the model and baselines.
+
+    ease_lambda: EASE's L2 weight for the EASE ranking anchor (None: no EASE row)."""
     m = run.matrix
     lo, hi = m.scale
     fitted = baseline.fit(m.train, m.by)
@@ -108,4 +73,8 @@ def evaluate(
         counts = np.bincount(m.by_user().indices, minlength=m.n_items).astype(float)
         popularity = np.broadcast_to(counts, (len(users), m.n_items))
         table["popularity"] = ranking_metrics(popularity, users, m)
+        if ease_lambda is not None:
+            by_user = m.by_user()
+            anchor = ease.fit(by_user, ease_lambda)
+            table["EASE"] = ranking_metrics(anchor.scores(by_user[users]), users, m)
     return table

@@ -122,6 +122,9 @@ def train_inner(
     may raise to stop). label: the progress bar's name for the trial (None: no bar)."""
     curve: list[float] = []
 
+    if config.objective != "mse":
+        raise ConfigError("tune searches rating recipes (--objective mse)")
+
     def after_epoch(_trainer: Trainer, record: dict[str, Any]) -> None:
         curve.append(record["val_rmse"])
         if report is not None:

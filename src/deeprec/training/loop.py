@@ -18,9 +18,10 @@ from tqdm import tqdm
 from deeprec.config import Config, ConfigError
 from deeprec.data import Batch, RatingMatrix
 from deeprec.distributed import ALONE, World, all_sum, reduce_gradients
-from deeprec.inference.predict import predict_entries
+from deeprec.inference.predict import predict_entries, score_items
 from deeprec.model import AutoEncoder
 from deeprec.ops import masked_mse, read_checked
+from deeprec.quality.metrics import ranking_metrics
 from deeprec.training.assembly import Trainer
 from deeprec.training.plan import TrainingPlan
 
@@ -51,7 +52,11 @@ def flushed_denormals() -> Iterator[None]:
 
 def batch_loss(model: AutoEncoder, batch: Batch, path: TrainingPlan) -> torch.Tensor:
     """The training loss of one batch: masked MSE of the reconstruction at the stored ratings,
-    computed the way ``path`` says (all three give the same value and gradients)."""
+    computed the way ``path`` says (all three give the same value and gradients), or the
+    multinomial loss of a ranking model."""
+    if path.objective == "multinomial":
+        index = batch.index if path.impl == "fused" else None
+        return model.multinomial_loss(batch.crow, batch.col, index=index, impl=path.impl)
     if path.loss == "sparse":
         return model.sparse_loss(
             *batch.csr, index=batch.index, impl="fused", sparse_grad=path.sparse_grad
@@ -137,7 +142,7 @@ def run_epoch(
         optimizer.step()
         if refeed:
             refeed_step(model, optimizer, batch)
-        losses.add(loss, batch.nnz)
+        losses.add(loss, batch.nnz if path.objective == "mse" else batch.crow.numel() - 1)
         if losses.due():
             losses.read()
     return losses.read()
@@ -233,11 +238,27 @@ def validate(
 
 
 def validate_trainer(trainer: Trainer) -> dict[str, float]:
-    """validate() of a Trainer's model on its own validation ratings, the way it trains."""
+    """validate() of a Trainer's model on its own validation ratings, the way it trains; a
+    ranking model (multinomial) by the top-k metrics of its validation users instead."""
     t = trainer
+    if t.plan.objective == "multinomial":
+        return validate_ranking(t.model, t.inputs, t.device)
     return validate(
         t.model, t.inputs, t.device, t.offsets, t.world, source=t.source, impl=t.plan.impl
     )
+
+
+def validate_ranking(
+    model: AutoEncoder, matrix: RatingMatrix, device: torch.device
+) -> dict[str, float]:
+    """NDCG@10 and Recall@20 of the model's top items for the validation users (relevant:
+    a validation rating >= 4; training items excluded), as evaluate reports them."""
+    users = np.unique(matrix.user_view()[0])
+    if len(users) == 0:
+        return {"val_ndcg@10": float("nan"), "val_recall@20": float("nan")}
+    scores = score_items(model, matrix, users, device)
+    got = ranking_metrics(scores, users, matrix, reps=0)
+    return {"val_ndcg@10": got["ndcg@10"], "val_recall@20": got["recall@20"]}
 
 
 def fit(
@@ -296,8 +317,9 @@ def fit(
                 seconds = time.perf_counter() - t0
                 metrics = validate_trainer(t) if evaluate else {}
                 record = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds}
-                if evaluate:
-                    record["val_rmse"] = metrics["val_rmse"]
+                for key in ("val_rmse", "val_ndcg@10"):
+                    if key in metrics:
+                        record[key] = metrics[key]
                 t.history.append(record)
                 if world.main:
                     for sink in sinks:
@@ -319,6 +341,8 @@ def console(report: Callable[[str], None] = tqdm.write) -> Sink:
 
     def line(_trainer: Trainer, record: dict[str, Any]) -> None:
         rmse = f"  val RMSE {record['val_rmse']:.4f}" if "val_rmse" in record else ""
+        if "val_ndcg@10" in record:
+            rmse = f"  val NDCG@10 {record['val_ndcg@10']:.4f}"
         report(
             f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f}"
             f"{rmse}  {record['seconds']:.2f}s"

@@ -27,6 +27,9 @@ class TrainingPlan:
     sparse_grad: the item matrices get row-sparse gradients, for deeprec's row-sparse Adam.
     lazy: that Adam moves only the batch's rows (--optimizer sparse-adam).
     resident: the training ratings stay on the device (--data-on-device).
+    objective: "mse" (the ratings) or "multinomial" (Mult-DAE: the sparse input layer, a
+    dense softmax output; loss "sparse" then means the fused input layer, "reference" the
+    pure-PyTorch one).
     linear_output: the model's output layer is linear, so predictions at given entries
     need no dense output row.
     """
@@ -36,6 +39,7 @@ class TrainingPlan:
     lazy: bool = False
     resident: bool = False
     linear_output: bool = True
+    objective: str = "mse"
 
     @property
     def impl(self) -> str:
@@ -54,6 +58,11 @@ def plan(config: Config, device: torch.device) -> TrainingPlan:
     resident = config.data_on_device == "yes" or (
         config.data_on_device == "auto" and device.type == "cuda"
     )
+    if config.objective == "multinomial":  # Config.check has refused what does not fit
+        if config.fused and (reason := unavailable_reason(device)) is not None:
+            raise ConfigError(f"--fused: {reason}")
+        path = "sparse" if config.fused else "reference"
+        return TrainingPlan(path, resident=resident, objective="multinomial")
     if not config.fused:
         return TrainingPlan("reference", resident=resident, linear_output=linear)
     reason = unavailable_reason(device)

@@ -70,11 +70,15 @@ class RunFolder:
             epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train loss (masked MSE)"
         )
         ax.set_xlabel("epoch")
-        ax.set_ylabel("train loss (MSE)")
+        ax.set_ylabel("train loss")
         ax.set_yscale("log")
         ax2 = ax.twinx()
-        ax2.plot(epochs, [h["val_rmse"] for h in history], "s-", ms=3, color="C1", label="val RMSE")
-        ax2.set_ylabel("validation RMSE")
+        key, name = (
+            ("val_rmse", "RMSE") if "val_rmse" in history[-1] else ("val_ndcg@10", "NDCG@10")
+        )
+        values = [h.get(key, float("nan")) for h in history]
+        ax2.plot(epochs, values, "s-", ms=3, color="C1", label=f"val {name}")
+        ax2.set_ylabel(f"validation {name}")
         fig.legend(loc="upper right", fontsize=8)
         fig.tight_layout()
         fig.savefig(self.path / "loss.png")
