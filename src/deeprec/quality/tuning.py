@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,7 +247,7 @@ def run_study(
         n_trials=trials,
         timeout=timeout,
         catch=(ConfigError,),  # a diverged trial (TrainingDiverged) is a failed trial
-        show_progress_bar=progress,
+        show_progress_bar=progress and sys.stderr.isatty(),  # as tqdm does by itself
     )
     return study
 
