@@ -54,13 +54,14 @@ def call(entry: str, args: dict[str, object]) -> None:
     entry point's (KERNEL_ARGS, from the family headers), so a missing, extra or misnamed
     argument is a TypeError, never a value in the wrong place. Called positionally in the
     declared order (a keyword call costs pybind11 microseconds per launch)."""
-    names = _C.KERNEL_ARGS[entry]
+    C = module()  # through module(), which benchmarks/overhead.py swaps for a no-op stub
+    names = C.KERNEL_ARGS[entry]
     if tuple(args) != names:
         if set(args) != set(names):
             wrong = sorted(set(args) ^ set(names))
             raise TypeError(f"deeprec._C.{entry}: arguments {wrong} do not match {names}")
         args = {name: args[name] for name in names}
-    getattr(_C, entry)(*args.values())
+    getattr(C, entry)(*args.values())
 
 
 def kernel_dtypes(family: str, device_type: str) -> tuple[torch.dtype, ...]:
