@@ -5,9 +5,11 @@ the user did not rate in training is a candidate).
 
     python experiments/topk.py [--data ml-latest-small] [--split user-time] [--out FILE.md]
 
-Candidates are fixed below; a blend of EASE and Mult-DAE (their scores standardised per
-user, mixed with a weight chosen on the inner split) is scored too. Numbers go to stdout
-and, with --out, to a Markdown file.
+Candidates are fixed below. The top-k blend adds, to EASE's standardised scores (per user),
+w1 x the standardised predicted ratings of the rating recipe (`--preset best`, I-AutoRec)
+and w2 x Mult-DAE's: EASE ranks what a user will rate, the rating model what they will
+like, which is what "relevant" asks for. EASE's lambda, w1 and w2 are chosen on the inner
+split. Numbers go to stdout and, with --out, to a Markdown file.
 """
 
 from __future__ import annotations
@@ -35,17 +37,20 @@ MULT_DAE = [
     for e in (50, 100, 200)
     for wd in (0.0, 1e-4)
 ]
-BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+RATING_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
+DAE_WEIGHTS = (0.0, 0.1, 0.25, 0.5)
 
 
-def matrices(data: str, how: str) -> tuple[RatingMatrix, RatingMatrix]:
-    """(inner: the training ratings split again, outer: the reported split), users as rows."""
+def matrices(data: str, how: str) -> dict[str, tuple[RatingMatrix, RatingMatrix]]:
+    """{inner: the training ratings split again, outer: the reported split}, each as
+    (users as rows, items as rows)."""
     ds = load(data)
     train, val = split(ds.ratings, how)
     inner_train, inner_val = split(train, how)
-    outer = RatingMatrix.from_split(train, val, "user", ds.scale)
-    inner = RatingMatrix.from_split(inner_train, inner_val, "user", ds.scale)
-    return inner, outer
+    return {
+        name: tuple(RatingMatrix.from_split(a, b, by, ds.scale) for by in ("user", "item"))
+        for name, (a, b) in (("inner", (inner_train, inner_val)), ("outer", (train, val)))
+    }
 
 
 def val_users(m: RatingMatrix) -> np.ndarray:
@@ -76,14 +81,17 @@ def mult_dae_scores(m: RatingMatrix, users: np.ndarray, options: dict) -> np.nda
     return score_items(trainer.model, m, users, "cpu")
 
 
-def rating_model_scores(m: RatingMatrix, users: np.ndarray) -> np.ndarray:
-    """The rating recipe the README recommends with (--preset best), user-based here."""
+def rating_model_scores(m: RatingMatrix, by_item: RatingMatrix, users: np.ndarray) -> np.ndarray:
+    """Predicted ratings of the rating recipe (--preset best: I-AutoRec on ``by_item``, the
+    same ratings with items as rows), for ``users`` of ``m``, in m's item order."""
     from deeprec.config import load_preset
 
-    config = load_preset("best").replace(by="user", fused=True)
-    trainer = Trainer.assemble(config, m, torch.device("cpu"))
+    config = load_preset("best").replace(fused=True)
+    trainer = Trainer.assemble(config, by_item, torch.device("cpu"))
     fit(trainer, quiet=True, evaluate=False)
-    return score_items(trainer.model, trainer.inputs, users, "cpu", offsets=trainer.offsets)
+    upos = np.searchsorted(by_item.col_ids, m.row_ids[users])
+    s = score_items(trainer.model, trainer.inputs, upos, "cpu", offsets=trainer.offsets)
+    return s[:, np.searchsorted(by_item.row_ids, m.col_ids)]
 
 
 def standardised(scores: np.ndarray) -> np.ndarray:
@@ -103,14 +111,15 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     t0 = time.perf_counter()
-    inner, outer = matrices(args.data, args.split)
+    split_of = matrices(args.data, args.split)
+    (inner, inner_items), (outer, outer_items) = split_of["inner"], split_of["outer"]
     iu, ou = val_users(inner), val_users(outer)
     chosen: dict[str, object] = {}
     inner_scores: dict[str, float] = {}
-    # EASE: lambda on the inner split
-    best = max(EASE_LAMBDAS, key=lambda lam: ndcg(ease_scores(inner, iu, lam), iu, inner))
+    ease_inner = {lam: ease_scores(inner, iu, lam) for lam in EASE_LAMBDAS}
+    best = max(EASE_LAMBDAS, key=lambda lam: ndcg(ease_inner[lam], iu, inner))
     chosen["EASE lambda"] = best
-    # Mult-DAE: the candidate with the best inner NDCG@10
+    inner_scores["EASE"] = ndcg(ease_inner[best], iu, inner)
     trials = []
     for options in MULT_DAE:
         torch.manual_seed(0)
@@ -120,25 +129,30 @@ def main() -> None:
     score, options, dae_inner = max(trials, key=lambda t: t[0])
     chosen["Mult-DAE"] = options
     inner_scores["Mult-DAE"] = score
-    ease_inner = ease_scores(inner, iu, best)
-    inner_scores["EASE"] = ndcg(ease_inner, iu, inner)
-    mix = {
-        w: ndcg(w * standardised(dae_inner) + (1 - w) * standardised(ease_inner), iu, inner)
-        for w in BLEND_WEIGHTS
-    }
-    weight = max(mix, key=mix.get)
-    chosen["blend weight of Mult-DAE"] = weight
-    inner_scores["blend"] = mix[weight]
+    rating_inner = rating_model_scores(inner, inner_items, iu)
+    inner_scores["rating model"] = ndcg(rating_inner, iu, inner)
+    grid = {}
+    for lam in EASE_LAMBDAS:
+        for w1 in RATING_WEIGHTS:
+            for w2 in DAE_WEIGHTS:
+                mix = standardised(ease_inner[lam]) + w1 * standardised(rating_inner)
+                grid[lam, w1, w2] = ndcg(mix + w2 * standardised(dae_inner), iu, inner)
+    lam_b, w1, w2 = max(grid, key=grid.get)
+    chosen["blend"] = {"EASE lambda": lam_b, "rating weight": w1, "Mult-DAE weight": w2}
+    inner_scores["blend"] = grid[lam_b, w1, w2]
     # the reported split, once
     dae = mult_dae_scores(outer, ou, options)
+    rating = rating_model_scores(outer, outer_items, ou)
     ease_outer = ease_scores(outer, ou, best)
+    ease_blend = ease_outer if lam_b == best else ease_scores(outer, ou, lam_b)
     rows = {
         "popularity": popularity(outer, ou),
-        "deeprec --preset best (by user, ratings)": rating_model_scores(outer, ou),
+        "rating model (--preset best)": rating,
         f"EASE (lambda {best:g})": ease_outer,
-        "Mult-DAE": dae,
-        f"blend ({weight:g} Mult-DAE + {1 - weight:g} EASE)": weight * standardised(dae)
-        + (1 - weight) * standardised(ease_outer),
+        "Mult-DAE (--preset topk)": dae,
+        f"top-k blend (EASE lambda {lam_b:g} + {w1:g} rating + {w2:g} Mult-DAE)": (
+            standardised(ease_blend) + w1 * standardised(rating) + w2 * standardised(dae)
+        ),
     }
     table = {name: ranking_metrics(s, ou, outer) for name, s in rows.items()}
     lines = [

@@ -111,7 +111,8 @@ def _scorer(args: argparse.Namespace):
 
 def _source_folder(args: argparse.Namespace) -> Path:
     """The folder of the model recommended from: its run folder, blend folder, or the .onnx
-    file's folder (where --all-users writes recs.csv by default)."""
+    file's folder (where --all-users writes recs.csv by default). Resolved here rather than
+    by deeprec.training.RunFolder.of, which imports torch: the --onnx path never does."""
     if args.onnx is not None:
         return Path(args.onnx).parent
     if args.blend is not None:

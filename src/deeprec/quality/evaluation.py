@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deeprec.data import RatingMatrix
 from deeprec.inference.predict import predict_entries, rmse_mae, score_items
 from deeprec.quality import baseline, ease
 from deeprec.quality.metrics import ranking_metrics
@@ -34,11 +33,6 @@ def bootstrap_rmse(
         stats[i] = np.sqrt(err2[rng.integers(0, len(err2), len(err2))].mean())
     lo, hi = np.percentile(stats, [2.5, 97.5])
     return float(lo), float(hi)
-
-
-def user_view(matrix: RatingMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validation as (user index, item index, rating) whatever the matrix orientation."""
-    return matrix.user_view()
 
 
 def evaluate(
@@ -67,7 +61,7 @@ def evaluate(
         ci = bootstrap_rmse(clipped, m.val_ratings)
         table[name] = {"rmse": rmse, "rmse_ci95": ci, "mae": mae}
     if ranking:
-        users = np.unique(user_view(m)[0])
+        users = np.unique(m.user_view()[0])
         scores = score_items(run.model, run.inputs, users, device, offsets=run.offsets)
         table["deeprec"].update(ranking_metrics(scores, users, m))
         counts = np.bincount(m.by_user().indices, minlength=m.n_items).astype(float)
