@@ -5,7 +5,8 @@
 The recipe (a preset or --config file, with flags over it) is trained by item and by user;
 the blend's weights are fit on a nested split of the training ratings, the models retrained
 on the whole training part, and every model and the blend scored once on the validation
-ratings, with bootstrap 95% intervals. A leaf over deeprec.quality.blending.
+ratings, with bootstrap 95% intervals. With --topk, the top-k blend of
+deeprec.quality.topk_blend instead (lists, not ratings). A leaf over deeprec.quality.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from deeprec import cli
 from deeprec.config import Config, load_config_file, load_preset, presets
-from deeprec.quality import blending
+from deeprec.quality import blending, topk_blend
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         "DIR/item, DIR/user and DIR/blend.json) for python -m deeprec.recommend --blend DIR",
     )
     p.add_argument(
+        "--topk",
+        action="store_true",
+        help="the top-k blend instead (EASE + the rating recipe + Mult-DAE, for lists): train "
+        "its members on the training part and print their and its top-k metrics on the "
+        "validation users; with --save DIR keep it for recommend --blend DIR",
+    )
+    p.add_argument(
         "--quiet", action="store_true", help="no progress bars (none either when not a terminal)"
     )
     cli.add_debug(p)
@@ -54,6 +63,8 @@ def main(args: argparse.Namespace) -> int:
         cli.writable_file(args.out, "--out")
     if args.save is not None:
         cli.writable_folder(args.save, "--save")
+    if args.topk:
+        return _topk(args, config)
     result = blending.blend(config, args.data_dir, progress=not args.quiet)
     print(
         f"{config.data}, {config.split}: weights fit on {result.n_inner_val} inner validation "
@@ -78,6 +89,24 @@ def main(args: argparse.Namespace) -> int:
     if args.save is not None:
         blending.save(config, result, args.save, args.data_dir, progress=not args.quiet)
         print(f"saved the blend to {args.save} (recommend --blend {args.save})")
+    return 0
+
+
+def _topk(args: argparse.Namespace, config: Config) -> int:
+    if args.out is not None:
+        raise cli.UsageError("--out goes with the rating blend; --topk prints its table")
+    with tempfile.TemporaryDirectory(prefix="deeprec-topk-") as scratch:
+        folder = args.save if args.save is not None else Path(scratch)
+        topk_blend.save(config, folder, args.data_dir, progress=not args.quiet)
+        table = topk_blend.evaluate_saved(folder, args.data_dir)
+    print(f"{config.data}, {config.split}: top 10 of every unrated item, relevant = rated >= 4")
+    print(f"{'model':<30} {'P@10':>7} {'R@20':>7} {'NDCG@10':>8} {'95% interval':>18}")
+    for name, row in table.items():
+        lo, hi = row["ndcg@10_ci95"]
+        print(f"{name:<30} {row['precision@10']:7.4f} {row['recall@20']:7.4f} "
+              f"{row['ndcg@10']:8.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
+    if args.save is not None:
+        print(f"saved the top-k blend to {args.save} (recommend --blend {args.save})")
     return 0
 
 

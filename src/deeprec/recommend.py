@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--onnx", type=Path, help="an export of python -m deeprec.export (with its .npz sidecar)"
     )
     model.add_argument(
-        "--blend", type=Path, metavar="DIR", help="a blend saved by python -m deeprec.blend --save"
+        "--blend",
+        type=Path,
+        metavar="DIR",
+        help="a blend saved by python -m deeprec.blend --save (the rating blend) or "
+        "blend --topk --save (lists)",
     )
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="a user id from the training data")
@@ -99,9 +103,12 @@ def _scorer(args: argparse.Namespace):
     device = run.resolve_device(args.device)
     if args.blend is not None:
         from deeprec.quality.blending import BlendScorer
+        from deeprec.quality.topk_blend import TopkScorer
 
         if args.ratings is not None:
             raise cli.UsageError("--ratings needs --checkpoint or --onnx (a blend has no fold-in)")
+        if (args.blend / "topk.json").exists():
+            return TopkScorer(args.blend, args.data_dir, device), None
         return BlendScorer(args.blend, args.data_dir, device), None
     trained = run.load_trained(args.checkpoint, args.data_dir, device)
     return recommendation.TrainedScorer(trained), lambda given: recommendation.new_user(

@@ -1,0 +1,60 @@
+"""The top-k blend: EASE + the rating recipe + Mult-DAE, saved, scored and recommended from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datasets import write_movielens_csv
+
+from deeprec.blend import cli_main as blend_main
+from deeprec.quality import ease, topk_blend
+from deeprec.recommend import cli_main as recommend_main
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("topk")
+    data = write_movielens_csv(root / "toy")
+    folder = root / "blend"
+    # small members: the presets' shapes are kept, their epochs cut by --epochs
+    code = blend_main(["--topk", "--data", str(data), "--split", "user-time", "--epochs", "2",
+                       "--save", str(folder), "--quiet"])  # fmt: skip
+    assert code == 0
+    return data, folder
+
+
+def test_the_blend_is_its_recipe_applied_to_its_members(saved):
+    _, folder = saved
+    scorer = topk_blend.TopkScorer(folder, None, torch.device("cpu"))
+    users = np.arange(len(scorer.user_ids))
+    by_user = scorer.parts["ranking"].run.matrix.by_user()
+    r = topk_blend.Recipe()
+    want = (
+        topk_blend.standardised(ease.fit(by_user, r.ease_lambda).scores(by_user))
+        + r.rating_weight * topk_blend.standardised(scorer.parts["rating"].score_users(users))
+        + r.ranking_weight * topk_blend.standardised(scorer.parts["ranking"].score_users(users))
+    )
+    np.testing.assert_allclose(scorer.score_users(users), want, rtol=1e-6, atol=1e-6)
+    z = topk_blend.standardised(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
+    np.testing.assert_allclose(z[0], [-1.224744871, 0.0, 1.224744871], rtol=1e-8)
+    assert (z[1] == 0).all()  # a flat row stays 0
+
+
+def test_recommend_from_the_blend_never_shows_a_training_item(saved, capsys):
+    _, folder = saved
+    scorer = topk_blend.TopkScorer(folder, None, torch.device("cpu"))
+    user = int(scorer.user_ids[0])
+    capsys.readouterr()
+    assert recommend_main(["--blend", str(folder), "--user", str(user), "-k", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()[1:]
+    shown = {int(line.rsplit("[", 1)[1].rstrip("]")) for line in lines}
+    rated = set(scorer.item_ids[scorer.rated(0)].tolist())
+    assert len(shown) == 5 and not shown & rated
+
+
+def test_the_topk_blend_refuses_the_rating_blend_output_flag(saved, tmp_path, capsys):
+    data, _ = saved
+    code = blend_main(["--topk", "--data", str(data), "--split", "user-time", "--epochs", "1",
+                       "--out", str(tmp_path / "w.json"), "--quiet"])  # fmt: skip
+    assert code == 2 and "--out goes with the rating blend" in capsys.readouterr().err
