@@ -105,11 +105,7 @@ def ndcg(scores: np.ndarray, users: np.ndarray, m: RatingMatrix) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="ml-latest-small")
-    p.add_argument("--split", default="user-time")
-    p.add_argument("--out", type=Path)
-    args = p.parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     t0 = time.perf_counter()
     split_of = matrices(args.data, args.split)
     (inner, inner_items), (outer, outer_items) = split_of["inner"], split_of["outer"]
@@ -173,10 +169,23 @@ def main() -> None:
             f"{r['ndcg@100']:.4f} | {r['coverage@10']:.3f} | {r['popularity_rank@10']:.0f} |"
         )
     lines += ["", f"{table[next(iter(table))]['users']} users; {time.perf_counter() - t0:.0f} s."]
+    emit(lines, args.out)
+
+
+def emit(lines: list[str], out: Path | None) -> None:
+    """The report to stdout and, when asked, to a Markdown file."""
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        args.out.write_text(text)
+    if out:
+        out.write_text(text)
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", default="ml-latest-small")
+    p.add_argument("--split", default="user-time")
+    p.add_argument("--out", type=Path)
+    return p.parse_args()
 
 
 if __name__ == "__main__":

@@ -7,12 +7,10 @@ inner split, the reported split scored once.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
-from topk import matrices, ndcg, val_users
+from topk import emit, matrices, ndcg, parse_args, val_users
 
 from deeprec.data import RatingMatrix
 from deeprec.quality.metrics import ranking_metrics
@@ -43,11 +41,7 @@ def scores(kind: str, m: RatingMatrix, users: np.ndarray, options: dict) -> np.n
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="ml-latest-small")
-    p.add_argument("--split", default="user-time")
-    p.add_argument("--out", type=Path)
-    args = p.parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     t0 = time.perf_counter()
     split_of = matrices(args.data, args.split)
     inner, outer = split_of["inner"][0], split_of["outer"][0]
@@ -69,10 +63,7 @@ def main() -> None:
             f"{r['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}] | {r['recall@20']:.4f} |"
         )
     lines += ["", f"{time.perf_counter() - t0:.0f} s."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
