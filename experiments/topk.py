@@ -25,11 +25,11 @@ import torch
 from deeprec.config import Config
 from deeprec.data import RatingMatrix, load, split
 from deeprec.inference.predict import score_items
-from deeprec.quality import ease
+from deeprec.quality import ease, topk_blend
 from deeprec.quality.metrics import ranking_metrics
 from deeprec.training import Trainer, fit
 
-EASE_LAMBDAS = (100.0, 250.0, 500.0, 1000.0)
+EASE_LAMBDAS = topk_blend.GRID["ease_lambda"]
 # Mult-DAE as Liang et al. (2018): one tanh layer, input dropout 0.5, Adam; batch and epochs
 # scaled to a 600-user set.
 MULT_DAE = [
@@ -37,8 +37,8 @@ MULT_DAE = [
     for e in (50, 100, 200)
     for wd in (0.0, 1e-4)
 ]
-RATING_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
-DAE_WEIGHTS = (0.0, 0.1, 0.25, 0.5)
+RATING_WEIGHTS = topk_blend.GRID["rating_weight"]
+DAE_WEIGHTS = topk_blend.GRID["ranking_weight"]
 
 
 def matrices(data: str, how: str) -> dict[str, tuple[RatingMatrix, RatingMatrix]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -29,7 +31,12 @@ def test_the_blend_is_its_recipe_applied_to_its_members(saved):
     scorer = topk_blend.TopkScorer(folder, None, torch.device("cpu"))
     users = np.arange(len(scorer.user_ids))
     by_user = scorer.parts["ranking"].run.matrix.by_user()
-    r = topk_blend.Recipe()
+    r = scorer.recipe  # chosen on the inner split, from the grid
+    assert r.ease_lambda in topk_blend.GRID["ease_lambda"]
+    assert r.rating_weight in topk_blend.GRID["rating_weight"]
+    assert r.ranking_weight in topk_blend.GRID["ranking_weight"]
+    doc = json.loads((folder / "topk.json").read_text())
+    assert 0.0 <= doc["inner_ndcg@10"] <= 1.0
     want = (
         topk_blend.standardised(ease.fit(by_user, r.ease_lambda).scores(by_user))
         + r.rating_weight * topk_blend.standardised(scorer.parts["rating"].score_users(users))

@@ -97,9 +97,13 @@ def _topk(args: argparse.Namespace, config: Config) -> int:
         raise cli.UsageError("--out goes with the rating blend; --topk prints its table")
     with tempfile.TemporaryDirectory(prefix="deeprec-topk-") as scratch:
         folder = args.save if args.save is not None else Path(scratch)
-        topk_blend.save(config, folder, args.data_dir, progress=not args.quiet)
+        recipe = topk_blend.save(config, folder, args.data_dir, progress=not args.quiet)
         table = topk_blend.evaluate_saved(folder, args.data_dir)
     print(f"{config.data}, {config.split}: top 10 of every unrated item, relevant = rated >= 4")
+    print(
+        f"chosen on the inner split: EASE lambda {recipe.ease_lambda:g}, rating model x "
+        f"{recipe.rating_weight:g}, Mult-DAE x {recipe.ranking_weight:g}"
+    )
     print(f"{'model':<30} {'P@10':>7} {'R@20':>7} {'NDCG@10':>8} {'95% interval':>18}")
     for name, row in table.items():
         lo, hi = row["ndcg@10_ci95"]

@@ -7,9 +7,11 @@ summed with fixed weights:
   which predicts how much they will like it ("relevant" asks for both);
 - Mult-DAE (``--preset topk``), an autoencoder trained to rank.
 
-The weights and EASE's lambda were chosen on the inner split of ml-latest-small's user-time
-training ratings (experiments/topk.py, experiments/results/topk.md) and are the recipe: to
-re-run it on another set, ``python -m deeprec.blend --topk --data SET --split SPLIT``.
+EASE's lambda and the two weights are chosen on the inner split of the training ratings of
+whatever data and split the blend is built for (the split's rule applied again to its
+training part), as the rating blend fits its weights; the members are then trained on the
+whole training part. On ml-latest-small's user-time split the choice is lambda 100, 0.5 and
+0.25 (experiments/results/topk.md). ``python -m deeprec.blend --topk --data SET --split SPLIT``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch
 
 from deeprec import run
 from deeprec.config import Config, load_preset
-from deeprec.data import DataError
+from deeprec.data import DataError, RatingMatrix, load, split
+from deeprec.inference.predict import score_items
 from deeprec.inference.recommendation import TrainedScorer
 from deeprec.quality import ease
 
@@ -36,6 +39,12 @@ class Recipe:
 
 
 MEMBERS = ("rating", "ranking")  # run folders: --preset best, --preset topk
+# What the inner split chooses from.
+GRID = {
+    "ease_lambda": (100.0, 250.0, 500.0, 1000.0),
+    "rating_weight": (0.0, 0.25, 0.5, 0.75),
+    "ranking_weight": (0.0, 0.1, 0.25, 0.5),
+}
 
 
 def member_configs(base: Config) -> dict[str, Config]:
@@ -55,17 +64,90 @@ def standardised(scores: np.ndarray) -> np.ndarray:
     return (scores - mu) / np.where(sd > 0, sd, 1.0)
 
 
+def _member_scores(
+    config: Config, matrix: RatingMatrix, users_matrix: RatingMatrix, users: np.ndarray, label
+) -> np.ndarray:
+    """Scores of a member trained on ``matrix`` for ``users`` (positions in users_matrix, users
+    as rows), columns in users_matrix's item order, whatever the member's orientation."""
+    from deeprec.training import Trainer, fit
+
+    trainer = Trainer.assemble(config, matrix, torch.device("cpu"))
+    fit(trainer, quiet=label is None, label=label or "", evaluate=False)
+    if matrix.rows_are_users:
+        rows, cols = users, np.arange(users_matrix.n_items)
+    else:  # item-based: the users are its columns, the items its rows
+        rows = np.searchsorted(matrix.user_ids(), users_matrix.user_ids()[users])
+        cols = np.searchsorted(matrix.item_ids(), users_matrix.item_ids())
+    s = score_items(trainer.model, trainer.inputs, rows, "cpu", offsets=trainer.offsets)
+    return s[:, cols]
+
+
+def choose_recipe(
+    base: Config, data_dir: str | None, progress: bool = False
+) -> tuple[Recipe, float]:
+    """The GRID point with the best NDCG@10 on the inner split of ``base``'s training ratings
+    (members trained on the inner training part), and that NDCG@10."""
+    from deeprec.quality.metrics import ranking_metrics
+
+    dataset = load(base.data, data_dir)
+    train, _ = split(dataset.ratings, **base.split_options())
+    inner_train, inner_val = split(train, **base.split_options())
+    by_user, by_item = (
+        RatingMatrix.from_split(inner_train, inner_val, by, dataset.scale)
+        for by in ("user", "item")
+    )
+    users = np.unique(by_user.user_view()[0])
+    if len(users) == 0:
+        raise DataError(
+            f"the inner {base.split} split of {base.data} leaves no validation user to choose "
+            "the top-k blend's weights on; use more data or another --split"
+        )
+    configs = member_configs(base)
+    stage = "choosing on the inner split: " if progress else None
+    rating = standardised(_member_scores(
+        configs["rating"], by_item, by_user, users, stage and stage + "rating model "
+    ))  # fmt: skip
+    ranking = standardised(_member_scores(
+        configs["ranking"], by_user, by_user, users, stage and stage + "Mult-DAE "
+    ))  # fmt: skip
+    rated = by_user.by_user()
+    best, best_ndcg = Recipe(), -1.0
+    for lam in GRID["ease_lambda"]:
+        base_scores = standardised(ease.fit(rated, lam).scores(rated[users]))
+        for w1 in GRID["rating_weight"]:
+            for w2 in GRID["ranking_weight"]:
+                mix = base_scores + w1 * rating + w2 * ranking
+                ndcg = ranking_metrics(mix, users, by_user, reps=0)["ndcg@10"]
+                if ndcg > best_ndcg:
+                    best, best_ndcg = Recipe(lam, w1, w2), ndcg
+    return best, best_ndcg
+
+
 def save(
-    base: Config, folder: Path, data_dir: str | None, recipe: Recipe = Recipe(), progress=False
-) -> None:
-    """Train both members on the whole training part into folder/rating and folder/ranking
-    (run folders) and write folder/topk.json, for ``recommend --blend folder``."""
+    base: Config,
+    folder: Path,
+    data_dir: str | None,
+    recipe: Recipe | None = None,
+    progress: bool = False,
+) -> Recipe:
+    """Choose the recipe on the inner split (unless given), train both members on the whole
+    training part into folder/rating and folder/ranking (run folders) and write
+    folder/topk.json, for ``recommend --blend folder``. Returns the recipe."""
+    inner_ndcg = None
+    if recipe is None:
+        recipe, inner_ndcg = choose_recipe(base, data_dir, progress)
     folder.mkdir(parents=True, exist_ok=True)
     for name, config in member_configs(base).items():
         job = run.start(config, data_dir, torch.device("cpu"), folder / name)
         run.train(job, quiet=not progress, report=lambda _line: None)
-    doc = {"kind": "topk", "recipe": asdict(recipe), "base": base.to_dict()}
+    doc = {
+        "kind": "topk",
+        "recipe": asdict(recipe),
+        "inner_ndcg@10": inner_ndcg,
+        "base": base.to_dict(),
+    }
     (folder / "topk.json").write_text(json.dumps(doc, indent=1))
+    return recipe
 
 
 class TopkScorer:
