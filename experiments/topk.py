@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeprec.config import Config
+from deeprec.config import Config, load_preset
 from deeprec.data import RatingMatrix, load, split
-from deeprec.inference.predict import score_items
 from deeprec.quality import ease, topk_blend
 from deeprec.quality.metrics import ranking_metrics
-from deeprec.training import Trainer, fit
 
 EASE_LAMBDAS = topk_blend.GRID["ease_lambda"]
 # Mult-DAE as Liang et al. (2018): one tanh layer, input dropout 0.5, Adam; batch and epochs
@@ -76,28 +74,17 @@ def mult_dae_scores(m: RatingMatrix, users: np.ndarray, options: dict) -> np.nda
         fused=True,
         **options,
     )
-    trainer = Trainer.assemble(config, m, torch.device("cpu"))
-    fit(trainer, quiet=True, evaluate=False)
-    return score_items(trainer.model, m, users, "cpu")
+    return topk_blend.member_scores(config, m, m, users, None)
 
 
 def rating_model_scores(m: RatingMatrix, by_item: RatingMatrix, users: np.ndarray) -> np.ndarray:
     """Predicted ratings of the rating recipe (--preset best: I-AutoRec on ``by_item``, the
     same ratings with items as rows), for ``users`` of ``m``, in m's item order."""
-    from deeprec.config import load_preset
-
     config = load_preset("best").replace(fused=True)
-    trainer = Trainer.assemble(config, by_item, torch.device("cpu"))
-    fit(trainer, quiet=True, evaluate=False)
-    upos = np.searchsorted(by_item.col_ids, m.row_ids[users])
-    s = score_items(trainer.model, trainer.inputs, upos, "cpu", offsets=trainer.offsets)
-    return s[:, np.searchsorted(by_item.row_ids, m.col_ids)]
+    return topk_blend.member_scores(config, by_item, m, users, None)
 
 
-def standardised(scores: np.ndarray) -> np.ndarray:
-    mu = scores.mean(1, keepdims=True)
-    sd = scores.std(1, keepdims=True)
-    return (scores - mu) / np.where(sd > 0, sd, 1.0)
+standardised = topk_blend.standardised
 
 
 def ndcg(scores: np.ndarray, users: np.ndarray, m: RatingMatrix) -> float:

@@ -64,7 +64,7 @@ def standardised(scores: np.ndarray) -> np.ndarray:
     return (scores - mu) / np.where(sd > 0, sd, 1.0)
 
 
-def _member_scores(
+def member_scores(
     config: Config, matrix: RatingMatrix, users_matrix: RatingMatrix, users: np.ndarray, label
 ) -> np.ndarray:
     """Scores of a member trained on ``matrix`` for ``users`` (positions in users_matrix, users
@@ -104,10 +104,10 @@ def choose_recipe(
         )
     configs = member_configs(base)
     stage = "choosing on the inner split: " if progress else None
-    rating = standardised(_member_scores(
+    rating = standardised(member_scores(
         configs["rating"], by_item, by_user, users, stage and stage + "rating model "
     ))  # fmt: skip
-    ranking = standardised(_member_scores(
+    ranking = standardised(member_scores(
         configs["ranking"], by_user, by_user, users, stage and stage + "Mult-DAE "
     ))  # fmt: skip
     rated = by_user.by_user()
