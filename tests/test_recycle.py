@@ -71,3 +71,18 @@ def test_a_block_anything_still_reaches_is_not_reused(keep):
 def test_small_blocks_are_plain_allocations():
     small = recycle.empty(4, 4, torch.float32, torch.device("cpu"))
     assert small.shape == (4, 4) and not recycle._pool
+
+
+def test_the_pool_forgets_its_smallest_idle_block_among_blocks_of_other_sizes():
+    # more live blocks than the pool keeps, each a different size, then one more once the
+    # smallest is idle: the pool drops that one (comparing blocks by identity, not by value)
+    held = [recycle.empty(ROWS + 64 * k, COLS, torch.float32, torch.device("cpu"))
+            for k in range(recycle.KEEP, 0, -1)]  # fmt: skip
+    smallest = held.pop()
+    del smallest
+    gc.collect()
+    bigger = recycle.empty(2 * ROWS, COLS, torch.float32, torch.device("cpu"))
+    pool = recycle._pool[torch.float32]
+    assert len(pool) == recycle.KEEP
+    assert min(b.numel() for b in pool) == (ROWS + 64 * 2) * COLS
+    assert any(b.data_ptr() == bigger.data_ptr() for b in pool)

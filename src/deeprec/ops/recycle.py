@@ -59,6 +59,7 @@ def empty(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> tor
         blocks.append(base)
         if len(blocks) > KEEP:  # forget the smallest block nobody holds
             idle = [b for b in blocks if b is not base and _free(b)]
-            if idle:
-                blocks.remove(min(idle, key=torch.Tensor.numel))
+            if idle:  # by identity: list.remove would compare tensors with ==
+                smallest = min(idle, key=torch.Tensor.numel)
+                del blocks[next(i for i, b in enumerate(blocks) if b is smallest)]
         return base.view(rows, cols)
