@@ -19,7 +19,7 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("topk")
     data = write_movielens_csv(root / "toy")
     folder = root / "blend"
-    # small members: the presets' shapes are kept, their epochs cut by --epochs
+    # small members: the presets' shapes are kept, their epochs cut by --epochs (both)
     code = blend_main(["--topk", "--data", str(data), "--split", "user-time", "--epochs", "2",
                        "--save", str(folder), "--quiet"])  # fmt: skip
     assert code == 0
@@ -65,3 +65,15 @@ def test_the_topk_blend_refuses_the_rating_blend_output_flag(saved, tmp_path, ca
     code = blend_main(["--topk", "--data", str(data), "--split", "user-time", "--epochs", "1",
                        "--out", str(tmp_path / "w.json"), "--quiet"])  # fmt: skip
     assert code == 2 and "--out goes with the rating blend" in capsys.readouterr().err
+
+
+def test_recipe_flags_given_with_topk_reach_both_members(saved):
+    _, folder = saved
+    from deeprec import run
+
+    for name in topk_blend.MEMBERS:  # the fixture passed --epochs 2
+        trained = run.load_trained(folder / name, None, torch.device("cpu"))
+        assert trained.config.epochs == 2 and trained.state["epoch"] == 2
+    configs = topk_blend.member_configs(trained.config, {"hidden": [7]})
+    assert configs["rating"].hidden == configs["ranking"].hidden == [7]
+    assert configs["rating"].by == "item" and configs["ranking"].objective == "multinomial"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from deeprec import cli
 from deeprec.config import Config, load_config_file, load_preset, presets
-from deeprec.quality import blending, topk_blend
+from deeprec.quality import blending, strong_generalization, topk_blend
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the top-k blend instead (EASE + the rating recipe + Mult-DAE, for lists): train "
         "its members on the training part and print their and its top-k metrics on the "
-        "validation users; with --save DIR keep it for recommend --blend DIR",
+        "validation users; with --save DIR keep it for recommend --blend DIR. Recipe flags "
+        "given with it (e.g. --epochs) apply to both members",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("split", "strong"),
+        default="split",
+        help="with --topk: 'split' scores on --split's validation ratings; 'strong' holds "
+        "out users instead (strong generalization: 20%% of the users for choosing the "
+        "weights, 20%% for the report, 80%% of each one's ratings folded in, the rest "
+        "predicted; no model trains on them) [split]",
     )
     p.add_argument(
         "--quiet", action="store_true", help="no progress bars (none either when not a terminal)"
@@ -63,6 +73,15 @@ def main(args: argparse.Namespace) -> int:
         cli.writable_file(args.out, "--out")
     if args.save is not None:
         cli.writable_folder(args.save, "--save")
+    if args.topk and (args.preset or args.config):
+        raise cli.UsageError(
+            "--topk trains its own members (the best and topk presets); --preset and "
+            "--config go with the rating blend"
+        )
+    if args.protocol == "strong":
+        if not args.topk or args.save is not None:
+            raise cli.UsageError("--protocol strong goes with --topk, and without --save")
+        return _strong(args, config)
     if args.topk:
         return _topk(args, config)
     result = blending.blend(config, args.data_dir, progress=not args.quiet)
@@ -97,21 +116,57 @@ def _topk(args: argparse.Namespace, config: Config) -> int:
         raise cli.UsageError("--out goes with the rating blend; --topk prints its table")
     with tempfile.TemporaryDirectory(prefix="deeprec-topk-") as scratch:
         folder = args.save if args.save is not None else Path(scratch)
-        recipe = topk_blend.save(config, folder, args.data_dir, progress=not args.quiet)
+        recipe = topk_blend.save(
+            config,
+            folder,
+            args.data_dir,
+            progress=not args.quiet,
+            overrides=_member_overrides(args),
+        )
         table = topk_blend.evaluate_saved(folder, args.data_dir)
     print(f"{config.data}, {config.split}: top 10 of every unrated item, relevant = rated >= 4")
     print(
         f"chosen on the inner split: EASE lambda {recipe.ease_lambda:g}, rating model x "
         f"{recipe.rating_weight:g}, Mult-DAE x {recipe.ranking_weight:g}"
     )
-    print(f"{'model':<30} {'P@10':>7} {'R@20':>7} {'NDCG@10':>8} {'95% interval':>18}")
-    for name, row in table.items():
-        lo, hi = row["ndcg@10_ci95"]
-        print(f"{name:<30} {row['precision@10']:7.4f} {row['recall@20']:7.4f} "
-              f"{row['ndcg@10']:8.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
+    _topk_table(table)
     if args.save is not None:
         print(f"saved the top-k blend to {args.save} (recommend --blend {args.save})")
     return 0
+
+
+def _member_overrides(args: argparse.Namespace) -> dict:
+    """Options given on the command line that both top-k members take (not the data and
+    split ones, which the members share with the blend anyway)."""
+    shared = {"data", "split", "quantile", "val_frac", "seed", "fused"}
+    return {k: v for k, v in Config.overrides(args).items() if k not in shared}
+
+
+def _strong(args: argparse.Namespace, config: Config) -> int:
+    result = strong_generalization.evaluate(
+        config,
+        args.data_dir,
+        progress=not args.quiet,
+        report=print,
+        overrides=_member_overrides(args),
+    )
+    r = result.recipe
+    print(f"{config.data}, strong generalization: top 10, relevant = rated >= 4")
+    print(
+        f"chosen on the validation users: EASE lambda {r.ease_lambda:g}, rating model x "
+        f"{r.rating_weight:g}, Mult-DAE x {r.ranking_weight:g} (NDCG@10 {result.val_ndcg:.4f})"
+    )
+    _topk_table(result.table)
+    print(f"({next(iter(result.table.values()))['users']} test users with a target rated >= 4)")
+    return 0
+
+
+def _topk_table(table: dict[str, dict]) -> None:
+    print(f"{'model':<38} {'P@10':>7} {'R@20':>7} {'NDCG@10':>8} {'95% interval':>18}")
+    for name, row in table.items():
+        lo, hi = row["ndcg@10_ci95"]
+        print(f"{name:<38} {row['precision@10']:7.4f} {row['recall@20']:7.4f} "
+              f"{row['ndcg@10']:8.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
 
 
 def cli_main(argv: list[str] | None = None) -> int:

@@ -7,11 +7,13 @@ exactly as the model was trained. Work is batched over rows to bound memory.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from deeprec.data import RatingMatrix
 from deeprec.model import AutoEncoder
 from deeprec.ops import raise_kernel_errors
+from deeprec.quality import baseline
 
 
 @torch.no_grad()
@@ -117,6 +119,37 @@ def score_items(
             out += offsets.mu + offsets.rows[users][:, None] + offsets.cols[None, :]
         else:
             out += offsets.mu + offsets.cols[users][:, None] + offsets.rows[None, :]
+    return out
+
+
+@torch.no_grad()
+def fold_in_scores(
+    model: AutoEncoder,
+    offsets,
+    rows: sp.csr_matrix,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Scores of every item for users no model trained on, from their ratings ``rows`` (new
+    users x the model's items), without retraining: a user-based autoencoder reads each row
+    as it read a training row. With residual offsets (baseline.Biases) each user's bias is
+    folded in from the row first and the inputs are the residuals, as the model learned."""
+    was_training = model.training
+    model.eval()
+    out = np.empty(rows.shape)
+    try:
+        for s in range(0, rows.shape[0], batch_size):
+            chunk = rows[s : s + batch_size].tocoo()
+            x = np.zeros(chunk.shape, dtype=np.float32)
+            base = np.zeros(chunk.shape)
+            if offsets is not None:
+                b_user = baseline.fold_in_rows(offsets, chunk.tocsr())
+                base += offsets.mu + b_user[:, None] + offsets.cols[None, :]
+            x[chunk.row, chunk.col] = chunk.data - base[chunk.row, chunk.col]
+            got = model(torch.from_numpy(x).to(device)).double().cpu().numpy()
+            out[s : s + chunk.shape[0]] = got + base
+    finally:
+        model.train(was_training)
     return out
 
 

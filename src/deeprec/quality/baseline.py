@@ -50,5 +50,14 @@ def fit(
 
 def fold_in_row(biases: Biases, cols: np.ndarray, ratings: np.ndarray, reg: float = 15.0) -> float:
     """The bias of a new row (a new user) from its ratings, with the same regularization."""
-    resid = ratings - biases.mu - biases.cols[cols]
-    return float(resid.sum() / (reg + len(ratings)))
+    rows = sp.csr_matrix((ratings, cols, [0, len(cols)]), shape=(1, len(biases.cols)))
+    return float(fold_in_rows(biases, rows, reg)[0])
+
+
+def fold_in_rows(biases: Biases, rows: sp.csr_matrix, reg: float = 15.0) -> np.ndarray:
+    """The biases of new rows (users no model saw) from their ratings ``rows`` (new rows x
+    the fitted columns): one ALS row step, b = sum(r - mu - b_col) / (reg + n)."""
+    coo = rows.tocoo()
+    resid = coo.data.astype(np.float64) - biases.mu - biases.cols[coo.col]
+    n = np.bincount(coo.row, minlength=rows.shape[0])
+    return np.bincount(coo.row, resid, minlength=rows.shape[0]) / (reg + n)

@@ -17,8 +17,11 @@ whole training part. On ml-latest-small's user-time split the choice is lambda 1
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +41,7 @@ class Recipe:
     ranking_weight: float = 0.25
 
 
+EMPTY: Mapping[str, Any] = MappingProxyType({})
 MEMBERS = ("rating", "ranking")  # run folders: --preset best, --preset topk
 # What the inner split chooses from.
 GRID = {
@@ -47,12 +51,13 @@ GRID = {
 }
 
 
-def member_configs(base: Config) -> dict[str, Config]:
-    """The two trained members on ``base``'s data and split (their own recipes otherwise)."""
+def member_configs(base: Config, overrides: Mapping[str, Any] = EMPTY) -> dict[str, Config]:
+    """The two trained members on ``base``'s data and split, each its own recipe with the
+    options a caller set explicitly (``overrides``, e.g. --epochs) over both."""
     keep = {k: getattr(base, k) for k in ("data", "split", "quantile", "val_frac", "seed", "fused")}
     return {
-        "rating": load_preset("best").replace(**keep),
-        "ranking": load_preset("topk").replace(**keep),
+        "rating": load_preset("best").replace(**keep, **overrides),
+        "ranking": load_preset("topk").replace(**keep, **overrides),
     }
 
 
@@ -83,7 +88,10 @@ def member_scores(
 
 
 def choose_recipe(
-    base: Config, data_dir: str | None, progress: bool = False
+    base: Config,
+    data_dir: str | None,
+    progress: bool = False,
+    overrides: Mapping[str, Any] = EMPTY,
 ) -> tuple[Recipe, float]:
     """The GRID point with the best NDCG@10 on the inner split of ``base``'s training ratings
     (members trained on the inner training part), and that NDCG@10."""
@@ -102,7 +110,7 @@ def choose_recipe(
             f"the inner {base.split} split of {base.data} leaves no validation user to choose "
             "the top-k blend's weights on; use more data or another --split"
         )
-    configs = member_configs(base)
+    configs = member_configs(base, overrides)
     stage = "choosing on the inner split: " if progress else None
     rating = standardised(member_scores(
         configs["rating"], by_item, by_user, users, stage and stage + "rating model "
@@ -129,20 +137,22 @@ def save(
     data_dir: str | None,
     recipe: Recipe | None = None,
     progress: bool = False,
+    overrides: Mapping[str, Any] = EMPTY,
 ) -> Recipe:
     """Choose the recipe on the inner split (unless given), train both members on the whole
     training part into folder/rating and folder/ranking (run folders) and write
     folder/topk.json, for ``recommend --blend folder``. Returns the recipe."""
     inner_ndcg = None
     if recipe is None:
-        recipe, inner_ndcg = choose_recipe(base, data_dir, progress)
+        recipe, inner_ndcg = choose_recipe(base, data_dir, progress, overrides)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, config in member_configs(base).items():
+    for name, config in member_configs(base, overrides).items():
         job = run.start(config, data_dir, torch.device("cpu"), folder / name)
         run.train(job, quiet=not progress, report=lambda _line: None)
     doc = {
         "kind": "topk",
         "recipe": asdict(recipe),
+        "member_overrides": dict(overrides),
         "inner_ndcg@10": inner_ndcg,
         "base": base.to_dict(),
     }
