@@ -20,6 +20,7 @@ from deeprec.model import AutoEncoder
 from deeprec.ops import masked_mse
 from deeprec.quality import baseline
 from deeprec.quality.evaluation import bootstrap_rmse, ranking_metrics
+from deeprec.quality.metrics import paired_difference
 from deeprec.recommend import cli_main as recommend_main
 from deeprec.train import cli_main as train_main
 from deeprec.training import model_inputs
@@ -115,6 +116,26 @@ def test_ranking_metrics_on_a_hand_example():
     assert got["ndcg@100"] == pytest.approx(got["ndcg@10"])  # every list is shorter than 10
     lo, hi = got["ndcg@10_ci95"]
     assert min(u1_ndcg, u3_ndcg) - 1e-12 <= lo <= got["ndcg@10"] <= hi <= max(u1_ndcg, u3_ndcg)
+
+
+def test_paired_difference_on_a_hand_example():
+    # the hand example above, against scores that put every relevant item first
+    train = _frame([(1, 0, 4.0, 0), (2, 1, 3.0, 0), (2, 2, 3.0, 0), (2, 3, 3.0, 0),
+                    (2, 4, 3.0, 0), (3, 1, 3.0, 0)])  # fmt: skip
+    val = _frame([(1, 3, 5.0, 1), (1, 4, 2.0, 1), (3, 0, 4.0, 1), (3, 2, 4.5, 1)])
+    m = RatingMatrix.from_split(train, val, "user")
+    users = np.array([0, 1, 2])
+    scores = np.array([[9.0, 1.0, 2.0, 3.0, 8.0], [0.0] * 5, [1.0, 5.0, 0.0, 4.0, 3.0]])
+    ideal = np.array([[0.0, 0.0, 0.0, 9.0, 0.0], [0.0] * 5, [9.0, 0.0, 8.0, 0.0, 0.0]])
+    u1 = 1 / np.log2(3) - 1.0
+    u3 = (1 / np.log2(4) + 1 / np.log2(5)) / (1 + 1 / np.log2(3)) - 1.0
+    diff, (lo, hi) = paired_difference(scores, ideal, users, m)
+    assert diff == pytest.approx((u1 + u3) / 2)
+    assert min(u1, u3) - 1e-12 <= lo <= diff <= hi <= max(u1, u3) + 1e-12
+    same, (lo, hi) = paired_difference(scores, scores, users, m)
+    assert same == lo == hi == 0.0  # the same users resampled together: no spread at all
+    a, b = ranking_metrics(scores, users, m), ranking_metrics(ideal, users, m)
+    assert diff == pytest.approx(a["ndcg@10"] - b["ndcg@10"])
 
 
 def test_coverage_and_popularity_rank_on_a_hand_example():
@@ -276,8 +297,27 @@ def test_ease_equals_its_definition_solved_column_by_column():
         np.testing.assert_allclose(got.weights[others, j], b, rtol=1e-4, atol=1e-6)
         assert got.weights[j, j] == 0.0
     np.testing.assert_allclose(got.scores(sp.csr_matrix(X)), X @ got.weights, rtol=1e-5)
+    # a user's scores read who rated what, whatever the rating values
+    valued = sp.csr_matrix(X * rng.uniform(0.5, 5, X.shape))
+    np.testing.assert_allclose(got.scores(valued), X @ got.weights, rtol=1e-5)
     with pytest.raises(ValueError, match="lam > 0"):
         ease.fit(sp.csr_matrix(X), 0.0)
+
+
+def test_ease_on_liked_items_is_ease_on_the_ratings_at_or_above_the_threshold():
+    import scipy.sparse as sp
+
+    from deeprec.quality import ease
+
+    rng = np.random.default_rng(1)
+    R = (rng.random((40, 9)) < 0.4) * rng.choice([1.0, 2.5, 3.5, 4.0, 5.0], (40, 9))
+    liked = (R >= 4.0).astype(float)
+    got = ease.fit(sp.csr_matrix(R), 3.0, liked_at=4.0)
+    want = ease.fit(sp.csr_matrix(liked), 3.0)
+    np.testing.assert_allclose(got.weights, want.weights, rtol=1e-6, atol=1e-7)
+    # scoring reads only the liked items too: a disliked rating changes nothing
+    np.testing.assert_allclose(got.scores(sp.csr_matrix(R)), liked @ got.weights, rtol=1e-5)
+    assert not np.allclose(got.weights, ease.fit(sp.csr_matrix(R), 3.0).weights)
 
 
 def test_evaluate_writes_every_metric_as_json(tmp_path, capsys):

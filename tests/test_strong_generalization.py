@@ -122,6 +122,7 @@ def test_blend_strong_protocol_reports_every_model_on_the_test_users(tmp_path, c
     for name in ("popularity", "EASE", "rating model", "Mult-DAE", "top-k blend"):
         assert name in out
     assert "36 training users; 12 validation and 12 test users" in out
+    assert "top-k blend - EASE: NDCG@10" in out and "(paired over the same users)" in out
 
 
 @pytest.mark.parametrize(

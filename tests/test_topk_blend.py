@@ -33,12 +33,13 @@ def test_the_blend_is_its_recipe_applied_to_its_members(saved):
     by_user = scorer.parts["ranking"].run.matrix.by_user()
     r = scorer.recipe  # chosen on the inner split, from the grid
     assert r.ease_lambda in topk_blend.GRID["ease_lambda"]
+    assert r.ease_liked_at in topk_blend.GRID["ease_liked_at"]
     assert r.rating_weight in topk_blend.GRID["rating_weight"]
     assert r.ranking_weight in topk_blend.GRID["ranking_weight"]
     doc = json.loads((folder / "topk.json").read_text())
     assert 0.0 <= doc["inner_ndcg@10"] <= 1.0
     want = (
-        topk_blend.standardised(ease.fit(by_user, r.ease_lambda).scores(by_user))
+        topk_blend.standardised(ease.fit(by_user, r.ease_lambda, r.ease_liked_at).scores(by_user))
         + r.rating_weight * topk_blend.standardised(scorer.parts["rating"].score_users(users))
         + r.ranking_weight * topk_blend.standardised(scorer.parts["ranking"].score_users(users))
     )
@@ -77,3 +78,28 @@ def test_recipe_flags_given_with_topk_reach_both_members(saved):
     configs = topk_blend.member_configs(trained.config, {"hidden": [7]})
     assert configs["rating"].hidden == configs["ranking"].hidden == [7]
     assert configs["rating"].by == "item" and configs["ranking"].objective == "multinomial"
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ({"ease_lambda": 0.0}, "recipe ease_lambda = 0.0 is out of range"),
+        ({"ease_lambda": "100"}, "recipe ease_lambda must be a number"),
+        ({"rating_weight": float("nan")}, "recipe rating_weight = nan is out of range"),
+        ({"ease_liked_at": True}, "recipe ease_liked_at must be a number"),
+        ({"weights": [1, 2]}, "the recipe is not a mapping of ease_lambda"),
+    ],
+)
+def test_a_broken_saved_recipe_is_refused_in_one_line(saved, tmp_path, capsys, recipe, message):
+    import shutil
+
+    _, folder = saved
+    copy = tmp_path / "blend"
+    shutil.copytree(folder, copy)
+    doc = json.loads((copy / "topk.json").read_text())
+    doc["recipe"] |= recipe
+    (copy / "topk.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert recommend_main(["--blend", str(copy), "--user", "1", "-k", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

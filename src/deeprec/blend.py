@@ -126,7 +126,7 @@ def _topk(args: argparse.Namespace, config: Config) -> int:
         table = topk_blend.evaluate_saved(folder, args.data_dir)
     print(f"{config.data}, {config.split}: top 10 of every unrated item, relevant = rated >= 4")
     print(
-        f"chosen on the inner split: EASE lambda {recipe.ease_lambda:g}, rating model x "
+        f"chosen on the inner split: EASE ({topk_blend.ease_form(recipe)}), rating model x "
         f"{recipe.rating_weight:g}, Mult-DAE x {recipe.ranking_weight:g}"
     )
     _topk_table(table)
@@ -153,7 +153,7 @@ def _strong(args: argparse.Namespace, config: Config) -> int:
     r = result.recipe
     print(f"{config.data}, strong generalization: top 10, relevant = rated >= 4")
     print(
-        f"chosen on the validation users: EASE lambda {r.ease_lambda:g}, rating model x "
+        f"chosen on the validation users: EASE ({topk_blend.ease_form(r)}), rating model x "
         f"{r.rating_weight:g}, Mult-DAE x {r.ranking_weight:g} (NDCG@10 {result.val_ndcg:.4f})"
     )
     _topk_table(result.table)
@@ -162,11 +162,15 @@ def _strong(args: argparse.Namespace, config: Config) -> int:
 
 
 def _topk_table(table: dict[str, dict]) -> None:
-    print(f"{'model':<38} {'P@10':>7} {'R@20':>7} {'NDCG@10':>8} {'95% interval':>18}")
+    print(f"{'model':<44} {'P@10':>7} {'R@20':>7} {'NDCG@10':>8} {'95% interval':>18}")
     for name, row in table.items():
         lo, hi = row["ndcg@10_ci95"]
-        print(f"{name:<38} {row['precision@10']:7.4f} {row['recall@20']:7.4f} "
+        print(f"{name:<44} {row['precision@10']:7.4f} {row['recall@20']:7.4f} "
               f"{row['ndcg@10']:8.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
+    gain = table["top-k blend"]
+    lo, hi = gain["ndcg@10_minus_ease_ci95"]
+    print(f"top-k blend - EASE: NDCG@10 {gain['ndcg@10_minus_ease']:+.4f} "
+          f"[{lo:+.4f}, {hi:+.4f}] (paired over the same users)")  # fmt: skip
 
 
 def cli_main(argv: list[str] | None = None) -> int:

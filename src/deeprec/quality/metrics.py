@@ -8,6 +8,8 @@ import numpy as np
 
 from deeprec.data import RatingMatrix
 
+RELEVANT_AT = 4.0  # a validation rating at least this makes the item relevant
+
 
 def top_items(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     """The k best items of one score row, best first, never an excluded item; ties go to
@@ -49,11 +51,45 @@ def user_ranking_metrics(top: np.ndarray, relevant: set[int]) -> dict[str, float
 PER_USER = ("precision@10", "recall@10", "ndcg@10", "recall@20", "ndcg@100")
 
 
+def per_user(
+    scores: np.ndarray, users: np.ndarray, matrix: RatingMatrix, relevant_at: float = RELEVANT_AT
+) -> tuple[list[dict[str, float]], list[np.ndarray]]:
+    """(PER_USER metrics of each user with a relevant validation item, in ``users``' order;
+    their top 10s). Items a user rated in training are never recommended."""
+    v_user, v_item, v_rating = matrix.user_view()
+    by_user = matrix.by_user()
+    liked = v_rating >= relevant_at
+    order = np.argsort(v_user[liked], kind="stable")
+    owners, starts = np.unique(v_user[liked][order], return_index=True)
+    pieces = np.split(v_item[liked][order], starts[1:]) if len(owners) else []
+    groups = dict(zip(owners.tolist(), pieces, strict=True))
+    rows: list[dict[str, float]] = []
+    shown: list[np.ndarray] = []
+    for row, u in enumerate(users):
+        relevant = set(groups.get(int(u), np.empty(0, np.int64)).tolist())
+        if not relevant:
+            continue
+        top = top_items(scores[row], by_user[u].indices, 100)
+        rows.append(user_ranking_metrics(top, relevant))
+        shown.append(top[:10])
+    return rows, shown
+
+
+def _interval(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
+    """Bootstrap 95% percentile interval of the mean of ``values`` (users resampled)."""
+    if not reps:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    boot = [values[rng.integers(0, len(values), len(values))].mean() for _ in range(reps)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def ranking_metrics(
     scores: np.ndarray,
     users: np.ndarray,
     matrix: RatingMatrix,
-    relevant_at: float = 4.0,
+    relevant_at: float = RELEVANT_AT,
     reps: int = 1000,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -62,32 +98,38 @@ def ranking_metrics(
     recommended. Means of PER_USER, a bootstrap 95% interval of NDCG@10 over those users,
     the catalog coverage of the top 10s (share of items in anyone's top 10), and the mean
     popularity rank of the recommended items (1: the most rated item in training)."""
-    v_user, v_item, v_rating = matrix.user_view()
-    by_user = matrix.by_user()
-    counts = np.bincount(by_user.indices, minlength=matrix.n_items)
-    pop_rank = np.empty(matrix.n_items)
-    pop_rank[np.lexsort((np.arange(matrix.n_items), -counts))] = np.arange(1, matrix.n_items + 1)
-    rows: list[dict[str, float]] = []
-    shown: list[np.ndarray] = []
-    for row, u in enumerate(users):
-        relevant = set(v_item[(v_user == u) & (v_rating >= relevant_at)].tolist())
-        if not relevant:
-            continue
-        top = top_items(scores[row], by_user[u].indices, 100)
-        rows.append(user_ranking_metrics(top, relevant))
-        shown.append(top[:10])
+    rows, shown = per_user(scores, users, matrix, relevant_at)
     if not rows:
         return {**dict.fromkeys(PER_USER, float("nan")), "users": 0}
+    counts = np.bincount(matrix.by_user().indices, minlength=matrix.n_items)
+    pop_rank = np.empty(matrix.n_items)
+    pop_rank[np.lexsort((np.arange(matrix.n_items), -counts))] = np.arange(1, matrix.n_items + 1)
     out: dict[str, float] = {m: float(np.mean([r[m] for r in rows])) for m in PER_USER}
-    ndcg = np.array([r["ndcg@10"] for r in rows])
-    rng = np.random.default_rng(seed)
-    boot = [ndcg[rng.integers(0, len(ndcg), len(ndcg))].mean() for _ in range(reps)]
-    lo, hi = np.percentile(boot, [2.5, 97.5]) if reps else (float("nan"), float("nan"))
     top10 = np.concatenate(shown)
     out |= {
-        "ndcg@10_ci95": (float(lo), float(hi)),
+        "ndcg@10_ci95": _interval(np.array([r["ndcg@10"] for r in rows]), reps, seed),
         "coverage@10": len(np.unique(top10)) / matrix.n_items,
         "popularity_rank@10": float(pop_rank[top10].mean()),
         "users": len(rows),
     }
     return out
+
+
+def paired_difference(
+    scores: np.ndarray,
+    against: np.ndarray,
+    users: np.ndarray,
+    matrix: RatingMatrix,
+    relevant_at: float = RELEVANT_AT,
+    reps: int = 1000,
+    seed: int = 0,
+) -> tuple[float, tuple[float, float]]:
+    """(mean NDCG@10 of ``scores`` minus that of ``against`` over the same users, a paired
+    bootstrap 95% interval of it): users are resampled together, so the interval reflects
+    the difference, not two independent spreads."""
+    a, _ = per_user(scores, users, matrix, relevant_at)
+    b, _ = per_user(against, users, matrix, relevant_at)
+    if not a:
+        return float("nan"), (float("nan"), float("nan"))
+    diff = np.array([x["ndcg@10"] - y["ndcg@10"] for x, y in zip(a, b, strict=True)])
+    return float(diff.mean()), _interval(diff, reps, seed)

@@ -10,8 +10,9 @@ rated are dropped (no model can score them), as Liang et al. do.
 Every member of the top-k blend folds in except the item-based rating recipe (I-AutoRec,
 ``--preset best``: a new user would be a new input coordinate it has no weights for); here
 the rating member is the same recipe by user (U-AutoRec on the residuals over the bias
-baseline, the new user's bias folded in too). EASE's lambda and the blend's weights are
-chosen on the validation users, and everything is reported once on the test users.
+baseline, the new user's bias folded in too). EASE's form and lambda and the blend's
+weights are chosen on the validation users from topk_blend.GRID, and everything is reported
+once on the test users.
 """
 
 from __future__ import annotations
@@ -29,9 +30,20 @@ from deeprec.config import Config
 from deeprec.data import DataError, RatingMatrix, load
 from deeprec.data.ids import contained
 from deeprec.inference.predict import fold_in_scores
-from deeprec.quality import ease
 from deeprec.quality.metrics import ranking_metrics
-from deeprec.quality.topk_blend import EMPTY, GRID, Recipe, member_configs, standardised
+from deeprec.quality.topk_blend import (
+    EMPTY,
+    Recipe,
+    blended,
+    chosen,
+    ease_fits,
+    ease_form,
+    ease_members,
+    grid_choice,
+    member_configs,
+    standardised,
+    versus_ease,
+)
 
 HELD_OUT = 0.2  # of the users, for validation and again for test
 FOLD_IN = 0.8  # of each held-out user's ratings
@@ -150,43 +162,39 @@ def evaluate(
         trained[name] = trainer
     rated = train.by_user()
     counts = np.bincount(rated.indices, minlength=train.n_items).astype(float)
-
-    fits = {lam: ease.fit(rated, lam) for lam in GRID["ease_lambda"]}
+    fits = ease_fits(rated)
 
     def scores(held: HeldOut) -> tuple[RatingMatrix, np.ndarray, dict]:
         matrix, users, rows = held_out_matrix(split, held, dataset.scale)
         if not np.array_equal(matrix.item_ids(), train.item_ids()):
             raise AssertionError("the held-out matrix's items differ from the training users'")
         out = {"popularity": np.broadcast_to(counts, (len(users), train.n_items))}
-        out |= {lam: model.scores(rows) for lam, model in fits.items()}
         out |= {name: fold_in_scores(t.model, t.offsets, rows) for name, t in trained.items()}
+        out["EASE"] = ease_members(fits, rows)  # standardised, every form in the grid
         return matrix, users, out
 
-    def mix(s: dict, recipe: Recipe) -> np.ndarray:
-        return (
-            standardised(s[recipe.ease_lambda])
-            + recipe.rating_weight * standardised(s["rating"])
-            + recipe.ranking_weight * standardised(s["ranking"])
-        )
-
     matrix, users, s = scores(split.val)
-    inner = {
-        Recipe(lam, w1, w2): ranking_metrics(mix(s, Recipe(lam, w1, w2)), users, matrix, reps=0)[
-            "ndcg@10"
-        ]
-        for lam in GRID["ease_lambda"]
-        for w1 in GRID["rating_weight"]
-        for w2 in GRID["ranking_weight"]
-    }
-    best = max(inner, key=inner.get)  # the first of equals, in the grid's order
-    alone = max(GRID["ease_lambda"], key=lambda lam: inner[Recipe(lam, 0.0, 0.0)])
+    grid = grid_choice(
+        s["EASE"], standardised(s["rating"]), standardised(s["ranking"]), users, matrix
+    )
+    best, alone = chosen(grid)
     matrix, users, s = scores(split.test)
-    rows = {
-        "popularity": s["popularity"],
-        f"EASE (lambda {alone:g})": s[alone],
+    rows = {"popularity": s["popularity"], f"EASE (lambda {alone:g})": s["EASE"][None, alone]}
+    if (best.ease_liked_at, best.ease_lambda) != (None, alone):
+        rows[f"the blend's EASE ({ease_form(best)})"] = s["EASE"][
+            best.ease_liked_at, best.ease_lambda
+        ]
+    rows |= {
         "rating model (--preset best --by user)": s["rating"],
         "Mult-DAE (--preset topk)": s["ranking"],
-        "top-k blend": mix(s, best),
+        "top-k blend": blended(
+            best,
+            s["EASE"][best.ease_liked_at, best.ease_lambda],
+            standardised(s["rating"]),
+            standardised(s["ranking"]),
+        ),
     }
     table = {name: ranking_metrics(v, users, matrix) for name, v in rows.items()}
-    return StrongResult(best, inner[best], table, train.n_users)
+    anchor = s["EASE"][None, alone]
+    table["top-k blend"] |= versus_ease(rows["top-k blend"], anchor, users, matrix)
+    return StrongResult(best, grid[best], table, train.n_users)

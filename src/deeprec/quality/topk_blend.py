@@ -2,23 +2,25 @@
 
 Three members, each user's scores standardised (zero mean, unit spread over the items) and
 summed with fixed weights:
-- EASE (deeprec.quality.ease), which ranks what a user will rate;
+- EASE (deeprec.quality.ease), which ranks what a user will rate, fitted either on every
+  rated item (as published) or only on the liked ones (rated >= 4, the ratings evaluate
+  counts as relevant), which ranks what a user will like;
 - the rating recipe (``--preset best``: I-AutoRec on the residuals over the bias baseline),
   which predicts how much they will like it ("relevant" asks for both);
 - Mult-DAE (``--preset topk``), an autoencoder trained to rank.
 
-EASE's lambda and the two weights are chosen on the inner split of the training ratings of
-whatever data and split the blend is built for (the split's rule applied again to its
-training part), as the rating blend fits its weights; the members are then trained on the
-whole training part. On ml-latest-small's user-time split the choice is lambda 100, 0.5 and
-0.25 (experiments/results/topk.md). ``python -m deeprec.blend --topk --data SET --split SPLIT``.
+EASE's form and lambda and the two weights are chosen on the inner split of the training
+ratings of whatever data and split the blend is built for (the split's rule applied again to
+its training part), as the rating blend fits its weights; the members are then trained on
+the whole training part (experiments/results/topk.md has the choices on ml-latest-small).
+``python -m deeprec.blend --topk --data SET --split SPLIT``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -32,23 +34,83 @@ from deeprec.data import DataError, RatingMatrix, load, split
 from deeprec.inference.predict import score_items
 from deeprec.inference.recommendation import TrainedScorer
 from deeprec.quality import ease
+from deeprec.quality.metrics import RELEVANT_AT, paired_difference, ranking_metrics
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """How the members are summed: EASE's L2 weight and form (``ease_liked_at``: fitted on
+    the items rated at least this; None: every rated item), then the weights of the rating
+    recipe's and Mult-DAE's standardised scores."""
+
     ease_lambda: float = 100.0
     rating_weight: float = 0.5
     ranking_weight: float = 0.25
+    ease_liked_at: float | None = None
+
+    @classmethod
+    def from_doc(cls, doc: object, where: str) -> Recipe:
+        """A recipe from saved JSON, or DataError naming the field that is wrong."""
+        if not isinstance(doc, dict) or set(doc) - {f.name for f in fields(cls)}:
+            names = ", ".join(f.name for f in fields(cls))
+            raise DataError(f"{where}: the recipe is not a mapping of {names}")
+        recipe = cls(**doc)
+        numbers = {f.name: getattr(recipe, f.name) for f in fields(cls)}
+        for name, value in numbers.items():
+            if value is None and name == "ease_liked_at":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(f"{where}: recipe {name} must be a number, got {value!r}")
+            if not np.isfinite(value) or (name == "ease_lambda" and value <= 0):
+                raise DataError(f"{where}: recipe {name} = {value!r} is out of range")
+        return recipe
 
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 MEMBERS = ("rating", "ranking")  # run folders: --preset best, --preset topk
 # What the inner split chooses from.
 GRID = {
-    "ease_lambda": (100.0, 250.0, 500.0, 1000.0),
+    "ease_liked_at": (None, RELEVANT_AT),
+    "ease_lambda": (50.0, 100.0, 250.0, 500.0, 1000.0),
     "rating_weight": (0.0, 0.25, 0.5, 0.75),
     "ranking_weight": (0.0, 0.1, 0.25, 0.5),
 }
+EASE_FORMS = [(liked, lam) for liked in GRID["ease_liked_at"] for lam in GRID["ease_lambda"]]
+
+
+def blended(recipe: Recipe, ease_scores: np.ndarray, rating: np.ndarray, ranking: np.ndarray):
+    """The recipe applied to its members' standardised scores (EASE's in the recipe's form)."""
+    return ease_scores + recipe.rating_weight * rating + recipe.ranking_weight * ranking
+
+
+def grid_choice(
+    ease_scores: Mapping[tuple[float | None, float], np.ndarray],
+    rating: np.ndarray,
+    ranking: np.ndarray,
+    users: np.ndarray,
+    matrix: RatingMatrix,
+) -> dict[Recipe, float]:
+    """NDCG@10 of every GRID point on ``matrix``'s validation ratings for ``users``, from
+    standardised member scores (``ease_scores`` by (liked_at, lambda)), in the grid's order
+    (max() then picks the first of equals)."""
+    out = {}
+    for liked, lam in EASE_FORMS:
+        for w1 in GRID["rating_weight"]:
+            for w2 in GRID["ranking_weight"]:
+                recipe = Recipe(lam, w1, w2, liked)
+                mix = blended(recipe, ease_scores[liked, lam], rating, ranking)
+                out[recipe] = ranking_metrics(mix, users, matrix, reps=0)["ndcg@10"]
+    return out
+
+
+def ease_fits(rated) -> dict[tuple[float | None, float], ease.Ease]:
+    """EASE in every form and lambda of the grid, fitted on the users x items ``rated``."""
+    return {(liked, lam): ease.fit(rated, lam, liked) for liked, lam in EASE_FORMS}
+
+
+def ease_members(fits: Mapping, rows) -> dict[tuple[float | None, float], np.ndarray]:
+    """Standardised scores of ``rows`` (users x items ratings) under each of ``fits``."""
+    return {form: standardised(model.scores(rows)) for form, model in fits.items()}
 
 
 def member_configs(base: Config, overrides: Mapping[str, Any] = EMPTY) -> dict[str, Config]:
@@ -92,11 +154,9 @@ def choose_recipe(
     data_dir: str | None,
     progress: bool = False,
     overrides: Mapping[str, Any] = EMPTY,
-) -> tuple[Recipe, float]:
-    """The GRID point with the best NDCG@10 on the inner split of ``base``'s training ratings
-    (members trained on the inner training part), and that NDCG@10."""
-    from deeprec.quality.metrics import ranking_metrics
-
+) -> dict[Recipe, float]:
+    """NDCG@10 of every GRID point on the inner split of ``base``'s training ratings
+    (members trained on the inner training part); see chosen()."""
     dataset = load(base.data, data_dir)
     train, _ = split(dataset.ratings, **base.split_options())
     inner_train, inner_val = split(train, **base.split_options())
@@ -119,16 +179,17 @@ def choose_recipe(
         configs["ranking"], by_user, by_user, users, stage and stage + "Mult-DAE "
     ))  # fmt: skip
     rated = by_user.by_user()
-    best, best_ndcg = Recipe(), -1.0
-    for lam in GRID["ease_lambda"]:
-        base_scores = standardised(ease.fit(rated, lam).scores(rated[users]))
-        for w1 in GRID["rating_weight"]:
-            for w2 in GRID["ranking_weight"]:
-                mix = base_scores + w1 * rating + w2 * ranking
-                ndcg = ranking_metrics(mix, users, by_user, reps=0)["ndcg@10"]
-                if ndcg > best_ndcg:
-                    best, best_ndcg = Recipe(lam, w1, w2), ndcg
-    return best, best_ndcg
+    return grid_choice(
+        ease_members(ease_fits(rated), rated[users]), rating, ranking, users, by_user
+    )
+
+
+def chosen(scores: Mapping[Recipe, float]) -> tuple[Recipe, float]:
+    """(the best recipe of a grid_choice, the lambda EASE alone scores best with there:
+    the published form, the other members' weights 0)."""
+    best = max(scores, key=scores.get)
+    alone = max(GRID["ease_lambda"], key=lambda lam: scores[Recipe(lam, 0.0, 0.0, None)])
+    return best, alone
 
 
 def save(
@@ -141,10 +202,14 @@ def save(
 ) -> Recipe:
     """Choose the recipe on the inner split (unless given), train both members on the whole
     training part into folder/rating and folder/ranking (run folders) and write
-    folder/topk.json, for ``recommend --blend folder``. Returns the recipe."""
-    inner_ndcg = None
+    folder/topk.json, for ``recommend --blend folder``: the recipe, its inner NDCG@10 and
+    the lambda EASE alone chose there (the anchor evaluate_saved compares with). Returns
+    the recipe."""
+    inner_ndcg, anchor_lambda = None, None
     if recipe is None:
-        recipe, inner_ndcg = choose_recipe(base, data_dir, progress, overrides)
+        scores = choose_recipe(base, data_dir, progress, overrides)
+        recipe, anchor_lambda = chosen(scores)
+        inner_ndcg = scores[recipe]
     folder.mkdir(parents=True, exist_ok=True)
     for name, config in member_configs(base, overrides).items():
         job = run.start(config, data_dir, torch.device("cpu"), folder / name)
@@ -154,6 +219,7 @@ def save(
         "recipe": asdict(recipe),
         "member_overrides": dict(overrides),
         "inner_ndcg@10": inner_ndcg,
+        "ease_alone_lambda": anchor_lambda,
         "base": base.to_dict(),
     }
     (folder / "topk.json").write_text(json.dumps(doc, indent=1))
@@ -167,7 +233,14 @@ class TopkScorer:
     def __init__(self, folder: Path, data_dir: str | None, device: torch.device) -> None:
         try:
             doc = json.loads((folder / "topk.json").read_text())
-            self.recipe = Recipe(**doc["recipe"])
+            self.recipe = Recipe.from_doc(doc["recipe"], f"{folder}/topk.json")
+            self.anchor_lambda = doc.get("ease_alone_lambda")
+            if self.anchor_lambda is not None:
+                self.anchor_lambda = Recipe.from_doc(
+                    {"ease_lambda": self.anchor_lambda}, f"{folder}/topk.json ease_alone_lambda"
+                ).ease_lambda
+        except DataError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(
                 f"{folder}/topk.json: not a saved top-k blend ({type(exc).__name__})"
@@ -184,14 +257,14 @@ class TopkScorer:
         self.titles = ranking.titles
         self.scale = (-np.inf, np.inf)  # standardised scores, not ratings
         self._by_user = ranking.run.matrix.by_user()
-        self.ease = ease.fit(self._by_user, self.recipe.ease_lambda)
+        self.ease = ease.fit(self._by_user, self.recipe.ease_lambda, self.recipe.ease_liked_at)
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
-        r = self.recipe
-        return (
-            standardised(self.ease.scores(self._by_user[users]))
-            + r.rating_weight * standardised(self.parts["rating"].score_users(users))
-            + r.ranking_weight * standardised(self.parts["ranking"].score_users(users))
+        return blended(
+            self.recipe,
+            standardised(self.ease.scores(self._by_user[users])),
+            standardised(self.parts["rating"].score_users(users)),
+            standardised(self.parts["ranking"].score_users(users)),
         )
 
     def rated(self, user: int) -> np.ndarray:
@@ -199,17 +272,40 @@ class TopkScorer:
 
 
 def evaluate_saved(folder: Path, data_dir: str | None) -> dict[str, dict]:
-    """Top-k metrics (deeprec.quality.metrics) of the saved blend and of each member alone,
-    over the validation users of its split."""
-    from deeprec.quality.metrics import ranking_metrics
-
+    """Top-k metrics (deeprec.quality.metrics) of the saved blend, of each member alone and
+    of EASE as published (the lambda it chose alone on the inner split), over the validation
+    users of its split; the blend's row also holds its paired gain over that EASE."""
     scorer = TopkScorer(folder, data_dir, torch.device("cpu"))
     matrix = scorer.parts["ranking"].run.matrix
     users = np.unique(matrix.user_view()[0])
-    rows = {
-        f"EASE (lambda {scorer.recipe.ease_lambda:g})": scorer.ease.scores(scorer._by_user[users]),
+    rows_in = scorer._by_user[users]
+    r = scorer.recipe
+    lam = scorer.anchor_lambda or r.ease_lambda
+    anchor = ease.fit(scorer._by_user, lam).scores(rows_in)
+    rows = {f"EASE (lambda {lam:g})": anchor}
+    if (r.ease_liked_at, r.ease_lambda) != (None, lam):
+        rows[f"the blend's EASE ({ease_form(r)})"] = scorer.ease.scores(rows_in)
+    rows |= {
         "rating model (--preset best)": scorer.parts["rating"].score_users(users),
         "Mult-DAE (--preset topk)": scorer.parts["ranking"].score_users(users),
         "top-k blend": scorer.score_users(users),
     }
-    return {name: ranking_metrics(s, users, matrix) for name, s in rows.items()}
+    table = {name: ranking_metrics(s, users, matrix) for name, s in rows.items()}
+    table["top-k blend"] |= versus_ease(rows["top-k blend"], anchor, users, matrix)
+    return table
+
+
+def ease_form(recipe: Recipe) -> str:
+    """The blend's EASE in words: its lambda and which ratings it reads."""
+    if recipe.ease_liked_at is None:
+        return f"lambda {recipe.ease_lambda:g}, every rating"
+    return f"lambda {recipe.ease_lambda:g}, ratings >= {recipe.ease_liked_at:g}"
+
+
+def versus_ease(
+    blend: np.ndarray, anchor: np.ndarray, users: np.ndarray, matrix: RatingMatrix
+) -> dict:
+    """The blend's NDCG@10 gain over EASE on the same users, with a paired bootstrap 95%
+    interval (keys ``ndcg@10_minus_ease``, ``ndcg@10_minus_ease_ci95``)."""
+    gain, ci = paired_difference(blend, anchor, users, matrix)
+    return {"ndcg@10_minus_ease": gain, "ndcg@10_minus_ease_ci95": ci}
