@@ -5,11 +5,12 @@ the user did not rate in training is a candidate).
 
     python experiments/topk.py [--data ml-latest-small] [--split user-time] [--out FILE.md]
 
-Candidates are fixed below. The top-k blend adds, to EASE's standardised scores (per user),
-w1 x the standardised predicted ratings of the rating recipe (`--preset best`, I-AutoRec)
-and w2 x Mult-DAE's: EASE ranks what a user will rate, the rating model what they will
-like, which is what "relevant" asks for. EASE's lambda, w1 and w2 are chosen on the inner
-split. Numbers go to stdout and, with --out, to a Markdown file.
+Candidates are fixed below. The top-k blend (deeprec.quality.topk_blend) adds, to EASE's
+standardised scores (per user), w1 x the standardised predicted ratings of the rating recipe
+(`--preset best`, I-AutoRec) and w2 x Mult-DAE's; EASE's form (every rated item, or only
+the liked ones), its lambda, w1 and w2 are chosen on the inner split from the blend's grid.
+EASE as published (lambda chosen alone) is the anchor. Numbers go to stdout and, with
+--out, to a Markdown file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,9 @@ import torch
 from deeprec.config import Config, load_preset
 from deeprec.data import RatingMatrix, load, split
 from deeprec.quality import ease, topk_blend
-from deeprec.quality.metrics import ranking_metrics
+from deeprec.quality.metrics import RELEVANT_AT, paired_difference, ranking_metrics
+from deeprec.quality.topk_blend import Recipe
 
-EASE_LAMBDAS = topk_blend.GRID["ease_lambda"]
 # Mult-DAE as Liang et al. (2018): one tanh layer, input dropout 0.5, Adam; batch and epochs
 # scaled to a 600-user set.
 MULT_DAE = [
@@ -35,8 +37,7 @@ MULT_DAE = [
     for e in (50, 100, 200)
     for wd in (0.0, 1e-4)
 ]
-RATING_WEIGHTS = topk_blend.GRID["rating_weight"]
-DAE_WEIGHTS = topk_blend.GRID["ranking_weight"]
+LIKED = RELEVANT_AT  # the liked-items form of EASE reads ratings at least this
 
 
 def matrices(data: str, how: str) -> dict[str, tuple[RatingMatrix, RatingMatrix]]:
@@ -58,11 +59,6 @@ def val_users(m: RatingMatrix) -> np.ndarray:
 def popularity(m: RatingMatrix, users: np.ndarray) -> np.ndarray:
     counts = np.bincount(m.by_user().indices, minlength=m.n_items).astype(float)
     return np.broadcast_to(counts, (len(users), m.n_items))
-
-
-def ease_scores(m: RatingMatrix, users: np.ndarray, lam: float) -> np.ndarray:
-    by_user = m.by_user()
-    return ease.fit(by_user, lam).scores(by_user[users])
 
 
 def mult_dae_scores(m: RatingMatrix, users: np.ndarray, options: dict) -> np.ndarray:
@@ -97,45 +93,53 @@ def main() -> None:
     split_of = matrices(args.data, args.split)
     (inner, inner_items), (outer, outer_items) = split_of["inner"], split_of["outer"]
     iu, ou = val_users(inner), val_users(outer)
-    chosen: dict[str, object] = {}
-    inner_scores: dict[str, float] = {}
-    ease_inner = {lam: ease_scores(inner, iu, lam) for lam in EASE_LAMBDAS}
-    best = max(EASE_LAMBDAS, key=lambda lam: ndcg(ease_inner[lam], iu, inner))
-    chosen["EASE lambda"] = best
-    inner_scores["EASE"] = ndcg(ease_inner[best], iu, inner)
     trials = []
     for options in MULT_DAE:
         torch.manual_seed(0)
         s = mult_dae_scores(inner, iu, options)
         trials.append((ndcg(s, iu, inner), options, s))
         print(f"inner Mult-DAE {options}: NDCG@10 {trials[-1][0]:.4f}", flush=True)
-    score, options, dae_inner = max(trials, key=lambda t: t[0])
-    chosen["Mult-DAE"] = options
-    inner_scores["Mult-DAE"] = score
+    dae_ndcg, options, dae_inner = max(trials, key=lambda t: t[0])
     rating_inner = rating_model_scores(inner, inner_items, iu)
-    inner_scores["rating model"] = ndcg(rating_inner, iu, inner)
-    grid = {}
-    for lam in EASE_LAMBDAS:
-        for w1 in RATING_WEIGHTS:
-            for w2 in DAE_WEIGHTS:
-                mix = standardised(ease_inner[lam]) + w1 * standardised(rating_inner)
-                grid[lam, w1, w2] = ndcg(mix + w2 * standardised(dae_inner), iu, inner)
-    lam_b, w1, w2 = max(grid, key=grid.get)
-    chosen["blend"] = {"EASE lambda": lam_b, "rating weight": w1, "Mult-DAE weight": w2}
-    inner_scores["blend"] = grid[lam_b, w1, w2]
+    rated = inner.by_user()
+    grid = topk_blend.grid_choice(
+        topk_blend.ease_members(topk_blend.ease_fits(rated), rated[iu]),
+        standardised(rating_inner),
+        standardised(dae_inner),
+        iu,
+        inner,
+    )
+    best, alone = topk_blend.chosen(grid)
+    liked = max(topk_blend.GRID["ease_lambda"], key=lambda lam: grid[Recipe(lam, 0, 0, LIKED)])
+    chosen = {
+        "EASE lambda": alone,
+        "liked-items EASE lambda": liked,
+        "Mult-DAE": options,
+        "blend": asdict(best),
+    }
+    inner_scores = {
+        "EASE": grid[Recipe(alone, 0, 0, None)],
+        "liked-items EASE": grid[Recipe(liked, 0, 0, LIKED)],
+        "Mult-DAE": dae_ndcg,
+        "rating model": ndcg(rating_inner, iu, inner),
+        "blend": grid[best],
+    }
     # the reported split, once
     dae = mult_dae_scores(outer, ou, options)
     rating = rating_model_scores(outer, outer_items, ou)
-    ease_outer = ease_scores(outer, ou, best)
-    ease_blend = ease_outer if lam_b == best else ease_scores(outer, ou, lam_b)
+    by_user = outer.by_user()
+    anchor = ease.fit(by_user, alone).scores(by_user[ou])
+    liked_ease = ease.fit(by_user, liked, LIKED).scores(by_user[ou])
+    member = ease.fit(by_user, best.ease_lambda, best.ease_liked_at).scores(by_user[ou])
+    blend = topk_blend.blended(best, standardised(member), standardised(rating), standardised(dae))
     rows = {
         "popularity": popularity(outer, ou),
         "rating model (--preset best)": rating,
-        f"EASE (lambda {best:g})": ease_outer,
+        f"EASE (lambda {alone:g})": anchor,
+        f"EASE on liked items (>= {LIKED:g}, lambda {liked:g})": liked_ease,
         "Mult-DAE (--preset topk)": dae,
-        f"top-k blend (EASE lambda {lam_b:g} + {w1:g} rating + {w2:g} Mult-DAE)": (
-            standardised(ease_blend) + w1 * standardised(rating) + w2 * standardised(dae)
-        ),
+        f"top-k blend ({topk_blend.ease_form(best)}; {best.rating_weight:g} rating, "
+        f"{best.ranking_weight:g} Mult-DAE)": blend,
     }
     table = {name: ranking_metrics(s, ou, outer) for name, s in rows.items()}
     lines = [
@@ -155,6 +159,10 @@ def main() -> None:
             f"{r['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}] | {r['recall@20']:.4f} | "
             f"{r['ndcg@100']:.4f} | {r['coverage@10']:.3f} | {r['popularity_rank@10']:.0f} |"
         )
+    lines += ["", "Paired differences of NDCG@10 over the same users (bootstrap 95% interval):", ""]
+    for name, other in (("EASE", anchor), ("EASE on liked items", liked_ease)):
+        gain, (lo, hi) = paired_difference(blend, other, ou, outer)
+        lines.append(f"- top-k blend - {name}: {gain:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     lines += ["", f"{table[next(iter(table))]['users']} users; {time.perf_counter() - t0:.0f} s."]
     emit(lines, args.out)
 
