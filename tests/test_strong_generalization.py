@@ -144,3 +144,13 @@ def test_an_unknown_protocol_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exc:
         blend_main(["--topk", "--protocol", "weak"])
     assert exc.value.code == 2 and "invalid choice: 'weak'" in capsys.readouterr().err
+
+
+def test_a_set_with_nothing_relevant_to_predict_is_refused_in_one_line(tmp_path, capsys):
+    rows = [(u, i, 3.0, t) for u, i, _, t in synthetic_ratings(30, 40, 10, seed=3)]
+    data = write_movielens_csv(tmp_path / "flat", rows)  # every rating 3: nothing relevant
+    code = blend_main(["--topk", "--protocol", "strong", "--data", str(data), "--epochs", "1",
+                       "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no validation user has a held-out rating >= 4" in err, err
+    assert len(err.splitlines()) == 1

@@ -103,3 +103,15 @@ def test_a_broken_saved_recipe_is_refused_in_one_line(saved, tmp_path, capsys, r
     assert recommend_main(["--blend", str(copy), "--user", "1", "-k", "5"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_set_with_nothing_relevant_is_refused_in_one_line(tmp_path, capsys):
+    from datasets import synthetic_ratings
+
+    rows = [(u, i, 3.0, t) for u, i, _, t in synthetic_ratings(30, 40, 10, seed=3)]
+    data = write_movielens_csv(tmp_path / "flat", rows)  # every rating 3: nothing relevant
+    code = blend_main(["--topk", "--data", str(data), "--split", "user-time", "--epochs", "1",
+                       "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "has no validation rating >= 4" in err, err
+    assert len(err.splitlines()) == 1

@@ -121,6 +121,12 @@ def held_out_matrix(
     return matrix, users, matrix.by_user()[users]
 
 
+_NONE_RELEVANT = (
+    "strong generalization on {data}: no {who} user has a held-out rating >= 4 to predict "
+    "(too few users or ratings); use a larger set"
+)
+
+
 @dataclass
 class StrongResult:
     """The recipe chosen on the validation users, and every model's metrics on the test
@@ -177,6 +183,8 @@ def evaluate(
     grid = grid_choice(
         s["EASE"], standardised(s["rating"]), standardised(s["ranking"]), users, matrix
     )
+    if all(np.isnan(v) for v in grid.values()):
+        raise DataError(_NONE_RELEVANT.format(who="validation", data=base.data))
     best, alone = chosen(grid)
     matrix, users, s = scores(split.test)
     rows = {"popularity": s["popularity"], f"EASE (lambda {alone:g})": s["EASE"][None, alone]}
@@ -195,6 +203,8 @@ def evaluate(
         ),
     }
     table = {name: ranking_metrics(v, users, matrix) for name, v in rows.items()}
+    if not table["top-k blend"]["users"]:
+        raise DataError(_NONE_RELEVANT.format(who="test", data=base.data))
     anchor = s["EASE"][None, alone]
     table["top-k blend"] |= versus_ease(rows["top-k blend"], anchor, users, matrix)
     return StrongResult(best, grid[best], table, train.n_users)

@@ -179,9 +179,14 @@ def choose_recipe(
         configs["ranking"], by_user, by_user, users, stage and stage + "Mult-DAE "
     ))  # fmt: skip
     rated = by_user.by_user()
-    return grid_choice(
-        ease_members(ease_fits(rated), rated[users]), rating, ranking, users, by_user
-    )
+    members = ease_members(ease_fits(rated), rated[users])
+    scores = grid_choice(members, rating, ranking, users, by_user)
+    if all(np.isnan(v) for v in scores.values()):
+        raise DataError(
+            f"the inner {base.split} split of {base.data} has no validation rating >= 4 to "
+            "choose the top-k blend's weights on; use more data or another --split"
+        )
+    return scores
 
 
 def chosen(scores: Mapping[Recipe, float]) -> tuple[Recipe, float]:
@@ -291,6 +296,8 @@ def evaluate_saved(folder: Path, data_dir: str | None) -> dict[str, dict]:
         "top-k blend": scorer.score_users(users),
     }
     table = {name: ranking_metrics(s, users, matrix) for name, s in rows.items()}
+    if not table["top-k blend"]["users"]:
+        raise DataError(f"{folder}: no validation rating >= 4 to score the top-k blend on")
     table["top-k blend"] |= versus_ease(rows["top-k blend"], anchor, users, matrix)
     return table
 
