@@ -131,6 +131,8 @@ def test_blend_strong_protocol_reports_every_model_on_the_test_users(tmp_path, c
         (["--protocol", "strong"], "--protocol strong goes with --topk"),
         (["--topk", "--protocol", "strong", "--save", "x"], "--protocol strong goes with --topk"),
         (["--topk", "--preset", "best"], "--topk trains its own members"),
+        (["--topk", "--protocol", "strong", "--split", "random"], "drop --split"),
+        (["--topk", "--protocol", "strong", "--val-frac", "0.1"], "drop --val-frac"),
     ],
 )
 def test_blend_refuses_protocol_misuse(tmp_path, capsys, extra, message):

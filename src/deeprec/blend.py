@@ -81,6 +81,12 @@ def main(args: argparse.Namespace) -> int:
     if args.protocol == "strong":
         if not args.topk or args.save is not None:
             raise cli.UsageError("--protocol strong goes with --topk, and without --save")
+        given = [f"--{k.replace('_', '-')}" for k in ("split", "quantile", "val_frac")
+                 if getattr(args, k, None) is not None]  # fmt: skip
+        if given:
+            raise cli.UsageError(
+                f"--protocol strong splits the users, not the ratings: drop {', '.join(given)}"
+            )
         return _strong(args, config)
     if args.topk:
         return _topk(args, config)
