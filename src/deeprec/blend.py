@@ -144,8 +144,7 @@ def _topk(args: argparse.Namespace, config: Config) -> int:
 def _member_overrides(args: argparse.Namespace) -> dict:
     """Options given on the command line that both top-k members take (not the data and
     split ones, which the members share with the blend anyway)."""
-    shared = {"data", "split", "quantile", "val_frac", "seed", "fused"}
-    return {k: v for k, v in Config.overrides(args).items() if k not in shared}
+    return {k: v for k, v in Config.overrides(args).items() if k not in topk_blend.SHARED}
 
 
 def _strong(args: argparse.Namespace, config: Config) -> int:

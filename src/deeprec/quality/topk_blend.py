@@ -67,6 +67,7 @@ class Recipe:
 
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
+SHARED = ("data", "split", "quantile", "val_frac", "seed", "fused")  # the blend's, both members'
 MEMBERS = ("rating", "ranking")  # run folders: --preset best, --preset topk
 # What the inner split chooses from.
 GRID = {
@@ -116,7 +117,7 @@ def ease_members(fits: Mapping, rows) -> dict[tuple[float | None, float], np.nda
 def member_configs(base: Config, overrides: Mapping[str, Any] = EMPTY) -> dict[str, Config]:
     """The two trained members on ``base``'s data and split, each its own recipe with the
     options a caller set explicitly (``overrides``, e.g. --epochs) over both."""
-    keep = {k: getattr(base, k) for k in ("data", "split", "quantile", "val_frac", "seed", "fused")}
+    keep = {k: getattr(base, k) for k in SHARED}
     return {
         "rating": load_preset("best").replace(**keep, **overrides),
         "ranking": load_preset("topk").replace(**keep, **overrides),
