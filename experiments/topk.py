@@ -27,7 +27,12 @@ import torch
 from deeprec.config import Config, load_preset
 from deeprec.data import RatingMatrix, load, split
 from deeprec.quality import ease, topk_blend
-from deeprec.quality.metrics import RELEVANT_AT, paired_difference, ranking_metrics
+from deeprec.quality.metrics import (
+    RELEVANT_AT,
+    paired_difference,
+    popularity,
+    ranking_metrics,
+)
 from deeprec.quality.topk_blend import Recipe
 
 # Mult-DAE as Liang et al. (2018): one tanh layer, input dropout 0.5, Adam; batch and epochs
@@ -55,11 +60,6 @@ def matrices(data: str, how: str) -> dict[str, tuple[RatingMatrix, RatingMatrix]
 
 def val_users(m: RatingMatrix) -> np.ndarray:
     return np.unique(m.user_view()[0])
-
-
-def popularity(m: RatingMatrix, users: np.ndarray) -> np.ndarray:
-    counts = np.bincount(m.by_user().indices, minlength=m.n_items).astype(float)
-    return np.broadcast_to(counts, (len(users), m.n_items))
 
 
 def mult_dae_scores(m: RatingMatrix, users: np.ndarray, options: dict) -> np.ndarray:
@@ -134,7 +134,7 @@ def main() -> None:
     member = ease.fit(by_user, best.ease_lambda, best.ease_liked_at).scores(by_user[ou])
     blend = topk_blend.blended(best, standardised(member), standardised(rating), standardised(dae))
     rows = {
-        "popularity": popularity(outer, ou),
+        "popularity": popularity(outer.by_user(), len(ou)),
         "rating model (--preset best)": rating,
         f"EASE (lambda {alone:g})": anchor,
         f"EASE on liked items (>= {LIKED:g}, lambda {liked:g})": liked_ease,

@@ -16,7 +16,7 @@ import torch
 
 from deeprec.inference.predict import predict_entries, rmse_mae, score_items
 from deeprec.quality import baseline, ease
-from deeprec.quality.metrics import ranking_metrics
+from deeprec.quality.metrics import popularity, ranking_metrics
 from deeprec.run import Trained
 
 
@@ -64,9 +64,7 @@ def evaluate(
         users = np.unique(m.user_view()[0])
         scores = score_items(run.model, run.inputs, users, device, offsets=run.offsets)
         table["deeprec"].update(ranking_metrics(scores, users, m))
-        counts = np.bincount(m.by_user().indices, minlength=m.n_items).astype(float)
-        popularity = np.broadcast_to(counts, (len(users), m.n_items))
-        table["popularity"] = ranking_metrics(popularity, users, m)
+        table["popularity"] = ranking_metrics(popularity(m.by_user(), len(users)), users, m)
         if ease_lambda is not None:
             by_user = m.by_user()
             anchor = ease.fit(by_user, ease_lambda)

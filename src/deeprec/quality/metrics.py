@@ -5,10 +5,18 @@ a user's training items never recommended)."""
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from deeprec.data import RatingMatrix
 
 RELEVANT_AT = 4.0  # a validation rating at least this makes the item relevant
+
+
+def popularity(rated: sp.csr_matrix, n_users: int) -> np.ndarray:
+    """The popularity anchor's scores: each item's count of training ratings in ``rated``
+    (users x items), the same row for each of ``n_users`` users (a read-only view)."""
+    counts = np.bincount(rated.indices, minlength=rated.shape[1]).astype(float)
+    return np.broadcast_to(counts, (n_users, rated.shape[1]))
 
 
 def top_items(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:

@@ -29,8 +29,9 @@ import torch
 from deeprec.config import Config
 from deeprec.data import DataError, RatingMatrix, load
 from deeprec.data.ids import contained
+from deeprec.data.splits import rows_where
 from deeprec.inference.predict import fold_in_scores
-from deeprec.quality.metrics import ranking_metrics
+from deeprec.quality.metrics import popularity, ranking_metrics
 from deeprec.quality.topk_blend import (
     EMPTY,
     Recipe,
@@ -86,11 +87,11 @@ def split_users(
         )
     user = ratings["user"].to_numpy()
     is_val, is_test = contained(user, users[:n]), contained(user, users[n : 2 * n])
-    train = _rows(ratings, ~(is_val | is_test))
+    train = rows_where(ratings, ~(is_val | is_test))
     known = train["item"].to_numpy()
 
     def held(mask: np.ndarray) -> HeldOut:
-        frame = _rows(ratings, mask & contained(ratings["item"].to_numpy(), known))
+        frame = rows_where(ratings, mask & contained(ratings["item"].to_numpy(), known))
         # per user: a random order, the last floor((1 - fold_in) n) ratings are targets
         order = rng.permutation(len(frame))
         shuffled = frame.iloc[order]
@@ -103,10 +104,6 @@ def split_users(
         )
 
     return UserSplit(train, held(is_val), held(is_test))
-
-
-def _rows(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({c: frame[c].to_numpy()[mask] for c in frame.columns})
 
 
 def held_out_matrix(
@@ -167,14 +164,13 @@ def evaluate(
         fit(trainer, quiet=not progress, label=label, evaluate=False)
         trained[name] = trainer
     rated = train.by_user()
-    counts = np.bincount(rated.indices, minlength=train.n_items).astype(float)
     fits = ease_fits(rated)
 
     def scores(held: HeldOut) -> tuple[RatingMatrix, np.ndarray, dict]:
         matrix, users, rows = held_out_matrix(split, held, dataset.scale)
         if not np.array_equal(matrix.item_ids(), train.item_ids()):
             raise AssertionError("the held-out matrix's items differ from the training users'")
-        out = {"popularity": np.broadcast_to(counts, (len(users), train.n_items))}
+        out = {"popularity": popularity(rated, len(users))}
         out |= {name: fold_in_scores(t.model, t.offsets, rows) for name, t in trained.items()}
         out["EASE"] = ease_members(fits, rows)  # standardised, every form in the grid
         return matrix, users, out
