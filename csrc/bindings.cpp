@@ -20,6 +20,7 @@
 #include "checks.h"
 #include "common.h"
 #include "masked_mse/masked_mse.h"
+#include "multinomial/multinomial.h"
 #include "row_adam/row_adam.h"
 #include "sparse_layers/sparse_layers.h"
 #ifdef DEEPREC_WITH_CUDA
@@ -36,7 +37,7 @@ namespace {
 
 // The entry points' argument convention; bump when any signature changes, so Python
 // refuses a module built from other sources (deeprec/_native.py, NATIVE_ABI).
-constexpr int kAbi = 5;
+constexpr int kAbi = 6;
 
 // A kernel refused an index; Python reads the error word and says which.
 struct BadIndex : std::runtime_error {
@@ -191,7 +192,11 @@ PYBIND11_MODULE(_C, m) {
     "Residuals h.W[col] + b[col] - val at stored entries and their mean square")              \
   X(col_accumulate, kColAccumulateArgs, kCudaTail,                                            \
     "dW[j] = sum over column j's entries of scale * coef * A[row]")                           \
-  X(row_adam, kRowAdamArgs, kCudaTail, "Adam step with a row-sparse gradient (exact or lazy)")
+  X(row_adam, kRowAdamArgs, kCudaTail, "Adam step with a row-sparse gradient (exact or lazy)")     \
+  X(lse_chunk, kLseChunkArgs, kCudaTail,                                                      \
+    "Online log-sum-exp of a chunk of logits and its rows' observed logits")                  \
+  X(softmax_grad_chunk, kSoftmaxGradChunkArgs, kCudaTail,                                     \
+    "A chunk of logits turned in place into the multinomial loss's logit gradient")
   py::dict kernel_args;  // each entry point's argument names, in order
 #define DEEPREC_BIND_CPU(name, args, cuda_tail, doc)                            \
   bind_kernel(m, kernel_args, #name "_cpu", &deeprec::name##_cpu, doc ", CPU.", \
@@ -205,6 +210,9 @@ PYBIND11_MODULE(_C, m) {
                py::arg("cuda") = dtype_names(deeprec::kSparseLayersCudaDtypes));
   kernel_dtypes["row_adam"] = py::dict(py::arg("cpu") = dtype_names(deeprec::kRowAdamCpuDtypes),
                                        py::arg("cuda") = dtype_names(deeprec::kRowAdamCudaDtypes));
+  kernel_dtypes["multinomial"] =
+      py::dict(py::arg("cpu") = dtype_names(deeprec::kMultinomialCpuDtypes),
+               py::arg("cuda") = dtype_names(deeprec::kMultinomialCudaDtypes));
   m.attr("KERNEL_DTYPES") = kernel_dtypes;
 #ifdef DEEPREC_WITH_CUDA
   m.attr("WITH_CUDA") = true;

@@ -113,6 +113,13 @@ class Config:
         "model",
         choices=OBJECTIVES,
     )
+    variational: bool = _option(
+        False,
+        "Mult-VAE (Liang et al. 2018): the code layer is a Gaussian latent of the last "
+        "--hidden width, sampled while training, and the loss adds beta x its KL term "
+        "(see --beta-cap, --anneal-steps); needs --objective multinomial",
+        "model",
+    )
     residual: bool = _option(
         False, "learn the residual over the regularized user+item bias baseline", "model"
     )
@@ -164,6 +171,19 @@ class Config:
         "end); 0: about once a second. Between reads a GPU step never waits for the host",
         "optimization",
         range=(0, None, True, False),
+    )
+    beta_cap: float = _option(
+        0.2,
+        "--variational: the KL term's weight beta rises linearly from 0 and stays at this",
+        "optimization",
+        range=(0, None, True, False),
+    )
+    anneal_steps: int = _option(
+        200_000,
+        "--variational: updates over which beta rises from 0 to 1 (capped at --beta-cap); "
+        "beta at update t is min(beta_cap, t / anneal_steps)",
+        "optimization",
+        range=(1, None, True, False),
     )
     seed: int = _option(
         0,
@@ -237,6 +257,11 @@ class Config:
                 check_range(f.name, value, f.metadata["range"])
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden: layer sizes must be positive integers, got {self.hidden}")
+        if self.variational and self.objective != "multinomial":
+            raise ConfigError("--variational (Mult-VAE) needs --objective multinomial")
+        if self.variational and self.tied:
+            raise ConfigError("--variational does not go with --tied (the encoder's last "
+                              "layer gives a mean and a log-variance)")  # fmt: skip
         if self.objective == "multinomial":
             clash = [
                 flag

@@ -77,6 +77,19 @@ def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRP
     return CSRParts(crow.to(torch.int64).contiguous(), col.contiguous(), val.contiguous())
 
 
+def unpack_structure(
+    target: object, shape: tuple[int, int], name: str = "target"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crow int64, col) of a batch whose values no op reads: what ``unpack`` takes, or a
+    (crow, col) pair; metadata checked, both contiguous."""
+    if isinstance(target, (tuple, list)) and len(target) == 2:
+        crow, col = target
+        check_structure(crow, col, None, shape[0], name, need_contiguous=False)
+        return crow.to(torch.int64).contiguous(), col.contiguous()
+    parts = unpack(target, shape, name)
+    return parts.crow, parts.col
+
+
 @torch.compiler.disable
 def _copied_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A sparse CSR tensor's parts, as copies made outside any compiled graph: torch.compile
@@ -121,28 +134,29 @@ def check_structure(
     *,
     need_contiguous: bool = True,
 ) -> None:
-    """Ranks, dtypes, devices, lengths (and contiguity) of a CSR triple of ``n_rows`` rows.
+    """Ranks, dtypes, devices, lengths (and contiguity) of a CSR triple of ``n_rows`` rows;
+    val None: the structure alone (who rated what, for an op that reads no values).
 
     Native ops need crow int64 and contiguous parts; the wrappers convert, so they
     pass ``need_contiguous=False`` and accept int32 offsets.
     """
-    for part, what in ((crow, "crow"), (col, "col"), (val, "val")):
+    parts = [(crow, "crow"), (col, "col")] + ([(val, "val")] if val is not None else [])
+    for part, what in parts:
         if not isinstance(part, torch.Tensor):
             raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(part).__name__}")
         if part.layout != torch.strided:
             raise TypeError(f"{name}: {what} must be a dense (strided) tensor")
-    if crow.dim() != 1 or col.dim() != 1 or val.dim() != 1:
-        raise ValueError(
-            f"{name}: crow, col and val must be 1-D, got shapes "
-            f"{tuple(crow.shape)}, {tuple(col.shape)}, {tuple(val.shape)}"
-        )
+    if any(part.dim() != 1 for part, _ in parts):
+        shapes = ", ".join(str(tuple(part.shape)) for part, _ in parts)
+        names = ", ".join(w for _, w in parts)
+        raise ValueError(f"{name}: {names} must be 1-D, got shapes {shapes}")
     crow_dtypes = INDEX_DTYPES if not need_contiguous else (torch.int64,)
     if crow.dtype not in crow_dtypes or col.dtype not in INDEX_DTYPES:
         want = "int64" if need_contiguous else "int32 or int64"
         raise TypeError(
             f"{name}: crow must be {want} and col int32 or int64, got {crow.dtype} and {col.dtype}"
         )
-    if not val.is_floating_point():
+    if val is not None and not val.is_floating_point():
         raise TypeError(f"{name}: val must be floating point, got {val.dtype}")
     if crow.numel() == 0:
         raise ValueError(f"{name}: crow is empty; a batch of B rows needs B + 1 offsets")
@@ -151,17 +165,16 @@ def check_structure(
             f"{name}: crow has {crow.numel()} entries but the batch has {n_rows} rows "
             f"(expected {n_rows + 1})"
         )
-    if col.numel() != val.numel():
+    if val is not None and col.numel() != val.numel():
         raise ValueError(f"{name}: col has {col.numel()} entries but val has {val.numel()}")
     if n_rows == 0 and col.numel() != 0:
         raise ValueError(f"{name}: a batch of 0 rows stores no entries, got {col.numel()}")
-    if not (crow.device == col.device == val.device):
-        raise ValueError(
-            f"{name}: crow, col and val are on different devices "
-            f"({crow.device}, {col.device}, {val.device})"
-        )
+    if len({part.device for part, _ in parts}) != 1:
+        devices = ", ".join(str(part.device) for part, _ in parts)
+        names = ", ".join(w for _, w in parts)
+        raise ValueError(f"{name}: {names} are on different devices ({devices})")
     if need_contiguous:
-        for part, what in ((crow, "crow"), (col, "col"), (val, "val")):
+        for part, what in parts:
             if not part.is_contiguous():
                 raise ValueError(f"{name}: {what} must be contiguous")
 

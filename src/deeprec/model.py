@@ -15,7 +15,7 @@ from torch import nn
 from deeprec import choices
 from deeprec.config import Config
 from deeprec.csr import entry_rows as entry_rows_of
-from deeprec.ops import sparse_linear, sparse_output_mse
+from deeprec.ops import multinomial_nll, sparse_linear, sparse_output_mse
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -56,6 +56,10 @@ class AutoEncoder(nn.Module):
     predict ratings it cannot see). tied: decoder weights are the encoder's, transposed
     (each decoder layer keeps its own bias). last_activation: on the output layer
     ("none" = linear, the default). Weights are Xavier-uniform, biases zero.
+    variational (Mult-VAE, Liang et al. 2018): the code is a Gaussian latent of width
+    hidden[-1]; the last encoder layer gives its mean and log-variance (no activation),
+    training samples the code (the reparameterisation trick), evaluation reads the mean,
+    and ``code`` returns the KL divergence from the unit Gaussian the loss adds.
 
     ``forward`` is the dense reference path. ``sparse_loss`` computes the same masked
     MSE from a CSR batch without any N-wide dense tensor (see deeprec.ops.sparse_layers).
@@ -71,6 +75,7 @@ class AutoEncoder(nn.Module):
         last_activation: str = "none",
         input_dropout: float = 0.0,
         objective: str = "mse",
+        variational: bool = False,
     ) -> None:
         super().__init__()
         for name in (activation, last_activation):
@@ -92,14 +97,18 @@ class AutoEncoder(nn.Module):
             last_activation=last_activation,
             input_dropout=input_dropout,
             objective=objective,
+            variational=variational,
         )
+        if variational and tied:
+            raise ValueError("a variational encoder cannot be tied to its decoder")
         if objective not in choices.OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose from {choices.OBJECTIVES}")
         self.multinomial = objective == "multinomial"
         sizes = [n_in, *hidden]
-        self.encoder = nn.ModuleList(
-            [InputLayer(n_in, hidden[0]), *(nn.Linear(a, b) for a, b in pairwise(hidden))]
-        )
+        self.variational = variational
+        widths = [*hidden[:-1], hidden[-1] * (2 if variational else 1)]  # mean, log-variance
+        rest = (nn.Linear(a, b) for a, b in zip(hidden[:-1], widths[1:], strict=True))
+        self.encoder = nn.ModuleList([InputLayer(n_in, widths[0]), *rest])
         rev = sizes[::-1]
         self.tied = tied
         if tied:
@@ -126,21 +135,40 @@ class AutoEncoder(nn.Module):
             last_activation=config.last_activation,
             input_dropout=config.input_dropout,
             objective=config.objective,
+            variational=config.variational,
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        if self.multinomial:  # who rated what, each row scaled to unit length
+        return self.encode_rest(self.encoder[0](self.encode_input(x)))
+
+    def encode_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense rows the first layer reads: the ratings (a multinomial model: who rated
+        what, each row scaled to unit length), after input dropout."""
+        if self.multinomial:
             rated = (x != 0).to(x.dtype)
             x = rated / rated.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        x = nn.functional.dropout(x, self.config["input_dropout"], self.training)
-        return self.encode_rest(self.encoder[0](x))
+        return nn.functional.dropout(x, self.config["input_dropout"], self.training)
 
     def encode_rest(self, z1: torch.Tensor) -> torch.Tensor:
         """The encoder after the first layer's pre-activation z1: the code (with dropout)."""
-        x = self.act(z1)
+        return self.code(z1)[0]
+
+    def code(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the code, with dropout; the KL term of a variational encoder, else None) from
+        the first layer's pre-activation z1. The KL term is the mean over rows of
+        KL(N(mu, sigma^2) || N(0, I))."""
+        if not self.variational:
+            x = self.act(z1)
+            for layer in self.encoder[1:]:
+                x = self.act(layer(x))
+            return self.drop(x), None
+        x = z1
         for layer in self.encoder[1:]:
-            x = self.act(layer(x))
-        return self.drop(x)
+            x = layer(self.act(x))
+        mu, logvar = x.chunk(2, dim=1)
+        kl = 0.5 * (logvar.exp() + mu * mu - 1.0 - logvar).sum(1).mean()
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        return self.drop(z), kl
 
     def decode_hidden(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder up to (not including) the output layer: the last hidden activations."""
@@ -175,20 +203,28 @@ class AutoEncoder(nn.Module):
         col: torch.Tensor,
         index=None,
         impl: str = "fused",
+        beta: float = 0.0,
     ) -> torch.Tensor:
         """Mult-DAE's loss on a CSR batch of who-rated-what (the values are not read): the
         negative multinomial log-likelihood of each row's items under a softmax over every
-        item, averaged over the rows. The input is each row's binary vector scaled to unit
-        length, read by the sparse input layer (no dense input); the output is dense (a
-        softmax needs every item's logit). Equals multinomial_reference on the dense rows."""
+        item, averaged over the rows; a variational model adds ``beta`` times its KL term
+        (Mult-VAE). The input is each row's binary vector scaled to unit length, read by
+        the sparse input layer (no dense input). impl "fused": the output layer and softmax
+        chunk by chunk (deeprec.ops.multinomial_nll, no batch x items logits); "reference":
+        the dense log-softmax. Equals multinomial_reference on the dense rows."""
         rows = entry_rows_of(crow, col.numel())
         x_val = self.input_values(crow, col, None, rows)
         first = self.encoder[0]
         z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
-        h = self.decode_hidden(self.encode_rest(z1))
+        z, kl = self.code(z1)
+        h = self.decode_hidden(z)
         out_weight, out_bias = self.output_layer()
-        log_p = nn.functional.linear(h, out_weight, out_bias).log_softmax(1)
-        return -log_p[rows, col].sum() / max(crow.numel() - 1, 1)
+        if impl == "reference":
+            log_p = nn.functional.linear(h, out_weight, out_bias).log_softmax(1)
+            nll = -log_p[rows, col].sum() / max(crow.numel() - 1, 1)
+        else:
+            nll = multinomial_nll(h, out_weight, out_bias, (crow, col), impl=impl)
+        return nll if kl is None else nll + beta * kl
 
     def input_values(self, crow, col, val, rows=None) -> torch.Tensor:
         """The stored input values the sparse input layer reads, after input dropout: the
@@ -267,9 +303,16 @@ class AutoEncoder(nn.Module):
         return self.last_act(nn.functional.linear(h, weight, bias))
 
 
-def multinomial_reference(model: AutoEncoder, ratings: torch.Tensor) -> torch.Tensor:
+def multinomial_reference(
+    model: AutoEncoder, ratings: torch.Tensor, beta: float = 0.0
+) -> torch.Tensor:
     """Mult-DAE's loss from its definition on dense rows of ratings (0: not rated): the
     mean over rows of -sum_i rated_i log softmax(model(ratings))_i (the model reads who
-    rated what, each row scaled to unit length)."""
+    rated what, each row scaled to unit length); a variational model adds beta times its
+    KL term, computed from the same code."""
     rated = (ratings != 0).to(ratings.dtype)
-    return -(model(ratings).log_softmax(1) * rated).sum(1).mean()
+    z, kl = model.code(model.encoder[0](model.encode_input(ratings)))
+    weight, bias = model.output_layer()
+    logits = nn.functional.linear(model.decode_hidden(z), weight, bias)
+    nll = -(logits.log_softmax(1) * rated).sum(1).mean()
+    return nll if kl is None else nll + beta * kl

@@ -9,6 +9,8 @@ their kernel families in csrc/.
 - sparse_linear: the input layer x @ W + b straight from a CSR batch.
 - sparse_output_mse: the output layer + masked MSE evaluated only at stored ratings.
 - row_adam_step: Adam for item-major parameters with row-sparse gradients.
+- multinomial_nll: the output layer + softmax loss over every item, chunk by chunk
+  (Mult-DAE / Mult-VAE), with no batch x items logits.
 
 The kernels check every index they read; on CUDA a refused one is raised at the next
 ``read_checked`` or ``raise_kernel_errors`` (the training loop reads the loss that way).
@@ -18,6 +20,7 @@ from deeprec.csr import Batch, ColumnIndex, column_index
 from deeprec.ops._native import unavailable_reason
 from deeprec.ops.launch import choose_impl, fused_available, raise_kernel_errors, read_checked
 from deeprec.ops.masked_mse import masked_mse
+from deeprec.ops.multinomial import multinomial_nll, multinomial_nll_reference
 from deeprec.ops.reference import (
     masked_mse_reference,
     row_adam_reference,
@@ -35,6 +38,8 @@ __all__ = [
     "fused_available",
     "masked_mse",
     "masked_mse_reference",
+    "multinomial_nll",
+    "multinomial_nll_reference",
     "raise_kernel_errors",
     "read_checked",
     "row_adam_reference",

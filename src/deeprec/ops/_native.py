@@ -18,7 +18,7 @@ import torch
 from deeprec import __version__
 
 # The entry points' argument convention this package calls (csrc/bindings.cpp, kAbi).
-NATIVE_ABI = 5
+NATIVE_ABI = 6
 
 
 def _stale(module: ModuleType) -> str | None:

@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 
+from deeprec.csr import entry_rows
 from deeprec.ops import _native, cpu, cuda
 
 Impl = Literal["auto", "fused", "reference"]
@@ -126,6 +127,8 @@ TAGS: tuple[tuple[str, str], ...] = (
     ("spmm_rows", "target"),
     ("col_accumulate", "target"),
     ("row_adam_step", "grad"),
+    ("multinomial_nll", "target"),
+    ("multinomial_nll backward", "target"),
 )
 _TAG = {op: i + 1 for i, (op, _) in enumerate(TAGS)}
 
@@ -208,6 +211,51 @@ def _raise_from(word: torch.Tensor, words: list[int] | None = None) -> None:
     if words[0]:
         word.zero_()
         raise ValueError(describe_error(words)) from None
+
+
+def csr_problem(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """The first index of a CSR batch the kernels would refuse, as torch ops on its device
+    (no host sync): int64 (check, position, value, bound) as in the error word, all zero for
+    a sound batch. Checks in the kernels' order: crow starts at 0, stays in [0, nnz] without
+    falling and ends at nnz; columns lie in [0, n_cols) and rise strictly in each row."""
+    codes = _native.module().CHECKS
+    nnz, c, j = col.numel(), crow.to(torch.int64), col.to(torch.int64)
+    candidates, hits = [], []
+
+    def add(check: str, bad: torch.Tensor, value: torch.Tensor, bound: torch.Tensor,
+            offset: int = 0) -> None:  # fmt: skip
+        """A check failing at the positions ``bad`` marks (value and bound alike shaped)."""
+        if bad.numel() == 0:
+            return
+        at = bad.to(torch.int8).argmax()
+        code = c.new_full((), codes[check])
+        candidates.append(torch.stack([code, at + offset, value[at], bound[at]]))
+        hits.append(bad.any())
+
+    B = c.numel() - 1
+    add("crow_start", c[:1] != 0, c[:1], torch.zeros_like(c[:1]))
+    falls = (c[1:] < c[:-1]) | (c[1:] < 0) | (c[1:] > nnz)
+    add("crow_order", falls, c[1:], torch.full_like(c[1:], nnz), offset=1)
+    add("crow_end", c[-1:] != nnz, c[-1:], torch.full_like(c[-1:], nnz), offset=B)
+    add("col_range", (j < 0) | (j >= n_cols), j, torch.full_like(j, n_cols))
+    if nnz > 1:
+        rows = entry_rows(c, nnz)
+        add("col_order", (rows[1:] == rows[:-1]) & (j[1:] <= j[:-1]), j[1:], j[:-1], offset=1)
+    stacked, found = torch.stack(candidates), torch.stack(hits)
+    first = found.to(torch.int8).argmax()
+    return torch.where(found.any(), stacked[first], torch.zeros_like(stacked[0]))
+
+
+def report_problem(device: torch.device, op: str, problem: torch.Tensor) -> None:
+    """Record ``problem`` (csr_problem's words) in ``device``'s error word unless a failure
+    is recorded there already, with no host sync; on the CPU raise it at once, as a CPU
+    kernel's launch does."""
+    word = error_word(device)
+    tag = problem.new_full((1,), _TAG[op])
+    new = torch.where(problem[0] != 0, torch.cat([problem[:1], tag, problem[1:]]), 0)
+    word.copy_(torch.where(word[0] != 0, word, new))
+    if device.type == "cpu":
+        _raise_from(word)
 
 
 def raise_kernel_errors(device: torch.device | str | None = None) -> None:

@@ -37,6 +37,8 @@ from deeprec.ops.launch import (
 )
 
 DEVICES = ("cpu", "cuda")
+# Every Op, in the order defined (the op modules import this one and add theirs).
+OPS: list[Op] = []
 
 
 class Op:
@@ -53,6 +55,7 @@ class Op:
         mutates: tuple[str, ...] = (),
     ) -> None:
         self.name, self.check, self.run = name, check, run
+        OPS.append(self)
 
         @functools.wraps(run)  # the schema is inferred from run's annotated signature
         def forward(*args):
@@ -629,15 +632,4 @@ ROW_ADAM = Op(
     _row_adam_run,
     fake=lambda *args: None,
     mutates=("p", "exp_avg", "exp_avg_sq"),
-)
-
-OPS = (
-    MASKED_MSE,
-    MASKED_MSE_BACKWARD,
-    SPARSE_LINEAR,
-    SPARSE_OUTPUT_MSE,
-    SPMM_ROWS,
-    COL_ACCUMULATE,
-    COLUMN_INDEX,
-    ROW_ADAM,
 )

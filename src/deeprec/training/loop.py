@@ -50,13 +50,18 @@ def flushed_denormals() -> Iterator[None]:
         torch.set_flush_denormal(was_flushing)
 
 
-def batch_loss(model: AutoEncoder, batch: Batch, path: TrainingPlan) -> torch.Tensor:
+def batch_loss(
+    model: AutoEncoder, batch: Batch, path: TrainingPlan, update: int = 0
+) -> torch.Tensor:
     """The training loss of one batch: masked MSE of the reconstruction at the stored ratings,
     computed the way ``path`` says (all three give the same value and gradients), or the
-    multinomial loss of a ranking model."""
+    multinomial loss of a ranking model (a variational one's KL term weighted as the plan's
+    annealing says at 0-based update ``update``)."""
     if path.objective == "multinomial":
         index = batch.index if path.impl == "fused" else None
-        return model.multinomial_loss(batch.crow, batch.col, index=index, impl=path.impl)
+        return model.multinomial_loss(
+            batch.crow, batch.col, index=index, impl=path.impl, beta=path.beta(update)
+        )
     if path.loss == "sparse":
         return model.sparse_loss(
             *batch.csr, index=batch.index, impl="fused", sparse_grad=path.sparse_grad
@@ -123,8 +128,10 @@ def run_epoch(
     world: World = ALONE,
     loss_every: int = 0,
     on_loss: Callable[[float], None] | None = None,
+    first_update: int = 0,
 ) -> float:
     """One pass over ``batches``; returns the epoch's loss (MSE over all its ratings).
+    first_update: the 0-based count of updates before this epoch (a KL schedule reads it).
 
     The loss is read back every ``loss_every`` steps (0: about once a second; see
     LossTotal) and at the end, where a diverged loss or an index a GPU kernel refused is
@@ -132,11 +139,11 @@ def run_epoch(
     shares of the global batches, and the epoch is run_distributed_epoch's.
     """
     if world.active:
-        return run_distributed_epoch(model, optimizer, batches, path, world)
+        return run_distributed_epoch(model, optimizer, batches, path, world, first_update)
     model.train()
     losses = LossTotal(loss_every, on_loss)
-    for batch in batches:
-        loss = batch_loss(model, batch, path)
+    for n, batch in enumerate(batches):
+        loss = batch_loss(model, batch, path, first_update + n)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -154,6 +161,7 @@ def run_distributed_epoch(
     batches: Iterable[Batch],
     path: TrainingPlan,
     world: World,
+    first_update: int = 0,
 ) -> float:
     """run_epoch for one rank: the loss is normalised by the global count of ratings in
     the global batch and the gradients are summed across ranks (deeprec.distributed), so
@@ -163,9 +171,9 @@ def run_distributed_epoch(
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
     loss_sum, count = 0.0, 0.0
-    for batch in batches:
+    for n, batch in enumerate(batches):
         n_local = batch.col.numel()
-        loss = batch_loss(model, batch, path) if n_local else None
+        loss = batch_loss(model, batch, path, first_update + n) if n_local else None
         local = read_checked(loss) * n_local if loss is not None else 0.0
         n_global, sse = all_sum([float(n_local), local], world, batch.col.device)
         if n_global == 0:
@@ -313,6 +321,7 @@ def fit(
                     world,
                     config.loss_every,
                     on_loss=lambda value, bar=bar: bar.set_postfix(loss=f"{value:.4f}"),
+                    first_update=(epoch - 1) * steps,
                 )
                 seconds = time.perf_counter() - t0
                 metrics = validate_trainer(t) if evaluate else {}

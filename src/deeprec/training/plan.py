@@ -27,9 +27,11 @@ class TrainingPlan:
     sparse_grad: the item matrices get row-sparse gradients, for deeprec's row-sparse Adam.
     lazy: that Adam moves only the batch's rows (--optimizer sparse-adam).
     resident: the training ratings stay on the device (--data-on-device).
-    objective: "mse" (the ratings) or "multinomial" (Mult-DAE: the sparse input layer, a
-    dense softmax output; loss "sparse" then means the fused input layer, "reference" the
-    pure-PyTorch one).
+    objective: "mse" (the ratings) or "multinomial" (Mult-DAE / Mult-VAE: a softmax over
+    every item; loss "sparse" then means the fused input layer and the chunked fused
+    output layer + loss, deeprec.ops.multinomial_nll; "reference" the pure-PyTorch input
+    layer and the dense log-softmax).
+    anneal: a variational model's KL schedule, (beta cap, annealing updates); None else.
     linear_output: the model's output layer is linear, so predictions at given entries
     need no dense output row.
     """
@@ -40,6 +42,15 @@ class TrainingPlan:
     resident: bool = False
     linear_output: bool = True
     objective: str = "mse"
+    anneal: tuple[float, int] | None = None
+
+    def beta(self, update: int) -> float:
+        """The KL term's weight at 0-based update ``update``: min(cap, update / steps)
+        (Liang et al.'s linear annealing), 0 for a model without one."""
+        if self.anneal is None:
+            return 0.0
+        cap, steps = self.anneal
+        return min(cap, update / steps)
 
     @property
     def impl(self) -> str:
@@ -62,7 +73,8 @@ def plan(config: Config, device: torch.device) -> TrainingPlan:
         if config.fused and (reason := unavailable_reason(device)) is not None:
             raise ConfigError(f"--fused: {reason}")
         path = "sparse" if config.fused else "reference"
-        return TrainingPlan(path, resident=resident, objective="multinomial")
+        anneal = (config.beta_cap, config.anneal_steps) if config.variational else None
+        return TrainingPlan(path, resident=resident, objective="multinomial", anneal=anneal)
     if not config.fused:
         return TrainingPlan("reference", resident=resident, linear_output=linear)
     reason = unavailable_reason(device)

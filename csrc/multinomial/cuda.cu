@@ -1,0 +1,207 @@
+// CUDA epilogues of the chunked multinomial loss (see multinomial.h). One block per batch
+// row (grid-stride), threads across the chunk's columns: block-wide max and sum reductions
+// in a fixed order (deterministic), each written value owned by one thread. Every offset
+// and column is checked before use (checks.h) and a refused one recorded in the device
+// error word. Compiled in every CUDA build; the driver runs it only where it has passed a
+// measured GPU run (deeprec/ops/multinomial.py), else torch ops do the epilogue.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "checks.h"
+#include "common.h"
+#include "multinomial/multinomial.h"
+#include "cuda_common.cuh"
+
+namespace deeprec {
+
+using Floats = Float32And64;
+static_assert(same_codes(Floats{}, kMultinomialCudaDtypes), "the dtype table and the dispatch differ");
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 4096;
+
+__device__ __forceinline__ float exp_of(float x) { return expf(x); }
+__device__ __forceinline__ double exp_of(double x) { return exp(x); }
+
+// Block-wide sum and max of one value per thread, in a fixed order; valid in every thread.
+template <typename A, typename Op>
+__device__ A block_reduce(A v, A* smem, Op op) {
+  __syncthreads();  // smem may still be read by a previous call
+  smem[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) smem[threadIdx.x] = op(smem[threadIdx.x], smem[threadIdx.x + s]);
+    __syncthreads();
+  }
+  return smem[0];
+}
+
+// Whether every offset and column of row i passes (checks.h), decided by the whole block.
+template <typename I>
+__device__ bool row_checked(const int64_t* crow, const I* col, int64_t i, int64_t B, int64_t N,
+                            int64_t nnz, ErrorSink err) {
+  int64_t k0 = 0, k1 = 0;
+  int bad = row_entries(crow, i, B, nnz, err, &k0, &k1) ? 0 : 1;
+  for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) {
+    if (entry_column(col, k, k0, N, err) < 0) bad = 1;
+  }
+  return __syncthreads_or(bad) == 0;
+}
+
+// [*p0, *p1): the entries of row [k0, k1) with a column in [n0, n0 + C), by binary search.
+template <typename I>
+__device__ void chunk_entries(const I* col, int64_t k0, int64_t k1, int64_t n0, int64_t C,
+                              int64_t* p0, int64_t* p1) {
+  auto lower = [&](int64_t lo, int64_t value) {
+    int64_t hi = k1;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (static_cast<int64_t>(col[mid]) < value) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+  };
+  *p0 = lower(k0, n0);
+  *p1 = lower(*p0, n0 + C);
+}
+
+template <typename I>
+__device__ int64_t chunk_column(const I* col, int64_t k, int64_t k0, int64_t n0, int64_t C,
+                                ErrorSink err) {
+  const int64_t j = static_cast<int64_t>(col[k]);
+  if (j < n0 || j >= n0 + C) {
+    report(err, kColOrder, k, j, k > k0 ? static_cast<int64_t>(col[k - 1]) : -1);
+    return -1;
+  }
+  return j - n0;
+}
+
+struct Max {
+  template <typename A>
+  __device__ A operator()(A a, A b) const { return b > a ? b : a; }
+};
+struct Sum {
+  template <typename A>
+  __device__ A operator()(A a, A b) const { return a + b; }
+};
+
+template <typename T, typename I>
+__global__ void __launch_bounds__(kThreads)
+lse_chunk_kernel(const T* __restrict__ Z, const int64_t* __restrict__ crow,
+                 const I* __restrict__ col, double* __restrict__ run_max,
+                 double* __restrict__ run_sum, double* __restrict__ observed, int64_t B,
+                 int64_t N, int64_t n0, int64_t C, int64_t ldz, int64_t nnz, ErrorSink err) {
+  __shared__ double smem[kThreads];
+  for (int64_t i = blockIdx.x; i < B; i += gridDim.x) {
+    const T* z = Z + i * ldz;
+    double m_old = -INFINITY, s_old = 0.0, obs_old = 0.0;
+    if (n0 == 0) {
+      if (!row_checked(crow, col, i, B, N, nnz, err)) {
+        if (threadIdx.x == 0) run_max[i] = -INFINITY, run_sum[i] = 0.0, observed[i] = 0.0;
+        continue;
+      }
+    } else {
+      m_old = run_max[i], s_old = run_sum[i], obs_old = observed[i];
+    }
+    int64_t k0 = 0, k1 = 0, p0 = 0, p1 = 0;
+    const bool ok = row_entries(crow, i, B, nnz, err, &k0, &k1);
+    double m = -INFINITY;
+    for (int64_t c = threadIdx.x; c < C; c += kThreads) m = fmax(m, static_cast<double>(z[c]));
+    const double m_chunk = block_reduce(m, smem, Max{});
+    const double m_new = fmax(m_old, m_chunk);
+    double s = 0.0;
+    for (int64_t c = threadIdx.x; c < C; c += kThreads) {
+      s += static_cast<double>(exp_of(z[c] - static_cast<T>(m_new)));
+    }
+    s = block_reduce(s, smem, Sum{});
+    double obs = 0.0;
+    if (ok) {
+      chunk_entries(col, k0, k1, n0, C, &p0, &p1);
+      for (int64_t k = p0 + threadIdx.x; k < p1; k += kThreads) {
+        const int64_t c = chunk_column(col, k, k0, n0, C, err);
+        if (c >= 0) obs += static_cast<double>(z[c]);
+      }
+    }
+    obs = block_reduce(obs, smem, Sum{});
+    if (threadIdx.x == 0) {
+      run_sum[i] = (m_old == m_new ? s_old : s_old * exp(m_old - m_new)) + s;
+      run_max[i] = m_new;
+      observed[i] = obs_old + obs;
+    }
+  }
+}
+
+template <typename T, typename I>
+__global__ void __launch_bounds__(kThreads)
+softmax_grad_chunk_kernel(T* __restrict__ Z, const int64_t* __restrict__ crow,
+                          const I* __restrict__ col, const T* __restrict__ lse,
+                          const T* __restrict__ scale, int64_t B, int64_t N, int64_t n0,
+                          int64_t C, int64_t ldz, int64_t nnz, ErrorSink err) {
+  const T s = scale != nullptr ? *scale : T(1);
+  for (int64_t i = blockIdx.x; i < B; i += gridDim.x) {
+    T* z = Z + i * ldz;
+    bool ok = n0 != 0 || row_checked(crow, col, i, B, N, nnz, err);
+    int64_t k0 = 0, k1 = 0, p0 = 0, p1 = 0;
+    ok = ok && row_entries(crow, i, B, nnz, err, &k0, &k1);
+    if (!ok || k1 == k0) {
+      for (int64_t c = threadIdx.x; c < C; c += kThreads) z[c] = T(0);
+      continue;
+    }
+    const T factor = s * static_cast<T>(k1 - k0), shift = lse[i];
+    for (int64_t c = threadIdx.x; c < C; c += kThreads) z[c] = factor * exp_of(z[c] - shift);
+    __syncthreads();  // the softmax part of the row before its correction
+    chunk_entries(col, k0, k1, n0, C, &p0, &p1);
+    for (int64_t k = p0 + threadIdx.x; k < p1; k += kThreads) {
+      const int64_t c = chunk_column(col, k, k0, n0, C, err);
+      if (c >= 0) z[c] -= s;
+    }
+    __syncthreads();  // the block moves on to its next row together
+  }
+}
+
+unsigned int blocks_for(int64_t B) {
+  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(B, kMaxBlocks)));
+}
+
+}  // namespace
+
+int lse_chunk_cuda(const void* Z, const int64_t* crow, const void* col, double* run_max,
+                   double* run_sum, double* observed, int64_t B, int64_t N, int64_t n0,
+                   int64_t C, int64_t ldz, int64_t nnz, int dtype, int index_dtype,
+                   int64_t* err, int64_t err_tag, int device, void* stream) {
+  cuda::DeviceGuard guard;
+  if (const int st = cuda::fail(guard.set(device))) return st;
+  if (B == 0) return kOk;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    lse_chunk_kernel<T, I><<<blocks_for(B), kThreads, 0, s>>>(
+        static_cast<const T*>(Z), crow, static_cast<const I*>(col), run_max, run_sum, observed,
+        B, N, n0, C, ldz, nnz, ErrorSink{err, err_tag});
+    return cuda::check_launch();
+  });
+}
+
+int softmax_grad_chunk_cuda(void* Z, const int64_t* crow, const void* col, const void* lse,
+                            const void* scale, int64_t B, int64_t N, int64_t n0, int64_t C,
+                            int64_t ldz, int64_t nnz, int dtype, int index_dtype,
+                            int64_t* err, int64_t err_tag, int device, void* stream) {
+  cuda::DeviceGuard guard;
+  if (const int st = cuda::fail(guard.set(device))) return st;
+  if (B == 0) return kOk;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    softmax_grad_chunk_kernel<T, I><<<blocks_for(B), kThreads, 0, s>>>(
+        static_cast<T*>(Z), crow, static_cast<const I*>(col), static_cast<const T*>(lse),
+        static_cast<const T*>(scale), B, N, n0, C, ldz, nnz, ErrorSink{err, err_tag});
+    return cuda::check_launch();
+  });
+}
+
+}  // namespace deeprec

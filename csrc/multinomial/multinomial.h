@@ -1,0 +1,62 @@
+// The epilogues of the chunked multinomial loss (Mult-DAE / Mult-VAE's output layer).
+//
+// The loss of a batch of B rows over N items is
+//   L = (1 / B) * sum_i [ c_i * lse_i - sum_{k in row i} z_{i, col[k]} ],
+// z = h W^T + b the logits, lse_i = log sum_j exp(z_ij), c_i the row's item count. The
+// driver (deeprec/ops/multinomial.py) never holds more than one chunk of logits: it writes
+// Z = h W[n0:n0+C]^T + b[n0:n0+C] (B x C, row stride ldz) with torch's GEMM and calls
+// these kernels on it, which are the part torch has no op for:
+//  - lse_chunk: the online log-sum-exp (a running max and sum per row, accumulated in
+//    double across chunks) and the sum of the row's observed logits that fall in the chunk,
+//    read straight from the CSR batch;
+//  - softmax_grad_chunk: Z turned in place into the logit gradient
+//    G_ij = scale * (c_i * exp(z_ij - lse_i) - [j is one of row i's items]),
+//    which the driver then feeds to the GEMMs for dh, dW and db.
+// The CSR batch: crow int64[B+1], col int32|int64[nnz] (strictly increasing in a row);
+// its values are not read (who rated what). Chunk n0 == 0 starts a pass: it checks every
+// offset and column of the batch (checks.h) and initialises the running state; every
+// chunk checks each offset again and each column it uses before it indexes Z with it. A
+// refused row contributes nothing and is reported through (err, err_tag).
+#pragma once
+
+#include <cstdint>
+
+#include "common.h"
+
+namespace deeprec {
+
+// The shared arguments of each entry point by name, in order (see masked_mse.h).
+inline constexpr const char* kLseChunkArgs[] = {
+    "Z", "crow", "col", "run_max", "run_sum", "observed", "B", "N", "n0", "C", "ldz", "nnz",
+    "dtype", "index_dtype"};
+inline constexpr const char* kSoftmaxGradChunkArgs[] = {
+    "Z", "crow", "col", "lse", "scale", "B", "N", "n0", "C", "ldz", "nnz", "dtype",
+    "index_dtype"};
+inline constexpr int kMultinomialCpuDtypes[] = {kFloat32, kFloat64};
+inline constexpr int kMultinomialCudaDtypes[] = {kFloat32, kFloat64};
+
+// run_max, run_sum, observed: double[B], the running state of one pass (written, not read,
+// when n0 == 0). After the last chunk lse_i = run_max[i] + log(run_sum[i]).
+int lse_chunk_cpu(const void* Z, const int64_t* crow, const void* col, double* run_max,
+                  double* run_sum, double* observed, int64_t B, int64_t N, int64_t n0,
+                  int64_t C, int64_t ldz, int64_t nnz, int dtype, int index_dtype,
+                  int64_t* err, int64_t err_tag, int num_threads);
+
+// lse: T[B], the forward's log-sum-exp per row; scale: one T (the incoming gradient over
+// B), host memory on the CPU, device memory on CUDA.
+int softmax_grad_chunk_cpu(void* Z, const int64_t* crow, const void* col, const void* lse,
+                           const void* scale, int64_t B, int64_t N, int64_t n0, int64_t C,
+                           int64_t ldz, int64_t nnz, int dtype, int index_dtype, int64_t* err,
+                           int64_t err_tag, int num_threads);
+
+// CUDA twins on `stream` of `device` (one block per row; every pointer device memory).
+int lse_chunk_cuda(const void* Z, const int64_t* crow, const void* col, double* run_max,
+                   double* run_sum, double* observed, int64_t B, int64_t N, int64_t n0,
+                   int64_t C, int64_t ldz, int64_t nnz, int dtype, int index_dtype,
+                   int64_t* err, int64_t err_tag, int device, void* stream);
+int softmax_grad_chunk_cuda(void* Z, const int64_t* crow, const void* col, const void* lse,
+                            const void* scale, int64_t B, int64_t N, int64_t n0, int64_t C,
+                            int64_t ldz, int64_t nnz, int dtype, int index_dtype,
+                            int64_t* err, int64_t err_tag, int device, void* stream);
+
+}  // namespace deeprec
