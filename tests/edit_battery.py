@@ -32,6 +32,8 @@ from deeprec.data import RatingMatrix
 from deeprec.ops import (
     masked_mse,
     masked_mse_reference,
+    multinomial_nll,
+    multinomial_nll_reference,
     row_adam_reference,
     row_adam_step,
     sparse_linear,
@@ -142,6 +144,9 @@ def op_forward(name, data, p, grad):
     elif name == "sparse_linear":
         y = sparse_linear(data, leaves["W"], leaves["b"], impl="fused").square().sum()
         wrt = [leaves["W"], leaves["b"]]
+    elif name == "multinomial_nll":  # chunks of 7 items: several chunks, a ragged last one
+        y = multinomial_nll(leaves["h"], leaves["W"], leaves["bo"], data, impl="fused", chunk=7)
+        wrt = [leaves["h"], leaves["W"], leaves["bo"]]
     else:
         y = sparse_output_mse(leaves["h"], leaves["W"], leaves["bo"], data, impl="fused")
         wrt = [leaves["h"], leaves["W"], leaves["bo"]]
@@ -162,6 +167,9 @@ def reference(name, snapshot: CSRParts, p):
     elif name == "sparse_linear":
         y = sparse_linear_reference(snapshot, leaves["W"], leaves["b"]).square().sum()
         wrt = [leaves["W"], leaves["b"]]
+    elif name == "multinomial_nll":
+        y = multinomial_nll_reference(leaves["h"], leaves["W"], leaves["bo"], crow, col)
+        wrt = [leaves["h"], leaves["W"], leaves["bo"]]
     else:
         y = sparse_output_mse_reference(leaves["h"], leaves["W"], leaves["bo"], snapshot)
         wrt = [leaves["h"], leaves["W"], leaves["bo"]]
@@ -202,7 +210,7 @@ def attempt(fn):
 
 def run_op_cases():
     for make in (public_batch, triple_batch):
-        for name in ("masked_mse", "sparse_linear", "sparse_output_mse"):
+        for name in ("masked_mse", "sparse_linear", "sparse_output_mse", "multinomial_nll"):
             for write in WRITES:
                 for when in ("before", "between"):
                     n_edits = len(list(edits(*make())))
@@ -230,8 +238,10 @@ def run_op_cases():
 
                         got = attempt(call)
                         index_edit = what.split()[0] in ("perm", "rows", "ucol", "uptr")
-                        # masked_mse reads no column index; the sparse ops' backward does
-                        valid = canonical(snap, N) and (name == "masked_mse" or not index_edit)
+                        # masked_mse and multinomial_nll read no column index; the sparse
+                        # ops' backward does
+                        reads_index = name not in ("masked_mse", "multinomial_nll")
+                        valid = canonical(snap, N) and not (reads_index and index_edit)
                         judge(case, got, lambda n=name, s=snap, p=p: reference(n, s, p), valid)
 
 

@@ -13,6 +13,8 @@ from deeprec.csr import Batch, CSRParts
 from deeprec.ops import (
     masked_mse,
     masked_mse_reference,
+    multinomial_nll,
+    multinomial_nll_reference,
     sparse_linear,
     sparse_linear_reference,
     sparse_output_mse,
@@ -51,6 +53,11 @@ def calls(op):
             lambda t, q: sparse_linear(t, q["W"], q["b"], impl="fused").square().sum(),
             lambda parts, q: sparse_linear_reference(parts, q["W"], q["b"]).square().sum(),
         )
+    if op == "multinomial_nll":  # chunks of 7 items: several, and a ragged last one
+        return (
+            lambda t, q: multinomial_nll(q["h"], q["Wo"], q["bo"], t, impl="fused", chunk=7),
+            lambda parts, q: multinomial_nll_reference(q["h"], q["Wo"], q["bo"], *parts[:2]),
+        )
     return (
         lambda t, q: sparse_output_mse(q["h"], q["Wo"], q["bo"], t, impl="fused"),
         lambda parts, q: sparse_output_mse_reference(q["h"], q["Wo"], q["bo"], parts),
@@ -67,7 +74,9 @@ def value_and_grads(fn, target, p):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", ["masked_mse", "sparse_linear", "sparse_output_mse"])
+@pytest.mark.parametrize(
+    "op", ["masked_mse", "sparse_linear", "sparse_output_mse", "multinomial_nll"]
+)
 @pytest.mark.parametrize(
     "form,fullgraph",
     [("csr tensor", False), ("triple", True), ("triple", False), ("batch", True)],
