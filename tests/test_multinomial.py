@@ -169,7 +169,7 @@ def test_the_kl_weight_rises_linearly_to_its_cap():
 
 
 def test_the_config_refuses_a_variational_model_that_cannot_be_one():
-    with pytest.raises(ConfigError, match="--variational .*needs --objective multinomial"):
+    with pytest.raises(ConfigError, match=r"--variational .*needs --objective multinomial"):
         Config(variational=True).check()
     with pytest.raises(ConfigError, match="--tied"):
         Config(objective="multinomial", variational=True, tied=True).check()

@@ -56,6 +56,10 @@ def batches(draw):
     return B, N, H, crow.to(torch.int64), col, chunk
 
 
+def fused(h, W, b, crow, col, chunk, epilogue):
+    return multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=chunk, epilogue=epilogue)
+
+
 @pytest.mark.parametrize("epilogue", EPILOGUES)
 @settings(max_examples=40, deadline=None)
 @given(case=batches(), seed=st.integers(0, 1000))
@@ -63,8 +67,7 @@ def test_the_op_equals_its_dense_definition_in_float64(epilogue, case, seed):
     B, N, H, crow, col, chunk = case
     leaves = layer(B, N, H, seed=seed)
     got = value_and_grads(
-        lambda h, W, b: multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=chunk,
-                                        epilogue=epilogue),  # fmt: skip
+        lambda h, W, b: fused(h, W, b, crow, col, chunk, epilogue),
         leaves,
     )
     want = value_and_grads(lambda h, W, b: multinomial_nll_reference(h, W, b, crow, col), leaves)
@@ -79,8 +82,7 @@ def test_float32_matches_to_float32_tolerance(epilogue, case, seed):
     B, N, H, crow, col, chunk = case
     leaves = layer(B, N, H, dtype=torch.float32, seed=seed)
     got = value_and_grads(
-        lambda h, W, b: multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=chunk,
-                                        epilogue=epilogue),  # fmt: skip
+        lambda h, W, b: fused(h, W, b, crow, col, chunk, epilogue),
         leaves,
     )
     # the definition in float64, so the tolerance is the float32 op's own error
@@ -199,10 +201,8 @@ def test_metadata_errors_are_one_line():
         (lambda: multinomial_nll(h, W, b[:5], (crow, col)), ValueError, "bias must be"),
         (lambda: multinomial_nll(h[:3], W, b, (crow, col)), ValueError, "crow has 5 entries"),
         (lambda: multinomial_nll(h, W, b, (crow, col.float())), TypeError, "col int32"),
-        (lambda: multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=0), ValueError,
-         "chunk must be"),  # fmt: skip
-        (lambda: multinomial_nll(h, W, b, (crow, col), impl="fused", epilogue="x"), ValueError,
-         "epilogue must be"),  # fmt: skip
+        (lambda: fused(h, W, b, crow, col, 0, "native"), ValueError, "chunk must be"),
+        (lambda: fused(h, W, b, crow, col, 4, "x"), ValueError, "epilogue must be"),
         (lambda: multinomial_nll(h, W, b, "x"), TypeError, "target must be"),
     ]
     for call, kind, says in bad:
