@@ -290,6 +290,23 @@ class AutoEncoder(nn.Module):
         weight, bias = self.output_layer()
         return (h[rows] * weight[cols]).sum(1) + bias[cols]
 
+    def reconstruct(
+        self,
+        crow: torch.Tensor,
+        col: torch.Tensor,
+        val: torch.Tensor,
+        index=None,
+        impl: str = "auto",
+    ) -> torch.Tensor:
+        """Whole output rows for a CSR batch of input rows, read by the sparse input layer
+        (no dense input): forward(dense rows), at a catalogue's scale half the work."""
+        first = self.encoder[0]
+        x_val = self.input_values(crow, col, val)
+        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
+        h = self.decode_hidden(self.encode_rest(z1))
+        weight, bias = self.output_layer()
+        return self.last_act(nn.functional.linear(h, weight, bias))
+
     def item_parameters(self) -> list[nn.Parameter]:
         """The N-row parameters whose gradients the sparse path can make sparse."""
         weight, bias = self.output_layer()

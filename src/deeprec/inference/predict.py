@@ -91,8 +91,10 @@ def score_items(
 ) -> np.ndarray:
     """Predicted ratings of every item for each user index in ``users``: (len(users), n_items).
 
-    User-based models predict a user's row from their training vector; item-based models
-    predict every item's row and read the users' columns (items x users, in batches).
+    User-based models predict a user's row from their training vector, read by the sparse
+    input layer; item-based models predict every item's row and read the users' columns
+    (items x users, in batches). Callers at a catalogue's scale ask for a slice of users at
+    a time (deeprec.quality.metrics.per_user does).
     """
     was_training = model.training
     model.eval()
@@ -101,9 +103,9 @@ def score_items(
             out = np.empty((len(users), inputs.n_cols))
             for s in range(0, len(users), batch_size):
                 chunk = users[s : s + batch_size]
-                out[s : s + len(chunk)] = (
-                    model(inputs.batch(chunk, device).dense()).double().cpu().numpy()
-                )
+                batch = inputs.batch(chunk, device)
+                got = model.reconstruct(*batch.csr, index=batch.index)
+                out[s : s + len(chunk)] = got.double().cpu().numpy()
         else:
             out = np.empty((inputs.n_rows, len(users)))
             cols = torch.as_tensor(users, device=device)

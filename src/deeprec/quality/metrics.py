@@ -4,6 +4,8 @@ a user's training items never recommended)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -17,18 +19,6 @@ def popularity(rated: sp.csr_matrix, n_users: int) -> np.ndarray:
     (users x items), the same row for each of ``n_users`` users (a read-only view)."""
     counts = np.bincount(rated.indices, minlength=rated.shape[1]).astype(float)
     return np.broadcast_to(counts, (n_users, rated.shape[1]))
-
-
-def top_items(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
-    """The k best items of one score row, best first, never an excluded item; ties go to
-    the lower item index (the order deeprec.inference.ranking uses)."""
-    s = np.asarray(scores, dtype=np.float64).copy()
-    s[exclude] = -np.inf
-    k = min(k, len(s) - len(np.unique(exclude)))
-    if k <= 0:
-        return np.empty(0, dtype=np.int64)
-    top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
-    return top[np.lexsort((top, -s[top]))]
 
 
 def _dcg(hits: np.ndarray) -> float:
@@ -58,12 +48,47 @@ def user_ranking_metrics(top: np.ndarray, relevant: set[int]) -> dict[str, float
 
 PER_USER = ("precision@10", "recall@10", "ndcg@10", "recall@20", "ndcg@100")
 
+# Score rows: a (len(users), n_items) array, or a function giving the rows of a slice of
+# ``users`` (so a catalogue's scores are never held for every user at once).
+Scores = np.ndarray | Callable[[np.ndarray], np.ndarray]
+
+
+def rows_per_chunk(n_items: int, budget_bytes: int = 2**28) -> int:
+    """Users scored at once: float64 rows of ``n_items`` in about ``budget_bytes``."""
+    return max(1, budget_bytes // (8 * max(n_items, 1)))
+
+
+def top_rows(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> list[np.ndarray]:
+    """The k best items of each score row, best first, never an item its row of ``exclude``
+    holds; ties go to the lower item index, exactly (the order deeprec.inference.ranking
+    uses). Vectorised over the rows: one partition, then the rows' ties at the boundary."""
+    s = np.array(scores, dtype=np.float64, copy=True)
+    n_rows, n_items = s.shape
+    excluded = np.zeros(s.shape, dtype=bool)
+    excluded[np.repeat(np.arange(n_rows), np.diff(exclude.indptr)), exclude.indices] = True
+    s[excluded] = -np.inf
+    k = min(k, n_items)
+    if k <= 0 or n_rows == 0:
+        return [np.empty(0, dtype=np.int64) for _ in range(n_rows)]
+    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th best score
+    above = (s > kth) & ~excluded
+    tied = (s == kth) & ~excluded
+    room = k - above.sum(1, keepdims=True)  # how many of the tied (lowest index first) fit
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    out = []
+    for row in range(n_rows):
+        idx = np.flatnonzero(chosen[row])
+        out.append(idx[np.lexsort((idx, -s[row, idx]))])
+    return out
+
 
 def per_user(
-    scores: np.ndarray, users: np.ndarray, matrix: RatingMatrix, relevant_at: float = RELEVANT_AT
+    scores: Scores, users: np.ndarray, matrix: RatingMatrix, relevant_at: float = RELEVANT_AT
 ) -> tuple[list[dict[str, float]], list[np.ndarray]]:
     """(PER_USER metrics of each user with a relevant validation item, in ``users``' order;
-    their top 10s). Items a user rated in training are never recommended."""
+    their top 10s). Items a user rated in training are never recommended. Callable
+    ``scores`` are asked for the users in slices (rows_per_chunk), each ranked and dropped
+    before the next."""
     v_user, v_item, v_rating = matrix.user_view()
     by_user = matrix.by_user()
     liked = v_rating >= relevant_at
@@ -71,15 +96,21 @@ def per_user(
     owners, starts = np.unique(v_user[liked][order], return_index=True)
     pieces = np.split(v_item[liked][order], starts[1:]) if len(owners) else []
     groups = dict(zip(owners.tolist(), pieces, strict=True))
+    users = np.asarray(users)
+    wanted = np.array([int(u) in groups for u in users], dtype=bool)
     rows: list[dict[str, float]] = []
     shown: list[np.ndarray] = []
-    for row, u in enumerate(users):
-        relevant = set(groups.get(int(u), np.empty(0, np.int64)).tolist())
-        if not relevant:
+    step = rows_per_chunk(matrix.n_items)
+    for s in range(0, len(users), step):
+        part = np.arange(s, min(s + step, len(users)))
+        if not wanted[part].any():
             continue
-        top = top_items(scores[row], by_user[u].indices, 100)
-        rows.append(user_ranking_metrics(top, relevant))
-        shown.append(top[:10])
+        block = scores(users[part]) if callable(scores) else scores[part]
+        keep = wanted[part]
+        tops = top_rows(np.asarray(block)[keep], by_user[users[part][keep]], 100)
+        for u, top in zip(users[part][keep], tops, strict=True):
+            rows.append(user_ranking_metrics(top, set(groups[int(u)].tolist())))
+            shown.append(top[:10])
     return rows, shown
 
 
@@ -94,7 +125,7 @@ def _interval(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
 
 
 def ranking_metrics(
-    scores: np.ndarray,
+    scores: Scores,
     users: np.ndarray,
     matrix: RatingMatrix,
     relevant_at: float = RELEVANT_AT,
@@ -124,8 +155,8 @@ def ranking_metrics(
 
 
 def paired_difference(
-    scores: np.ndarray,
-    against: np.ndarray,
+    scores: Scores,
+    against: Scores,
     users: np.ndarray,
     matrix: RatingMatrix,
     relevant_at: float = RELEVANT_AT,
