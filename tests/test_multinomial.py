@@ -79,9 +79,9 @@ def test_a_multinomial_model_trains_validates_by_ndcg_and_never_recommends_train
     tmp_path, capsys, fused
 ):
     from deeprec import run
-    from deeprec.inference.ranking import top_k
     from deeprec.inference.recommendation import TrainedScorer
     from deeprec.recommend import cli_main as recommend_main
+    from deeprec.top_items import top_k
     from deeprec.train import cli_main as train_main
 
     data = write_movielens_csv(tmp_path / "toy")

@@ -69,6 +69,8 @@ def main(args: argparse.Namespace) -> int:
         f"{'NDCG@10':>8}"
     )
     for name, row in table.items():
+        if "left_out" in row:
+            continue
         ci = row.get("rmse_ci95")
         interval = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-"
         print(
@@ -91,6 +93,9 @@ def main(args: argparse.Namespace) -> int:
                 f"{_fmt(row['popularity_rank@10'], '.0f'):>13}"
             )
         print(f"(ranking over {table['deeprec']['users']} users with a validation rating >= 4)")
+    for name, row in table.items():
+        if "left_out" in row:
+            print(f"{name} left out: {row['left_out']}")
     if args.out is not None:
         doc = {
             "checkpoint": str(args.checkpoint),

@@ -19,6 +19,7 @@ import numpy as np
 
 from deeprec import cli
 from deeprec.inference import ranking
+from deeprec.top_items import top_k
 
 
 def parse_ratings(text: str, scale: tuple[float, float]) -> dict[int, float]:
@@ -163,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
         given = parse_ratings(args.ratings, scorer.scale)
         scores, rated = new_user(given)
         who = f"a new user ({len(given)} ratings)"
-    top = ranking.rows_of(scorer, ranking.top_k(scores, rated, args.k), scores)
+    top = ranking.rows_of(scorer, top_k(scores, rated, args.k), scores)
     print(f"Top {len(top)} for {who}:")
     for rank, (item, score, title) in enumerate(top, 1):
         print(f"{rank:3d}. {score:.2f}  {title}  [{item}]")

@@ -15,9 +15,11 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from tqdm import tqdm
 
 from deeprec.quality.baseline import Biases, fold_in_row
+from deeprec.top_items import top_rows
 
 
 class Scorer(Protocol):
@@ -35,18 +37,6 @@ class Scorer(Protocol):
     def rated(self, user: int) -> np.ndarray:
         """Item positions user position ``user`` rated in training."""
         ...
-
-
-def top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
-    """The positions of the k best scores of one row, ``exclude`` left out."""
-    scores = np.asarray(scores, dtype=np.float64).copy()
-    scores[exclude] = -np.inf
-    k = min(k, int(np.isfinite(scores).sum()))
-    if k <= 0:
-        return np.empty(0, dtype=np.int64)
-    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    # exact order among the chosen: by score, then by column (a stable, total order)
-    return part[np.lexsort((part, -scores[part]))]
 
 
 def user_position(scorer: Scorer, user_id: int) -> int:
@@ -115,8 +105,14 @@ def write_all_users(
                 users = np.arange(s, min(s + batch_size, n_users))
                 scores = scorer.score_users(users)
                 frames = []
-                for row, u in enumerate(users):
-                    best = top_k(scores[row], scorer.rated(int(u)), k)
+                rated = [np.unique(scorer.rated(int(u))) for u in users]
+                exclude = sp.csr_matrix(
+                    (np.ones(sum(map(len, rated)), dtype=bool), np.concatenate(rated),
+                     np.cumsum([0, *map(len, rated)])),
+                    shape=scores.shape,
+                )  # fmt: skip
+                for row, (u, best) in enumerate(zip(users, top_rows(scores, exclude, k),
+                                                    strict=True)):  # fmt: skip
                     items = scorer.item_ids[best]
                     frames.append(
                         pd.DataFrame(

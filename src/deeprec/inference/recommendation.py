@@ -8,8 +8,9 @@ import torch
 
 from deeprec.config import ConfigError
 from deeprec.inference.predict import predict_vector, score_items
-from deeprec.inference.ranking import new_user_row, rows_of, top_k, user_position
+from deeprec.inference.ranking import new_user_row, rows_of, user_position
 from deeprec.run import Trained
+from deeprec.top_items import top_k
 
 
 class TrainedScorer:

@@ -14,16 +14,21 @@ entries are ones is the model's choice, made once at fit and used again to score
 
 The strongest simple anchor for top-k lists on MovieLens, and the top-k blend's base.
 Dense items x items: fine to tens of thousands of items (ml-latest-small's 9k: a 9k x 9k
-solve, seconds); not to ML-32M's 87k.
+solve, seconds); not to ML-32M's 87k, where the solve alone needs 184 GB. ``fit`` refuses
+a catalogue whose solve does not fit in the memory available, before allocating anything
+(``check_fits``); the ranking autoencoders (Mult-DAE, Mult-VAE) have no such limit.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from deeprec.errors import DataError
 
 
 def ones(rated: sp.csr_matrix, liked_at: float | None = None) -> sp.csr_matrix:
@@ -50,6 +55,53 @@ class Ease:
         return np.asarray(ones(rated, self.liked_at).astype(np.float32) @ self.weights)
 
 
+# Items x items float64 matrices alive at once in fit, at most: the Gram matrix's sparse
+# product and its dense copy, then the Gram matrix and its Cholesky factor, then the factor
+# and the inverse.
+SOLVE_MATRICES = 3
+
+
+def bytes_needed(n_items: int) -> int:
+    """Peak memory of fit's solve for a catalogue of ``n_items``: SOLVE_MATRICES float64
+    items x items matrices."""
+    return SOLVE_MATRICES * 8 * n_items * n_items
+
+
+def available_bytes() -> int | None:
+    """Memory this machine can give now (Linux: MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class TooLarge(DataError):
+    """EASE's items x items solve would not fit in memory (a command's one-line error)."""
+
+
+def check_fits(n_items: int, available: int | None = None) -> None:
+    """Raise TooLarge, one line naming the memory EASE would need and what to use instead,
+    when its solve for ``n_items`` items exceeds ``available`` bytes (default: what the
+    machine has now)."""
+    available = available_bytes() if available is None else available
+    need = bytes_needed(n_items)
+    if available is not None and need > available:
+        raise TooLarge(
+            f"EASE on {n_items:,} items needs about {need / 1e9:,.1f} GB (up to {SOLVE_MATRICES} "
+            f"float64 matrices of {n_items:,} x {n_items:,}) but only {available / 1e9:,.1f} GB "
+            "is available; rank with the Mult-DAE or Mult-VAE autoencoder instead "
+            "(train --preset topk or topk-vae), whose memory grows with the items, not their "
+            "square"
+        )
+
+
 def fit(by_user: sp.csr_matrix, lam: float = 250.0, liked_at: float | None = None) -> Ease:
     """EASE on the users x items training ratings ``by_user``. lam: the L2 weight (> 0);
     liked_at: fit on the items rated at least this (None: every rated item). The Gram
@@ -57,10 +109,14 @@ def fit(by_user: sp.csr_matrix, lam: float = 250.0, liked_at: float | None = Non
     definite for lam > 0)."""
     if not lam > 0:
         raise ValueError(f"EASE needs lam > 0, got {lam}")
+    check_fits(by_user.shape[1])
     X = ones(by_user, liked_at)
     gram = torch.from_numpy(np.asarray((X.T @ X).todense()))
     gram.diagonal().add_(lam)
-    P = torch.cholesky_inverse(torch.linalg.cholesky(gram))
-    B = -P / P.diagonal()[None, :]
-    B.diagonal().zero_()
-    return Ease(B.to(torch.float32).numpy(), lam, liked_at)
+    factor = torch.linalg.cholesky(gram)
+    del gram  # never more than SOLVE_MATRICES items x items matrices at once
+    P = torch.cholesky_inverse(factor)
+    del factor
+    P.div_(-P.diagonal().clone()[None, :])  # B = -P / diag(P), in place
+    P.diagonal().zero_()
+    return Ease(P.to(torch.float32).numpy(), lam, liked_at)

@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from deeprec.data import RatingMatrix
+from deeprec.top_items import top_rows
 
 RELEVANT_AT = 4.0  # a validation rating at least this makes the item relevant
 
@@ -56,30 +57,6 @@ Scores = np.ndarray | Callable[[np.ndarray], np.ndarray]
 def rows_per_chunk(n_items: int, budget_bytes: int = 2**28) -> int:
     """Users scored at once: float64 rows of ``n_items`` in about ``budget_bytes``."""
     return max(1, budget_bytes // (8 * max(n_items, 1)))
-
-
-def top_rows(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> list[np.ndarray]:
-    """The k best items of each score row, best first, never an item its row of ``exclude``
-    holds; ties go to the lower item index, exactly (the order deeprec.inference.ranking
-    uses). Vectorised over the rows: one partition, then the rows' ties at the boundary."""
-    s = np.array(scores, dtype=np.float64, copy=True)
-    n_rows, n_items = s.shape
-    excluded = np.zeros(s.shape, dtype=bool)
-    excluded[np.repeat(np.arange(n_rows), np.diff(exclude.indptr)), exclude.indices] = True
-    s[excluded] = -np.inf
-    k = min(k, n_items)
-    if k <= 0 or n_rows == 0:
-        return [np.empty(0, dtype=np.int64) for _ in range(n_rows)]
-    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th best score
-    above = (s > kth) & ~excluded
-    tied = (s == kth) & ~excluded
-    room = k - above.sum(1, keepdims=True)  # how many of the tied (lowest index first) fit
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
-    out = []
-    for row in range(n_rows):
-        idx = np.flatnonzero(chosen[row])
-        out.append(idx[np.lexsort((idx, -s[row, idx]))])
-    return out
 
 
 def per_user(

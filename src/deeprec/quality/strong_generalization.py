@@ -31,6 +31,7 @@ from deeprec.data import DataError, RatingMatrix, load
 from deeprec.data.ids import contained
 from deeprec.data.splits import rows_where
 from deeprec.inference.predict import fold_in_scores
+from deeprec.quality import ease
 from deeprec.quality.metrics import popularity, ranking_metrics
 from deeprec.quality.topk_blend import (
     EMPTY,
@@ -151,6 +152,7 @@ def evaluate(
     dataset = load(base.data, data_dir)
     split = split_users(dataset.ratings, seed=base.seed)
     train = RatingMatrix.from_split(split.train, split.train.iloc[:0], "user", dataset.scale)
+    ease.check_fits(train.n_items)  # EASE is the blend's base: refuse before training
     report(
         f"{train.n_users} training users; {split.val.targets['user'].nunique()} validation "
         f"and {split.test.targets['user'].nunique()} test users, {FOLD_IN:g} of each folded in"

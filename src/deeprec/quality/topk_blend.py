@@ -160,6 +160,7 @@ def choose_recipe(
     (members trained on the inner training part); see chosen()."""
     dataset = load(base.data, data_dir)
     train, _ = split(dataset.ratings, **base.split_options())
+    ease.check_fits(train["item"].nunique())  # EASE is the blend's base: refuse before training
     inner_train, inner_val = split(train, **base.split_options())
     by_user, by_item = (
         RatingMatrix.from_split(inner_train, inner_val, by, dataset.scale)

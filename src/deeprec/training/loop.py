@@ -264,7 +264,10 @@ def validate_ranking(
     users = np.unique(matrix.user_view()[0])
     if len(users) == 0:
         return {"val_ndcg@10": float("nan"), "val_recall@20": float("nan")}
-    scores = score_items(model, matrix, users, device)
+
+    def scores(part: np.ndarray) -> np.ndarray:  # a slice of the users at a time
+        return score_items(model, matrix, part, device)
+
     got = ranking_metrics(scores, users, matrix, reps=0)
     return {"val_ndcg@10": got["ndcg@10"], "val_recall@20": got["recall@20"]}
 
@@ -281,8 +284,9 @@ def fit(
     epoch's validation metrics.
 
     After each epoch the record (epoch, train_loss, seconds, lr and, with ``evaluate``,
-    the validation metrics) goes to each sink in order. quiet: no progress bar (there is
-    none either when output is not a terminal); label: what the bar names ("trial 3 ",
+    the validation metrics) goes to each sink in order. The first epoch says how long an
+    epoch will take when that is a minute or more. quiet: no progress bar (none either when
+    output is not a terminal) and no estimate; label: what the bar names ("trial 3 ",
     "U-AutoRec "). A diverged loss or Ctrl-C stops with a message to which each sink with
     a ``stop_note(interrupted)`` adds its own (the last checkpoint, how to resume).
     """
@@ -292,6 +296,7 @@ def fit(
     if config.max_batches:
         steps = min(steps, config.max_batches)
     epoch = len(t.history)
+    first = epoch + 1
     try:
         with flushed_denormals():
             for epoch in range(len(t.history) + 1, config.epochs + 1):
@@ -302,6 +307,8 @@ def fit(
                     max_batches=config.max_batches,
                     part=(world.rank, world.size),
                 )
+                if epoch == first and not quiet and world.main:
+                    batches = with_estimate(batches, steps, tqdm.write, label)
                 bar = tqdm(
                     batches,
                     total=steps,
@@ -338,6 +345,43 @@ def fit(
     except KeyboardInterrupt:
         raise KeyboardInterrupt(_with_notes(f"in epoch {epoch}", sinks, True)) from None
     return metrics
+
+
+# The epoch-time estimate: said once, for an epoch expected to take at least ESTIMATE_FROM
+# seconds, from the steps timed over the first ESTIMATE_AFTER seconds (the first step, which
+# allocates the run's buffers, not counted).
+ESTIMATE_AFTER = 5.0
+ESTIMATE_FROM = 60.0
+
+
+def with_estimate(
+    batches: Iterable[Batch], steps: int, say: Callable[[str], None], label: str = ""
+) -> Iterator[Batch]:
+    """``batches``, saying once how long the whole epoch of ``steps`` steps will take when
+    it will take long (a catalogue's scale). Each step is timed from one batch's request to
+    the next: on a GPU, whose launches do not wait, the first estimate can be short."""
+    start, said = None, False
+    for n, batch in enumerate(batches):
+        now = time.perf_counter()
+        if n == 1:
+            start = now
+        elif start is not None and not said and now - start >= ESTIMATE_AFTER:
+            said = True
+            per = (now - start) / (n - 1)
+            if per * steps >= ESTIMATE_FROM:
+                say(
+                    f"{label}about {_duration(per * steps)} per epoch ({steps:,} steps at "
+                    f"{per:.2f} s, timed over {n - 1})"
+                )
+        yield batch
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _with_notes(text: str, sinks: Sequence[Sink], interrupted: bool) -> str:
