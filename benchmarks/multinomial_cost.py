@@ -43,7 +43,7 @@ from common import machine_info, measure
 
 from deeprec.config import Config
 from deeprec.model import AutoEncoder
-from deeprec.ops import _native, multinomial_nll, sparse_linear
+from deeprec.ops import _native, multinomial_nll, recycle, sparse_linear
 from deeprec.ops.launch import dtype_code, index_code, launch, ptr
 from deeprec.ops.multinomial import chunk_items
 
@@ -259,6 +259,7 @@ def peak_extra(loss_fn, leaves) -> dict[str, float]:
         for t in leaves:
             t.grad = None
         gc.collect()
+        recycle.release()  # a recycled gradient block counts as the gradient it becomes
         _malloc_trim()
 
     loss_fn().backward()

@@ -86,3 +86,16 @@ def test_the_pool_forgets_its_smallest_idle_block_among_blocks_of_other_sizes():
     assert len(pool) == recycle.KEEP
     assert min(b.numel() for b in pool) == (ROWS + 64 * 2) * COLS
     assert any(b.data_ptr() == bigger.data_ptr() for b in pool)
+
+
+def test_release_forgets_idle_blocks_and_keeps_held_ones():
+    held = block()
+    idle = block()
+    address = idle.data_ptr()
+    del idle
+    gc.collect()
+    recycle.release()
+    pool = recycle._pool[torch.float32]
+    assert [b.data_ptr() for b in pool] == [held.data_ptr()]  # the idle block is gone
+    assert address not in [b.data_ptr() for b in pool]
+    assert not same_memory(block(), held)  # the held block is never handed out

@@ -63,3 +63,11 @@ def empty(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> tor
                 smallest = min(idle, key=torch.Tensor.numel)
                 del blocks[next(i for i, b in enumerate(blocks) if b is smallest)]
         return base.view(rows, cols)
+
+
+def release() -> None:
+    """Forget every block nobody holds (their memory goes back to the system): for a
+    caller about to measure memory, or done with a model of another shape."""
+    with _lock:
+        for dtype, blocks in _pool.items():
+            _pool[dtype] = [b for b in blocks if not _free(b)]
