@@ -4,7 +4,8 @@
 #   2. the CUDA tests (pytest -m cuda) with DEEPREC_REQUIRE_CUDA=1: a skipped CUDA test
 #      (wrong arch, old driver, no device) fails the step instead of passing it
 #   3. compute-sanitizer memcheck, racecheck and synccheck over the CUDA kernel tests
-#   4. the GPU benchmark report (benchmarks/report.py --device cuda), which includes the
+#   4. the chunked multinomial loss on the GPU (benchmarks/multinomial_cost.py --device cuda)
+#   5. the GPU benchmark report (benchmarks/report.py --device cuda), which includes the
 #      GPU profile (benchmarks/gpu_profile.py: wall, GPU-busy, syncs and their source lines,
 #      each kernel against its floor and against cuSPARSE/cuBLAS)
 # Everything lands in $OUT (default benchmarks/results/gpu-run): gpu_check.log, a
@@ -40,7 +41,7 @@ step cuda-tests 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests/
 # The sanitizers see every kernel torch launches too; keep them on the kernel tests that
 # need no compile (inductor's own kernels would dominate the time).
 SAN_TESTS=(tests/test_masked_mse_cuda.py tests/test_sparse_cuda.py tests/test_kernel_checks.py
-  -m cuda -k "not compile" -q -p no:cacheprovider)
+  tests/test_multinomial_op.py -m cuda -k "not compile" -q -p no:cacheprovider)
 step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest "${SAN_TESTS[@]}"
 step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest \
   tests/test_masked_mse_cuda.py tests/test_sparse_cuda.py -k "deterministic or empty or stream" -q \
@@ -48,6 +49,10 @@ step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 python3 
 step synccheck 60 compute-sanitizer --tool synccheck --error-exitcode 9 python3 -m pytest \
   tests/test_masked_mse_cuda.py tests/test_sparse_cuda.py -k "deterministic or empty or stream" -q \
   -p no:cacheprovider
+# the chunked multinomial loss on the GPU: both epilogues (the native CUDA one is switched on in
+# deeprec/ops/multinomial.py NATIVE_EPILOGUE only once this has measured it) against dense
+step multinomial 120 python3 benchmarks/multinomial_cost.py --device cuda --runs 5 \
+  --out "$OUT/multinomial_cost-cuda.json" --md "$OUT/multinomial_cost-cuda.md"
 step report 240 python3 benchmarks/report.py --device cuda --quick --out "$OUT"
 echo "gpu_check: $failed step(s) failed"
 exit "$failed"

@@ -60,7 +60,7 @@ def batch(users: int, items: int, per_user: int, seed: int = 0):
 def dense_softmax_loss(model: AutoEncoder, crow, col) -> torch.Tensor:
     """The dense softmax path: the model's fused input layer and code, then every logit at
     once, log_softmax and the rated items' sum."""
-    rows = torch.repeat_interleave(torch.arange(crow.numel() - 1), crow.diff())
+    rows = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), crow.diff())
     x_val = model.input_values(crow, col, None, rows)
     first = model.encoder[0]
     z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, impl="fused")
@@ -70,13 +70,13 @@ def dense_softmax_loss(model: AutoEncoder, crow, col) -> torch.Tensor:
     return -log_p[rows, col.long()].sum() / max(crow.numel() - 1, 1)
 
 
-def steps(items, users, per_user, hidden, runs):
+def steps(items, users, per_user, hidden, runs, device="cpu"):
     config = Config(objective="multinomial", hidden=[hidden], activation="tanh",
                     input_dropout=0.5)  # fmt: skip
     torch.manual_seed(0)
-    model = AutoEncoder.from_config(config, items)
+    model = AutoEncoder.from_config(config, items).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    crow, col = batch(users, items, per_user)
+    crow, col = (t.to(device) for t in batch(users, items, per_user))
 
     def step(loss_fn):
         def run():
@@ -89,18 +89,18 @@ def steps(items, users, per_user, hidden, runs):
     fused = step(lambda: model.multinomial_loss(crow, col, impl="fused"))
     dense = step(lambda: dense_softmax_loss(model, crow, col))
     return {
-        "dense_softmax": measure(dense, runs=runs, warmup=2),
-        "fused": measure(fused, runs=runs, warmup=2),
+        "dense_softmax": measure(dense, device=device, runs=runs, warmup=2),
+        "fused": measure(fused, device=device, runs=runs, warmup=2),
     }
 
 
-def output_layer(items, users, per_user, hidden, runs, chunk):
+def output_layer(items, users, per_user, hidden, runs, chunk, device="cpu"):
     g = torch.Generator().manual_seed(1)
-    h = torch.randn(users, hidden, generator=g).tanh().requires_grad_()
-    W = (torch.randn(items, hidden, generator=g) * 0.05).requires_grad_()
-    b = torch.zeros(items, requires_grad=True)
-    crow, col = batch(users, items, per_user)
-    rows = torch.repeat_interleave(torch.arange(users), crow.diff())
+    h = torch.randn(users, hidden, generator=g).tanh().to(device).requires_grad_()
+    W = (torch.randn(items, hidden, generator=g) * 0.05).to(device).requires_grad_()
+    b = torch.zeros(items, device=device, requires_grad=True)
+    crow, col = (t.to(device) for t in batch(users, items, per_user))
+    rows = torch.repeat_interleave(torch.arange(users, device=device), crow.diff())
     counts = crow.diff().to(torch.float32)
     leaves = (h, W, b)
 
@@ -122,7 +122,7 @@ def output_layer(items, users, per_user, hidden, runs, chunk):
     def fused(epilogue):
         return lambda: backward(fused_loss(epilogue))
 
-    soft = torch.zeros(users, items)
+    soft = torch.zeros(users, items, device=device)
     soft[rows, col.long()] = 1.0
     first = col.long()[crow[:-1]]  # any one rated item per row, for the hard-target forms
 
@@ -160,8 +160,8 @@ def output_layer(items, users, per_user, hidden, runs, chunk):
         return run
 
     hd, Wd, bd = (t.detach() for t in leaves)
-    buf = torch.empty(users * chunk)
-    G = torch.randn(users, chunk, generator=g) * 1e-3
+    buf = torch.empty(users * chunk, device=device)
+    G = (torch.randn(users, chunk, generator=g) * 1e-3).to(device)
     dh, dW = torch.zeros_like(hd), torch.empty_like(Wd)
 
     def gemms():  # the fused op's four GEMMs per chunk, nothing else
@@ -173,8 +173,8 @@ def output_layer(items, users, per_user, hidden, runs, chunk):
             dh.addmm_(G[:, : n1 - n0], Wd[n0:n1])
             torch.mm(G[:, : n1 - n0].t(), hd, out=dW[n0:n1])
 
-    Zd = torch.empty(users, items)
-    Gd = torch.randn(users, items, generator=g) * 1e-3
+    Zd = torch.empty(users, items, device=device)
+    Gd = (torch.randn(users, items, generator=g) * 1e-3).to(device)
 
     def dense_gemms():  # the dense path's three whole-catalogue GEMMs alone
         torch.addmm(bd, hd, Wd.t(), out=Zd)
@@ -191,15 +191,15 @@ def output_layer(items, users, per_user, hidden, runs, chunk):
         "torch_lce_hard_none_256": torch_hard_none(256),
         "torch_lce_hard_sum_256": torch_hard_sum(256),
     }
-    out = {name: measure(fn, runs=runs, warmup=1) for name, fn in timed.items()}
+    out = {name: measure(fn, device=device, runs=runs, warmup=1) for name, fn in timed.items()}
     check = {
         "fused": float(multinomial_nll(hd, Wd, bd, (crow, col), impl="fused", chunk=chunk)),
         "dense": float(-F.linear(hd, Wd, bd).log_softmax(1)[rows, col.long()].sum() / users),
     }
     out["loss_values"] = check
     out["memory"] = {
-        "dense": peak_extra(dense_loss, leaves),
-        "fused": peak_extra(fused_loss, leaves),
+        "dense": peak_extra(dense_loss, leaves, device),
+        "fused": peak_extra(fused_loss, leaves, device),
     }
     return out
 
@@ -248,12 +248,13 @@ def _status_kib(key: str) -> int:
     raise KeyError(key)
 
 
-def peak_extra(loss_fn, leaves) -> dict[str, float]:
-    """MiB the peak resident set grows by during a forward + backward of ``loss_fn()``, less
-    the gradients it leaves in the leaves' ``.grad`` (accumulated into, as in training, so
-    nothing is copied for the count). One untimed call first, so what a first call
-    allocates once (the BLAS's buffers, thread stacks) is not counted. Blocks this large are
-    mmapped by glibc and returned on free, so the resident set tracks the live tensors."""
+def peak_extra(loss_fn, leaves, device="cpu") -> dict[str, float]:
+    """MiB the peak resident set (on a GPU: torch's allocated memory) grows by during a
+    forward + backward of ``loss_fn()``, less the gradients it leaves in the leaves' ``.grad``
+    (accumulated into, as in training, so nothing is copied for the count). One untimed call
+    first, so what a first call allocates once (the BLAS's buffers, thread stacks) is not
+    counted. Blocks this large are mmapped by glibc and returned on free, so the resident set
+    tracks the live tensors."""
 
     def clear():
         for t in leaves:
@@ -264,13 +265,20 @@ def peak_extra(loss_fn, leaves) -> dict[str, float]:
 
     loss_fn().backward()
     clear()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
-    before = _status_kib("VmRSS")
-    loss_fn().backward()
-    peak = _status_kib("VmHWM")
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        loss_fn().backward()
+        torch.cuda.synchronize()
+        grown = (torch.cuda.max_memory_allocated() - before) / 2**20
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
+        before = _status_kib("VmRSS")
+        loss_fn().backward()
+        grown = (_status_kib("VmHWM") - before) / 1024
     grads = sum(t.grad.numel() * t.grad.element_size() for t in leaves) / 2**20
     clear()
-    grown = (peak - before) / 1024
     return {"peak_growth_mib": grown, "gradients_mib": grads, "extra_mib": grown - grads}
 
 
@@ -305,8 +313,9 @@ def report_md(r: dict) -> str:
     lines = [
         f"# The multinomial loss at {r['items']:,} items, {r['users_per_step']} users per step",
         "",
-        f"`python benchmarks/multinomial_cost.py` on {m['cpu']} ({m['torch_threads']} torch "
-        f"threads, SIMD {m['deeprec_build']['cpu_simd_variant']}, torch {m['torch']}); "
+        f"`python benchmarks/multinomial_cost.py --device {r['device']}` on "
+        f"{m.get('gpu', m['cpu'])} ({m['torch_threads']} torch threads, SIMD "
+        f"{m['deeprec_build']['cpu_simd_variant']}, torch {m['torch']}); "
         f"{r['ratings_per_user']} items per user, hidden {r['hidden']}, chunk {r['chunk']} "
         "items; medians in one run.",
         "",
@@ -321,8 +330,8 @@ def report_md(r: dict) -> str:
     ]
     for name, label in [
         ("dense", "dense (linear, log_softmax, gather)"),
-        ("fused_native_epilogue", "fused, native epilogue (the CPU path)"),
-        ("fused_torch_epilogue", "fused, torch-op epilogue (the GPU path)"),
+        ("fused_native_epilogue", "fused, native epilogue (what a CPU runs)"),
+        ("fused_torch_epilogue", "fused, torch-op epilogue (what a GPU runs until measured)"),
         ("torch_lce_soft_targets", "torch `linear_cross_entropy`, soft targets (its dense path)"),
         ("torch_lce_hard_none_256", LCE_NONE),
         ("torch_lce_hard_sum_256", LCE_SUM),
@@ -335,16 +344,22 @@ def report_md(r: dict) -> str:
     mem = o["memory"]
     lines += [
         "",
-        "| the loss's peak extra memory (VmHWM growth less the gradients) | MiB |",
+        "| the loss's peak extra memory (growth of the peak resident set, on a GPU of torch's "
+        "allocated memory, less the gradients) | MiB |",
         "|---|---:|",
         f"| dense | {mem['dense']['extra_mib']:,.0f} |",
         f"| fused | {mem['fused']['extra_mib']:,.0f} "
         f"({mem['fused']['extra_mib'] / max(mem['dense']['extra_mib'], 1e-9):.3f} of dense) |",
         "",
-        "| epilogue alone, every chunk (forward + backward kernels) | median |",
-        "|---|---:|",
-        *(f"| {isa} | {ms(t)} |" for isa, t in r["epilogue_by_isa"].items()),
-        "",
+    ]
+    if "epilogue_by_isa" in r:
+        lines += [
+            "| epilogue alone, every chunk (forward + backward kernels) | median |",
+            "|---|---:|",
+            *(f"| {isa} | {ms(t)} |" for isa, t in r["epilogue_by_isa"].items()),
+            "",
+        ]
+    lines += [
         f"An epoch of {r['epoch_users']:,} users ({r['epoch_steps']} steps): dense "
         f"{r['epoch_s']['dense_softmax'] / 60:.1f} min, fused {r['epoch_s']['fused'] / 60:.1f} "
         "min (step medians times steps).",
@@ -364,6 +379,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5, help="timed runs per measurement [5]")
     p.add_argument("--epoch-users", type=int, default=200_948, help="users per epoch [ML-32M]")
     p.add_argument("--chunks", help="also time these chunk sizes, e.g. 256,512,1024,2048")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where to time; cuda: the step and the output layer, with both epilogues (the "
+        "native CUDA one is off in the package until measured) [cpu]",
+    )
     p.add_argument("--out", type=Path, help="JSON results")
     p.add_argument("--md", type=Path, help="the Markdown report")
     args = p.parse_args()
@@ -375,12 +397,14 @@ def main() -> None:
         "ratings_per_user": per,
         "hidden": args.hidden,
         "chunk": chunk,
-        "machine": machine_info(),
-        "output_layer": output_layer(items, users, per, args.hidden, args.runs, chunk),
-        "step": steps(items, users, per, args.hidden, args.runs),
-        "epilogue_by_isa": epilogue_by_isa(items, users, chunk, args.runs),
+        "device": args.device,
+        "machine": machine_info(args.device),
+        "output_layer": output_layer(items, users, per, args.hidden, args.runs, chunk, args.device),
+        "step": steps(items, users, per, args.hidden, args.runs, args.device),
     }
-    if args.chunks:
+    if args.device == "cpu":
+        result["epilogue_by_isa"] = epilogue_by_isa(items, users, chunk, args.runs)
+    if args.chunks and args.device == "cpu":
         sizes = [int(c) for c in args.chunks.split(",")]
         result["chunks"] = chunk_curve(items, users, per, args.hidden, args.runs, sizes)
     n_steps = -(-args.epoch_users // users)
