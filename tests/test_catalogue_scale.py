@@ -46,6 +46,14 @@ def test_top_rows_equals_the_one_row_ranking_with_ties_and_exclusions(rows, item
         assert not set(got[r].tolist()) & set(exclude[r].indices.tolist())
 
 
+def test_top_rows_never_chooses_a_nan_score_and_stops_at_the_candidates():
+    scores = np.array([[np.nan, 1.0, 2.0, np.nan, 0.0], [3.0, 3.0, 3.0, 3.0, 3.0]])
+    exclude = sp.csr_matrix(np.array([[0, 0, 0, 0, 1], [1, 0, 0, 0, 0]], dtype=bool))
+    got = metrics.top_rows(scores, exclude, 4)
+    np.testing.assert_array_equal(got[0], [2, 1])  # item 4 excluded, NaNs never chosen
+    np.testing.assert_array_equal(got[1], [1, 2, 3, 4])  # all tied: lowest items, 0 excluded
+
+
 def _toy(tmp_path):
     from deeprec.data import RatingMatrix, load, split
 

@@ -26,13 +26,14 @@ def top_rows(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> list[np.ndar
     k = min(k, n_items)
     if k <= 0 or n_rows == 0:
         return [np.empty(0, dtype=np.int64) for _ in range(n_rows)]
-    ranked = np.where(np.isnan(s), -np.inf, s)
-    kth = -np.partition(-ranked, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th best score
+    ranked = np.where(np.isnan(s), np.inf, -s)  # negated, NaN last: the best come first
+    kth = -np.partition(ranked, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th best score
+    del ranked
     candidate = ~excluded & ~np.isnan(s)
     above = (s > kth) & candidate
     tied = (s == kth) & candidate
     room = k - above.sum(1, keepdims=True)  # how many of the tied (lowest index first) fit
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
     out = []
     for row in range(n_rows):
         idx = np.flatnonzero(chosen[row])
