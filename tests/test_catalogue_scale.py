@@ -22,7 +22,14 @@ from deeprec.train import cli_main as train_main
 from deeprec.training import loop
 
 
-@settings(max_examples=60, deadline=None)
+def ranked_by_sorting(row: np.ndarray, excluded: set[int], k: int) -> list[int]:
+    """The definition: every candidate (not excluded, score above -inf: not NaN either)
+    sorted by (score descending, item ascending)."""
+    candidates = [j for j in range(len(row)) if j not in excluded and row[j] > -np.inf]
+    return sorted(candidates, key=lambda j: (-row[j], j))[:k]
+
+
+@settings(max_examples=80, deadline=None)
 @given(
     rows=st.integers(1, 6),
     items=st.integers(1, 30),
@@ -30,20 +37,22 @@ from deeprec.training import loop
     levels=st.integers(1, 4),
     seed=st.integers(0, 2**16),
 )
-def test_top_rows_equals_the_one_row_ranking_with_ties_and_exclusions(rows, items, k, levels,
-                                                                      seed):  # fmt: skip
-    """Few distinct score levels make ties at the k-th place common: the vectorised top-k
-    must break them to the lower item exactly as the one-row ranking does, and never show
-    an excluded item."""
+def test_top_rows_equals_sorting_with_ties_exclusions_and_non_finite(rows, items, k, levels, seed):
+    """Few distinct score levels make ties at the k-th place common: the top-k must break
+    them to the lower item, never show an excluded item, a NaN or a -inf, and show +inf."""
     rng = np.random.default_rng(seed)
     scores = rng.integers(0, levels, (rows, items)).astype(np.float64)
+    odd = rng.random(scores.shape)
+    scores[odd < 0.05] = np.nan
+    scores[(odd >= 0.05) & (odd < 0.08)] = -np.inf
+    scores[(odd >= 0.08) & (odd < 0.1)] = np.inf
     exclude = sp.csr_matrix(rng.random((rows, items)) < 0.3)
     got = metrics.top_rows(scores, exclude, k)
     assert len(got) == rows
     for r in range(rows):
-        want = top_k(scores[r], exclude[r].indices, k)
-        np.testing.assert_array_equal(got[r], want)
-        assert not set(got[r].tolist()) & set(exclude[r].indices.tolist())
+        want = ranked_by_sorting(scores[r], set(exclude[r].indices.tolist()), k)
+        assert got[r].tolist() == want
+        assert top_k(scores[r], exclude[r].indices, k).tolist() == want
 
 
 def test_top_rows_never_chooses_a_nan_score_and_stops_at_the_candidates():
@@ -154,3 +163,30 @@ def test_the_first_epoch_says_how_long_an_epoch_takes(monkeypatch, steps, second
         clock.now += seconds if seen > 1 else 30.0  # the first step allocates: not counted
     assert seen == steps
     assert said == ([] if says is None else ["Mult-DAE " + says])
+
+
+def test_per_epoch_ranking_validation_scores_a_fixed_sample_of_at_most_its_cap(
+    tmp_path, monkeypatch
+):
+    import torch
+
+    from deeprec.config import Config
+    from deeprec.model import AutoEncoder
+
+    m = _toy(tmp_path)
+    users = np.unique(m.user_view()[0])
+    model = AutoEncoder.from_config(Config(objective="multinomial", hidden=[4]), m.n_items)
+    asked: list[np.ndarray] = []
+    real = loop.score_items
+    monkeypatch.setattr(loop, "score_items", lambda *a, **k: asked.append(a[2]) or real(*a, **k))
+    whole = loop.validate_ranking(model, m, torch.device("cpu"))
+    assert np.array_equal(np.concatenate(asked), users)  # under the cap: every user
+    monkeypatch.setattr(loop, "VALIDATION_USERS", 7)
+    asked.clear()
+    first = loop.validate_ranking(model, m, torch.device("cpu"))
+    picked = np.concatenate(asked)
+    assert len(picked) == 7 and set(picked) <= set(users) and np.all(np.diff(picked) > 0)
+    asked.clear()
+    assert loop.validate_ranking(model, m, torch.device("cpu")) == first  # the same sample
+    assert np.array_equal(np.concatenate(asked), picked)
+    assert np.isfinite(whole["val_ndcg@10"])

@@ -15,29 +15,34 @@ import scipy.sparse as sp
 def top_rows(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> list[np.ndarray]:
     """The k best items of each row of ``scores`` (rows x items), best first, never an item
     the row's row of ``exclude`` (rows x items, its stored entries) holds; ties go to the
-    lower item index, exactly, at the k-th place too. Fewer than k where a row has fewer
-    candidates; NaN scores are never chosen. Vectorised over the rows: one partition finds
-    each row's k-th best score, then the ties at that score are taken lowest index first."""
+    lower item index, exactly, at the k-th place too. NaN and -inf scores are never chosen,
+    so a row with fewer than k other items gets fewer.
+
+    A handful of passes over the rows, whatever k: one partition picks k candidates per row;
+    where the k-th best score has ties the partition did not all take, that row's tied
+    items are taken lowest index first instead."""
     s = np.array(scores, dtype=np.float64, copy=True, ndmin=2)
     n_rows, n_items = s.shape
-    excluded = np.zeros(s.shape, dtype=bool)
-    excluded[np.repeat(np.arange(n_rows), np.diff(exclude.indptr)), exclude.indices] = True
-    s[excluded] = -np.inf
+    s[np.isnan(s)] = -np.inf
+    s[np.repeat(np.arange(n_rows), np.diff(exclude.indptr)), exclude.indices] = -np.inf
     k = min(k, n_items)
     if k <= 0 or n_rows == 0:
         return [np.empty(0, dtype=np.int64) for _ in range(n_rows)]
-    ranked = np.where(np.isnan(s), np.inf, -s)  # negated, NaN last: the best come first
-    kth = -np.partition(ranked, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th best score
-    del ranked
-    candidate = ~excluded & ~np.isnan(s)
-    above = (s > kth) & candidate
-    tied = (s == kth) & candidate
-    room = k - above.sum(1, keepdims=True)  # how many of the tied (lowest index first) fit
-    chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
+    np.negative(s, out=s)  # ascending now: the partition puts the best first
+    part = np.argpartition(s, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(s, part, axis=1)
+    kth = vals.max(1, keepdims=True)  # each row's k-th best (negated)
+    short = (s == kth).sum(1) != (vals == kth).sum(1)  # ties at the k-th place left out
     out = []
     for row in range(n_rows):
-        idx = np.flatnonzero(chosen[row])
-        out.append(idx[np.lexsort((idx, -s[row, idx]))])
+        if short[row]:
+            ahead = np.flatnonzero(s[row] < kth[row])
+            tied = np.flatnonzero(s[row] == kth[row])[: k - len(ahead)]
+            idx = np.concatenate([ahead, tied])
+        else:
+            idx = part[row]
+        idx = idx[s[row, idx] < np.inf]  # not excluded, NaN or -inf
+        out.append(idx[np.lexsort((idx, s[row, idx]))])
     return out
 
 
