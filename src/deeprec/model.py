@@ -204,7 +204,6 @@ class AutoEncoder(nn.Module):
         index=None,
         impl: str = "fused",
         beta: float = 0.0,
-        sparse_grad: bool = False,
     ) -> torch.Tensor:
         """Mult-DAE's loss on a CSR batch of who-rated-what (the values are not read): the
         negative multinomial log-likelihood of each row's items under a softmax over every
@@ -212,16 +211,11 @@ class AutoEncoder(nn.Module):
         (Mult-VAE). The input is each row's binary vector scaled to unit length, read by
         the sparse input layer (no dense input). impl "fused": the output layer and softmax
         chunk by chunk (deeprec.ops.multinomial_nll, no batch x items logits); "reference":
-        the dense log-softmax. Equals multinomial_reference on the dense rows. sparse_grad:
-        the input layer's weight gets a row-sparse gradient (the batch's items only; the
-        output layer's gradient is dense: the softmax reaches every item)."""
+        the dense log-softmax. Equals multinomial_reference on the dense rows."""
         rows = entry_rows_of(crow, col.numel())
         x_val = self.input_values(crow, col, None, rows)
         first = self.encoder[0]
-        z1 = sparse_linear(
-            (crow, col, x_val), first.weight, first.bias, index=index, impl=impl,
-            sparse_grad=sparse_grad,
-        )  # fmt: skip
+        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
         z, kl = self.code(z1)
         h = self.decode_hidden(z)
         out_weight, out_bias = self.output_layer()
