@@ -171,6 +171,15 @@ def _logits(h, weight, bias, n0, n1, buf) -> torch.Tensor:
     return torch.addmm(bias[n0:n1], h, weight[n0:n1].t(), out=Z)
 
 
+def _epilogue(kernel, op, Z, crow, col, N, n0, **state) -> None:
+    """Launch a native epilogue ``kernel`` on the chunk Z (B x C logits of items n0 ...,
+    contiguous) of a batch; ``state``: its other tensors, by the kernel's argument names."""
+    B, C = Z.shape
+    launch(kernel, Z.device, op=op, reduce=False, Z=ptr(Z), crow=ptr(crow), col=ptr(col),
+           B=B, N=N, n0=n0, C=C, ldz=C, nnz=col.numel(), dtype=dtype_code(Z),
+           index_dtype=index_code(col), **{name: ptr(t) for name, t in state.items()})  # fmt: skip
+
+
 def _forward_run(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -195,26 +204,8 @@ def _forward_run(
     for n0, n1 in _chunks(N, chunk):
         Z = _logits(h, weight, bias, n0, n1, buf)
         if epilogue == "native":
-            launch(
-                "lse_chunk",
-                device,
-                op="multinomial_nll",
-                reduce=False,
-                Z=ptr(Z),
-                crow=ptr(crow),
-                col=ptr(col),
-                run_max=ptr(run_max),
-                run_sum=ptr(run_sum),
-                observed=ptr(observed),
-                B=B,
-                N=N,
-                n0=n0,
-                C=n1 - n0,
-                ldz=n1 - n0,
-                nnz=col.numel(),
-                dtype=dtype_code(h),
-                index_dtype=index_code(col),
-            )
+            _epilogue("lse_chunk", "multinomial_nll", Z, crow, col, N, n0,
+                      run_max=run_max, run_sum=run_sum, observed=observed)  # fmt: skip
         else:
             _torch_lse_chunk(Z, rows, col, n0, run_max, run_sum, observed)
     lse = run_max + run_sum.log()
@@ -267,25 +258,8 @@ def _backward_run(
     for n0, n1 in _chunks(N, chunk):
         G = _logits(h, weight, bias, n0, n1, buf)
         if epilogue == "native":
-            launch(
-                "softmax_grad_chunk",
-                device,
-                op="multinomial_nll backward",
-                reduce=False,
-                Z=ptr(G),
-                crow=ptr(crow),
-                col=ptr(col),
-                lse=ptr(lse),
-                scale=ptr(scale),
-                B=B,
-                N=N,
-                n0=n0,
-                C=n1 - n0,
-                ldz=n1 - n0,
-                nnz=col.numel(),
-                dtype=dtype_code(h),
-                index_dtype=index_code(col),
-            )
+            _epilogue("softmax_grad_chunk", "multinomial_nll backward", G, crow, col, N, n0,
+                      lse=lse, scale=scale)  # fmt: skip
         else:
             _torch_grad_chunk(G, rows, col, n0, lse, counts, scale)
         if need_h:
