@@ -86,7 +86,9 @@ def test_metrics_in_slices_of_users_equal_the_metrics_of_the_whole_array(tmp_pat
     monkeypatch.setattr(metrics, "rows_per_chunk", lambda n_items: 7)
     sliced = metrics.ranking_metrics(by_slice, users, m, reps=50)
     assert sliced == whole
-    assert max(asked) <= 7 and sum(asked) <= len(users) and len(asked) > 1
+    v_user, _, v_rating = m.user_view()
+    relevant = np.unique(v_user[v_rating >= metrics.RELEVANT_AT])
+    assert max(asked) <= 7 and sum(asked) == len(relevant) and len(asked) > 1
 
 
 def test_rows_per_chunk_keeps_a_slice_of_scores_near_its_budget():
@@ -174,18 +176,20 @@ def test_per_epoch_ranking_validation_scores_a_fixed_sample_of_at_most_its_cap(
     from deeprec.model import AutoEncoder
 
     m = _toy(tmp_path)
-    users = np.unique(m.user_view()[0])
     model = AutoEncoder.from_config(Config(objective="multinomial", hidden=[4]), m.n_items)
     asked: list[np.ndarray] = []
     real = loop.score_items
     monkeypatch.setattr(loop, "score_items", lambda *a, **k: asked.append(a[2]) or real(*a, **k))
+    v_user, _, v_rating = m.user_view()
+    relevant = np.unique(v_user[v_rating >= metrics.RELEVANT_AT])  # the users ranked
     whole = loop.validate_ranking(model, m, torch.device("cpu"))
-    assert np.array_equal(np.concatenate(asked), users)  # under the cap: every user
+    assert np.array_equal(np.concatenate(asked), relevant)  # under the cap: every one
     monkeypatch.setattr(loop, "VALIDATION_USERS", 7)
     asked.clear()
     first = loop.validate_ranking(model, m, torch.device("cpu"))
     picked = np.concatenate(asked)
-    assert len(picked) == 7 and set(picked) <= set(users) and np.all(np.diff(picked) > 0)
+    assert 0 < len(picked) <= 7 and set(picked) <= set(relevant)
+    assert np.all(np.diff(picked) > 0)
     asked.clear()
     assert loop.validate_ranking(model, m, torch.device("cpu")) == first  # the same sample
     assert np.array_equal(np.concatenate(asked), picked)

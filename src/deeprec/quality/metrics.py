@@ -64,8 +64,8 @@ def per_user(
 ) -> tuple[list[dict[str, float]], list[np.ndarray]]:
     """(PER_USER metrics of each user with a relevant validation item, in ``users``' order;
     their top 10s). Items a user rated in training are never recommended. Callable
-    ``scores`` are asked for the users in slices (rows_per_chunk), each ranked and dropped
-    before the next."""
+    ``scores`` are asked only for the users with a relevant item, in slices
+    (rows_per_chunk), each ranked and dropped before the next."""
     v_user, v_item, v_rating = matrix.user_view()
     by_user = matrix.by_user()
     liked = v_rating >= relevant_at
@@ -77,15 +77,13 @@ def per_user(
     wanted = np.array([int(u) in groups for u in users], dtype=bool)
     rows: list[dict[str, float]] = []
     shown: list[np.ndarray] = []
+    targets = np.flatnonzero(wanted)  # positions in users of the users with a relevant item
     step = rows_per_chunk(matrix.n_items)
-    for s in range(0, len(users), step):
-        part = np.arange(s, min(s + step, len(users)))
-        if not wanted[part].any():
-            continue
+    for s in range(0, len(targets), step):
+        part = targets[s : s + step]
         block = scores(users[part]) if callable(scores) else scores[part]
-        keep = wanted[part]
-        tops = top_rows(np.asarray(block)[keep], by_user[users[part][keep]], 100)
-        for u, top in zip(users[part][keep], tops, strict=True):
+        tops = top_rows(np.asarray(block), by_user[users[part]], 100)
+        for u, top in zip(users[part], tops, strict=True):
             rows.append(user_ranking_metrics(top, set(groups[int(u)].tolist())))
             shown.append(top[:10])
     return rows, shown
