@@ -24,17 +24,25 @@ def estimate(matrix, model: torch.nn.Module) -> dict[str, float]:
     return {"data_mib": data / MIB, "model_and_optimizer_mib": 4 * weights / MIB}
 
 
+def proc_kib(path: str, key: str) -> int | None:
+    """The value of ``key`` in a /proc file of 'Key:  N kB' lines (Linux), or None."""
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set. Linux: VmHWM of /proc/self/status, which belongs to
     the process's own address space; ru_maxrss is carried over across exec, so a command
     started by a large parent (a benchmark, a notebook) would report the parent's peak."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    hwm = proc_kib("/proc/self/status", "VmHWM")
+    if hwm is not None:
+        return hwm * 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
 

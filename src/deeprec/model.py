@@ -269,6 +269,14 @@ class AutoEncoder(nn.Module):
             h, weight, bias, (crow, col, val), index=index, impl=impl, sparse_grad=sparse_grad
         )
 
+    def hidden_of(self, crow, col, val, index=None, impl: str = "auto") -> torch.Tensor:
+        """The last hidden activations of a CSR batch of input rows, read by the sparse
+        input layer (no dense input): what the output layer reads."""
+        first = self.encoder[0]
+        x_val = self.input_values(crow, col, val)
+        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
+        return self.decode_hidden(self.encode_rest(z1))
+
     def outputs_at(
         self,
         crow: torch.Tensor,
@@ -283,10 +291,7 @@ class AutoEncoder(nn.Module):
         dense N-wide tensor: evaluation at a catalog's scale. Needs a linear output layer."""
         if not self.supports_sparse:
             raise ValueError("outputs_at needs last_activation='none' (a linear output layer)")
-        first = self.encoder[0]
-        x_val = self.input_values(crow, col, val)
-        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
-        h = self.decode_hidden(self.encode_rest(z1))
+        h = self.hidden_of(crow, col, val, index, impl)
         weight, bias = self.output_layer()
         return (h[rows] * weight[cols]).sum(1) + bias[cols]
 
@@ -300,10 +305,7 @@ class AutoEncoder(nn.Module):
     ) -> torch.Tensor:
         """Whole output rows for a CSR batch of input rows, read by the sparse input layer
         (no dense input): forward(dense rows), at a catalogue's scale half the work."""
-        first = self.encoder[0]
-        x_val = self.input_values(crow, col, val)
-        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
-        h = self.decode_hidden(self.encode_rest(z1))
+        h = self.hidden_of(crow, col, val, index, impl)
         weight, bias = self.output_layer()
         return self.last_act(nn.functional.linear(h, weight, bias))
 

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 import torch
 
 from deeprec.errors import DataError
+from deeprec.memory import proc_kib
 
 
 def ones(rated: sp.csr_matrix, liked_at: float | None = None) -> sp.csr_matrix:
@@ -69,13 +70,9 @@ def bytes_needed(n_items: int) -> int:
 
 def available_bytes() -> int | None:
     """Memory this machine can give now (Linux: MemAvailable), or None when unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    kib = proc_kib("/proc/meminfo", "MemAvailable")
+    if kib is not None:
+        return kib * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
