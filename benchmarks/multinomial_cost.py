@@ -219,10 +219,10 @@ def epilogue_by_isa(items, users, chunk, runs):
             args = dict(Z=ptr(Z), crow=ptr(crow), col=ptr(col), B=users, N=n_chunks * chunk,
                         n0=c * chunk, C=chunk, ldz=chunk, nnz=col.numel(), dtype=dtype_code(Z),
                         index_dtype=index_code(col))  # fmt: skip
-            launch("lse_chunk", Z.device, op="multinomial_nll", reduce=False,
+            launch("multinomial.lse_chunk", Z.device, op="multinomial_nll", reduce=False,
                    run_max=ptr(state[0]), run_sum=ptr(state[1]), observed=ptr(state[2]),
                    **args)  # fmt: skip
-            launch("softmax_grad_chunk", Z.device, op="multinomial_nll backward",
+            launch("multinomial.softmax_grad_chunk", Z.device, op="multinomial_nll backward",
                    reduce=False, lse=ptr(lse), scale=ptr(scale), **args)  # fmt: skip
 
     was = _native.active_isa()

@@ -17,7 +17,7 @@ from workloads import step_workload
 
 from deeprec.csr import Batch
 from deeprec.ops import _native, masked_mse, row_adam_step, sparse_linear, sparse_output_mse
-from deeprec.ops.schema import masked_mse_launch
+from deeprec.ops.masked_mse import masked_mse_launch
 
 
 class _NoKernels:

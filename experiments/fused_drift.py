@@ -21,8 +21,8 @@ import torch
 
 from deeprec.config import Config, load_preset
 from deeprec.model import AutoEncoder
-from deeprec.run import prepare_data
 from deeprec.training import flushed_denormals, plan, run_epoch
+from deeprec.training.lifecycle import prepare_data
 from deeprec.training.optim import build as build_optimizer
 
 

@@ -28,7 +28,7 @@ import torch
 from deeprec.config import Config, load_preset
 from deeprec.data import RatingMatrix, load, split
 from deeprec.quality import topk_blend
-from deeprec.quality.metrics import paired_difference, ranking_metrics
+from deeprec.scoring.metrics import paired_difference, ranking_metrics
 
 # Mult-VAE's candidates: Liang et al.'s 600-200 tanh encoder and a one-layer 600 code;
 # epochs; the KL cap; the updates over which beta rises (so the cap is reached about half

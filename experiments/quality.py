@@ -10,7 +10,7 @@ ratings (those whose user and item occur in training) are scored by:
   experiments-only dependency: pip install scikit-surprise);
 - the bias baseline (mu + b_user + b_item, Surprise's BaselineOnly ALS settings);
 - deeprec ``--preset best`` (I-AutoRec on residuals), trained on the split's training ratings;
-- item and user kNN on the bias baseline's residuals (deeprec.quality.neighbors: KNNBaseline with
+- item and user kNN on the bias baseline's residuals (deeprec.scoring.neighbors: KNNBaseline with
   the shrunk pearson_baseline similarity, k = 40);
 - a blend of I-AutoRec, U-AutoRec (the same recipe, rows = users), the bias baseline and
   the two kNN models, with weights fit by least squares on a *nested* split of the training

@@ -26,14 +26,15 @@ import torch
 
 from deeprec.config import Config, load_preset
 from deeprec.data import RatingMatrix, load, split
-from deeprec.quality import ease, topk_blend
-from deeprec.quality.metrics import (
+from deeprec.quality import topk_blend
+from deeprec.quality.topk_blend import Recipe
+from deeprec.scoring import ease
+from deeprec.scoring.metrics import (
     RELEVANT_AT,
     paired_difference,
     popularity,
     ranking_metrics,
 )
-from deeprec.quality.topk_blend import Recipe
 
 # Mult-DAE as Liang et al. (2018): one tanh layer, input dropout 0.5, Adam; batch and epochs
 # scaled to a 600-user set.

@@ -13,7 +13,7 @@ import numpy as np
 from topk import emit, matrices, ndcg, parse_args, val_users
 
 from deeprec.data import RatingMatrix
-from deeprec.quality.metrics import ranking_metrics
+from deeprec.scoring.metrics import ranking_metrics
 
 ALS = [dict(factors=f, regularization=r, iterations=15) for f in (32, 64, 128) for r in (0.01, 0.1)]
 BPR = [

@@ -12,8 +12,9 @@ from datasets import write_movielens_csv
 from deeprec.blend import cli_main as blend_main
 from deeprec.config import Config
 from deeprec.data import RatingMatrix, split
-from deeprec.quality import baseline, blending
+from deeprec.quality import blending
 from deeprec.quality.evaluation import bootstrap_rmse
+from deeprec.scoring import baseline
 
 RECIPE = dict(hidden=[16], activation="sigmoid", residual=True, epochs=3, batch_size=16,
               split="user-time", fused=True)  # fmt: skip
@@ -88,7 +89,7 @@ def test_a_saved_blend_recommends_and_scores_as_it_was_measured(toy, tmp_path, c
     from deeprec.data.splits import known_users_items
     from deeprec.quality.blending import BlendScorer
     from deeprec.recommend import cli_main as recommend_main
-    from deeprec.run import resolve_device
+    from deeprec.training.lifecycle import resolve_device
 
     config = Config(data=str(toy), **RECIPE)
     result = blending.blend(config)

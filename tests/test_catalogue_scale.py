@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 
 from deeprec.blend import cli_main as blend_main
 from deeprec.evaluate import cli_main as evaluate_main
-from deeprec.quality import ease, metrics, topk_blend
+from deeprec.quality import topk_blend
+from deeprec.scoring import ease, metrics
 from deeprec.top_items import top_k
 from deeprec.train import cli_main as train_main
-from deeprec.training import loop
+from deeprec.training import TrainingPlan, loop
 
 
 def ranked_by_sorting(row: np.ndarray, excluded: set[int], k: int) -> list[int]:
@@ -177,20 +178,21 @@ def test_per_epoch_ranking_validation_scores_a_fixed_sample_of_at_most_its_cap(
 
     m = _toy(tmp_path)
     model = AutoEncoder.from_config(Config(objective="multinomial", hidden=[4]), m.n_items)
+    path = TrainingPlan("sparse", objective="multinomial")
     asked: list[np.ndarray] = []
     real = loop.score_items
     monkeypatch.setattr(loop, "score_items", lambda *a, **k: asked.append(a[2]) or real(*a, **k))
     v_user, _, v_rating = m.user_view()
     relevant = np.unique(v_user[v_rating >= metrics.RELEVANT_AT])  # the users ranked
-    whole = loop.validate_ranking(model, m, torch.device("cpu"))
+    whole = loop.validate_ranking(model, m, torch.device("cpu"), path)
     assert np.array_equal(np.concatenate(asked), relevant)  # under the cap: every one
     monkeypatch.setattr(loop, "VALIDATION_USERS", 7)
     asked.clear()
-    first = loop.validate_ranking(model, m, torch.device("cpu"))
+    first = loop.validate_ranking(model, m, torch.device("cpu"), path)
     picked = np.concatenate(asked)
     assert 0 < len(picked) <= 7 and set(picked) <= set(relevant)
     assert np.all(np.diff(picked) > 0)
     asked.clear()
-    assert loop.validate_ranking(model, m, torch.device("cpu")) == first  # the same sample
+    assert loop.validate_ranking(model, m, torch.device("cpu"), path) == first  # the same sample
     assert np.array_equal(np.concatenate(asked), picked)
     assert np.isfinite(whole["val_ndcg@10"])

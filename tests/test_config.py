@@ -16,7 +16,6 @@ from deeprec.training import TrainingPlan
 from deeprec.training import plan as decide_path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "deeprec"
-COMMANDS = ("train", "evaluate", "recommend", "info", "tune", "blend", "export")
 
 
 def test_defaults_are_the_seed_preset():
@@ -85,49 +84,6 @@ def test_training_plan_is_decided_from_the_config():
         decide_path(Config(optimizer="sparse-adam"), cpu)
     with pytest.raises(ConfigError, match="--fused: "):
         decide_path(Config(fused=True), torch.device("meta"))
-
-
-def _deeprec_imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("deeprec"):
-            names |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
-        elif isinstance(node, ast.Import):
-            names |= {a.name for a in node.names if a.name.startswith("deeprec")}
-    return names
-
-
-def test_no_command_imports_another_and_nothing_outside_imports_a_command():
-    commands = {f"deeprec.{c}" for c in COMMANDS}
-    importers = [SRC / f"{c}.py" for c in COMMANDS]
-    library = [p for p in SRC.rglob("*.py") if p.stem not in COMMANDS or p.parent != SRC]
-    root = SRC.parents[1]
-    outside = [*root.glob("benchmarks/*.py"), *root.glob("experiments/*.py")]
-    for path in [*importers, *library, *outside]:
-        own = f"deeprec.{path.stem}"
-        bad = {n for n in _deeprec_imports(path) if n in commands and n != own}
-        assert not bad, f"{path.relative_to(root)} imports the command module(s) {sorted(bad)}"
-
-
-# ---------------------------------------------------------------- the floors
-GROUND = {"deeprec.choices", "deeprec.errors"}
-
-
-def _deeprec_modules(path: Path) -> set[str]:
-    """The deeprec modules ``path`` imports (``from deeprec import x`` counts as deeprec.x)."""
-    names = set()
-    for name in _deeprec_imports(path):
-        parts = name.split(".")
-        names.add(".".join(parts[:2]))  # deeprec.<top-level module or package>
-    return names - {"deeprec"}
-
-
-def test_config_stands_on_the_ground_floor_only():
-    above = _deeprec_modules(SRC / "config.py") - GROUND
-    assert not above, f"deeprec.config imports {sorted(above)}, above the ground floor"
-    for name in GROUND:  # and the ground floor imports no deeprec module at all
-        path = SRC / f"{name.split('.')[1]}.py"
-        assert not _deeprec_modules(path), f"{name} imports {_deeprec_modules(path)}"
 
 
 def _epoch_loops(path: Path) -> list[int]:

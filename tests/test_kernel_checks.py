@@ -34,8 +34,8 @@ from deeprec.ops import (
     sparse_linear,
     sparse_output_mse,
 )
+from deeprec.training import TrainingPlan, run_epoch, validate
 from deeprec.training import plan as decide_path
-from deeprec.training import run_epoch, validate
 from deeprec.training.optim import build
 
 pytestmark = pytest.mark.usefixtures("native_required")
@@ -226,7 +226,7 @@ def test_validation_reads_its_predictions_back_once():
     model = AutoEncoder(m.n_cols, [16, 8])
     source = ResidentMatrix(held, "cpu")
     with counting_host_reads() as calls:
-        metrics = validate(model, held, torch.device("cpu"), source=source)
+        metrics = validate(model, held, torch.device("cpu"), TrainingPlan("sparse"), source=source)
     assert calls == ["cpu", "numpy"], calls  # one transfer of every prediction
     assert np.isfinite(metrics["val_rmse"])
 

@@ -78,8 +78,8 @@ def test_the_config_refuses_what_a_softmax_over_items_cannot_do():
 def test_a_multinomial_model_trains_validates_by_ndcg_and_never_recommends_training_items(
     tmp_path, capsys, fused
 ):
-    from deeprec import run
     from deeprec.inference.recommendation import TrainedScorer
+    from deeprec.inference.trained import load_trained
     from deeprec.recommend import cli_main as recommend_main
     from deeprec.top_items import top_k
     from deeprec.train import cli_main as train_main
@@ -92,7 +92,7 @@ def test_a_multinomial_model_trains_validates_by_ndcg_and_never_recommends_train
     assert train_main(args) == 0
     printed = capsys.readouterr().out
     assert "val NDCG@10" in printed and "final val NDCG@10" in printed
-    trained = run.load_trained(out, None, torch.device("cpu"))
+    trained = load_trained(out, None, torch.device("cpu"))
     scorer = TrainedScorer(trained)
     users = np.arange(trained.matrix.n_users)
     scores = scorer.score_users(users)

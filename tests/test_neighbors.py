@@ -1,4 +1,4 @@
-"""deeprec.quality.neighbors (kNN on baseline residuals) against a per-pair loop written from the
+"""deeprec.scoring.neighbors (kNN on baseline residuals) against a per-pair loop written from the
 definition, on random sparse matrices; score_users against predict; bad arguments."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deeprec.quality import baseline, neighbors
+from deeprec.scoring import baseline, neighbors
 
 
 def random_ratings(users: int, items: int, density: float, seed: int) -> sp.csr_matrix:

@@ -178,12 +178,13 @@ def test_onnx_gives_the_same_top_k_as_the_checkpoint(trained, exported, capsys, 
 
 
 def test_onnx_scorer_matches_the_torch_model_on_every_user(trained, exported):
-    from deeprec import run
     from deeprec.inference import recommendation
     from deeprec.inference.serving import OnnxScorer
+    from deeprec.inference.trained import load_trained
+    from deeprec.training.lifecycle import resolve_device
 
     for name in ("plain", "residual"):
-        job = run.load_trained(trained[name], None, run.resolve_device("cpu"))
+        job = load_trained(trained[name], None, resolve_device("cpu"))
         users = np.arange(job.matrix.n_users)
         want = recommendation.TrainedScorer(job).score_users(users)
         got = OnnxScorer(exported[name]).score_users(users)
@@ -302,13 +303,14 @@ def test_all_users_file_matches_single_user_lists(trained, exported, tmp_path, c
 
 
 def test_all_users_excludes_training_items(trained, tmp_path, capsys):
-    from deeprec import run
+    from deeprec.inference.trained import load_trained
+    from deeprec.training.lifecycle import resolve_device
 
     out = tmp_path / "recs.csv"
     lines(capsys, recommend_main, ["--checkpoint", str(trained["plain"]), "--all-users", "-k",
                                    "20", "--out", str(out), "--quiet"])  # fmt: skip
     recs = pd.read_csv(out)
-    job = run.load_trained(trained["plain"], None, run.resolve_device("cpu"))
+    job = load_trained(trained["plain"], None, resolve_device("cpu"))
     m = job.matrix
     for u, user in enumerate(m.user_ids()):
         seen = set(m.col_ids[m.train[u].indices].tolist())

@@ -15,13 +15,13 @@ from datasets import write_movielens_csv
 from deeprec.config import Config
 from deeprec.data import RatingMatrix
 from deeprec.evaluate import cli_main as evaluate_main
-from deeprec.inference.predict import predict_entries, score_items
 from deeprec.model import AutoEncoder
 from deeprec.ops import masked_mse
-from deeprec.quality import baseline
 from deeprec.quality.evaluation import bootstrap_rmse, ranking_metrics
-from deeprec.quality.metrics import paired_difference
 from deeprec.recommend import cli_main as recommend_main
+from deeprec.scoring import baseline
+from deeprec.scoring.metrics import paired_difference
+from deeprec.scoring.predict import predict_entries, score_items
 from deeprec.train import cli_main as train_main
 from deeprec.training import model_inputs
 
@@ -52,17 +52,18 @@ def test_residual_model_that_outputs_zero_predicts_the_bias_baseline(by):
         last = model.decoder[-1]
         last.weight.zero_()
         last.bias.zero_()
-    pred = predict_entries(model, inputs, m.val_rows, m.val_cols, offsets=offsets)
+    path = {"impl": "fused", "linear_output": True}
+    pred = predict_entries(model, inputs, m.val_rows, m.val_cols, offsets=offsets, **path)
     np.testing.assert_allclose(pred, fitted.at(m.val_rows, m.val_cols), atol=1e-6)
     # score_items agrees with predict_entries in either orientation
     users = np.unique(m.val_rows if by == "user" else m.val_cols)
-    scores = score_items(model, inputs, users, offsets=offsets)
+    scores = score_items(model, inputs, users, offsets=offsets, impl="fused")
     for u in users[:3]:
         items = np.arange(m.n_items)
         r, c = (np.full_like(items, u), items) if by == "user" else (items, np.full_like(items, u))
         np.testing.assert_allclose(
             scores[list(users).index(u)],
-            predict_entries(model, inputs, r, c, offsets=offsets),
+            predict_entries(model, inputs, r, c, offsets=offsets, **path),
             atol=1e-6,
         )
 
@@ -74,16 +75,16 @@ def test_input_dropout_is_training_only_and_the_sparse_path_matches_the_dense_on
     dense[torch.repeat_interleave(torch.arange(6), crow.diff()), col] = val
     model.eval()
     torch.testing.assert_close(
-        model.sparse_loss(crow, col, val),
+        model.sparse_loss(crow, col, val, impl="fused"),
         masked_mse(model(dense), (crow, col, val)),
         rtol=1e-10,
         atol=1e-10,
     )
     model.train()
     torch.manual_seed(0)
-    a = model.sparse_loss(crow, col, val)
+    a = model.sparse_loss(crow, col, val, impl="fused")
     torch.manual_seed(1)
-    b = model.sparse_loss(crow, col, val)
+    b = model.sparse_loss(crow, col, val, impl="fused")
     assert a.item() != b.item()  # different masks -> different losses
 
 
@@ -284,7 +285,7 @@ def test_ease_equals_its_definition_solved_column_by_column():
     regression of column j of X on the other columns (the zero-diagonal constraint)."""
     import scipy.sparse as sp
 
-    from deeprec.quality import ease
+    from deeprec.scoring import ease
 
     rng = np.random.default_rng(0)
     X = (rng.random((30, 8)) < 0.35).astype(float)
@@ -307,7 +308,7 @@ def test_ease_equals_its_definition_solved_column_by_column():
 def test_ease_on_liked_items_is_ease_on_the_ratings_at_or_above_the_threshold():
     import scipy.sparse as sp
 
-    from deeprec.quality import ease
+    from deeprec.scoring import ease
 
     rng = np.random.default_rng(1)
     R = (rng.random((40, 9)) < 0.4) * rng.choice([1.0, 2.5, 3.5, 4.0, 5.0], (40, 9))

@@ -140,10 +140,10 @@ def test_sparse_gradients_equal_dense_gradients(tied):
     crow, col, val = random_csr(9, 50, 0.2, seed=3)
     torch.manual_seed(1)
     model = AutoEncoder(50, (6, 4), tied=tied).double()
-    model.sparse_loss(crow, col, val).backward()
+    model.sparse_loss(crow, col, val, impl="fused").backward()
     dense = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    model.sparse_loss(crow, col, val, sparse_grad=True).backward()
+    model.sparse_loss(crow, col, val, impl="fused", sparse_grad=True).backward()
     items = {id(p) for p in model.item_parameters()}
     for n, p in model.named_parameters():
         assert p.grad.is_sparse == (id(p) in items), n
@@ -202,10 +202,11 @@ def test_torch_compile_fullgraph_on_the_sparse_model():
     torch.manual_seed(0)
     model = AutoEncoder(30, (8, 4))
     compiled = torch.compile(
-        lambda c, k, v, *i: model.sparse_loss(c, k, v, index=i), fullgraph=True
+        lambda c, k, v, *i: model.sparse_loss(c, k, v, index=i, impl="fused"), fullgraph=True
     )
     got = compiled(crow, col, val, *idx)
-    torch.testing.assert_close(got, model.sparse_loss(crow, col, val), rtol=1e-6, atol=1e-7)
+    want = model.sparse_loss(crow, col, val, impl="fused")
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -283,10 +284,10 @@ def test_item_adam_trains_like_dense_adam_step_for_step():
     assert isinstance(opt_b, ItemAdam)
     for _ in range(5):
         opt_a.zero_grad()
-        a.sparse_loss(crow, col, val).backward()
+        a.sparse_loss(crow, col, val, impl="fused").backward()
         opt_a.step()
         opt_b.zero_grad()
-        b.sparse_loss(crow, col, val, sparse_grad=True).backward()
+        b.sparse_loss(crow, col, val, impl="fused", sparse_grad=True).backward()
         opt_b.step()
     for (n, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12, msg=n)
@@ -340,8 +341,8 @@ def test_fused_and_reference_training_stay_together_in_float64():
     where float32 runs start to part (1e-4 at epoch 6, 1e-2 by epoch 9; see
     experiments/results/fused_drift.md). So the float32 gap is rounding, amplified."""
     from deeprec.config import load_preset
-    from deeprec.run import prepare_data
     from deeprec.training import flushed_denormals, plan, run_epoch
+    from deeprec.training.lifecycle import prepare_data
 
     config = load_preset("seed")
     _, matrix = prepare_data(config, None)  # the copy shipped in the package

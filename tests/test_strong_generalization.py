@@ -13,9 +13,9 @@ from datasets import synthetic_ratings, write_movielens_csv
 from deeprec.blend import cli_main as blend_main
 from deeprec.config import Config
 from deeprec.data import DataError, RatingMatrix
-from deeprec.inference.predict import fold_in_scores, score_items
-from deeprec.quality import baseline
 from deeprec.quality.strong_generalization import held_out_matrix, split_users
+from deeprec.scoring import baseline
+from deeprec.scoring.predict import fold_in_scores, score_items
 from deeprec.training import Trainer
 
 
@@ -102,7 +102,7 @@ def test_folding_in_a_training_users_row_is_scoring_that_user(residual):
         trainer.model.eval()
         want = trainer.model(torch.from_numpy(x)).double().detach().numpy() + base
     else:
-        want = score_items(trainer.model, trainer.inputs, users)
+        want = score_items(trainer.model, trainer.inputs, users, impl=trainer.plan.impl)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

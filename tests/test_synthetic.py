@@ -7,7 +7,7 @@ import pytest
 
 from deeprec.data import DataError, RatingMatrix, load, split
 from deeprec.data import synthetic as synth
-from deeprec.quality import baseline
+from deeprec.scoring import baseline
 
 SMALL = "synth:3000x400x60000"
 

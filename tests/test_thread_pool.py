@@ -74,7 +74,7 @@ FORK_WHILE_BUSY = textwrap.dedent(
     import os, sys, threading, time, torch
     sys.path.insert(0, {tests!r})
     from conftest import random_csr
-    from deeprec.ops.schema import masked_mse_launch
+    from deeprec.ops.masked_mse import masked_mse_launch
 
     output = torch.randn(64, 300, generator=torch.Generator().manual_seed(3))
     target = random_csr(64, 300, 0.05, seed=11, dtype=torch.float32)
@@ -143,7 +143,7 @@ SCRIPT = textwrap.dedent(
     import hashlib, os, sys, torch
     sys.path.insert(0, {tests!r})
     from conftest import random_csr
-    from deeprec.ops.schema import masked_mse_launch
+    from deeprec.ops.masked_mse import masked_mse_launch
 
     output = torch.randn(300, 1500, generator=torch.Generator().manual_seed(3))
     target = random_csr(300, 1500, 0.05, seed=11, dtype=torch.float32)

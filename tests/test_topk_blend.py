@@ -10,8 +10,9 @@ import torch
 from datasets import write_movielens_csv
 
 from deeprec.blend import cli_main as blend_main
-from deeprec.quality import ease, topk_blend
+from deeprec.quality import topk_blend
 from deeprec.recommend import cli_main as recommend_main
+from deeprec.scoring import ease
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +71,10 @@ def test_the_topk_blend_refuses_the_rating_blend_output_flag(saved, tmp_path, ca
 
 def test_recipe_flags_given_with_topk_reach_both_members(saved):
     _, folder = saved
-    from deeprec import run
+    from deeprec.inference.trained import load_trained
 
     for name in topk_blend.MEMBERS:  # the fixture passed --epochs 2
-        trained = run.load_trained(folder / name, None, torch.device("cpu"))
+        trained = load_trained(folder / name, None, torch.device("cpu"))
         assert trained.config.epochs == 2 and trained.state["epoch"] == 2
     configs = topk_blend.member_configs(trained.config, {"hidden": [7]})
     assert configs["rating"].hidden == configs["ranking"].hidden == [7]

@@ -12,8 +12,8 @@ from datasets import write_movielens_csv
 
 from deeprec import checkpoint
 from deeprec.evaluate import cli_main as evaluate_main
-from deeprec.quality import baseline
 from deeprec.recommend import cli_main as recommend_main
+from deeprec.scoring import baseline
 from deeprec.train import cli_main as train_main
 
 SMALL = ["--hidden", "16,8", "--batch-size", "8", "--quiet", "--split", "user-time"]

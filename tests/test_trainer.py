@@ -73,10 +73,16 @@ def test_a_blend_member_trains_exactly_as_the_trainer_does(toy):
     matrix = _matrix(toy, "item")
     t = Trainer.assemble(config.replace(by="item"), matrix, torch.device("cpu"))
     fit(t, quiet=True)
-    from deeprec.inference.predict import predict_entries
+    from deeprec.scoring.predict import predict_entries
 
     want = predict_entries(
-        t.model, t.inputs, matrix.val_rows, matrix.val_cols, offsets=t.offsets, impl=t.plan.impl
+        t.model,
+        t.inputs,
+        matrix.val_rows,
+        matrix.val_cols,
+        offsets=t.offsets,
+        impl=t.plan.impl,
+        linear_output=t.plan.linear_output,
     )
     ds = load(str(toy))
     train, val = split(ds.ratings, "user-time")
@@ -98,13 +104,12 @@ def test_the_trainer_follows_its_plan(toy):
 
 def test_validation_of_a_reference_run_never_touches_the_kernels(toy, monkeypatch):
     """A run without --fused validates through the pure-PyTorch ops too."""
-    from deeprec.ops import launch
+    from deeprec.ops import cpu
 
     def refuse(*args, **kwargs):
         raise AssertionError("a reference run launched a native kernel")
 
-    monkeypatch.setattr(launch, "launch", refuse)
-    monkeypatch.setattr("deeprec.ops.schema.launch", refuse)
+    monkeypatch.setattr(cpu, "run", refuse)  # every CPU launch goes through it
     t = Trainer.assemble(Config(data=str(toy), **RECIPE), _matrix(toy), torch.device("cpu"))
     metrics = fit(t, quiet=True)
     assert metrics["val_rmse"] > 0
@@ -152,15 +157,16 @@ def test_tune_shows_progress_per_trial_unless_quiet(toy, tmp_path, bars, quiet):
 
 
 def test_an_epoch_is_on_disk_before_its_line_is_printed(toy, tmp_path, monkeypatch):
-    from deeprec import checkpoint, run
+    from deeprec import checkpoint
+    from deeprec.training import lifecycle
 
     out = tmp_path / "run"
     config = Config(data=str(toy), **RECIPE)
-    job = run.start(config, None, torch.device("cpu"), out)
+    job = lifecycle.start(config, None, torch.device("cpu"), out)
     saved_when_printed = []
 
     def report(line: str) -> None:
         saved_when_printed.append((line.split()[1], checkpoint.load(out)["epoch"]))
 
-    run.train(job, quiet=True, report=report)
+    lifecycle.train(job, quiet=True, report=report)
     assert saved_when_printed == [("1", 1), ("2", 2)]

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from deeprec import cli
-from deeprec.config import Config, load_config_file, load_preset, presets
+from deeprec.config import SHARED, Config, load_config_file, load_preset, presets
 from deeprec.quality import blending, strong_generalization, topk_blend
 
 
@@ -144,7 +144,7 @@ def _topk(args: argparse.Namespace, config: Config) -> int:
 def _member_overrides(args: argparse.Namespace) -> dict:
     """Options given on the command line that both top-k members take (not the data and
     split ones, which the members share with the blend anyway)."""
-    return {k: v for k, v in Config.overrides(args).items() if k not in topk_blend.SHARED}
+    return {k: v for k, v in Config.overrides(args).items() if k not in SHARED}
 
 
 def _strong(args: argparse.Namespace, config: Config) -> int:

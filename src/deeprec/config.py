@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -43,6 +44,19 @@ from deeprec.errors import ConfigError
 Range = tuple[float | None, float | None, bool, bool]
 
 
+def parse_hidden(text: str) -> list[int]:
+    """'512,512,1024' -> [512, 512, 1024] (an argparse type)."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers, got {text!r}")
+    return sizes
+
+
 def _option(
     default: Any,
     help: str,
@@ -50,9 +64,12 @@ def _option(
     *,
     choices: tuple[str, ...] | None = None,
     range: Range | None = None,
+    switch: bool = False,
 ) -> Any:
-    """A Config field with what argparse and the checks need in its metadata."""
-    return field(default=default, metadata=_meta(help, group, choices=choices, range=range))
+    """A Config field with what argparse and the checks need in its metadata. switch: a
+    flag that only turns the option on (``--fused``), with no ``--no-`` form."""
+    meta = _meta(help, group, choices=choices, range=range, switch=switch)
+    return field(default=default, metadata=meta)
 
 
 def _meta(
@@ -61,8 +78,19 @@ def _meta(
     *,
     choices: tuple[str, ...] | None = None,
     range: Range | None = None,
+    switch: bool = False,
+    parse: Callable[[str], Any] | None = None,
+    show: Callable[[Any], str] | None = None,
 ) -> dict[str, Any]:
-    return {"help": help, "group": group, "choices": choices, "range": range}
+    """parse: the flag's argparse type where it is not the field's own; show: how --help
+    writes the default."""
+    return {"help": help, "group": group, "choices": choices, "range": range,
+            "switch": switch, "parse": parse, "show": show}  # fmt: skip
+
+
+# The options a workflow (tune, the blends) shares with every model it trains: the data,
+# its split, the seed and the path. The rest is each model's own recipe.
+SHARED = ("data", "split", "quantile", "val_frac", "seed", "fused")
 
 
 @dataclass
@@ -94,7 +122,12 @@ class Config:
     )
     hidden: list[int] = field(
         default_factory=lambda: [512, 512, 1024],
-        metadata=_meta("encoder sizes, e.g. 512,512,1024", "model"),
+        metadata=_meta(
+            "encoder sizes, e.g. 512,512,1024",
+            "model",
+            parse=parse_hidden,
+            show=lambda sizes: ",".join(map(str, sizes)),
+        ),
     )
     activation: str = _option("relu", "hidden activation", "model", choices=ACTIVATIONS)
     last_activation: str = _option("none", "output activation", "model", choices=ACTIVATIONS)
@@ -196,6 +229,7 @@ class Config:
         "use deeprec's fused native kernels: the sparse path (the masked-MSE kernel with a "
         "last activation); error if unavailable on --device",
         "optimization",
+        switch=True,
     )
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -282,27 +316,31 @@ class Config:
 
     # ------------------------------------------------------------------ argparse
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> dict[str, Any]:
-        """One flag per field, grouped, with the default in its help; returns the groups by
-        name. Every flag defaults to None, so ``overrides`` can tell given flags from absent
-        ones."""
+    def add_arguments(
+        cls, parser: argparse.ArgumentParser, only: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """One flag per field (or per field named in ``only``), grouped, with the default in
+        its help; returns the groups by name. Every flag defaults to None, so ``overrides``
+        can tell given flags from absent ones."""
         groups: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
+            if only is not None and f.name not in only:
+                continue
             meta = f.metadata
             if meta["group"] not in groups:
                 groups[meta["group"]] = parser.add_argument_group(meta["group"])
             shown = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            if f.name == "hidden":
-                shown = ",".join(map(str, shown))
+            if meta["show"] is not None:
+                shown = meta["show"](shown)
             elif isinstance(shown, bool):
                 shown = "yes" if shown else "no"
             kwargs: dict[str, Any] = {"default": None, "help": f"{meta['help']} [{shown}]"}
-            if f.name == "fused":
+            if meta["switch"]:
                 kwargs["action"] = "store_true"
             elif f.type in ("bool", bool):
                 kwargs["action"] = argparse.BooleanOptionalAction
-            elif f.name == "hidden":
-                kwargs["type"] = parse_hidden
+            elif meta["parse"] is not None:
+                kwargs["type"] = meta["parse"]
             else:
                 kwargs["type"] = {"int": int, "float": float}.get(f.type, str)
                 if meta["choices"] is not None:
@@ -354,19 +392,6 @@ def check_range(name: str, value: float, bounds: Range) -> None:
         else:
             wanted = f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
         raise ConfigError(f"{flag(name)} must be {wanted}, got {value}")
-
-
-def parse_hidden(text: str) -> list[int]:
-    """'512,512,1024' -> [512, 512, 1024] (an argparse type)."""
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers, got {text!r}")
-    return sizes
 
 
 # ---------------------------------------------------------------------- config files

@@ -276,7 +276,7 @@ def column_index(crow: torch.Tensor, col: torch.Tensor, n_unique: int | None = N
     """
     count = -1 if n_unique is None else n_unique
     check_index_inputs(crow, col, count)
-    if torch.compiler.is_compiling():  # registered in deeprec/ops/schema.py
+    if torch.compiler.is_compiling():  # registered in deeprec/ops/sparse_layers.py
         return ColumnIndex(*torch.ops.deeprec.column_index(crow, col, count))
     return ColumnIndex(*build_index(crow, col, count))
 

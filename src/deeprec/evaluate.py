@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deeprec import cli, run
+from deeprec import cli
+from deeprec.inference.trained import load_trained
 from deeprec.quality.evaluation import evaluate
+from deeprec.training.lifecycle import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +56,8 @@ def main(args: argparse.Namespace) -> int:
         if args.out.suffix.lower() != ".json":
             raise cli.UsageError(f"--out {args.out}: name the file *.json")
         cli.writable_file(args.out, "--out")
-    device = run.resolve_device(args.device)
-    trained = run.load_trained(args.checkpoint, args.data_dir, device)
+    device = resolve_device(args.device)
+    trained = load_trained(args.checkpoint, args.data_dir, device)
     table = evaluate(
         trained, device, ranking=not args.no_ranking, ease_lambda=args.ease_lambda or None
     )

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
-from deeprec import cli, run
+from deeprec import cli
 from deeprec.inference.onnx_export import ExportError, export_onnx
 from deeprec.inference.serving import sidecar_path
+from deeprec.inference.trained import load_trained
+from deeprec.training.run_folder import RunFolder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     if args.out is None:
-        args.out = run.run_folder(Path(args.checkpoint)) / "model.onnx"
+        args.out = RunFolder.of(Path(args.checkpoint)).path / "model.onnx"
     if args.out.suffix.lower() != ".onnx":
         raise cli.UsageError(f"--out {args.out}: name the file *.onnx")
-    trained = run.load_trained(args.checkpoint, args.data_dir, torch.device("cpu"))
+    trained = load_trained(args.checkpoint, args.data_dir, torch.device("cpu"))
     try:
         check = export_onnx(trained, args.out)
     except ExportError as exc:

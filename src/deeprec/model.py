@@ -16,6 +16,7 @@ from deeprec import choices
 from deeprec.config import Config
 from deeprec.csr import entry_rows as entry_rows_of
 from deeprec.ops import multinomial_nll, sparse_linear, sparse_output_mse
+from deeprec.ops.launch import ChosenImpl
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -28,6 +29,12 @@ ACTIVATIONS = {
     "none": nn.Identity,
 }
 assert tuple(sorted(ACTIVATIONS)) == choices.ACTIVATIONS, "deeprec.choices.ACTIVATIONS is stale"
+
+
+def linear_output(last_activation: str) -> bool:
+    """Whether a model with this last activation has a linear output layer: the one rule
+    behind the sparse path (outputs only at given entries) and the plan that picks it."""
+    return last_activation == "none"
 
 
 class InputLayer(nn.Module):
@@ -192,17 +199,13 @@ class AutoEncoder(nn.Module):
             return self.encoder[0].weight, self.decoder_bias[last]
         return self.decoder[last].weight, self.decoder[last].bias
 
-    @property
-    def supports_sparse(self) -> bool:
-        """The sparse path needs a linear output layer; a last activation needs the dense one."""
-        return self.config["last_activation"] == "none"
-
     def multinomial_loss(
         self,
         crow: torch.Tensor,
         col: torch.Tensor,
+        *,
+        impl: ChosenImpl,
         index=None,
-        impl: str = "fused",
         beta: float = 0.0,
     ) -> torch.Tensor:
         """Mult-DAE's loss on a CSR batch of who-rated-what (the values are not read): the
@@ -240,8 +243,9 @@ class AutoEncoder(nn.Module):
         crow: torch.Tensor,
         col: torch.Tensor,
         val: torch.Tensor,
+        *,
+        impl: ChosenImpl,
         index=None,
-        impl: str = "fused",
         sparse_grad: bool = False,
     ) -> torch.Tensor:
         """Masked MSE of this model on a CSR batch, with no dense N-wide tensor anywhere.
@@ -250,7 +254,7 @@ class AutoEncoder(nn.Module):
         sparse_grad: the item-major weights (and output bias) get sparse COO gradients
         holding the batch's items only (see item_parameters()).
         """
-        if not self.supports_sparse:
+        if not linear_output(self.config["last_activation"]):
             raise ValueError("sparse_loss needs last_activation='none' (a linear output layer)")
         first = self.encoder[0]
         # Dropout on the stored values is dropout on the dense input (its zeros stay zero).
@@ -269,7 +273,7 @@ class AutoEncoder(nn.Module):
             h, weight, bias, (crow, col, val), index=index, impl=impl, sparse_grad=sparse_grad
         )
 
-    def hidden_of(self, crow, col, val, index=None, impl: str = "auto") -> torch.Tensor:
+    def hidden_of(self, crow, col, val, *, impl: ChosenImpl, index=None) -> torch.Tensor:
         """The last hidden activations of a CSR batch of input rows, read by the sparse
         input layer (no dense input): what the output layer reads."""
         first = self.encoder[0]
@@ -284,14 +288,15 @@ class AutoEncoder(nn.Module):
         val: torch.Tensor,
         rows: torch.Tensor,
         cols: torch.Tensor,
+        *,
+        impl: ChosenImpl,
         index=None,
-        impl: str = "auto",
     ) -> torch.Tensor:
         """The outputs at entries (rows[k], cols[k]) of a CSR batch's reconstruction, with no
         dense N-wide tensor: evaluation at a catalog's scale. Needs a linear output layer."""
-        if not self.supports_sparse:
+        if not linear_output(self.config["last_activation"]):
             raise ValueError("outputs_at needs last_activation='none' (a linear output layer)")
-        h = self.hidden_of(crow, col, val, index, impl)
+        h = self.hidden_of(crow, col, val, impl=impl, index=index)
         weight, bias = self.output_layer()
         return (h[rows] * weight[cols]).sum(1) + bias[cols]
 
@@ -300,12 +305,13 @@ class AutoEncoder(nn.Module):
         crow: torch.Tensor,
         col: torch.Tensor,
         val: torch.Tensor,
+        *,
+        impl: ChosenImpl,
         index=None,
-        impl: str = "auto",
     ) -> torch.Tensor:
         """Whole output rows for a CSR batch of input rows, read by the sparse input layer
         (no dense input): forward(dense rows), at a catalogue's scale half the work."""
-        h = self.hidden_of(crow, col, val, index, impl)
+        h = self.hidden_of(crow, col, val, impl=impl, index=index)
         weight, bias = self.output_layer()
         return self.last_act(nn.functional.linear(h, weight, bias))
 

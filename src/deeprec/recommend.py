@@ -98,10 +98,11 @@ def _scorer(args: argparse.Namespace):
                 raise cli.UsageError(str(exc)) from None
 
         return scorer, new_user
-    from deeprec import run
     from deeprec.inference import recommendation
+    from deeprec.inference.trained import load_trained
+    from deeprec.training.lifecycle import resolve_device
 
-    device = run.resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.blend is not None:
         from deeprec.quality.blending import BlendScorer
         from deeprec.quality.topk_blend import TopkScorer
@@ -111,7 +112,7 @@ def _scorer(args: argparse.Namespace):
         if (args.blend / "topk.json").exists():
             return TopkScorer(args.blend, args.data_dir, device), None
         return BlendScorer(args.blend, args.data_dir, device), None
-    trained = run.load_trained(args.checkpoint, args.data_dir, device)
+    trained = load_trained(args.checkpoint, args.data_dir, device)
     return recommendation.TrainedScorer(trained), lambda given: recommendation.new_user(
         trained, given
     )

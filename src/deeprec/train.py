@@ -6,7 +6,7 @@ flag given on the command line overrides the preset (or the --config file). The 
 holds config.toml (the resolved configuration: ``--config RUN/config.toml`` reproduces the
 run), metrics.json, model.pt (the full training state; resume with --resume) and loss.png.
 
-A leaf: it parses flags and calls the library (deeprec.config, deeprec.run).
+A leaf: it parses flags and calls the library (deeprec.config, deeprec.training.lifecycle).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from deeprec import (
     cli,
     distributed,
     memory,
-    run,
     tensorboard_log,
 )
 from deeprec.config import Config, flag, load_config_file, load_preset, presets
+from deeprec.training import lifecycle
+from deeprec.training.run_folder import RunFolder
 
 
 def positive_int(text: str) -> int:
@@ -121,7 +122,7 @@ def refuse_changes_on_resume(args: argparse.Namespace, saved: Config) -> None:
         changed.append(f"--preset {args.preset}")
     if args.config is not None:
         changed.append(f"--config {args.config}")
-    if args.out is not None and args.out.resolve() != run.run_folder(args.resume).resolve():
+    if args.out is not None and args.out.resolve() != RunFolder.of(args.resume).path.resolve():
         changed.append(f"--out {args.out} (a resumed run writes to its own folder)")
     if changed:
         raise cli.UsageError(
@@ -131,7 +132,7 @@ def refuse_changes_on_resume(args: argparse.Namespace, saved: Config) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    world, device = distributed.init(run.resolve_device(args.device))
+    world, device = distributed.init(lifecycle.resolve_device(args.device))
     clean = False
     try:
         code = _train(args, world, device)
@@ -146,10 +147,12 @@ def _train(args: argparse.Namespace, world: distributed.World, device: torch.dev
         tensorboard_log.require()
     if args.resume is not None:
         state = checkpoint.load(args.resume)
-        refuse_changes_on_resume(args, run.saved_config(state, args.resume))
-        job = run.resume(args.resume, args.data_dir, device, args.epochs, state, world)
+        refuse_changes_on_resume(args, lifecycle.saved_config(state, args.resume))
+        job = lifecycle.resume(args.resume, args.data_dir, device, args.epochs, state, world)
     else:
-        job = run.start(build_config(args), args.data_dir, device, args.out, world, args.overwrite)
+        job = lifecycle.start(
+            build_config(args), args.data_dir, device, args.out, world, args.overwrite
+        )
     c, m = job.config, job.matrix
     say = print if world.main else (lambda *a, **k: None)
     procs = f" | {world.size} processes" if world.active else ""
@@ -167,7 +170,7 @@ def _train(args: argparse.Namespace, world: distributed.World, device: torch.dev
     if args.tensorboard and world.main:
         log = tensorboard_log.EpochLog(Path(args.tensorboard) / job.folder.path.name, c)
     try:
-        final = run.train(
+        final = lifecycle.train(
             job, args.save_every, args.quiet, sinks=[log] if log else [], slim=args.slim
         )
     finally:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from deeprec import cli
-from deeprec.config import load_config_file, load_preset
+from deeprec.config import SHARED, Config, load_config_file, load_preset
 from deeprec.quality import tuning
 
 
@@ -42,13 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="base options (TOML) the search starts from [the seed recipe]",
     )
-    base = p.add_argument_group("data and base options (override --config)")
-    base.add_argument("--data", help="dataset name or path [ml-latest-small]")
-    base.add_argument("--split", choices=("global-time", "user-time", "random"))
-    base.add_argument("--quantile", type=float, help="global-time: timestamp quantile [0.98]")
-    base.add_argument("--val-frac", type=float, help="user-time/random: fraction [0.2]")
-    base.add_argument("--fused", action="store_true", default=None, help="train trials --fused")
-    base.add_argument("--seed", type=int, help="seed of the trials and the sampler [0]")
+    # The data, split, seed and path every trial shares (they override --config); the
+    # seed also seeds the sampler.
+    Config.add_arguments(p, only=SHARED)
     p.add_argument("--data-dir", help="folder holding dataset folders (or $DEEPREC_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_debug(p)
@@ -62,12 +58,7 @@ def main(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.timeout > 0:
         raise cli.UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
     base = load_config_file(args.config) if args.config else load_preset("seed")
-    given = {
-        k: v
-        for k, v in vars(args).items()
-        if k in ("data", "split", "quantile", "val_frac", "fused", "seed") and v is not None
-    }
-    base = base.replace(**given)
+    base = base.replace(**Config.overrides(args))
     if args.out is None:
         args.out = Path("runs") / f"tune-{Path(base.data).name}-{base.split}"
     cli.writable_folder(args.out, "--out")

@@ -1,6 +1,6 @@
-"""The inference wing: predictions from a trained model (predict), top-k lists and their
-output (ranking, recommendation), the ONNX export and the torch-free serving of it.
+"""The inference wing: a trained model loaded with its data (trained), top-k lists and
+their output (ranking, recommendation), the ONNX export and the torch-free serving of it.
 
-Its modules are imported by name (``from deeprec.inference import predict``); this file
-imports none of them, so the training wing can use ``predict`` without loading the rest.
+Its modules are imported by name (``from deeprec.inference import ranking``); this file
+imports none of them.
 """

@@ -25,7 +25,7 @@ import torch
 from deeprec import __version__
 from deeprec.digest import file_sha256
 from deeprec.inference.serving import SIDECAR_FORMAT, sidecar_path
-from deeprec.run import Trained
+from deeprec.inference.trained import Trained
 
 
 class ExportError(ValueError):

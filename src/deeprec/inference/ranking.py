@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from deeprec.quality.baseline import Biases, fold_in_row
+from deeprec.scoring.baseline import Biases, fold_in_row
 from deeprec.top_items import top_rows
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 
 from deeprec.config import ConfigError
-from deeprec.inference.predict import predict_vector, score_items
 from deeprec.inference.ranking import new_user_row, rows_of, user_position
-from deeprec.run import Trained
+from deeprec.inference.trained import Trained
+from deeprec.scoring.predict import predict_vector, score_items
 from deeprec.top_items import top_k
 
 
@@ -21,7 +21,7 @@ class TrainedScorer:
         matrix = run.matrix
         self.user_ids, self.item_ids = matrix.user_ids(), matrix.item_ids()
         self.titles, self.scale = run.dataset.titles, matrix.scale
-        if run.config.objective == "multinomial":  # scores are log-probabilities, not ratings
+        if run.plan.objective == "multinomial":  # scores are log-probabilities, not ratings
             self.scale = (-np.inf, np.inf)
         # each user's training items, as item positions (a CSR by user in either orientation)
         self._by_user = matrix.by_user()
@@ -30,8 +30,10 @@ class TrainedScorer:
         """Predicted ratings of every item; for a ranking (multinomial) model the log of
         the probability it gives each item (the same order as its raw scores)."""
         run = self.run
-        scores = score_items(run.model, run.inputs, users, run.device, run.offsets)
-        if run.config.objective == "multinomial":
+        scores = score_items(
+            run.model, run.inputs, users, run.device, run.offsets, impl=run.plan.impl
+        )
+        if run.plan.objective == "multinomial":
             scores = torch.from_numpy(scores).log_softmax(1).numpy()
         return scores
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from deeprec.digest import file_sha256
 from deeprec.inference.ranking import new_user_row
-from deeprec.quality.baseline import Biases
+from deeprec.scoring.baseline import Biases
 
 SIDECAR_FORMAT = 1
 

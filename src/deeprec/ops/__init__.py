@@ -1,9 +1,9 @@
 """Differentiable ops, each with a pure-PyTorch reference and a fused native version.
 
-schema.py defines every deeprec:: op once (schema, fake, autograd, eager fast path);
-launch.py, cpu.py and cuda.py reach the kernels; reference.py holds the pure-PyTorch
-definitions; masked_mse.py, sparse_layers.py and row_adam.py are the public ops, named as
-their kernel families in csrc/.
+Each family's module (masked_mse.py, sparse_layers.py, row_adam.py, multinomial.py, named
+as its kernel family in csrc/) holds its public ops and their definitions, made with
+schema.py's Op (schema, fake, autograd, eager fast path); launch.py, cpu.py and cuda.py
+reach the kernels; reference.py holds the pure-PyTorch definitions.
 
 - masked_mse: MSE over the ratings stored in a CSR batch (dense predictions).
 - sparse_linear: the input layer x @ W + b straight from a CSR batch.

@@ -24,6 +24,8 @@ from deeprec.csr import entry_rows
 from deeprec.ops import _native, cpu, cuda
 
 Impl = Literal["auto", "fused", "reference"]
+# An impl already decided (by deeprec.training.plan), as the model and training receive it.
+ChosenImpl = Literal["fused", "reference"]
 _warned: set[tuple[str, str]] = set()
 
 
@@ -297,13 +299,20 @@ def _word_device(device: torch.device) -> torch.device | None:
     return torch.device(device.type, index)
 
 
-def launch(kernel: str, device: torch.device, *, op: str, reduce: bool = True, **args) -> None:
-    """Run native ``kernel`` on ``device`` with its arguments by name (the family header's
-    names; tensors as addresses): ops/cpu.py or ops/cuda.py adds the device's own arguments.
+def launch(name: str, device: torch.device, *, op: str, reduce: bool = True, **args) -> None:
+    """Run the native kernel ``name`` on ``device`` with its arguments by name (the family
+    header's names). The name is ``<family>.<kernel>``: deeprec._C's ``<kernel>_cpu`` or
+    ``<kernel>_cuda``, defined in csrc/<family>/cpu.cpp or csrc/<family>/cuda.cu. A tensor
+    argument (or None, for an optional one) goes as its address; ops/cpu.py or ops/cuda.py
+    adds the device's own arguments.
 
     op: the public op this launch serves (a TAGS name), recorded with a refused index.
     reduce: the kernel computes a loss, so on CUDA it gets a reduction workspace.
     """
+    family, dot, kernel = name.partition(".")
+    if not (family and dot and kernel):
+        raise ValueError(f"a launch name is <family>.<kernel>, got {name!r}")
+    args = {k: ptr(v) if v is None or isinstance(v, torch.Tensor) else v for k, v in args.items()}
     word = error_word(device)
     if device.type == "cpu":
         try:
@@ -313,3 +322,9 @@ def launch(kernel: str, device: torch.device, *, op: str, reduce: bool = True, *
             raise  # a BadIndex with no word recorded: say what the binding said
         return
     cuda.run(kernel, device, args, ptr(word), _TAG[op], reduce)
+
+
+def batch_args(crow: torch.Tensor, col: torch.Tensor) -> dict[str, object]:
+    """A CSR batch's arguments as every kernel that reads one names them: its row pointers
+    and columns, its entry count and its index dtype."""
+    return {"crow": crow, "col": col, "nnz": col.numel(), "index_dtype": index_code(col)}

@@ -2,7 +2,8 @@
 
 ``masked_mse`` is the training loss: the mean squared error over the entries
 stored in a CSR batch of ratings (an explicit 0.0 rating counts; absent
-entries do not). The fused version is the op deeprec::masked_mse (ops/schema.py), so
+entries do not). The fused version is the op deeprec::masked_mse, defined below (the
+kernel: csrc/masked_mse/), so
 it works with ``torch.compile`` and ``torch.library.opcheck``, and eager calls skip the
 custom-op dispatcher's per-call cost. Python checks the batch's metadata; the kernels
 check its indices as they read them, in forward and again in backward.
@@ -18,9 +19,17 @@ from __future__ import annotations
 import torch
 
 from deeprec import csr
-from deeprec.ops.launch import Impl, choose_impl
+from deeprec.ops.launch import (
+    Impl,
+    as_scalar,
+    batch_args,
+    check_kernel,
+    choose_impl,
+    dtype_code,
+    launch,
+)
 from deeprec.ops.reference import masked_mse_reference
-from deeprec.ops.schema import MASKED_MSE
+from deeprec.ops.schema import Op
 
 __all__ = ["masked_mse", "masked_mse_reference"]
 
@@ -53,3 +62,87 @@ def masked_mse(output: torch.Tensor, target: object, *, impl: Impl = "auto") -> 
     if not output.is_contiguous():
         raise ValueError("output must be contiguous for the fused masked_mse (call .contiguous())")
     return MASKED_MSE(output, *parts)
+
+
+# ------------------------------------------------------------------ the op's definition
+def _check_masked_mse(output, crow, col, val) -> None:
+    csr.check_tensor(output, "output", dim=2)
+    check_kernel("masked_mse", output, "masked_mse")
+    csr.check_structure(crow, col, val, output.shape[0])
+    if val.dtype != output.dtype:
+        raise TypeError(f"target values have dtype {val.dtype} but output has {output.dtype}")
+    if crow.device != output.device:
+        raise ValueError(f"target is on {crow.device} but output is on {output.device}")
+
+
+def masked_mse_launch(output, crow, col, val, loss, grad, grad_scale) -> None:
+    """The kernel: the loss (into ``loss``) or the gradient (into ``grad``, scaled)."""
+    B, N = output.shape
+    launch("masked_mse.masked_mse", output.device,
+           op="masked_mse" if loss is not None else "masked_mse backward",
+           reduce=loss is not None, out=output, **batch_args(crow, col), val=val, B=B, N=N,
+           dtype=dtype_code(output), loss=loss, grad=grad, grad_scale=grad_scale)  # fmt: skip
+
+
+def _masked_mse_run(
+    output: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error of ``output`` at the entries the CSR batch stores."""
+    loss = output.new_empty(())
+    masked_mse_launch(output, crow, col, val, loss, None, None)
+    return loss
+
+
+def _masked_mse_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _masked_mse_backward(ctx, grad):
+    if grad is None:  # eager path, materialize_grads off: no gradient came
+        return None, None, None, None
+    output, crow, col, val = ctx.saved_tensors
+    grad_output = None
+    if ctx.needs_input_grad[0]:
+        grad_output = MASKED_MSE_BACKWARD.grad(ctx, grad, output, crow, col, val)
+    return grad_output, None, None, None
+
+
+MASKED_MSE = Op(
+    "masked_mse",
+    _check_masked_mse,
+    _masked_mse_run,
+    fake=lambda output, crow, col, val: output.new_empty(()),
+    setup=_masked_mse_setup,
+    backward=_masked_mse_backward,
+)
+
+
+def _check_masked_mse_backward(grad, output, crow, col, val) -> None:
+    _check_masked_mse(output, crow, col, val)
+    if not isinstance(grad, torch.Tensor) or grad.numel() != 1 or not grad.is_floating_point():
+        raise ValueError("deeprec::masked_mse_backward: grad must be a one-element float tensor")
+    if grad.device != output.device:
+        raise ValueError(f"grad is on {grad.device} but output is on {output.device}")
+
+
+def _masked_mse_backward_run(
+    grad: torch.Tensor,
+    output: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    val: torch.Tensor,
+) -> torch.Tensor:
+    """d loss / d output, scaled by ``grad``; dense, zero where nothing is stored."""
+    out = torch.empty_like(output, memory_format=torch.contiguous_format)
+    masked_mse_launch(output, crow, col, val, None, out, as_scalar(grad, output.dtype))
+    return out
+
+
+MASKED_MSE_BACKWARD = Op(
+    "masked_mse_backward",
+    _check_masked_mse_backward,
+    _masked_mse_backward_run,
+    fake=lambda grad, output, crow, col, val: torch.empty_like(
+        output, memory_format=torch.contiguous_format
+    ),
+)

@@ -38,13 +38,12 @@ from deeprec.ops import recycle
 from deeprec.ops.launch import (
     Impl,
     as_scalar,
+    batch_args,
     check_kernel,
     choose_impl,
     csr_problem,
     dtype_code,
-    index_code,
     launch,
-    ptr,
     report_problem,
 )
 from deeprec.ops.schema import Op, check_same, check_weight
@@ -175,9 +174,8 @@ def _epilogue(kernel, op, Z, crow, col, N, n0, **state) -> None:
     """Launch a native epilogue ``kernel`` on the chunk Z (B x C logits of items n0 ...,
     contiguous) of a batch; ``state``: its other tensors, by the kernel's argument names."""
     B, C = Z.shape
-    launch(kernel, Z.device, op=op, reduce=False, Z=ptr(Z), crow=ptr(crow), col=ptr(col),
-           B=B, N=N, n0=n0, C=C, ldz=C, nnz=col.numel(), dtype=dtype_code(Z),
-           index_dtype=index_code(col), **{name: ptr(t) for name, t in state.items()})  # fmt: skip
+    launch(f"multinomial.{kernel}", Z.device, op=op, reduce=False, Z=Z, **batch_args(crow, col),
+           B=B, N=N, n0=n0, C=C, ldz=C, dtype=dtype_code(Z), **state)  # fmt: skip
 
 
 def _forward_run(

@@ -4,7 +4,7 @@
 sorted, unique rows (or a dense one). exact (lazy=False): torch's Adam update,
 untouched rows included with a zero gradient, without building the dense gradient.
 lazy=True: only the gradient's rows move (SparseAdam semantics). A native kernel
-(csrc/row_adam/, the op deeprec::row_adam) and a pure-PyTorch reference compute the
+(csrc/row_adam/, the op deeprec::row_adam defined below) and a pure-PyTorch reference compute the
 same update. The kernel checks the gradient's row ids (inside the parameter, sorted,
 unique) as it reads them, so the step reads nothing back to the host.
 """
@@ -16,9 +16,9 @@ import math
 import torch
 
 from deeprec import csr
-from deeprec.ops.launch import Impl, choose_impl
+from deeprec.ops.launch import Impl, check_kernel, choose_impl, dtype_code, launch
 from deeprec.ops.reference import row_adam_reference
-from deeprec.ops.schema import ROW_ADAM
+from deeprec.ops.schema import Op
 
 __all__ = ["row_adam_reference", "row_adam_step"]
 
@@ -141,3 +141,55 @@ def _check_hyper(step, lr, betas, eps, weight_decay) -> None:
             f"row_adam_step: bad hyperparameters (step={step}, lr={lr}, betas={betas}, "
             f"eps={eps}, weight_decay={weight_decay})"
         )
+
+
+# ------------------------------------------------------------------ the op's definition
+def _check_row_adam(
+    p, exp_avg, exp_avg_sq, ucol, values, step_size, inv_sqrt_bc2, b1, b2, eps, wd, lazy
+) -> None:
+    csr.check_tensor(p, "param")
+    if p.dim() == 0:
+        raise ValueError("row_adam: param must have at least one dimension (rows)")
+    check_kernel("row_adam", p, "row_adam")
+    for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        csr.check_tensor(t, name, dtypes=(p.dtype,), device=p.device)
+        if t.shape != p.shape:
+            raise ValueError(f"row_adam: {name} has shape {tuple(t.shape)}, param {tuple(p.shape)}")
+    csr.check_tensor(ucol, "gradient rows", dim=1, dtypes=(torch.int64,), device=p.device)
+    csr.check_tensor(values, "gradient values", dtypes=(p.dtype,), device=p.device)
+    if tuple(values.shape) != (ucol.numel(), *p.shape[1:]):
+        raise ValueError(
+            f"row_adam: gradient rows have shape {tuple(values.shape)}, expected "
+            f"{(ucol.numel(), *p.shape[1:])}"
+        )
+
+
+def _row_adam_run(
+    p: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    ucol: torch.Tensor,
+    values: torch.Tensor,
+    step_size: float,
+    inv_sqrt_bc2: float,
+    b1: float,
+    b2: float,
+    eps: float,
+    wd: float,
+    lazy: bool,
+) -> None:
+    """Adam on p's rows ``ucol`` (sorted, unique) with gradient rows ``values``, in place."""
+    N = p.shape[0]
+    launch("row_adam.row_adam", p.device, op="row_adam_step", p=p, m=exp_avg, v=exp_avg_sq,
+           g=values, ucol=ucol, U=ucol.numel(), N=N, H=p[0].numel() if N else 0,
+           step_size=step_size, inv_sqrt_bc2=inv_sqrt_bc2, b1=b1, b2=b2, eps=eps, wd=wd,
+           lazy=lazy, dtype=dtype_code(p))  # fmt: skip
+
+
+ROW_ADAM = Op(
+    "row_adam",
+    _check_row_adam,
+    _row_adam_run,
+    fake=lambda *args: None,
+    mutates=("p", "exp_avg", "exp_avg_sq"),
+)

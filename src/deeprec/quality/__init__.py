@@ -1,6 +1,7 @@
-"""The quality wing: the classical baselines (bias baseline, item/user kNN), evaluation
-metrics and protocols, the blend, and the hyperparameter search.
+"""The quality wing: the workflows that measure and improve a model, above training and
+inference: evaluate's table (evaluation), the rating blend (blending), the top-k blend
+(topk_blend), held-out users (strong_generalization) and the search (tuning).
 
-Its modules are imported by name (``from deeprec.quality import baseline``); this file
-imports none of them, so the training wing can use the baseline without loading the rest.
+Its modules are imported by name (``from deeprec.quality import blending``); this file
+imports none of them.
 """

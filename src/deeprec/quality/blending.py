@@ -2,7 +2,7 @@
 nested split.
 
 The two orientations of the same recipe reach similar accuracy with different errors, the
-bias baseline corrects both, and the neighbourhood models (deeprec.quality.neighbors) add the local
+bias baseline corrects both, and the neighbourhood models (deeprec.scoring.neighbors) add the local
 item-item and user-user evidence the autoencoders smooth over. The weights (one per model
 and an intercept) are fit by least squares on a nested split of the training ratings (the
 split's rule applied again to its training part); the models are then retrained on the
@@ -21,15 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deeprec import run
 from deeprec.config import Config
 from deeprec.data import DataError, RatingMatrix, load, split
 from deeprec.data.splits import known_users_items
-from deeprec.inference.predict import predict_entries
 from deeprec.inference.recommendation import TrainedScorer
-from deeprec.quality import baseline, neighbors
+from deeprec.inference.trained import load_trained
 from deeprec.quality.evaluation import bootstrap_rmse
-from deeprec.training import Trainer, fit
+from deeprec.scoring import baseline, neighbors
+from deeprec.scoring.predict import predict_entries
+from deeprec.training import Trainer, fit, lifecycle
 
 MODELS = ("I-AutoRec", "U-AutoRec", "bias baseline", "item kNN", "user kNN")
 
@@ -57,9 +57,15 @@ def predict_after_training(
     t = Trainer.assemble(config, matrix, device)
     fit(t, quiet=label is None, label=label or "", evaluate=False)
     pred = predict_entries(
-        t.model, t.inputs, matrix.val_rows, matrix.val_cols, device, offsets=t.offsets,
+        t.model,
+        t.inputs,
+        matrix.val_rows,
+        matrix.val_cols,
+        device,
+        offsets=t.offsets,
         impl=t.plan.impl,
-    )  # fmt: skip
+        linear_output=t.plan.linear_output,
+    )
     return np.clip(pred, *scale)
 
 
@@ -203,8 +209,10 @@ def save(
     folder/blend.json with the weights, for ``recommend --blend folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     for by in ("item", "user"):
-        job = run.start(config.replace(by=by), data_dir, torch.device("cpu"), folder / by)
-        run.train(job, save_every=config.epochs, quiet=not progress, report=lambda _line: None)
+        job = lifecycle.start(config.replace(by=by), data_dir, torch.device("cpu"), folder / by)
+        lifecycle.train(
+            job, save_every=config.epochs, quiet=not progress, report=lambda _line: None
+        )
     doc = {
         "models": list(MODELS),
         "weights": result.weights,
@@ -237,7 +245,7 @@ class BlendScorer:
                 f"got {len(weights)}"
             )
         self.weights = weights
-        self.parts = [TrainedScorer(run.load_trained(folder / by, data_dir, device))
+        self.parts = [TrainedScorer(load_trained(folder / by, data_dir, device))
                       for by in ("item", "user")]  # fmt: skip
         first, second = self.parts
         if not (np.array_equal(first.user_ids, second.user_ids)

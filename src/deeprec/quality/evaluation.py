@@ -1,12 +1,12 @@
 """Evaluating a trained model against classical baselines on the same split.
 
 Rating accuracy: RMSE (with a bootstrap 95% interval over the validation ratings) and MAE
-of the model, the global mean and the regularized user+item bias model (deeprec.quality.baseline),
+of the model, the global mean and the regularized user+item bias model (deeprec.scoring.baseline),
 all clipped to the rating scale. Ranking: Precision@10, Recall@10, NDCG@10 (with a
 bootstrap 95% interval over users), Recall@20 and NDCG@100 of each user's top unrated
 items, an item being relevant when the user rated it >= 4 in validation, the catalog
 coverage and mean popularity rank of the top 10s, against ranking by popularity (training
-rating count) and EASE (deeprec.quality.ease, the strongest simple top-k anchor).
+rating count) and EASE (deeprec.scoring.ease, the strongest simple top-k anchor).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deeprec.inference.predict import predict_entries, rmse_mae, score_items
-from deeprec.quality import baseline, ease
-from deeprec.quality.metrics import popularity, ranking_metrics
-from deeprec.run import Trained
+from deeprec.inference.trained import Trained
+from deeprec.scoring import baseline, ease
+from deeprec.scoring.metrics import popularity, ranking_metrics
+from deeprec.scoring.predict import predict_entries, rmse_mae, score_items
 
 
 def bootstrap_rmse(
@@ -51,7 +51,14 @@ def evaluate(
     fitted = baseline.fit(m.train, m.by)
     preds = {
         "deeprec": predict_entries(
-            run.model, run.inputs, m.val_rows, m.val_cols, device, offsets=run.offsets
+            run.model,
+            run.inputs,
+            m.val_rows,
+            m.val_cols,
+            device,
+            offsets=run.offsets,
+            impl=run.plan.impl,
+            linear_output=run.plan.linear_output,
         ),
         "global mean": np.full(len(m.val_rows), float(m.train.data.mean())),
         "user+item bias": fitted.at(m.val_rows, m.val_cols),
@@ -66,7 +73,9 @@ def evaluate(
         users = np.unique(m.user_view()[0])
 
         def scores(part: np.ndarray) -> np.ndarray:
-            return score_items(run.model, run.inputs, part, device, offsets=run.offsets)
+            return score_items(
+                run.model, run.inputs, part, device, offsets=run.offsets, impl=run.plan.impl
+            )
 
         table["deeprec"].update(ranking_metrics(scores, users, m))
         table["popularity"] = ranking_metrics(popularity(m.by_user(), len(users)), users, m)

@@ -30,9 +30,6 @@ from deeprec.config import Config
 from deeprec.data import DataError, RatingMatrix, load
 from deeprec.data.ids import contained
 from deeprec.data.splits import rows_where
-from deeprec.inference.predict import fold_in_scores
-from deeprec.quality import ease
-from deeprec.quality.metrics import popularity, ranking_metrics
 from deeprec.quality.topk_blend import (
     EMPTY,
     Recipe,
@@ -46,6 +43,9 @@ from deeprec.quality.topk_blend import (
     standardised,
     versus_ease,
 )
+from deeprec.scoring import ease
+from deeprec.scoring.metrics import popularity, ranking_metrics
+from deeprec.scoring.predict import fold_in_scores
 
 HELD_OUT = 0.2  # of the users, for validation and again for test
 FOLD_IN = 0.8  # of each held-out user's ratings
@@ -128,7 +128,7 @@ _NONE_RELEVANT = (
 @dataclass
 class StrongResult:
     """The recipe chosen on the validation users, and every model's metrics on the test
-    users (deeprec.quality.metrics.ranking_metrics)."""
+    users (deeprec.scoring.metrics.ranking_metrics)."""
 
     recipe: Recipe
     val_ndcg: float

@@ -2,7 +2,7 @@
 
 Three members, each user's scores standardised (zero mean, unit spread over the items) and
 summed with fixed weights:
-- EASE (deeprec.quality.ease), which ranks what a user will rate, fitted either on every
+- EASE (deeprec.scoring.ease), which ranks what a user will rate, fitted either on every
   rated item (as published) or only on the liked ones (rated >= 4, the ratings evaluate
   counts as relevant), which ranks what a user will like;
 - the rating recipe (``--preset best``: I-AutoRec on the residuals over the bias baseline),
@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from deeprec import run
-from deeprec.config import Config, load_preset
+from deeprec.config import SHARED, Config, load_preset
 from deeprec.data import DataError, RatingMatrix, load, split
-from deeprec.inference.predict import score_items
 from deeprec.inference.recommendation import TrainedScorer
-from deeprec.quality import ease
-from deeprec.quality.metrics import RELEVANT_AT, paired_difference, ranking_metrics
+from deeprec.inference.trained import load_trained
+from deeprec.scoring import ease
+from deeprec.scoring.metrics import RELEVANT_AT, paired_difference, ranking_metrics
+from deeprec.scoring.predict import score_items
+from deeprec.training import lifecycle
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,6 @@ class Recipe:
 
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
-SHARED = ("data", "split", "quantile", "val_frac", "seed", "fused")  # the blend's, both members'
 MEMBERS = ("rating", "ranking")  # run folders: --preset best, --preset topk
 # What the inner split chooses from.
 GRID = {
@@ -146,7 +146,9 @@ def member_scores(
     else:  # item-based: the users are its columns, the items its rows
         rows = np.searchsorted(matrix.user_ids(), users_matrix.user_ids()[users])
         cols = np.searchsorted(matrix.item_ids(), users_matrix.item_ids())
-    s = score_items(trainer.model, trainer.inputs, rows, "cpu", offsets=trainer.offsets)
+    s = score_items(
+        trainer.model, trainer.inputs, rows, "cpu", offsets=trainer.offsets, impl=trainer.plan.impl
+    )
     return s[:, cols]
 
 
@@ -219,8 +221,8 @@ def save(
         inner_ndcg = scores[recipe]
     folder.mkdir(parents=True, exist_ok=True)
     for name, config in member_configs(base, overrides).items():
-        job = run.start(config, data_dir, torch.device("cpu"), folder / name)
-        run.train(job, quiet=not progress, report=lambda _line: None)
+        job = lifecycle.start(config, data_dir, torch.device("cpu"), folder / name)
+        lifecycle.train(job, quiet=not progress, report=lambda _line: None)
     doc = {
         "kind": "topk",
         "recipe": asdict(recipe),
@@ -253,8 +255,7 @@ class TopkScorer:
                 f"{folder}/topk.json: not a saved top-k blend ({type(exc).__name__})"
             ) from None
         self.parts = {
-            name: TrainedScorer(run.load_trained(folder / name, data_dir, device))
-            for name in MEMBERS
+            name: TrainedScorer(load_trained(folder / name, data_dir, device)) for name in MEMBERS
         }
         rating, ranking = self.parts["rating"], self.parts["ranking"]
         if not (np.array_equal(rating.user_ids, ranking.user_ids)
@@ -279,7 +280,7 @@ class TopkScorer:
 
 
 def evaluate_saved(folder: Path, data_dir: str | None) -> dict[str, dict]:
-    """Top-k metrics (deeprec.quality.metrics) of the saved blend, of each member alone and
+    """Top-k metrics (deeprec.scoring.metrics) of the saved blend, of each member alone and
     of EASE as published (the lambda it chose alone on the inner split), over the validation
     users of its split; the blend's row also holds its paired gain over that EASE."""
     scorer = TopkScorer(folder, data_dir, torch.device("cpu"))

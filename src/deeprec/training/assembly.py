@@ -18,7 +18,7 @@ from deeprec.data import RatingMatrix
 from deeprec.data.resident import ResidentMatrix
 from deeprec.distributed import ALONE, World
 from deeprec.model import AutoEncoder
-from deeprec.quality import baseline
+from deeprec.scoring import baseline
 from deeprec.training import optim
 from deeprec.training.plan import TrainingPlan, plan
 

@@ -18,10 +18,10 @@ from tqdm import tqdm
 from deeprec.config import Config, ConfigError
 from deeprec.data import Batch, RatingMatrix
 from deeprec.distributed import ALONE, World, all_sum, reduce_gradients
-from deeprec.inference.predict import predict_entries, score_items
 from deeprec.model import AutoEncoder
 from deeprec.ops import masked_mse, read_checked
-from deeprec.quality.metrics import ranking_metrics
+from deeprec.scoring.metrics import ranking_metrics
+from deeprec.scoring.predict import predict_entries, score_items
 from deeprec.training.assembly import Trainer
 from deeprec.training.plan import TrainingPlan
 
@@ -64,7 +64,7 @@ def batch_loss(
         )
     if path.loss == "sparse":
         return model.sparse_loss(
-            *batch.csr, index=batch.index, impl="fused", sparse_grad=path.sparse_grad
+            *batch.csr, index=batch.index, impl=path.impl, sparse_grad=path.sparse_grad
         )
     return masked_mse(model(batch.dense()), batch, impl=path.impl)
 
@@ -207,15 +207,15 @@ def validate(
     model: AutoEncoder,
     matrix: RatingMatrix,
     device: torch.device,
+    path: TrainingPlan,
     offsets: Any = None,
     world: World = ALONE,
     source: Any = None,
-    impl: str = "auto",
 ) -> dict[str, float]:
     """RMSE and MAE at the validation ratings, clipped to the scale and unclipped.
 
-    source: where the batches come from (matrix, or a ResidentMatrix of it). impl: the
-    run's ops (TrainingPlan.impl), so a reference run validates without the kernels. Under
+    source: where the batches come from (matrix, or a ResidentMatrix of it). path: the
+    run's plan, whose ops it predicts with (a reference run validates without the kernels). Under
     torchrun each rank predicts the entries of its rows (row % size == rank) and the sums
     are all-reduced.
     """
@@ -224,7 +224,15 @@ def validate(
         mine = rows % world.size == world.rank
         rows, cols, truth = rows[mine], cols[mine], truth[mine]
     pred = predict_entries(
-        model, matrix, rows, cols, device, offsets=offsets, source=source, impl=impl
+        model,
+        matrix,
+        rows,
+        cols,
+        device,
+        offsets=offsets,
+        source=source,
+        impl=path.impl,
+        linear_output=path.linear_output,
     )
     err = pred - truth.astype(np.float64)
     err_c = np.clip(pred, *matrix.scale) - truth.astype(np.float64)
@@ -250,10 +258,8 @@ def validate_trainer(trainer: Trainer) -> dict[str, float]:
     ranking model (multinomial) by the top-k metrics of its validation users instead."""
     t = trainer
     if t.plan.objective == "multinomial":
-        return validate_ranking(t.model, t.inputs, t.device)
-    return validate(
-        t.model, t.inputs, t.device, t.offsets, t.world, source=t.source, impl=t.plan.impl
-    )
+        return validate_ranking(t.model, t.inputs, t.device, t.plan)
+    return validate(t.model, t.inputs, t.device, t.plan, t.offsets, t.world, source=t.source)
 
 
 # Per-epoch ranking validation scores at most this many validation users (a fixed, seeded
@@ -264,7 +270,7 @@ VALIDATION_USERS = 10_000
 
 
 def validate_ranking(
-    model: AutoEncoder, matrix: RatingMatrix, device: torch.device
+    model: AutoEncoder, matrix: RatingMatrix, device: torch.device, path: TrainingPlan
 ) -> dict[str, float]:
     """NDCG@10 and Recall@20 of the model's top items for the validation users (relevant:
     a validation rating >= 4; training items excluded), as evaluate reports them; at most
@@ -277,7 +283,7 @@ def validate_ranking(
         return {"val_ndcg@10": float("nan"), "val_recall@20": float("nan")}
 
     def scores(part: np.ndarray) -> np.ndarray:  # a slice of the users at a time
-        return score_items(model, matrix, part, device)
+        return score_items(model, matrix, part, device, impl=path.impl)
 
     got = ranking_metrics(scores, users, matrix, reps=0)
     return {"val_ndcg@10": got["ndcg@10"], "val_recall@20": got["recall@20"]}

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from deeprec.config import Config, ConfigError
+from deeprec.model import linear_output
 from deeprec.ops import unavailable_reason
 
 
@@ -60,26 +61,27 @@ class TrainingPlan:
 
 def plan(config: Config, device: torch.device) -> TrainingPlan:
     """The TrainingPlan ``config`` asks for on ``device``, or a ConfigError saying why not."""
-    linear = config.last_activation == "none"
+    linear = linear_output(config.last_activation)
     sparse = config.fused and linear
     if config.optimizer == "sparse-adam" and not sparse:
         raise ConfigError(
             "--optimizer sparse-adam needs --fused and a linear output (--last-activation none)"
         )
+    if config.fused and (reason := unavailable_reason(device)) is not None:
+        raise ConfigError(f"--fused: {reason}")
     resident = config.data_on_device == "yes" or (
         config.data_on_device == "auto" and device.type == "cuda"
     )
     if config.objective == "multinomial":  # Config.check has refused what does not fit
-        if config.fused and (reason := unavailable_reason(device)) is not None:
-            raise ConfigError(f"--fused: {reason}")
-        path = "sparse" if config.fused else "reference"
         anneal = (config.beta_cap, config.anneal_steps) if config.variational else None
-        return TrainingPlan(path, resident=resident, objective="multinomial", anneal=anneal)
+        return TrainingPlan(
+            "sparse" if config.fused else "reference",
+            resident=resident,
+            objective="multinomial",
+            anneal=anneal,
+        )
     if not config.fused:
         return TrainingPlan("reference", resident=resident, linear_output=linear)
-    reason = unavailable_reason(device)
-    if reason is not None:
-        raise ConfigError(f"--fused: {reason}")
     if not sparse:
         return TrainingPlan("fused", resident=resident, linear_output=False)
     return TrainingPlan(
@@ -88,3 +90,14 @@ def plan(config: Config, device: torch.device) -> TrainingPlan:
         lazy=config.optimizer == "sparse-adam",
         resident=resident,
     )
+
+
+def inference_plan(config: Config, device: torch.device) -> TrainingPlan:
+    """How a trained model of ``config`` predicts on ``device``: with the kernels wherever
+    they run (they are exact, so a model trained either way predicts the same), else with
+    the pure-PyTorch ops, so a model trained with --fused still loads on any machine."""
+    linear = linear_output(config.last_activation)
+    if unavailable_reason(device) is not None:
+        return TrainingPlan("reference", linear_output=linear, objective=config.objective)
+    loss = "sparse" if linear else "fused"
+    return TrainingPlan(loss, linear_output=linear, objective=config.objective)

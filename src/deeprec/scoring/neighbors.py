@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from deeprec.quality import baseline
+from deeprec.scoring import baseline
 
 KINDS = ("item", "user")
 BLOCK_BYTES = 128 << 20  # dense similarity rows computed at once

@@ -13,7 +13,8 @@ import torch
 from deeprec.data import RatingMatrix
 from deeprec.model import AutoEncoder
 from deeprec.ops import raise_kernel_errors
-from deeprec.quality import baseline
+from deeprec.ops.launch import ChosenImpl
+from deeprec.scoring import baseline
 
 
 @torch.no_grad()
@@ -26,15 +27,18 @@ def predict_entries(
     batch_size: int = 256,
     offsets=None,
     source=None,
-    impl: str = "auto",
+    *,
+    impl: ChosenImpl,
+    linear_output: bool,
 ) -> np.ndarray:
     """Unclipped predictions at (rows[k], cols[k]) for every k.
 
     matrix holds the model's inputs. offsets: the baseline.Biases the model was trained
     on top of (--residual); added back here. source: where the batches come from (the
     matrix, or a ResidentMatrix of it); predictions stay on the device until one read at
-    the end, which also raises an index a GPU kernel refused. impl: the ops' impl
-    ("reference" keeps a run trained without --fused off the native kernels).
+    the end, which also raises an index a GPU kernel refused. impl and linear_output: the
+    plan's (deeprec.training.plan): the ops to run, and whether the model's output layer
+    is linear, so that only the asked entries are computed (no chunk x items output).
     """
     source = matrix if source is None else source
     was_training = model.training
@@ -49,7 +53,7 @@ def predict_entries(
     chunks = source.batches(batch_size, device, shuffle=False, rows=unique) if len(unique) else ()
     for n, batch in enumerate(chunks):
         at = slice(int(bounds[n]), int(bounds[n + 1]))
-        if model.supports_sparse:  # only at the entries: no (chunk x n_items) output
+        if linear_output:  # only at the entries: no (chunk x n_items) output
             got = model.outputs_at(*batch.csr, local[at], col[at], index=batch.index, impl=impl)
         else:
             got = model(batch.dense())[local[at], col[at]]
@@ -88,13 +92,15 @@ def score_items(
     device: torch.device | str = "cpu",
     offsets=None,
     batch_size: int = 256,
+    *,
+    impl: ChosenImpl,
 ) -> np.ndarray:
     """Predicted ratings of every item for each user index in ``users``: (len(users), n_items).
 
     User-based models predict a user's row from their training vector, read by the sparse
     input layer; item-based models predict every item's row and read the users' columns
     (items x users, in batches). Callers at a catalogue's scale ask for a slice of users at
-    a time (deeprec.quality.metrics.per_user does).
+    a time (deeprec.scoring.metrics.per_user does). impl: the plan's ops.
     """
     was_training = model.training
     model.eval()
@@ -104,7 +110,7 @@ def score_items(
             for s in range(0, len(users), batch_size):
                 chunk = users[s : s + batch_size]
                 batch = inputs.batch(chunk, device)
-                got = model.reconstruct(*batch.csr, index=batch.index)
+                got = model.reconstruct(*batch.csr, index=batch.index, impl=impl)
                 out[s : s + len(chunk)] = got.double().cpu().numpy()
         else:
             out = np.empty((inputs.n_rows, len(users)))

@@ -1,8 +1,8 @@
-"""A run: the device, the data a Config names, its Trainer and its RunFolder (starting
-one, resuming one, training it), or a finished one loaded for evaluation (Trained).
+"""A training run's lifecycle: the device, the data a Config names, its Trainer and its
+RunFolder; starting one, resuming one, training it to its epochs and saving it.
 
-What the train, evaluate, recommend and export commands stand on; the Trainer and the
-epoch loop are in deeprec.training.
+What ``train`` and the workflows that train (blends, the search) stand on; a finished run
+loaded back for evaluation or recommendation is ``deeprec.inference.trained``.
 """
 
 from __future__ import annotations
@@ -22,18 +22,10 @@ from deeprec import __version__, checkpoint, distributed
 from deeprec.config import Config, ConfigError
 from deeprec.data import DataError, Dataset, RatingMatrix, load, split
 from deeprec.distributed import ALONE, World
-from deeprec.model import AutoEncoder
-from deeprec.training import (
-    FolderSink,
-    RunFolder,
-    Sink,
-    Trainer,
-    TrainingDiverged,
-    console,
-    fit,
-    model_inputs,
-    plan,
-)
+from deeprec.training.assembly import Trainer
+from deeprec.training.loop import Sink, TrainingDiverged, console, fit
+from deeprec.training.plan import plan
+from deeprec.training.run_folder import FolderSink, RunFolder
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,21 +72,6 @@ class Run:
 
     def data_info(self) -> dict[str, Any]:
         return data_info(self.config, self.dataset, self.matrix)
-
-
-@dataclass
-class Trained:
-    """A trained model with the data it was trained on, for evaluation and recommendation
-    (eval mode, no optimizer)."""
-
-    config: Config
-    device: torch.device
-    dataset: Dataset
-    matrix: RatingMatrix  # the ratings
-    inputs: RatingMatrix  # what the model reads (residuals with --residual)
-    offsets: Any  # baseline.Biases added to the model's outputs, or None
-    model: AutoEncoder
-    state: dict[str, Any]  # the loaded checkpoint
 
 
 def data_info(config: Config, dataset: Dataset, matrix: RatingMatrix) -> dict[str, Any]:
@@ -274,40 +251,10 @@ def metrics_doc(run: Run, final: dict[str, float], memory: dict[str, float]) -> 
         "n_items": matrix.n_items,
         "n_train": int(matrix.train.nnz),
         "n_val": len(matrix.val_ratings),
-        "fused": config.fused,
+        "fused": run.trainer.plan.impl == "fused",
         "world_size": run.trainer.world.size,
         "memory": memory,
         "config": config.to_dict(),
         "epochs": run.trainer.history,
         "final": final,
     }
-
-
-def load_trained(path: str | Path, data_dir: str | None, device: torch.device) -> Trained:
-    """A trained model with its data re-derived and checked against the saved fingerprint
-    (for evaluation and recommendation: eval mode, no optimizer)."""
-    state = checkpoint.load(path)
-    config = saved_config(state, path)
-    dataset, matrix = prepare_data(config, data_dir or _saved_data_dir(state))
-    if matrix.fingerprint() != state["data"]["fingerprint"]:
-        raise checkpoint.CheckpointError(
-            f"{path}: the data at {dataset.path} is not the data this model was trained on "
-            "(fingerprint differs)"
-        )
-    model = AutoEncoder.from_config(config, matrix.n_cols)
-    try:
-        model.load_state_dict(state["state_dict"])
-    except RuntimeError as exc:
-        raise checkpoint.CheckpointError(
-            f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})"
-        ) from None
-    inputs, offsets = model_inputs(config, matrix)
-    model = model.to(device).eval()
-    return Trained(config, device, dataset, matrix, inputs, offsets, model, state)
-
-
-def _saved_data_dir(state: dict[str, Any]) -> str | None:
-    """The folder above the dataset the run used, so a plain re-run finds it again."""
-    saved = Path(state["data"]["path"])
-    name = state["config"]["data"]
-    return str(saved.parent) if saved.exists() and saved.name == Path(name).name else None
