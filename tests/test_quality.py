@@ -23,7 +23,7 @@ from deeprec.scoring import baseline
 from deeprec.scoring.metrics import paired_difference
 from deeprec.scoring.predict import predict_entries, score_items
 from deeprec.train import cli_main as train_main
-from deeprec.training import model_inputs
+from deeprec.training import TrainingPlan, model_inputs
 
 
 def toy_matrix(by="user"):
@@ -52,18 +52,18 @@ def test_residual_model_that_outputs_zero_predicts_the_bias_baseline(by):
         last = model.decoder[-1]
         last.weight.zero_()
         last.bias.zero_()
-    path = {"impl": "fused", "linear_output": True}
-    pred = predict_entries(model, inputs, m.val_rows, m.val_cols, offsets=offsets, **path)
+    plan = TrainingPlan("sparse")
+    pred = predict_entries(model, inputs, m.val_rows, m.val_cols, plan, offsets=offsets)
     np.testing.assert_allclose(pred, fitted.at(m.val_rows, m.val_cols), atol=1e-6)
     # score_items agrees with predict_entries in either orientation
     users = np.unique(m.val_rows if by == "user" else m.val_cols)
-    scores = score_items(model, inputs, users, offsets=offsets, impl="fused")
+    scores = score_items(model, inputs, users, plan, offsets=offsets)
     for u in users[:3]:
         items = np.arange(m.n_items)
         r, c = (np.full_like(items, u), items) if by == "user" else (items, np.full_like(items, u))
         np.testing.assert_allclose(
             scores[list(users).index(u)],
-            predict_entries(model, inputs, r, c, offsets=offsets, **path),
+            predict_entries(model, inputs, r, c, plan, offsets=offsets),
             atol=1e-6,
         )
 

@@ -102,7 +102,7 @@ def test_folding_in_a_training_users_row_is_scoring_that_user(residual):
         trainer.model.eval()
         want = trainer.model(torch.from_numpy(x)).double().detach().numpy() + base
     else:
-        want = score_items(trainer.model, trainer.inputs, users, impl=trainer.plan.impl)
+        want = score_items(trainer.model, trainer.inputs, users, trainer.plan)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -75,15 +75,8 @@ def test_a_blend_member_trains_exactly_as_the_trainer_does(toy):
     fit(t, quiet=True)
     from deeprec.scoring.predict import predict_entries
 
-    want = predict_entries(
-        t.model,
-        t.inputs,
-        matrix.val_rows,
-        matrix.val_cols,
-        offsets=t.offsets,
-        impl=t.plan.impl,
-        linear_output=t.plan.linear_output,
-    )
+    rows, cols = matrix.val_rows, matrix.val_cols
+    want = predict_entries(t.model, t.inputs, rows, cols, t.plan, offsets=t.offsets)
     ds = load(str(toy))
     train, val = split(ds.ratings, "user-time")
     val = val[val["user"].isin(train["user"]) & val["item"].isin(train["item"])]

@@ -103,37 +103,6 @@ bool row_checked(const int64_t* crow, const I* col, int64_t i, int64_t B, int64_
   return ok;
 }
 
-// The entries of row i (offsets [k0, k1), already checked) whose column lies in
-// [n0, n0 + C): [*p0, *p1), found by binary search. Whatever col holds, the range stays
-// inside [k0, k1); each column is still checked against the chunk before it is used.
-template <typename I>
-void chunk_entries(const I* col, int64_t k0, int64_t k1, int64_t n0, int64_t C, int64_t* p0,
-                   int64_t* p1) {
-  auto lower = [&](int64_t lo, int64_t value) {
-    int64_t hi = k1;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (static_cast<int64_t>(col[mid]) < value) lo = mid + 1; else hi = mid;
-    }
-    return lo;
-  };
-  *p0 = lower(k0, n0);
-  *p1 = lower(*p0, n0 + C);
-}
-
-// Entry k's column as a position in the chunk [n0, n0 + C), or -1 (reported as out of
-// order: after the first chunk's check only a batch edited since can get here).
-template <typename I>
-int64_t chunk_column(const I* col, int64_t k, int64_t k0, int64_t n0, int64_t C,
-                     ErrorSink err) {
-  const int64_t j = static_cast<int64_t>(col[k]);
-  if (j < n0 || j >= n0 + C) {
-    report(err, kColOrder, k, j, k > k0 ? static_cast<int64_t>(col[k - 1]) : -1);
-    return -1;
-  }
-  return j - n0;
-}
-
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1)); }
 
 template <typename T, typename I>

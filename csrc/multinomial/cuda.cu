@@ -52,32 +52,6 @@ __device__ bool row_checked(const int64_t* crow, const I* col, int64_t i, int64_
   return __syncthreads_or(bad) == 0;
 }
 
-// [*p0, *p1): the entries of row [k0, k1) with a column in [n0, n0 + C), by binary search.
-template <typename I>
-__device__ void chunk_entries(const I* col, int64_t k0, int64_t k1, int64_t n0, int64_t C,
-                              int64_t* p0, int64_t* p1) {
-  auto lower = [&](int64_t lo, int64_t value) {
-    int64_t hi = k1;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (static_cast<int64_t>(col[mid]) < value) lo = mid + 1; else hi = mid;
-    }
-    return lo;
-  };
-  *p0 = lower(k0, n0);
-  *p1 = lower(*p0, n0 + C);
-}
-
-template <typename I>
-__device__ int64_t chunk_column(const I* col, int64_t k, int64_t k0, int64_t n0, int64_t C,
-                                ErrorSink err) {
-  const int64_t j = static_cast<int64_t>(col[k]);
-  if (j < n0 || j >= n0 + C) {
-    report(err, kColOrder, k, j, k > k0 ? static_cast<int64_t>(col[k - 1]) : -1);
-    return -1;
-  }
-  return j - n0;
-}
 
 struct Max {
   template <typename A>
@@ -166,23 +140,33 @@ unsigned int blocks_for(int64_t B) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(B, kMaxBlocks)));
 }
 
+// Both epilogues' entry: ``device`` current for the call (the caller's restored after),
+// nothing to launch for an empty batch, and ``launch(t, i)`` for the dtypes of the table;
+// the launch's own error is the result.
+template <typename Launch>
+int on_device(int device, int64_t B, int dtype, int index_dtype, Launch&& launch) {
+  cuda::DeviceGuard guard;
+  if (const int st = cuda::fail(guard.set(device))) return st;
+  if (B == 0) return kOk;
+  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+    launch(t, i);
+    return cuda::check_launch();
+  });
+}
+
 }  // namespace
 
 int lse_chunk_cuda(const void* Z, const int64_t* crow, const void* col, double* run_max,
                    double* run_sum, double* observed, int64_t B, int64_t N, int64_t n0,
                    int64_t C, int64_t ldz, int64_t nnz, int dtype, int index_dtype,
                    int64_t* err, int64_t err_tag, int device, void* stream) {
-  cuda::DeviceGuard guard;
-  if (const int st = cuda::fail(guard.set(device))) return st;
-  if (B == 0) return kOk;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+  return on_device(device, B, dtype, index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     lse_chunk_kernel<T, I><<<blocks_for(B), kThreads, 0, s>>>(
         static_cast<const T*>(Z), crow, static_cast<const I*>(col), run_max, run_sum, observed,
         B, N, n0, C, ldz, nnz, ErrorSink{err, err_tag});
-    return cuda::check_launch();
   });
 }
 
@@ -190,17 +174,13 @@ int softmax_grad_chunk_cuda(void* Z, const int64_t* crow, const void* col, const
                             const void* scale, int64_t B, int64_t N, int64_t n0, int64_t C,
                             int64_t ldz, int64_t nnz, int dtype, int index_dtype,
                             int64_t* err, int64_t err_tag, int device, void* stream) {
-  cuda::DeviceGuard guard;
-  if (const int st = cuda::fail(guard.set(device))) return st;
-  if (B == 0) return kOk;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+  return on_device(device, B, dtype, index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     softmax_grad_chunk_kernel<T, I><<<blocks_for(B), kThreads, 0, s>>>(
         static_cast<T*>(Z), crow, static_cast<const I*>(col), static_cast<const T*>(lse),
         static_cast<const T*>(scale), B, N, n0, C, ldz, nnz, ErrorSink{err, err_tag});
-    return cuda::check_launch();
   });
 }
 

@@ -38,7 +38,7 @@ from deeprec.choices import (
     ORIENTATIONS,
     SPLITS,
 )
-from deeprec.errors import ConfigError
+from deeprec.errors import ConfigError, read_bytes
 
 # (low, high, low included, high included); None is unbounded. NaN fails every comparison.
 Range = tuple[float | None, float | None, bool, bool]
@@ -397,13 +397,9 @@ def check_range(name: str, value: float, bounds: Range) -> None:
 # ---------------------------------------------------------------------- config files
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file's table, or a ConfigError naming the file (missing, unreadable, bad TOML)."""
+    raw = read_bytes(path, ConfigError, f"--config {path}")
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
+        return tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
 

@@ -8,6 +8,8 @@ module that raises it (deeprec.data.DataError, deeprec.config.ConfigError, ...).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class DataError(ValueError):
     """A ratings/titles file or dataset request that cannot be used, as one line."""
@@ -23,3 +25,15 @@ class CheckpointError(ValueError):
 
 class PeerError(RuntimeError):
     """A collective failed: another rank died, or did not answer within the timeout."""
+
+
+def read_bytes(path: str | Path, error: type[ValueError], where: str, size: int = -1) -> bytes:
+    """A file's bytes (the first ``size``, or all), or ``error`` as one line naming
+    ``where``: the file is missing, or cannot be read (a folder, no permission, I/O)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except FileNotFoundError:
+        raise error(f"{where}: file not found") from None
+    except OSError as exc:
+        raise error(f"{where}: cannot read ({exc.strerror})") from None

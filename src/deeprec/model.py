@@ -282,15 +282,7 @@ class AutoEncoder(nn.Module):
         return self.decode_hidden(self.encode_rest(z1))
 
     def outputs_at(
-        self,
-        crow: torch.Tensor,
-        col: torch.Tensor,
-        val: torch.Tensor,
-        rows: torch.Tensor,
-        cols: torch.Tensor,
-        *,
-        impl: ChosenImpl,
-        index=None,
+        self, crow, col, val, rows, cols, *, impl: ChosenImpl, index=None
     ) -> torch.Tensor:
         """The outputs at entries (rows[k], cols[k]) of a CSR batch's reconstruction, with no
         dense N-wide tensor: evaluation at a catalog's scale. Needs a linear output layer."""
@@ -300,15 +292,7 @@ class AutoEncoder(nn.Module):
         weight, bias = self.output_layer()
         return (h[rows] * weight[cols]).sum(1) + bias[cols]
 
-    def reconstruct(
-        self,
-        crow: torch.Tensor,
-        col: torch.Tensor,
-        val: torch.Tensor,
-        *,
-        impl: ChosenImpl,
-        index=None,
-    ) -> torch.Tensor:
+    def reconstruct(self, crow, col, val, *, impl: ChosenImpl, index=None) -> torch.Tensor:
         """Whole output rows for a CSR batch of input rows, read by the sparse input layer
         (no dense input): forward(dense rows), at a catalogue's scale half the work."""
         h = self.hidden_of(crow, col, val, impl=impl, index=index)

@@ -29,6 +29,7 @@ import pyarrow.csv as pv
 from tqdm import tqdm
 
 from deeprec.data.errors import DataError
+from deeprec.errors import read_bytes
 
 
 @dataclass
@@ -61,32 +62,22 @@ _BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", 
 def _read_text(path: Path, encoding: str = "utf-8") -> str:
     """The file's text. A byte-order mark (spreadsheets save UTF-8 CSV with one, and
     "Unicode text" exports as UTF-16) picks the encoding and is dropped."""
+    raw = read_bytes(path, DataError, str(path))
+    for bom, codec in _BOMS:
+        if raw.startswith(bom):
+            encoding = codec
+            break
     try:
-        raw = path.read_bytes()
-        for bom, codec in _BOMS:
-            if raw.startswith(bom):
-                encoding = codec
-                break
         return raw.decode(encoding)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path}: not readable as {encoding} (byte {exc.start}: {exc.reason})"
         ) from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def _head(path: Path, size: int = 4096) -> bytes:
     """The first bytes of a file (enough for its header line), or a DataError."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(size)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    return read_bytes(path, DataError, str(path), size)
 
 
 def _frame(

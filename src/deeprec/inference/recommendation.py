@@ -30,9 +30,7 @@ class TrainedScorer:
         """Predicted ratings of every item; for a ranking (multinomial) model the log of
         the probability it gives each item (the same order as its raw scores)."""
         run = self.run
-        scores = score_items(
-            run.model, run.inputs, users, run.device, run.offsets, impl=run.plan.impl
-        )
+        scores = score_items(run.model, run.inputs, users, run.plan, run.device, run.offsets)
         if run.plan.objective == "multinomial":
             scores = torch.from_numpy(scores).log_softmax(1).numpy()
         return scores

@@ -56,16 +56,8 @@ def predict_after_training(
     matrix = RatingMatrix.from_split(train, val, config.by, scale)
     t = Trainer.assemble(config, matrix, device)
     fit(t, quiet=label is None, label=label or "", evaluate=False)
-    pred = predict_entries(
-        t.model,
-        t.inputs,
-        matrix.val_rows,
-        matrix.val_cols,
-        device,
-        offsets=t.offsets,
-        impl=t.plan.impl,
-        linear_output=t.plan.linear_output,
-    )
+    rows, cols = matrix.val_rows, matrix.val_cols
+    pred = predict_entries(t.model, t.inputs, rows, cols, t.plan, device, offsets=t.offsets)
     return np.clip(pred, *scale)
 
 

@@ -51,14 +51,7 @@ def evaluate(
     fitted = baseline.fit(m.train, m.by)
     preds = {
         "deeprec": predict_entries(
-            run.model,
-            run.inputs,
-            m.val_rows,
-            m.val_cols,
-            device,
-            offsets=run.offsets,
-            impl=run.plan.impl,
-            linear_output=run.plan.linear_output,
+            run.model, run.inputs, m.val_rows, m.val_cols, run.plan, device, offsets=run.offsets
         ),
         "global mean": np.full(len(m.val_rows), float(m.train.data.mean())),
         "user+item bias": fitted.at(m.val_rows, m.val_cols),
@@ -73,9 +66,7 @@ def evaluate(
         users = np.unique(m.user_view()[0])
 
         def scores(part: np.ndarray) -> np.ndarray:
-            return score_items(
-                run.model, run.inputs, part, device, offsets=run.offsets, impl=run.plan.impl
-            )
+            return score_items(run.model, run.inputs, part, run.plan, device, offsets=run.offsets)
 
         table["deeprec"].update(ranking_metrics(scores, users, m))
         table["popularity"] = ranking_metrics(popularity(m.by_user(), len(users)), users, m)

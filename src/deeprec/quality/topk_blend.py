@@ -146,9 +146,7 @@ def member_scores(
     else:  # item-based: the users are its columns, the items its rows
         rows = np.searchsorted(matrix.user_ids(), users_matrix.user_ids()[users])
         cols = np.searchsorted(matrix.item_ids(), users_matrix.item_ids())
-    s = score_items(
-        trainer.model, trainer.inputs, rows, "cpu", offsets=trainer.offsets, impl=trainer.plan.impl
-    )
+    s = score_items(trainer.model, trainer.inputs, rows, trainer.plan, offsets=trainer.offsets)
     return s[:, cols]
 
 

@@ -6,6 +6,8 @@ exactly as the model was trained. Work is batched over rows to bound memory.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -17,28 +19,36 @@ from deeprec.ops.launch import ChosenImpl
 from deeprec.scoring import baseline
 
 
+class Plan(Protocol):
+    """What prediction reads of the run's plan (deeprec.training.plan.TrainingPlan, decided
+    there once): the ops to run, and whether the model's output layer is linear, so that
+    only the asked entries are computed (no chunk x items output)."""
+
+    @property
+    def impl(self) -> ChosenImpl: ...
+
+    @property
+    def linear_output(self) -> bool: ...
+
+
 @torch.no_grad()
 def predict_entries(
     model: AutoEncoder,
     matrix: RatingMatrix,
     rows: np.ndarray,
     cols: np.ndarray,
+    plan: Plan,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
     offsets=None,
     source=None,
-    *,
-    impl: ChosenImpl,
-    linear_output: bool,
 ) -> np.ndarray:
     """Unclipped predictions at (rows[k], cols[k]) for every k.
 
     matrix holds the model's inputs. offsets: the baseline.Biases the model was trained
     on top of (--residual); added back here. source: where the batches come from (the
     matrix, or a ResidentMatrix of it); predictions stay on the device until one read at
-    the end, which also raises an index a GPU kernel refused. impl and linear_output: the
-    plan's (deeprec.training.plan): the ops to run, and whether the model's output layer
-    is linear, so that only the asked entries are computed (no chunk x items output).
+    the end, which also raises an index a GPU kernel refused. plan: the run's (Plan).
     """
     source = matrix if source is None else source
     was_training = model.training
@@ -53,8 +63,10 @@ def predict_entries(
     chunks = source.batches(batch_size, device, shuffle=False, rows=unique) if len(unique) else ()
     for n, batch in enumerate(chunks):
         at = slice(int(bounds[n]), int(bounds[n + 1]))
-        if linear_output:  # only at the entries: no (chunk x n_items) output
-            got = model.outputs_at(*batch.csr, local[at], col[at], index=batch.index, impl=impl)
+        if plan.linear_output:  # only at the entries: no (chunk x n_items) output
+            got = model.outputs_at(
+                *batch.csr, local[at], col[at], index=batch.index, impl=plan.impl
+            )
         else:
             got = model(batch.dense())[local[at], col[at]]
         pred[at] = got
@@ -89,18 +101,17 @@ def score_items(
     model: AutoEncoder,
     inputs: RatingMatrix,
     users: np.ndarray,
+    plan: Plan,
     device: torch.device | str = "cpu",
     offsets=None,
     batch_size: int = 256,
-    *,
-    impl: ChosenImpl,
 ) -> np.ndarray:
     """Predicted ratings of every item for each user index in ``users``: (len(users), n_items).
 
     User-based models predict a user's row from their training vector, read by the sparse
     input layer; item-based models predict every item's row and read the users' columns
     (items x users, in batches). Callers at a catalogue's scale ask for a slice of users at
-    a time (deeprec.scoring.metrics.per_user does). impl: the plan's ops.
+    a time (deeprec.scoring.metrics.per_user does). plan: the run's (Plan).
     """
     was_training = model.training
     model.eval()
@@ -110,7 +121,7 @@ def score_items(
             for s in range(0, len(users), batch_size):
                 chunk = users[s : s + batch_size]
                 batch = inputs.batch(chunk, device)
-                got = model.reconstruct(*batch.csr, index=batch.index, impl=impl)
+                got = model.reconstruct(*batch.csr, index=batch.index, impl=plan.impl)
                 out[s : s + len(chunk)] = got.double().cpu().numpy()
         else:
             out = np.empty((inputs.n_rows, len(users)))

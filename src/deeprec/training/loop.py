@@ -223,17 +223,7 @@ def validate(
     if world.active:
         mine = rows % world.size == world.rank
         rows, cols, truth = rows[mine], cols[mine], truth[mine]
-    pred = predict_entries(
-        model,
-        matrix,
-        rows,
-        cols,
-        device,
-        offsets=offsets,
-        source=source,
-        impl=path.impl,
-        linear_output=path.linear_output,
-    )
+    pred = predict_entries(model, matrix, rows, cols, path, device, offsets=offsets, source=source)
     err = pred - truth.astype(np.float64)
     err_c = np.clip(pred, *matrix.scale) - truth.astype(np.float64)
     sums = [
@@ -283,7 +273,7 @@ def validate_ranking(
         return {"val_ndcg@10": float("nan"), "val_recall@20": float("nan")}
 
     def scores(part: np.ndarray) -> np.ndarray:  # a slice of the users at a time
-        return score_items(model, matrix, part, device, impl=path.impl)
+        return score_items(model, matrix, part, path, device)
 
     got = ranking_metrics(scores, users, matrix, reps=0)
     return {"val_ndcg@10": got["ndcg@10"], "val_recall@20": got["recall@20"]}
