@@ -105,6 +105,16 @@ def test_every_import_points_down():
     assert not arrows, "imports up a floor:\n" + "\n".join(arrows)
 
 
+def test_the_training_wing_imports_in_its_order():
+    order = ["plan", "optim", "assembly", "loop", "run_folder", "lifecycle"]
+    for i, stem in enumerate(order):
+        imported = {m.rsplit(".", 1)[1] for m in _deeprec_imports(SRC / "training" / f"{stem}.py")
+                    if m.startswith("deeprec.training.")}  # fmt: skip
+        later = imported & set(order[i:])
+        assert not later, f"training/{stem}.py imports {sorted(later)}, not before it"
+    assert {p.stem for p in (SRC / "training").glob("*.py")} == {*order, "__init__"}
+
+
 def test_the_back_arrow_scan_sees_an_upward_import(tmp_path, monkeypatch):
     """The scan is not vacuous: a ground-floor module importing training is reported."""
     fake = SRC / "errors.py"

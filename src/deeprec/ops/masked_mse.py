@@ -1,4 +1,4 @@
-"""Differentiable ops: a pure-PyTorch reference and a fused native implementation.
+"""The masked-MSE loss over a CSR batch: its public op, its definition and its kernel launch.
 
 ``masked_mse`` is the training loss: the mean squared error over the entries
 stored in a CSR batch of ratings (an explicit 0.0 rating counts; absent

@@ -1,7 +1,9 @@
 """The training wing: the plan (how a Config trains on a device), the Trainer (one model
-assembled for one matrix), the epoch loop and its sinks, and the run folder.
+assembled for one matrix), the epoch loop and its sinks, the run folder, and a run's
+lifecycle (imported by name: ``from deeprec.training import lifecycle``).
 
-plan -> optim -> assembly -> loop -> run_folder: each module imports only those before it.
+plan -> optim -> assembly -> loop -> run_folder -> lifecycle: each module imports only
+those before it (tests/test_layering.py).
 """
 
 from deeprec.training.assembly import Trainer, model_inputs
