@@ -52,17 +52,30 @@ DEEPREC_INLINE double exp_of(double x) { return std::exp(x); }
 
 constexpr int kLanes = 16;
 
-// The largest of z[0:n] (NaN ignored here; it reaches the sum through exp).
+// The largest of z[0:n] (NaN ignored here; it reaches the sum through exp). The lanes are
+// held as 16-byte vectors (GCC's vector extension): a plain array of lane maxima compiled to
+// scalar maxss in every variant, 16-byte vectors are maxps in all three.
 template <typename T>
 DEEPREC_INLINE T row_max_body(const T* __restrict z, int64_t n) {
-  T part[kLanes];
-  for (int l = 0; l < kLanes; ++l) part[l] = -std::numeric_limits<T>::infinity();
+  typedef T Quad __attribute__((vector_size(16)));
+  constexpr int kPer = 16 / sizeof(T), kGroups = kLanes / kPer;
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  Quad part[kGroups];
+  for (int g = 0; g < kGroups; ++g) {
+    for (int l = 0; l < kPer; ++l) part[g][l] = kNegInf;
+  }
   int64_t c = 0;
   for (; c + kLanes <= n; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) part[l] = z[c + l] > part[l] ? z[c + l] : part[l];
+    for (int g = 0; g < kGroups; ++g) {
+      Quad v;
+      std::memcpy(&v, z + c + g * kPer, sizeof v);
+      part[g] = v > part[g] ? v : part[g];
+    }
   }
-  T m = -std::numeric_limits<T>::infinity();
-  for (int l = 0; l < kLanes; ++l) m = part[l] > m ? part[l] : m;
+  T m = kNegInf;
+  for (int g = 0; g < kGroups; ++g) {
+    for (int l = 0; l < kPer; ++l) m = part[g][l] > m ? part[g][l] : m;
+  }
   for (; c < n; ++c) m = z[c] > m ? z[c] : m;
   return m;
 }
