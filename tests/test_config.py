@@ -66,6 +66,43 @@ def test_argparse_is_built_from_the_fields():
     assert flags == {f.name for f in dataclasses.fields(Config)}
 
 
+def test_the_shared_options_are_declared_once():
+    """tune's data, split, seed and path flags are Config's own (same help, same parsing),
+    and add_arguments(only=...) adds exactly those."""
+    from deeprec.config import SHARED
+    from deeprec.tune import build_parser
+
+    ours = argparse.ArgumentParser()
+    Config.add_arguments(ours, only=SHARED)
+    flags = {a.dest: a for a in ours._actions}
+    assert set(flags) - {"help"} == set(SHARED)
+    tune = {a.dest: a for a in build_parser()._actions}
+    for name in SHARED:
+        assert tune[name].help == flags[name].help, name
+        assert tune[name].type == flags[name].type, name
+    args = build_parser().parse_args(["--split", "user-time", "--fused", "--val-frac", "0.3"])
+    given = {k: v for k, v in Config.overrides(args).items() if k in SHARED}
+    assert given == {"split": "user-time", "fused": True, "val_frac": 0.3}
+
+
+def test_tune_applies_only_the_shared_options_to_its_base(tmp_path, monkeypatch):
+    """tune's own --epochs (per trial) is not the base recipe's epochs."""
+    from deeprec import tune
+    from deeprec.quality import tuning
+
+    seen = {}
+
+    def stop(base, data_dir):
+        seen["base"] = base
+        raise SystemExit(0)
+
+    monkeypatch.setattr(tuning, "nested_data", stop)
+    args = tune.build_parser().parse_args(["--epochs", "3", "--seed", "5", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        tune.main(args)
+    assert seen["base"].epochs == load_preset("seed").epochs and seen["base"].seed == 5
+
+
 def test_training_plan_is_decided_from_the_config():
     cpu = torch.device("cpu")
     assert decide_path(Config(), cpu) == TrainingPlan("reference")

@@ -58,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.timeout > 0:
         raise cli.UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
     base = load_config_file(args.config) if args.config else load_preset("seed")
-    base = base.replace(**Config.overrides(args))
+    given = Config.overrides(args)  # --epochs is tune's own (per trial), not a Config's
+    base = base.replace(**{k: v for k, v in given.items() if k in SHARED})
     if args.out is None:
         args.out = Path("runs") / f"tune-{Path(base.data).name}-{base.split}"
     cli.writable_folder(args.out, "--out")
