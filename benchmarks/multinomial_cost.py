@@ -40,11 +40,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import machine_info, measure
+from deeprec.ops.launch import dtype_code, index_code, launch, ptr
 
 from deeprec.config import Config
 from deeprec.model import AutoEncoder
 from deeprec.ops import _native, multinomial_nll, recycle, sparse_linear
-from deeprec.ops.launch import dtype_code, index_code, launch, ptr
 from deeprec.ops.multinomial import chunk_items
 
 

@@ -1,15 +1,17 @@
 // The one pybind11 module, deeprec._C. Every kernel entry point is bound once, from one
-// table (DEEPREC_KERNELS), by one template (bind_kernel): arguments named by the family
-// headers (exported as KERNEL_ARGS; Python names every argument of every call), addresses
-// travel from Python as integers and are cast to the entry
-// point's pointer types, the GIL is released around the call, and a non-zero Status
-// becomes a Python exception naming the entry point. Python checks the metadata (dtypes,
-// shapes, devices, lengths) before any address gets here; the kernels check every index
-// value they read (checks.h), and a refused one raises deeprec._C.BadIndex (a ValueError)
-// after the call, with the details in the caller's error word.
+// table (DEEPREC_KERNELS), by one template (bind_entry): each entry point takes its kernel's
+// argument struct and its device's launch struct (kernel_args.h), and the Python function
+// takes their fields, in declaration order, by the declared names (exported as
+// KERNEL_ARGS; Python names every argument of every call). Addresses travel from Python as
+// integers and are cast to the fields' pointer types, the GIL is released around the call,
+// and a non-zero Status becomes a Python exception naming the entry point. Python checks the
+// metadata (dtypes, shapes, devices, lengths) before any address gets here; the kernels
+// check every index value they read (checks.h), and a refused one raises deeprec._C.BadIndex
+// (a ValueError) after the call, with the details in the caller's error word.
 #include <pybind11/pybind11.h>
 
 #include <array>
+#include <iterator>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -19,6 +21,7 @@
 
 #include "checks.h"
 #include "common.h"
+#include "kernel_args.h"
 #include "masked_mse/masked_mse.h"
 #include "multinomial/multinomial.h"
 #include "row_adam/row_adam.h"
@@ -37,7 +40,7 @@ namespace {
 
 // The entry points' argument convention; bump when any signature changes, so Python
 // refuses a module built from other sources (deeprec/_native.py, NATIVE_ABI).
-constexpr int kAbi = 6;
+constexpr int kAbi = 7;
 
 // A kernel refused an index; Python reads the error word and says which.
 struct BadIndex : std::runtime_error {
@@ -74,47 +77,42 @@ T to_native(PyArg<T> value) {
   }
 }
 
-// The names of an entry point's arguments: its family's shared ones, then its tail.
-template <size_t N, size_t M>
-constexpr std::array<const char*, N + M> join(const char* const (&a)[N],
-                                              const std::array<const char*, M>& b) {
-  std::array<const char*, N + M> out{};
-  for (size_t k = 0; k < N; ++k) out[k] = a[k];
-  for (size_t k = 0; k < M; ++k) out[N + k] = b[k];
-  return out;
+// The name of field k of (Args, Launch) taken together.
+template <typename Args, typename Launch>
+constexpr const char* field_name(size_t k) {
+  constexpr size_t n_args = std::size(Args::kNames);
+  return k < n_args ? Args::kNames[k] : Launch::kNames[k - n_args];
 }
-constexpr std::array<const char*, 3> kCpuTail = {"err", "err_tag", "num_threads"};
-constexpr std::array<const char*, 4> kCudaTail = {"err", "err_tag", "device", "stream"};
-constexpr std::array<const char*, 6> kCudaReduceTail = {"partials", "counter", "err",
-                                                        "err_tag",  "device",  "stream"};
 
-template <typename... Args, size_t... K>
-void bind_named(py::module_& m, const char* name, int (*fn)(Args...), const char* doc,
-                const std::array<const char*, sizeof...(Args)>& names,
-                std::index_sequence<K...>) {
+template <typename Args, typename Launch, typename... A, typename... L, size_t... K>
+void bind_fields(py::module_& m, const char* name, int (*fn)(const Args&, const Launch&),
+                 const char* doc, deeprec::FieldList<A...>, deeprec::FieldList<L...>,
+                 std::index_sequence<K...>) {
   m.def(
       name,
-      [fn, name](PyArg<Args>... args) {
+      [fn, name](PyArg<A>... a, PyArg<L>... l) {
+        const Args args{to_native<A>(a)...};
+        const Launch on{to_native<L>(l)...};
         int status;
         {
           py::gil_scoped_release release;
-          status = fn(to_native<Args>(args)...);
+          status = fn(args, on);
         }
         check(status, name);
       },
-      doc, py::arg(names[K])...);
+      doc, py::arg(field_name<Args, Launch>(K))...);
 }
 
-// Binds `int fn(Args...)` as `name(...)` with one name per argument (the names are also
-// exported as KERNEL_ARGS, which deeprec.ops.launch matches every call against): casts,
-// releases the GIL, checks the Status.
-template <size_t N, typename... Args>
-void bind_kernel(py::module_& m, py::dict& kernel_args, const char* name, int (*fn)(Args...),
-                 const char* doc, const std::array<const char*, N>& names) {
-  static_assert(N == sizeof...(Args), "one name per argument of the entry point");
-  bind_named(m, name, fn, doc, names, std::index_sequence_for<Args...>{});
-  py::tuple order(N);
-  for (size_t k = 0; k < N; ++k) order[k] = py::str(names[k]);
+// Binds `int fn(const Args&, const Launch&)` as `name(<Args' fields>, <Launch's fields>)`
+// and records those names, in order, in `kernel_args` (deeprec._C.KERNEL_ARGS).
+template <typename Args, typename Launch>
+void bind_entry(py::module_& m, py::dict& kernel_args, const char* name,
+                int (*fn)(const Args&, const Launch&), const char* doc) {
+  constexpr size_t n = std::size(Args::kNames) + std::size(Launch::kNames);
+  bind_fields(m, name, fn, doc, typename Args::Fields{}, typename Launch::Fields{},
+              std::make_index_sequence<n>{});
+  py::tuple order(n);
+  for (size_t k = 0; k < n; ++k) order[k] = py::str(field_name<Args, Launch>(k));
   kernel_args[name] = order;
 }
 
@@ -180,27 +178,21 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("SANITIZED") = false;
 #endif
-  // The kernel table, once: each entry point's family arguments (the family headers name
-  // them) and its device tail. CPU entry points end in (err, err_tag, num_threads), CUDA
-  // ones in ([partials, counter,] err, err_tag, device, stream): the error word's address,
-  // the caller's tag (checks.h), then the device's own.
+  // The kernel table, once: each entry point's argument struct (its family header declares
+  // it) and what it does. CPU entry points add CpuLaunch's fields, CUDA ones CudaLaunch's.
 #define DEEPREC_KERNELS(X)                                                                    \
-  X(masked_mse, kMaskedMseArgs, kCudaReduceTail,                                              \
-    "Fused masked MSE over CSR rows (loss and/or gradient)")                                  \
-  X(spmm_rows, kSpmmRowsArgs, kCudaTail, "out = bias + scale * CSR @ W (W item-major)")       \
-  X(sddmm_residual, kSddmmResidualArgs, kCudaReduceTail,                                      \
+  X(masked_mse, MaskedMseArgs, "Fused masked MSE over CSR rows (loss and/or gradient)")       \
+  X(spmm_rows, SpmmRowsArgs, "out = bias + scale * CSR @ W (W item-major)")                   \
+  X(sddmm_residual, SddmmResidualArgs,                                                        \
     "Residuals h.W[col] + b[col] - val at stored entries and their mean square")              \
-  X(col_accumulate, kColAccumulateArgs, kCudaTail,                                            \
-    "dW[j] = sum over column j's entries of scale * coef * A[row]")                           \
-  X(row_adam, kRowAdamArgs, kCudaTail, "Adam step with a row-sparse gradient (exact or lazy)")     \
-  X(lse_chunk, kLseChunkArgs, kCudaTail,                                                      \
-    "Online log-sum-exp of a chunk of logits and its rows' observed logits")                  \
-  X(softmax_grad_chunk, kSoftmaxGradChunkArgs, kCudaTail,                                     \
+  X(col_accumulate, ColAccumulateArgs, "dW[j] = sum over column j's entries of scale * coef * A[row]") \
+  X(row_adam, RowAdamArgs, "Adam step with a row-sparse gradient (exact or lazy)")             \
+  X(lse_chunk, LseChunkArgs, "Online log-sum-exp of a chunk of logits and its rows' observed logits") \
+  X(softmax_grad_chunk, SoftmaxGradChunkArgs,                                                 \
     "A chunk of logits turned in place into the multinomial loss's logit gradient")
   py::dict kernel_args;  // each entry point's argument names, in order
-#define DEEPREC_BIND_CPU(name, args, cuda_tail, doc)                            \
-  bind_kernel(m, kernel_args, #name "_cpu", &deeprec::name##_cpu, doc ", CPU.", \
-              join(deeprec::args, kCpuTail));
+#define DEEPREC_BIND_CPU(name, args, doc) \
+  bind_entry(m, kernel_args, #name "_cpu", &deeprec::name##_cpu, doc ", CPU.");
   DEEPREC_KERNELS(DEEPREC_BIND_CPU)
   py::dict kernel_dtypes;
   kernel_dtypes["masked_mse"] = py::dict(py::arg("cpu") = dtype_names(deeprec::kMaskedMseCpuDtypes),
@@ -221,9 +213,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("CUDA_WORKSPACE_BLOCKS") =
       py::dict(py::arg("masked_mse") = deeprec::kMaskedMseMaxBlocks,
                py::arg("sddmm_residual") = deeprec::kSparseMaxBlocks);
-#define DEEPREC_BIND_CUDA(name, args, cuda_tail, doc)                              \
-  bind_kernel(m, kernel_args, #name "_cuda", &deeprec::name##_cuda, doc ", CUDA.", \
-              join(deeprec::args, cuda_tail));
+#define DEEPREC_BIND_CUDA(name, args, doc) \
+  bind_entry(m, kernel_args, #name "_cuda", &deeprec::name##_cuda, doc ", CUDA.");
   DEEPREC_KERNELS(DEEPREC_BIND_CUDA)
   m.def("cuda_kernel_problem", &cuda_kernel_problem,
         "Empty string if the CUDA kernels run on the device, else the reason.");

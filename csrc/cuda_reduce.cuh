@@ -1,5 +1,5 @@
-// Device helpers shared by the CUDA kernels: accumulation types and dtype
-// conversions, a fixed-order block sum, and a deterministic grid-wide sum
+// Device helpers shared by the CUDA kernels: the arithmetic type of a scalar type (float
+// for float and both half types) and its conversions, a fixed-order block sum, and a deterministic grid-wide sum
 // (one partial per block; the last block to finish adds them in block order,
 // found with an integer atomic; no float atomics anywhere).
 #pragma once

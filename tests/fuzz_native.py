@@ -4,7 +4,8 @@ Run by tests/test_fuzz.py in a subprocess, so a crash (segfault, abort, sanitize
 report) fails that test instead of killing the test run. Entry points: the raw
 registered ops (torch.ops.deeprec.masked_mse, masked_mse_backward, sparse_linear,
 sparse_output_mse, spmm_rows, col_accumulate), the public wrappers forward and
-backward, and row_adam_step. One argument at a time is mutated (CSR parts, int32
+backward, and row_adam_step; the sparse ops on either backend (deeprec's kernels, or
+torch's sparse ops after the device checks). One argument at a time is mutated (CSR parts, int32
 offsets, weight, bias, h, output, every ColumnIndex component, gradient scales,
 optimizer state), at one of three times: before the call; in place between two calls
 (the first unmutated); or in place between forward and backward. In-place edits are
@@ -28,6 +29,7 @@ from conftest import random_csr
 
 from deeprec import csr
 from deeprec.ops import (
+    BACKENDS,
     column_index,
     masked_mse,
     masked_mse_reference,
@@ -380,30 +382,34 @@ def call(c, between=lambda: None):
         return [loss.detach(), *torch.autograd.grad((loss * c["scale"]).sum(), out)]
     if op == "linear":
         W, b = c["W"].clone().requires_grad_(), c["b"].clone().requires_grad_()
-        y = ops.sparse_linear(crow, col, val, *c["index"], W, b, False)
+        y = ops.sparse_linear(crow, col, val, *c["index"], W, b, False, c["backend"])
         between()
         return [y.detach(), *torch.autograd.grad((y * c["up"][: y.shape[0]]).sum(), (W, b))]
     if op == "linear_wrapper":
         W, b = c["W"].clone().requires_grad_(), c["b"].clone().requires_grad_()
-        y = sparse_linear((crow, col, val), W, b, index=c["index"], impl="fused")
+        y = sparse_linear((crow, col, val), W, b, index=c["index"], impl="fused",
+                          backend=c["backend"])  # fmt: skip
         between()
         return [y.detach(), *torch.autograd.grad((y * c["up"][: y.shape[0]]).sum(), (W, b))]
     if op in ("output", "output_wrapper"):
         h, W, b = (c[k].clone().requires_grad_() for k in ("h", "W", "b"))
         if op == "output":
-            loss = ops.sparse_output_mse(h, W, b, crow, col, val, *c["index"], False)[0]
+            loss = ops.sparse_output_mse(h, W, b, crow, col, val, *c["index"], False,
+                                         c["backend"])[0]  # fmt: skip
         else:
-            loss = sparse_output_mse(h, W, b, (crow, col, val), index=c["index"], impl="fused")
+            loss = sparse_output_mse(h, W, b, (crow, col, val), index=c["index"], impl="fused",
+                                     backend=c["backend"])  # fmt: skip
         between()
         return [loss.detach(), *torch.autograd.grad((loss * c["scale"]).sum(), (h, W, b))]
     between()
     if op == "mse_backward":
         return [ops.masked_mse_backward(c["scale"], c["output"], crow, col, val)]
     if op == "spmm_rows":
-        return [ops.spmm_rows(crow, col, val, c["W"], c["scale"])]
+        return [ops.spmm_rows(crow, col, val, c["W"], c["scale"], c["backend"])]
     if op == "col_accumulate":
         args = (*c["index"], crow, col, c["coef"], c["A"], c["n_cols"], True, c["scale"])
-        return [*ops.col_accumulate(*args, False), *ops.col_accumulate(*args, True)]
+        return [*ops.col_accumulate(*args, False, c["backend"]),
+                *ops.col_accumulate(*args, True, c["backend"])]  # fmt: skip
     if op == "row_adam":
         state = [c[k].clone() if k == "p" else c[k] for k in ("p", "m", "v")]
         state[1:] = [t.clone() if t.is_contiguous() else t for t in state[1:]]
@@ -493,11 +499,12 @@ def judge(op, kind, got, want):
     kind=st.sampled_from(sorted(MUTATIONS)),
     when=st.sampled_from(["before", "between calls", "between forward and backward"]),
     lazy=st.booleans(),
+    backend=st.sampled_from(BACKENDS),
     data=st.data(),
 )
-def fuzz(op, B, N, H, density, seed, kind, when, lazy, data):
+def fuzz(op, B, N, H, density, seed, kind, when, lazy, backend, data):
     c = make_case(op, B, N, H, density, seed)
-    c["lazy"] = lazy
+    c["lazy"], c["backend"] = lazy, backend
     draw = lambda lo, hi: data.draw(st.integers(lo, hi))  # noqa: E731
     mutated = dict(c)
     changed = False

@@ -19,6 +19,7 @@ from conftest import random_csr
 
 from deeprec import csr
 from deeprec.ops import (
+    BACKENDS,
     column_index,
     row_adam_reference,
     row_adam_step,
@@ -61,15 +62,16 @@ def test_raw_masked_mse_backward_validates_everything():
         ops.masked_mse_backward(g, out.t().contiguous().t(), crow, col, val)
 
 
-def test_sparse_linear_bias_must_have_h_entries():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_linear_bias_must_have_h_entries(backend):
     crow, col, val, _ = batch()
     W = torch.randn(20, 5, dtype=torch.float64)
     one = torch.randn(1, dtype=torch.float64)
     with pytest.raises(ValueError, match="5 entries"):
-        sparse_linear((crow, col, val), W, one, impl="fused")
+        sparse_linear((crow, col, val), W, one, impl="fused", backend=backend)
     idx = column_index(crow, col)
     with pytest.raises(ValueError, match="5 entries"):
-        ops.sparse_linear(crow, col, val, *idx, W, one, False)
+        ops.sparse_linear(crow, col, val, *idx, W, one, False, backend)
     # what was silently different before: the reference broadcasts a 1-element bias
     assert sparse_linear_reference(csr.CSRParts(crow, col, val), W, one).shape == (6, 5)
 
@@ -103,8 +105,9 @@ def mutated_indexes(crow, col):
     yield "2-D ucol", idx._replace(ucol=ucol[None])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("which", range(10))
-def test_a_column_index_must_be_exactly_this_batchs(which):
+def test_a_column_index_must_be_exactly_this_batchs(which, backend):
     crow, col, val, _ = batch()
     _name, bad = list(mutated_indexes(crow, col))[which]
     W = torch.randn(20, 4, dtype=torch.float64)
@@ -115,12 +118,14 @@ def test_a_column_index_must_be_exactly_this_batchs(which):
     # this batch's (wrong metadata is refused at once).
     Wg, bog = W.clone().requires_grad_(), bo.clone().requires_grad_()
     with pytest.raises(BAD, match="index"):
-        sparse_linear((crow, col, val), Wg, b, index=bad, impl="fused").sum().backward()
+        y = sparse_linear((crow, col, val), Wg, b, index=bad, impl="fused", backend=backend)
+        y.sum().backward()
     with pytest.raises(BAD, match="index"):
-        loss, _ = ops.sparse_output_mse(h, Wg, bog, crow, col, val, *bad, False)
+        loss, _ = ops.sparse_output_mse(h, Wg, bog, crow, col, val, *bad, False, backend)
         loss.backward()
     # and the real index passes
-    sparse_output_mse(h, W, bo, (crow, col, val), index=column_index(crow, col), impl="fused")
+    sparse_output_mse(h, W, bo, (crow, col, val), index=column_index(crow, col), impl="fused",
+                      backend=backend)  # fmt: skip
 
 
 def test_an_index_of_a_damaged_crow_is_built_safely_and_refused():
@@ -269,6 +274,9 @@ def test_the_compiled_module_belongs_to_this_package():
     assert names == C.DTYPE_CODES and set(names) == {"float32", "float64", "float16", "bfloat16"}
     index = {str(d).removeprefix("torch."): code for d, code in _native.INDEX_CODE.items()}
     assert index == C.INDEX_CODES and set(index) == {"int32", "int64"}
+    from deeprec.ops.errors import CHECKS
+
+    assert dict(C.CHECKS) == CHECKS  # the device checks report under the kernels' codes
 
 
 @pytest.mark.parametrize("version, abi", [("0.0.1", None), ("same", 1), ("same", None)])
@@ -285,5 +293,12 @@ def test_a_stale_build_is_refused_with_one_line(version, abi):
     assert reason is not None and "\n" not in reason
     assert reason.startswith("stale build: deeprec._C is from deeprec")
     assert "pip install ." in reason
-    ok = types.SimpleNamespace(__version__=deeprec.__version__, ABI=_native.NATIVE_ABI)
+    from deeprec.ops.errors import CHECKS
+
+    ok = types.SimpleNamespace(__version__=deeprec.__version__, ABI=_native.NATIVE_ABI,
+                               CHECKS=dict(CHECKS))  # fmt: skip
     assert _native._stale(ok) is None
+    # the same version and convention, but refusals reported under other check codes
+    other = types.SimpleNamespace(**{**vars(ok), "CHECKS": {**CHECKS, "col_range": 99}})
+    reason = _native._stale(other)
+    assert reason is not None and "check codes" in reason and "\n" not in reason

@@ -111,7 +111,7 @@ def test_multinomial_epilogues_match_the_reference_under_each_variant(variant, d
     want = multinomial_nll(h, W, b, (crow, col), impl="reference")
     want_grads = grads(want, [h, W, b])
     for chunk in WIDTHS:
-        got = multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=chunk, epilogue="native")
+        got = multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=chunk, backend="native")
         torch.testing.assert_close(got, want, **TOL[dtype], msg=f"{variant} chunk={chunk}")
         for a, r in zip(grads(got, [h, W, b]), want_grads, strict=True):
             torch.testing.assert_close(a, r, **TOL[dtype], msg=f"{variant} chunk={chunk}")

@@ -294,11 +294,11 @@ def test_edit_battery_and_fuzzer_run_under_ci_sanitizers():
 
 
 def test_kernel_arguments_travel_by_name():
-    """Every launch names every argument; the names are the family header's (KERNEL_ARGS),
-    so a misnamed or missing one is a TypeError and an argument given out of order still
-    lands in its own place."""
-    from deeprec.ops import _native
-    from deeprec.ops.launch import error_word, ptr
+    """Every launch names every argument; the names are the fields of the kernel's argument
+    struct and its device's launch struct (KERNEL_ARGS), so a misnamed or missing one is a
+    TypeError and an argument given out of order still lands in its own place."""
+    from deeprec.ops import _native, errors
+    from deeprec.ops.native import ptr
 
     C = _native.module()
     out = torch.randn(3, 5, dtype=torch.float64)
@@ -307,7 +307,7 @@ def test_kernel_arguments_travel_by_name():
     val = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     args = dict(out=ptr(out), crow=ptr(crow), col=ptr(col), val=ptr(val), B=3, N=5, nnz=3,
                 dtype=C.DTYPE_CODES["float64"], index_dtype=C.INDEX_CODES["int64"], grad=0,
-                grad_scale=0, err=ptr(error_word(torch.device("cpu"))), err_tag=1,
+                grad_scale=0, err=ptr(errors.word(torch.device("cpu"))), err_tag=1,
                 num_threads=1)  # fmt: skip
     loss_in_order, loss_shuffled = torch.empty((), dtype=torch.float64), torch.empty(())
     loss_shuffled = loss_shuffled.double()
@@ -320,9 +320,41 @@ def test_kernel_arguments_travel_by_name():
     for bad in ({**args}, {**args, "loss": 0, "H": 4}, {**args, "los": 0}):
         with pytest.raises(TypeError, match="masked_mse_cpu: arguments"):
             _native.call("masked_mse_cpu", bad)
-    for name, names in C.KERNEL_ARGS.items():  # the CPU tail, and the header's names first
+    cpu_tail = ("err", "err_tag", "num_threads")
+    cuda_tail = ("partials", "counter", "err", "err_tag", "device", "stream")
+    for name, names in C.KERNEL_ARGS.items():  # the kernel's fields, then its device's
         if name.endswith("_cpu"):
-            assert names[-3:] == ("err", "err_tag", "num_threads"), name
+            assert names[-3:] == cpu_tail, name
             cuda = C.KERNEL_ARGS.get(name.replace("_cpu", "_cuda"))
             if cuda is not None:
-                assert cuda[: len(names) - 3] == names[:-3], name
+                assert cuda == (*names[:-3], *cuda_tail), name
+
+
+def _declared_fields() -> dict[str, tuple[str, ...]]:
+    """Each kernel's argument names as its family header declares them: the X-macro lists
+    DEEPREC_<KERNEL>_ARGS(X) X(type, name) ... of csrc/<family>/<family>.h."""
+    import re
+
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    found = {}
+    for header in csrc.glob("*/*.h"):
+        text = header.read_text().replace("\\\n", " ")
+        for m in re.finditer(r"#define DEEPREC_(\w+)_ARGS\(X\)(.*)", text):
+            fields = re.findall(r"X\(([^,()]+(?:\*)?),\s*(\w+)\)", m.group(2))
+            found[m.group(1).lower()] = tuple(name for _, name in fields)
+    return found
+
+
+def test_the_bound_names_are_the_declared_fields():
+    """One declaration per kernel: the names deeprec._C binds, in order, are exactly the
+    fields its header's X-macro declares (the same list gives the struct the kernel reads
+    by name), and every kernel the table binds has such a declaration."""
+    from deeprec.ops import _native
+
+    C = _native.module()
+    declared = _declared_fields()
+    kernels = {n.rsplit("_", 1)[0] for n in C.KERNEL_ARGS}
+    assert kernels == set(declared), (sorted(kernels), sorted(declared))
+    for kernel, fields in declared.items():
+        assert C.KERNEL_ARGS[f"{kernel}_cpu"][: len(fields)] == fields, kernel
+        assert len(C.KERNEL_ARGS[f"{kernel}_cpu"]) == len(fields) + 3, kernel

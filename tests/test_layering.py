@@ -209,21 +209,24 @@ CSRC = ROOT / "csrc"
 
 def _launch_names() -> dict[str, str]:
     """Every kernel name the ops launch, '<family>.<kernel>', with where it is launched:
-    launch("<family>.<kernel>", ...) and the multinomial epilogue's _epilogue("<kernel>", ...)."""
+    kernels.launch("<family>.<kernel>", ...), and the multinomial epilogue's
+    _epilogue(kernels, "<kernel>", ...)."""
     found = {}
     for path in sorted((SRC / "ops").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and node.args):
                 continue
-            called = getattr(node.func, "id", "")
-            first = node.args[0]
-            if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            strings = [a.value for a in node.args
+                       if isinstance(a, ast.Constant) and isinstance(a.value, str)]  # fmt: skip
+            if not strings:
                 continue
             where = f"ops/{path.name}:{node.lineno}"
             if called == "launch":
-                found[first.value] = where
+                found[strings[0]] = where
             elif called == "_epilogue":
-                found[f"multinomial.{first.value}"] = where
+                found[f"multinomial.{strings[0]}"] = where
     return found
 
 

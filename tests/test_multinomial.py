@@ -23,7 +23,10 @@ def _dense(crow, col, val, N):
     return out
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused"])
+PATHS = [("reference", "native"), ("fused", "native"), ("fused", "torch")]
+
+
+@pytest.mark.parametrize("impl,backend", PATHS)
 @settings(max_examples=15, deadline=None)
 @given(
     B=st.integers(1, 9),
@@ -32,14 +35,15 @@ def _dense(crow, col, val, N):
     tied=st.booleans(),
     seed=st.integers(0, 10_000),
 )
-def test_multinomial_loss_and_gradients_equal_the_dense_definition(impl, B, N, density, tied, seed):
+def test_multinomial_loss_and_gradients_equal_the_dense_definition(impl, backend, B, N, density,
+                                                                   tied, seed):  # fmt: skip
     if impl == "fused" and not fused_available("cpu"):
         pytest.skip("no fused CPU kernels")
     crow, col, val = random_csr(B, N, density, seed=seed, zeros=False)
     torch.manual_seed(seed)
     model = AutoEncoder(N, (7, 3), activation="tanh", tied=tied, objective="multinomial").double()
     model.eval()  # no dropout: both sides see the same input
-    got = model.multinomial_loss(crow, col, impl=impl)
+    got = model.multinomial_loss(crow, col, impl=impl, backend=backend)
     got_grads = torch.autograd.grad(got, list(model.parameters()))
     want = multinomial_reference(model, _dense(crow, col, val, N))
     want_grads = torch.autograd.grad(want, list(model.parameters()))
@@ -53,16 +57,18 @@ def test_multinomial_gradient_matches_finite_differences_in_float64():
     model = AutoEncoder(9, (4,), activation="tanh", objective="multinomial").double().eval()
     params = list(model.parameters())
     base = [p.detach().clone() for p in params]
-    analytic = torch.autograd.grad(model.multinomial_loss(crow, col, impl="reference"), params)
+    analytic = torch.autograd.grad(
+        model.multinomial_loss(crow, col, impl="reference", backend="native"), params
+    )
     eps = 1e-6
     for p, g, b in zip(params, analytic, base, strict=True):
         flat = p.detach().view(-1)
         for k in range(0, flat.numel(), max(1, flat.numel() // 5)):
             with torch.no_grad():
                 flat[k] = b.view(-1)[k] + eps
-                up = model.multinomial_loss(crow, col, impl="reference").item()
+                up = model.multinomial_loss(crow, col, impl="reference", backend="native").item()
                 flat[k] = b.view(-1)[k] - eps
-                down = model.multinomial_loss(crow, col, impl="reference").item()
+                down = model.multinomial_loss(crow, col, impl="reference", backend="native").item()
                 flat[k] = b.view(-1)[k]
             assert (up - down) / (2 * eps) == pytest.approx(g.reshape(-1)[k].item(), abs=1e-6)
 
@@ -117,11 +123,11 @@ def test_a_ranking_model_is_not_exported_as_a_rating_scorer(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ Mult-VAE
-@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("impl,backend", PATHS)
 @settings(max_examples=10, deadline=None)
 @given(B=st.integers(1, 8), N=st.integers(2, 30), beta=st.floats(0.0, 1.0),
        seed=st.integers(0, 10_000), train=st.booleans())  # fmt: skip
-def test_the_variational_loss_equals_its_definition(impl, B, N, beta, seed, train):
+def test_the_variational_loss_equals_its_definition(impl, backend, B, N, beta, seed, train):
     """NLL + beta KL on the sparse path equals the dense definition, value and gradients;
     in training mode both draw the same reparameterisation noise from the same seed."""
     crow, col, val = random_csr(B, N, 0.4, seed=seed, zeros=False)
@@ -129,7 +135,7 @@ def test_the_variational_loss_equals_its_definition(impl, B, N, beta, seed, trai
     model = AutoEncoder(N, (6, 3), activation="tanh", objective="multinomial",
                         variational=True).double().train(train)  # fmt: skip
     torch.manual_seed(seed + 1)
-    got = model.multinomial_loss(crow, col, impl=impl, beta=beta)
+    got = model.multinomial_loss(crow, col, impl=impl, backend=backend, beta=beta)
     got_grads = torch.autograd.grad(got, list(model.parameters()))
     torch.manual_seed(seed + 1)
     want = multinomial_reference(model, _dense(crow, col, val, N), beta=beta)

@@ -1,5 +1,5 @@
 """deeprec::multinomial_nll, the chunked output layer + multinomial loss: equal to its dense
-definition (value and every gradient) on random shapes and chunkings, with either epilogue;
+definition (value and every gradient) on random shapes and chunkings, with either backend;
 gradcheck, opcheck; every bad index refused in one line; the chunk rule."""
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deeprec.csr import Batch
-from deeprec.ops import multinomial_nll, multinomial_nll_reference
+from deeprec.ops import BACKENDS, multinomial_nll, multinomial_nll_reference
 from deeprec.ops.multinomial import CHUNK_BYTES, CHUNK_RANGE, chunk_items
 
 pytestmark = pytest.mark.usefixtures("native_required")
-
-EPILOGUES = ("native", "torch")
 
 
 def layer(B, N, H, dtype=torch.float64, seed=0, device="cpu"):
@@ -56,18 +54,18 @@ def batches(draw):
     return B, N, H, crow.to(torch.int64), col, chunk
 
 
-def fused(h, W, b, crow, col, chunk, epilogue):
-    return multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=chunk, epilogue=epilogue)
+def fused(h, W, b, crow, col, chunk, backend):
+    return multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=chunk, backend=backend)
 
 
-@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=40, deadline=None)
 @given(case=batches(), seed=st.integers(0, 1000))
-def test_the_op_equals_its_dense_definition_in_float64(epilogue, case, seed):
+def test_the_op_equals_its_dense_definition_in_float64(backend, case, seed):
     B, N, H, crow, col, chunk = case
     leaves = layer(B, N, H, seed=seed)
     got = value_and_grads(
-        lambda h, W, b: fused(h, W, b, crow, col, chunk, epilogue),
+        lambda h, W, b: fused(h, W, b, crow, col, chunk, backend),
         leaves,
     )
     want = value_and_grads(lambda h, W, b: multinomial_nll_reference(h, W, b, crow, col), leaves)
@@ -75,14 +73,14 @@ def test_the_op_equals_its_dense_definition_in_float64(epilogue, case, seed):
         torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=20, deadline=None)
 @given(case=batches(), seed=st.integers(0, 1000))
-def test_float32_matches_to_float32_tolerance(epilogue, case, seed):
+def test_float32_matches_to_float32_tolerance(backend, case, seed):
     B, N, H, crow, col, chunk = case
     leaves = layer(B, N, H, dtype=torch.float32, seed=seed)
     got = value_and_grads(
-        lambda h, W, b: fused(h, W, b, crow, col, chunk, epilogue),
+        lambda h, W, b: fused(h, W, b, crow, col, chunk, backend),
         leaves,
     )
     # the definition in float64, so the tolerance is the float32 op's own error
@@ -110,13 +108,36 @@ def test_large_logits_do_not_overflow_and_the_shift_is_exact():
 
 def test_gradcheck_in_float64():
     crow, col, _ = random_csr(4, 11, 0.4, seed=5, zeros=False)
-    for epilogue in EPILOGUES:
+    for backend in BACKENDS:
         torch.autograd.gradcheck(
-            lambda h, W, b, e=epilogue: multinomial_nll(
-                h, W, b, (crow, col), impl="fused", chunk=3, epilogue=e
+            lambda h, W, b, e=backend: multinomial_nll(
+                h, W, b, (crow, col), impl="fused", chunk=3, backend=e
             ),
             layer(4, 11, 3, seed=6),
         )
+        torch.autograd.gradcheck(  # no output bias
+            lambda h, W, e=backend: multinomial_nll(
+                h, W, None, (crow, col), impl="fused", chunk=3, backend=e
+            ),
+            layer(4, 11, 3, seed=7)[:2],
+        )
+
+
+def test_no_bias_is_a_zero_bias():
+    crow, col, _ = random_csr(5, 17, 0.3, seed=2, zeros=False)
+    h, W, _ = layer(5, 17, 4, seed=3)
+    zero = torch.zeros(17, dtype=torch.float64)
+    want = value_and_grads(lambda h, W: multinomial_nll_reference(h, W, zero, crow, col), [h, W])
+    for impl in ("fused", "reference"):
+        for backend in BACKENDS:
+            got = value_and_grads(
+                lambda h, W, i=impl, e=backend: multinomial_nll(
+                    h, W, None, (crow, col), impl=i, chunk=5, backend=e
+                ),
+                [h, W],
+            )
+            for a, w in zip(got, want, strict=True):
+                torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
 
 
 def test_every_input_form_gives_the_same_loss():
@@ -149,16 +170,16 @@ def test_only_the_gradients_asked_for_are_computed():
 def test_opcheck_forward_and_backward():
     crow, col, _ = random_csr(5, 13, 0.3, seed=4, zeros=False)
     h, W, b = (t.detach() for t in layer(5, 13, 3, dtype=torch.float32, seed=1))
-    for epilogue in EPILOGUES:
-        args = (h, W, b, crow, col, 4, epilogue)
+    for backend in BACKENDS:
+        args = (h, W, b, crow, col, 4, backend)
         torch.library.opcheck(torch.ops.deeprec.multinomial_nll.default, args)
         _, lse = torch.ops.deeprec.multinomial_nll(*args)
         grad = torch.tensor(1.5)
-        back = (grad, h, W, b, crow, col, lse, 4, epilogue, True, True)
+        back = (grad, h, W, b, crow, col, lse, 4, backend, True, True)
         torch.library.opcheck(torch.ops.deeprec.multinomial_nll_backward.default, back)
 
 
-@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "what,edit,says",
     [
@@ -170,7 +191,7 @@ def test_opcheck_forward_and_backward():
         ("crow end", lambda crow, col: crow.__setitem__(-1, 10**9), "breaks the offsets"),
     ],
 )
-def test_bad_indices_are_one_line_naming_the_op(epilogue, what, edit, says):
+def test_bad_indices_are_one_line_naming_the_op(backend, what, edit, says):
     crow, col, _ = random_csr(4, 20, 0.4, seed=3, zeros=False)
     assert int(crow[1]) > 3 and int(crow[2]) > int(crow[1]), "positions 2 and 3 share row 0"
     h, W, b = layer(4, 20, 3, seed=4)
@@ -178,11 +199,11 @@ def test_bad_indices_are_one_line_naming_the_op(epilogue, what, edit, says):
     for stage in ("forward", "backward"):
         with pytest.raises(ValueError) as err:
             if stage == "forward":
-                multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=6, epilogue=epilogue)
+                multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=6, backend=backend)
             else:  # the batch breaks between forward and backward: the backward checks again
                 good_crow, good_col, _ = random_csr(4, 20, 0.4, seed=3, zeros=False)
                 loss = multinomial_nll(h, W, b, (good_crow, good_col), impl="fused", chunk=6,
-                                       epilogue=epilogue)  # fmt: skip
+                                       backend=backend)  # fmt: skip
                 edit(good_crow.numpy(), good_col.numpy())  # unseen by the version counter
                 loss.backward()
         message = str(err.value)
@@ -197,12 +218,12 @@ def test_metadata_errors_are_one_line():
     bad = [
         (lambda: multinomial_nll(h[:, :2], W, b, (crow, col)), ValueError, r"h must be \(B, 3\)"),
         (lambda: multinomial_nll(h.float(), W, b, (crow, col)), TypeError, "dtype"),
-        (lambda: multinomial_nll(h, W, None, (crow, col)), ValueError, "bias"),
+        (lambda: multinomial_nll(h, W, b.float(), (crow, col)), TypeError, "bias: dtype"),
         (lambda: multinomial_nll(h, W, b[:5], (crow, col)), ValueError, "bias must be"),
         (lambda: multinomial_nll(h[:3], W, b, (crow, col)), ValueError, "crow has 5 entries"),
         (lambda: multinomial_nll(h, W, b, (crow, col.float())), TypeError, "col int32"),
         (lambda: fused(h, W, b, crow, col, 0, "native"), ValueError, "chunk must be"),
-        (lambda: fused(h, W, b, crow, col, 4, "x"), ValueError, "epilogue must be"),
+        (lambda: fused(h, W, b, crow, col, 4, "x"), ValueError, "backend must be"),
         (lambda: multinomial_nll(h, W, b, "x"), TypeError, "target must be"),
     ]
     for call, kind, says in bad:
@@ -239,10 +260,10 @@ def test_cuda_epilogues_equal_the_definition():
     crow, col, _ = random_csr(37, 301, 0.2, seed=1, zeros=False, device="cuda")
     leaves = layer(37, 301, 17, seed=2, device="cuda")
     want = value_and_grads(lambda h, W, b: multinomial_nll_reference(h, W, b, crow, col), leaves)
-    for epilogue in EPILOGUES:
+    for backend in BACKENDS:
         got = value_and_grads(
-            lambda h, W, b, e=epilogue: multinomial_nll(
-                h, W, b, (crow, col), impl="fused", chunk=64, epilogue=e
+            lambda h, W, b, e=backend: multinomial_nll(
+                h, W, b, (crow, col), impl="fused", chunk=64, backend=e
             ),
             leaves,
         )
@@ -250,9 +271,9 @@ def test_cuda_epilogues_equal_the_definition():
             torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-10)
     bad = col.clone()
     bad[3] = 301
-    for epilogue in EPILOGUES:
+    for backend in BACKENDS:
         from deeprec.ops import raise_kernel_errors
 
-        multinomial_nll(*leaves, (crow, bad), impl="fused", chunk=64, epilogue=epilogue)
+        multinomial_nll(*leaves, (crow, bad), impl="fused", chunk=64, backend=backend)
         with pytest.raises(ValueError, match=r"col\[3\] = 301 is outside"):
             raise_kernel_errors("cuda")

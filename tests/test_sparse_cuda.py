@@ -10,7 +10,14 @@ import torch
 from conftest import random_csr, run_while_default_stream_is_busy
 
 from deeprec.model import AutoEncoder
-from deeprec.ops import column_index, masked_mse, row_adam_step, sparse_linear, sparse_output_mse
+from deeprec.ops import (
+    BACKENDS,
+    column_index,
+    masked_mse,
+    row_adam_step,
+    sparse_linear,
+    sparse_output_mse,
+)
 
 pytestmark = pytest.mark.cuda
 
@@ -23,15 +30,16 @@ def dense_of(crow, col, val, B, N):
     return dense
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape", [(1, 1, 3), (7, 40, 5), (300, 2000, 64), (3000, 50, 200)])
-def test_cuda_sparse_model_equals_dense_reference(dtype, shape):
+def test_cuda_sparse_model_equals_dense_reference(dtype, shape, backend):
     B, N, H = shape
     crow, col, val = random_csr(B, N, 0.05 if N > 100 else 0.3, seed=B, dtype=dtype, device="cuda")
     torch.manual_seed(0)
     model = AutoEncoder(N, (H, 8)).to("cuda", dtype)
     ref = masked_mse(model(dense_of(crow, col, val, B, N)), (crow, col, val), impl="reference")
-    fused = model.sparse_loss(crow, col, val, impl="fused")
+    fused = model.sparse_loss(crow, col, val, impl="fused", backend=backend)
     torch.testing.assert_close(fused, ref, **TOL[dtype])
     params = list(model.parameters())
     g_ref = torch.autograd.grad(ref, params)
@@ -40,7 +48,8 @@ def test_cuda_sparse_model_equals_dense_reference(dtype, shape):
         torch.testing.assert_close(a, b, **TOL[dtype], msg=name)
 
 
-def test_cuda_sparse_ops_are_deterministic_and_on_the_current_stream():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cuda_sparse_ops_are_deterministic_and_on_the_current_stream(backend):
     crow, col, val = random_csr(512, 4000, 0.02, seed=1, dtype=torch.float32, device="cuda")
     idx = column_index(crow, col)
     W = torch.randn(4000, 128, device="cuda", requires_grad=True)
@@ -49,8 +58,9 @@ def test_cuda_sparse_ops_are_deterministic_and_on_the_current_stream():
     bo = torch.randn(4000, device="cuda", requires_grad=True)
 
     def run():
-        out = sparse_linear((crow, col, val), W, b, index=idx, impl="fused")
-        loss = sparse_output_mse(h, W, bo, (crow, col, val), index=idx, impl="fused")
+        out = sparse_linear((crow, col, val), W, b, index=idx, impl="fused", backend=backend)
+        loss = sparse_output_mse(h, W, bo, (crow, col, val), index=idx, impl="fused",
+                                 backend=backend)  # fmt: skip
         return [out, loss, *torch.autograd.grad(loss + out.square().mean(), (W, b, h, bo))]
 
     first = run()

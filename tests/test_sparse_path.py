@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from deeprec.config import Config
 from deeprec.model import AutoEncoder
 from deeprec.ops import (
+    BACKENDS,
     column_index,
     masked_mse,
     row_adam_step,
@@ -52,9 +53,10 @@ batches = st.tuples(
 hidden_widths = st.one_of(st.integers(1, 9), st.integers(15, 80))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=60, deadline=None)
 @given(batch=batches, H=hidden_widths, index_dtype=st.sampled_from([torch.int32, torch.int64]))
-def test_sparse_linear_matches_dense_matmul(batch, H, index_dtype):
+def test_sparse_linear_matches_dense_matmul(batch, H, index_dtype, backend):
     B, N, density, seed = batch
     crow, col, val = random_csr(B, N, density, seed=seed, index_dtype=index_dtype)
     g = torch.Generator().manual_seed(seed)
@@ -65,7 +67,7 @@ def test_sparse_linear_matches_dense_matmul(batch, H, index_dtype):
     dense[rows, col.long()] = val
     want = dense @ W + b
     for impl in ("fused", "reference"):
-        got = sparse_linear((crow, col, val), W, b, impl=impl)
+        got = sparse_linear((crow, col, val), W, b, impl=impl, backend=backend)
         torch.testing.assert_close(got, want, **F64)
         up = torch.randn(B, H, dtype=torch.float64, generator=g)
         for a, r in zip(
@@ -74,20 +76,24 @@ def test_sparse_linear_matches_dense_matmul(batch, H, index_dtype):
             torch.testing.assert_close(a, r, **F64)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=60, deadline=None)
-@given(batch=batches, H=hidden_widths, scale=st.floats(-3, 3))
-def test_sparse_output_mse_matches_dense_output_and_masked_mse(batch, H, scale):
+@given(batch=batches, H=hidden_widths, scale=st.floats(-3, 3), with_bias=st.booleans())
+def test_sparse_output_mse_matches_dense_output_and_masked_mse(batch, H, scale, with_bias,
+                                                               backend):  # fmt: skip
     B, N, density, seed = batch
     crow, col, val = random_csr(B, N, density, seed=seed)
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(B, H, dtype=torch.float64, generator=g, requires_grad=True)
     W = torch.randn(N, H, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(N, dtype=torch.float64, generator=g, requires_grad=True)
-    want = masked_mse(h @ W.t() + b, (crow, col, val), impl="reference")
+    leaves = [h, W, b] if with_bias else [h, W]
+    bias = b if with_bias else None
+    want = masked_mse(h @ W.t() + (b if with_bias else 0), (crow, col, val), impl="reference")
     for impl in ("fused", "reference"):
-        got = sparse_output_mse(h, W, b, (crow, col, val), impl=impl)
+        got = sparse_output_mse(h, W, bias, (crow, col, val), impl=impl, backend=backend)
         torch.testing.assert_close(got, want, **F64)
-        for a, r in zip(grads(got * scale, [h, W, b]), grads(want * scale, [h, W, b]), strict=True):
+        for a, r in zip(grads(got * scale, leaves), grads(want * scale, leaves), strict=True):
             torch.testing.assert_close(a, r, **F64)
 
 
@@ -96,6 +102,7 @@ def model_grads(model, loss):
     return {n: g for (n, _), g in zip(model.named_parameters(), grads(loss, params), strict=True)}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=30, deadline=None)
 @given(
     batch=batches,
@@ -104,7 +111,7 @@ def model_grads(model, loss):
     H=hidden_widths,
 )
 def test_model_sparse_loss_and_every_gradient_equal_the_dense_reference_float64(
-    batch, tied, activation, H
+    batch, tied, activation, H, backend
 ):
     B, N, density, seed = batch
     crow, col, val = random_csr(B, N, density, seed=seed)
@@ -113,21 +120,22 @@ def test_model_sparse_loss_and_every_gradient_equal_the_dense_reference_float64(
     dense = torch.zeros(B, N, dtype=torch.float64)
     dense[torch.repeat_interleave(torch.arange(B), crow.diff()), col] = val
     ref = masked_mse(model(dense), (crow, col, val), impl="reference")
-    fused = model.sparse_loss(crow, col, val, impl="fused")
+    fused = model.sparse_loss(crow, col, val, impl="fused", backend=backend)
     torch.testing.assert_close(fused, ref, **F64)
     want, got = model_grads(model, ref), model_grads(model, fused)
     for name in want:
         torch.testing.assert_close(got[name], want[name], **F64, msg=name)
 
 
-def test_model_sparse_path_float32_within_1e5_relative():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_model_sparse_path_float32_within_1e5_relative(backend):
     crow, col, val = random_csr(64, 3000, 0.02, seed=9, dtype=torch.float32)
     torch.manual_seed(0)
     model = AutoEncoder(3000, (64, 32))
     dense = torch.zeros(64, 3000)
     dense[torch.repeat_interleave(torch.arange(64), crow.diff()), col] = val
     ref = masked_mse(model(dense), (crow, col, val), impl="reference")
-    fused = model.sparse_loss(crow, col, val, impl="fused")
+    fused = model.sparse_loss(crow, col, val, impl="fused", backend=backend)
     torch.testing.assert_close(fused, ref, **F32)
     want, got = model_grads(model, ref), model_grads(model, fused)
     for name in want:
@@ -135,15 +143,16 @@ def test_model_sparse_path_float32_within_1e5_relative():
         assert ((got[name] - want[name]).abs().max() / scale) < 1e-5, name
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tied", [False, True])
-def test_sparse_gradients_equal_dense_gradients(tied):
+def test_sparse_gradients_equal_dense_gradients(tied, backend):
     crow, col, val = random_csr(9, 50, 0.2, seed=3)
     torch.manual_seed(1)
     model = AutoEncoder(50, (6, 4), tied=tied).double()
-    model.sparse_loss(crow, col, val, impl="fused").backward()
+    model.sparse_loss(crow, col, val, impl="fused", backend=backend).backward()
     dense = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    model.sparse_loss(crow, col, val, impl="fused", sparse_grad=True).backward()
+    model.sparse_loss(crow, col, val, impl="fused", backend=backend, sparse_grad=True).backward()
     items = {id(p) for p in model.item_parameters()}
     for n, p in model.named_parameters():
         assert p.grad.is_sparse == (id(p) in items), n
@@ -151,64 +160,83 @@ def test_sparse_gradients_equal_dense_gradients(tied):
         torch.testing.assert_close(g, dense[n], rtol=0, atol=1e-14)
 
 
-def test_gradcheck_sparse_ops_float64():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_sparse_ops_float64(backend):
     crow, col, val = random_csr(5, 9, 0.4, seed=2)
     W = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda W, b: sparse_linear((crow, col, val), W, b, impl="fused"), (W, b)
+        lambda W, b: sparse_linear((crow, col, val), W, b, impl="fused", backend=backend), (W, b)
     )
     h = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     bo = torch.randn(9, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda h, W, bo: sparse_output_mse(h, W, bo, (crow, col, val), impl="fused"), (h, W, bo)
-    )
+        lambda h, W, bo: sparse_output_mse(h, W, bo, (crow, col, val), impl="fused",
+                                           backend=backend),
+        (h, W, bo),
+    )  # fmt: skip
+    assert torch.autograd.gradcheck(  # no bias
+        lambda h, W: sparse_output_mse(h, W, None, (crow, col, val), impl="fused",
+                                       backend=backend),
+        (h, W),
+    )  # fmt: skip
 
 
-def test_nnz_zero_and_empty_rows():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nnz_zero_and_empty_rows(backend):
     crow = torch.zeros(4, dtype=torch.int64)
     col = torch.zeros(0, dtype=torch.int64)
     val = torch.zeros(0, dtype=torch.float64)
     W = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    out = sparse_linear((crow, col, val), W, b, impl="fused")
+    out = sparse_linear((crow, col, val), W, b, impl="fused", backend=backend)
     torch.testing.assert_close(out, b.expand(3, 3))
     h = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
     bo = torch.zeros(6, dtype=torch.float64, requires_grad=True)
-    loss = sparse_output_mse(h, W, bo, (crow, col, val), impl="fused")
+    loss = sparse_output_mse(h, W, bo, (crow, col, val), impl="fused", backend=backend)
     assert loss.item() == 0.0
     loss.backward()
     assert torch.count_nonzero(W.grad) == 0 and torch.count_nonzero(h.grad) == 0
 
 
-def test_opcheck_sparse_ops():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_sparse_ops(backend):
     crow, col, val = random_csr(4, 7, 0.5, seed=1)
     idx = column_index(crow, col)
     W = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(
-        torch.ops.deeprec.sparse_linear.default, (crow, col, val, *idx, W, b, False)
-    )
+    ops = torch.ops.deeprec
+    for bias in (b, None):
+        torch.library.opcheck(ops.sparse_linear.default, (crow, col, val, *idx, W, bias, False,
+                                                          backend))  # fmt: skip
     h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     bo = torch.randn(7, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(
-        torch.ops.deeprec.sparse_output_mse.default, (h, W, bo, crow, col, val, *idx, False)
-    )
+    for bias in (bo, None):
+        torch.library.opcheck(ops.sparse_output_mse.default, (h, W, bias, crow, col, val, *idx,
+                                                              False, backend))  # fmt: skip
+    scale = torch.tensor(0.5, dtype=torch.float64)
+    torch.library.opcheck(ops.spmm_rows.default, (crow, col, val, W.detach(), scale, backend))
+    for compact in (False, True):
+        args = (*idx, crow, col, val, h.detach(), 7, True, scale, compact, backend)
+        torch.library.opcheck(ops.col_accumulate.default, args)
 
 
-def test_torch_compile_fullgraph_on_the_sparse_model():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_on_the_sparse_model(backend):
     crow, col, val = random_csr(8, 30, 0.3, seed=4, dtype=torch.float32)
     idx = column_index(crow, col)
     torch.manual_seed(0)
     model = AutoEncoder(30, (8, 4))
     compiled = torch.compile(
-        lambda c, k, v, *i: model.sparse_loss(c, k, v, index=i, impl="fused"), fullgraph=True
+        lambda c, k, v, *i: model.sparse_loss(c, k, v, index=i, impl="fused", backend=backend),
+        fullgraph=True,
     )
     got = compiled(crow, col, val, *idx)
-    want = model.sparse_loss(crow, col, val, impl="fused")
+    want = model.sparse_loss(crow, col, val, impl="fused", backend=backend)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "case,message",
     [
@@ -218,7 +246,7 @@ def test_torch_compile_fullgraph_on_the_sparse_model():
         ("h width", "h must be"),
     ],
 )
-def test_sparse_ops_reject_bad_input(case, message):
+def test_sparse_ops_reject_bad_input(case, message, backend):
     crow, col, val = random_csr(3, 5, 0.6, seed=0)
     W = torch.randn(5, 2, dtype=torch.float64)
     b = torch.zeros(2, dtype=torch.float64)
@@ -228,19 +256,20 @@ def test_sparse_ops_reject_bad_input(case, message):
         if case == "bad column":
             bad = col.clone()
             bad[-1] = 99
-            sparse_linear((crow, bad, val), W, b, impl="fused")
+            sparse_linear((crow, bad, val), W, b, impl="fused", backend=backend)
         elif case == "bad index":
             idx = column_index(crow, col)
             perm = idx.perm.clone()
             perm[0] = 10**6
             # forward does not read the index; the weight's gradient does, and refuses it
             Wg = W.clone().requires_grad_()
-            y = sparse_linear((crow, col, val), Wg, b, index=idx._replace(perm=perm), impl="fused")
+            y = sparse_linear((crow, col, val), Wg, b, index=idx._replace(perm=perm),
+                              impl="fused", backend=backend)  # fmt: skip
             y.sum().backward()
         elif case == "weight dtype":
-            sparse_linear((crow, col, val), W.float(), b.float(), impl="fused")
+            sparse_linear((crow, col, val), W.float(), b.float(), impl="fused", backend=backend)
         else:
-            sparse_output_mse(h[:, :1], W, bo, (crow, col, val), impl="fused")
+            sparse_output_mse(h[:, :1], W, bo, (crow, col, val), impl="fused", backend=backend)
 
 
 # ------------------------------------------------------------------ row-sparse Adam
@@ -273,7 +302,8 @@ def test_lazy_row_adam_moves_only_touched_rows():
     assert changed == [2, 5]
 
 
-def test_item_adam_trains_like_dense_adam_step_for_step():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_item_adam_trains_like_dense_adam_step_for_step(backend):
     crow, col, val = random_csr(16, 60, 0.2, seed=5)
     torch.manual_seed(2)
     a = AutoEncoder(60, (8, 4)).double()
@@ -284,10 +314,10 @@ def test_item_adam_trains_like_dense_adam_step_for_step():
     assert isinstance(opt_b, ItemAdam)
     for _ in range(5):
         opt_a.zero_grad()
-        a.sparse_loss(crow, col, val, impl="fused").backward()
+        a.sparse_loss(crow, col, val, impl="fused", backend=backend).backward()
         opt_a.step()
         opt_b.zero_grad()
-        b.sparse_loss(crow, col, val, impl="fused", sparse_grad=True).backward()
+        b.sparse_loss(crow, col, val, impl="fused", backend=backend, sparse_grad=True).backward()
         opt_b.step()
     for (n, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12, msg=n)
@@ -300,7 +330,7 @@ def test_row_adam_rejects_bad_state():
         row_adam_step(
             p, torch.zeros(3, 2), torch.zeros(4, 2), g, 1, 0.1, (0.9, 0.999), 1e-8, 0.0, False
         )
-    with pytest.raises(ValueError, match="gradient rows"):
+    with pytest.raises(TypeError, match=r"grad is torch\.float64, but param is torch\.float32"):
         row_adam_step(
             p,
             torch.zeros(4, 2),

@@ -74,7 +74,8 @@ FORK_WHILE_BUSY = textwrap.dedent(
     import os, sys, threading, time, torch
     sys.path.insert(0, {tests!r})
     from conftest import random_csr
-    from deeprec.ops.masked_mse import masked_mse_launch
+    from deeprec.ops.masked_mse import launch_kernel
+    from deeprec.ops.native import CPU
 
     output = torch.randn(64, 300, generator=torch.Generator().manual_seed(3))
     target = random_csr(64, 300, 0.05, seed=11, dtype=torch.float32)
@@ -84,7 +85,7 @@ FORK_WHILE_BUSY = textwrap.dedent(
     def busy():  # enters the pool again and again, with the GIL released
         loss = output.new_empty(())
         while not stop:
-            masked_mse_launch(output, *target, loss, None, None)
+            launch_kernel(CPU, output, *target, loss, None, None)
 
     worker = threading.Thread(target=busy)
     worker.start()
@@ -92,7 +93,7 @@ FORK_WHILE_BUSY = textwrap.dedent(
         pid = os.fork()
         if pid == 0:  # must get a pool of its own, whatever the other thread held
             loss = output.new_empty(())
-            masked_mse_launch(output, *target, loss, None, None)
+            launch_kernel(CPU, output, *target, loss, None, None)
             os._exit(0)
         deadline = time.monotonic() + 10
         while True:
@@ -143,15 +144,16 @@ SCRIPT = textwrap.dedent(
     import hashlib, os, sys, torch
     sys.path.insert(0, {tests!r})
     from conftest import random_csr
-    from deeprec.ops.masked_mse import masked_mse_launch
+    from deeprec.ops.masked_mse import launch_kernel
+    from deeprec.ops.native import CPU
 
     output = torch.randn(300, 1500, generator=torch.Generator().manual_seed(3))
     target = random_csr(300, 1500, 0.05, seed=11, dtype=torch.float32)
     loss, grad = output.new_empty(()), torch.empty_like(output)
 
     def run():  # the kernels alone: torch's own OpenMP is not fork-safe, ours must be
-        masked_mse_launch(output, *target, loss, None, None)
-        masked_mse_launch(output, *target, None, grad, None)
+        launch_kernel(CPU, output, *target, loss, None, None)
+        launch_kernel(CPU, output, *target, None, grad, None)
         return float(loss), hashlib.sha256(grad.numpy().tobytes()).hexdigest()
 
     torch.set_num_threads(1)

@@ -97,12 +97,12 @@ def test_the_trainer_follows_its_plan(toy):
 
 def test_validation_of_a_reference_run_never_touches_the_kernels(toy, monkeypatch):
     """A run without --fused validates through the pure-PyTorch ops too."""
-    from deeprec.ops import cpu
+    from deeprec.ops import native
 
     def refuse(*args, **kwargs):
         raise AssertionError("a reference run launched a native kernel")
 
-    monkeypatch.setattr(cpu, "run", refuse)  # every CPU launch goes through it
+    monkeypatch.setattr(native.CpuKernels, "_run", refuse)  # every CPU launch goes through it
     t = Trainer.assemble(Config(data=str(toy), **RECIPE), _matrix(toy), torch.device("cpu"))
     metrics = fit(t, quiet=True)
     assert metrics["val_rmse"] > 0

@@ -79,16 +79,14 @@ void masked_mse_impl(const void* out, const int64_t* crow, const void* col, cons
 
 }  // namespace
 
-int masked_mse_cpu(const void* out, const int64_t* crow, const void* col, const void* val,
-                   int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
-                   void* grad, const void* grad_scale, int64_t* err, int64_t err_tag,
-                   int num_threads) {
-  const ErrorSink sink{err, err_tag};
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+int masked_mse_cpu(const MaskedMseArgs& a, const CpuLaunch& on) {
+  const ErrorSink sink = sink_of(on);
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
-    masked_mse_impl<T, typename decltype(i)::type>(out, crow, col, val, B, N, nnz, loss, grad,
-                                                   scalar_or_one<T>(grad_scale), sink,
-                                                   num_threads);
+    masked_mse_impl<T, typename decltype(i)::type>(a.out, a.crow, a.col, a.val, a.B, a.N, a.nnz,
+                                                   a.loss, a.grad,
+                                                   scalar_or_one<T>(a.grad_scale), sink,
+                                                   on.num_threads);
     return failed(sink) ? kBadIndex : kOk;
   });
 }

@@ -39,17 +39,17 @@ __global__ void __launch_bounds__(kThreads)
 masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
                   const I* __restrict__ col, const T* __restrict__ val, int64_t B, int64_t N,
                   int64_t nnz, T* __restrict__ loss, T* __restrict__ grad,
-                  const T* __restrict__ grad_scale, typename Acc<T>::type* __restrict__ partials,
+                  const T* __restrict__ grad_scale, double* __restrict__ partials,
                   unsigned int* __restrict__ counter, ErrorSink err) {
-  using A = typename Acc<T>::type;
-  __shared__ A smem[kThreads];
+  using A = typename Acc<T>::type;  // the gradient's arithmetic
+  __shared__ double smem[kThreads];
   const A inv_nnz = nnz > 0 ? A(1) / static_cast<A>(nnz) : A(0);
   A coef = A(0);
   if (grad != nullptr) {
     coef = A(2) * inv_nnz;
     if (grad_scale != nullptr) coef *= to_acc<T, A>(*grad_scale);
   }
-  A acc = A(0);
+  double acc = 0.0;  // the loss's squared residuals, summed in double as on the CPU
   for (int64_t row = blockIdx.x; row < B; row += gridDim.x) {
     const T* o = out + row * N;
     int64_t k0 = 0, k1 = 0;  // a refused row has no entries
@@ -58,61 +58,49 @@ masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
       T* g = grad + row * N;
       for (int64_t j = threadIdx.x; j < N; j += kThreads) g[j] = zero<T>();
       __syncthreads();  // zero-fill of this row before its scatter
-      for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) {
-        const int64_t j = entry_column(col, k, k0, N, err);
-        if (j < 0) continue;
-        const A d = to_acc<T, A>(o[j]) - to_acc<T, A>(val[k]);
-        acc += d * d;
-        g[j] = from_acc<T, A>(coef * d);
-      }
-    } else {
-      for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) {
-        const int64_t j = entry_column(col, k, k0, N, err);
-        if (j < 0) continue;
-        const A d = to_acc<T, A>(o[j]) - to_acc<T, A>(val[k]);
-        acc += d * d;
-      }
+    }
+    for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) {
+      const int64_t j = entry_column(col, k, k0, N, err);
+      if (j < 0) continue;
+      const A d = to_acc<T, A>(o[j]) - to_acc<T, A>(val[k]);
+      const double dd = static_cast<double>(d);
+      acc += dd * dd;
+      if (grad != nullptr) grad[row * N + j] = from_acc<T, A>(coef * d);
     }
   }
   if (loss == nullptr) return;
-  const A block_total = cuda::block_sum<kThreads>(acc, smem);
-  A all;
+  const double block_total = cuda::block_sum<kThreads>(acc, smem);
+  double all;
   if (cuda::grid_sum_last_block<kThreads>(block_total, partials, counter, smem, &all) &&
       threadIdx.x == 0) {
-    *loss = from_acc<T, A>(all * inv_nnz);
+    *loss = from_acc<T, A>(static_cast<A>(nnz > 0 ? all / static_cast<double>(nnz) : 0.0));
   }
 }
 
 template <typename T, typename I>
-int launch(const void* out, const int64_t* crow, const void* col, const void* val, int64_t B,
-           int64_t N, int64_t nnz, void* loss, void* grad, const void* grad_scale, void* partials,
-           void* counter, ErrorSink err, cudaStream_t stream) {
-  using A = typename Acc<T>::type;
-  const unsigned int blocks = static_cast<unsigned int>(std::min<int64_t>(B, kMaskedMseMaxBlocks));
+int launch(const MaskedMseArgs& a, const CudaLaunch& on, cudaStream_t stream) {
+  const unsigned int blocks =
+      static_cast<unsigned int>(std::min<int64_t>(a.B, kMaskedMseMaxBlocks));
   masked_mse_kernel<T, I><<<blocks, kThreads, 0, stream>>>(
-      static_cast<const T*>(out), crow, static_cast<const I*>(col), static_cast<const T*>(val), B,
-      N, nnz, static_cast<T*>(loss), static_cast<T*>(grad), static_cast<const T*>(grad_scale),
-      static_cast<A*>(partials), static_cast<unsigned int*>(counter), err);
+      static_cast<const T*>(a.out), a.crow, static_cast<const I*>(a.col),
+      static_cast<const T*>(a.val), a.B, a.N, a.nnz, static_cast<T*>(a.loss),
+      static_cast<T*>(a.grad), static_cast<const T*>(a.grad_scale),
+      static_cast<double*>(on.partials), static_cast<unsigned int*>(on.counter), sink_of(on));
   return cuda::check_launch();
 }
 
 }  // namespace
 
-int masked_mse_cuda(const void* out, const int64_t* crow, const void* col, const void* val,
-                    int64_t B, int64_t N, int64_t nnz, int dtype, int index_dtype, void* loss,
-                    void* grad, const void* grad_scale, void* partials, void* counter,
-                    int64_t* err, int64_t err_tag, int device, void* stream) {
+int masked_mse_cuda(const MaskedMseArgs& a, const CudaLaunch& on) {
   cuda::DeviceGuard guard;
-  if (const int st = cuda::fail(guard.set(device))) return st;
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (B == 0) {  // nothing to launch; the loss of an empty batch is 0 (all-zero bits)
-    if (loss == nullptr) return kOk;
-    return cuda::fail(cudaMemsetAsync(loss, 0, dtype_size(dtype), s));
+  if (const int st = cuda::fail(guard.set(on.device))) return st;
+  cudaStream_t s = static_cast<cudaStream_t>(on.stream);
+  if (a.B == 0) {  // nothing to launch; the loss of an empty batch is 0 (all-zero bits)
+    if (a.loss == nullptr) return kOk;
+    return cuda::fail(cudaMemsetAsync(a.loss, 0, dtype_size(a.dtype), s));
   }
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
-    return launch<typename decltype(t)::type, typename decltype(i)::type>(
-        out, crow, col, val, B, N, nnz, loss, grad, grad_scale, partials, counter,
-        ErrorSink{err, err_tag}, s);
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
+    return launch<typename decltype(t)::type, typename decltype(i)::type>(a, on, s);
   });
 }
 

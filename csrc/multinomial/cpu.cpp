@@ -176,31 +176,26 @@ void softmax_grad_chunk(T* Z, const int64_t* crow, const I* col, const T* lse, T
 
 }  // namespace
 
-int lse_chunk_cpu(const void* Z, const int64_t* crow, const void* col, double* run_max,
-                  double* run_sum, double* observed, int64_t B, int64_t N, int64_t n0,
-                  int64_t C, int64_t ldz, int64_t nnz, int dtype, int index_dtype,
-                  int64_t* err, int64_t err_tag, int num_threads) {
-  const ErrorSink sink{err, err_tag};
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+int lse_chunk_cpu(const LseChunkArgs& a, const CpuLaunch& on) {
+  const ErrorSink sink = sink_of(on);
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    lse_chunk<T, I>(static_cast<const T*>(Z), crow, static_cast<const I*>(col), run_max,
-                    run_sum, observed, B, N, n0, C, ldz, nnz, sink, num_threads);
+    lse_chunk<T, I>(static_cast<const T*>(a.Z), a.crow, static_cast<const I*>(a.col),
+                    a.run_max, a.run_sum, a.observed, a.B, a.N, a.n0, a.C, a.ldz, a.nnz, sink,
+                    on.num_threads);
     return failed(sink) ? kBadIndex : kOk;
   });
 }
 
-int softmax_grad_chunk_cpu(void* Z, const int64_t* crow, const void* col, const void* lse,
-                           const void* scale, int64_t B, int64_t N, int64_t n0, int64_t C,
-                           int64_t ldz, int64_t nnz, int dtype, int index_dtype, int64_t* err,
-                           int64_t err_tag, int num_threads) {
-  const ErrorSink sink{err, err_tag};
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+int softmax_grad_chunk_cpu(const SoftmaxGradChunkArgs& a, const CpuLaunch& on) {
+  const ErrorSink sink = sink_of(on);
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    softmax_grad_chunk<T, I>(static_cast<T*>(Z), crow, static_cast<const I*>(col),
-                             static_cast<const T*>(lse), scalar_or_one<T>(scale), B, N, n0, C,
-                             ldz, nnz, sink, num_threads);
+    softmax_grad_chunk<T, I>(static_cast<T*>(a.Z), a.crow, static_cast<const I*>(a.col),
+                             static_cast<const T*>(a.lse), scalar_or_one<T>(a.scale), a.B, a.N,
+                             a.n0, a.C, a.ldz, a.nnz, sink, on.num_threads);
     return failed(sink) ? kBadIndex : kOk;
   });
 }

@@ -156,31 +156,26 @@ int on_device(int device, int64_t B, int dtype, int index_dtype, Launch&& launch
 
 }  // namespace
 
-int lse_chunk_cuda(const void* Z, const int64_t* crow, const void* col, double* run_max,
-                   double* run_sum, double* observed, int64_t B, int64_t N, int64_t n0,
-                   int64_t C, int64_t ldz, int64_t nnz, int dtype, int index_dtype,
-                   int64_t* err, int64_t err_tag, int device, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return on_device(device, B, dtype, index_dtype, [&](auto t, auto i) {
+int lse_chunk_cuda(const LseChunkArgs& a, const CudaLaunch& on) {
+  cudaStream_t s = static_cast<cudaStream_t>(on.stream);
+  return on_device(on.device, a.B, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    lse_chunk_kernel<T, I><<<blocks_for(B), kThreads, 0, s>>>(
-        static_cast<const T*>(Z), crow, static_cast<const I*>(col), run_max, run_sum, observed,
-        B, N, n0, C, ldz, nnz, ErrorSink{err, err_tag});
+    lse_chunk_kernel<T, I><<<blocks_for(a.B), kThreads, 0, s>>>(
+        static_cast<const T*>(a.Z), a.crow, static_cast<const I*>(a.col), a.run_max, a.run_sum,
+        a.observed, a.B, a.N, a.n0, a.C, a.ldz, a.nnz, sink_of(on));
   });
 }
 
-int softmax_grad_chunk_cuda(void* Z, const int64_t* crow, const void* col, const void* lse,
-                            const void* scale, int64_t B, int64_t N, int64_t n0, int64_t C,
-                            int64_t ldz, int64_t nnz, int dtype, int index_dtype,
-                            int64_t* err, int64_t err_tag, int device, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return on_device(device, B, dtype, index_dtype, [&](auto t, auto i) {
+int softmax_grad_chunk_cuda(const SoftmaxGradChunkArgs& a, const CudaLaunch& on) {
+  cudaStream_t s = static_cast<cudaStream_t>(on.stream);
+  return on_device(on.device, a.B, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    softmax_grad_chunk_kernel<T, I><<<blocks_for(B), kThreads, 0, s>>>(
-        static_cast<T*>(Z), crow, static_cast<const I*>(col), static_cast<const T*>(lse),
-        static_cast<const T*>(scale), B, N, n0, C, ldz, nnz, ErrorSink{err, err_tag});
+    softmax_grad_chunk_kernel<T, I><<<blocks_for(a.B), kThreads, 0, s>>>(
+        static_cast<T*>(a.Z), a.crow, static_cast<const I*>(a.col),
+        static_cast<const T*>(a.lse), static_cast<const T*>(a.scale), a.B, a.N, a.n0, a.C,
+        a.ldz, a.nnz, sink_of(on));
   });
 }
 

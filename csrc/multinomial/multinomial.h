@@ -23,42 +23,35 @@
 
 #include "checks.h"
 #include "common.h"
+#include "kernel_args.h"
 
 namespace deeprec {
 
-// The shared arguments of each entry point by name, in order (see masked_mse.h).
-inline constexpr const char* kLseChunkArgs[] = {
-    "Z", "crow", "col", "run_max", "run_sum", "observed", "B", "N", "n0", "C", "ldz", "nnz",
-    "dtype", "index_dtype"};
-inline constexpr const char* kSoftmaxGradChunkArgs[] = {
-    "Z", "crow", "col", "lse", "scale", "B", "N", "n0", "C", "ldz", "nnz", "dtype",
-    "index_dtype"};
+// Each epilogue's arguments, declared once (kernel_args.h): the chunk `Z` (B x C logits of
+// items n0 .. n0 + C, row stride ldz), the batch's structure (crow, col, nnz, index_dtype)
+// over N items, and its own state.
+// lse_chunk: run_max, run_sum, observed: double[B], the running state of one pass (written,
+// not read, when n0 == 0). After the last chunk lse_i = run_max[i] + log(run_sum[i]).
+#define DEEPREC_LSE_CHUNK_ARGS(X)                                                          \
+  X(const void*, Z) X(const int64_t*, crow) X(const void*, col) X(double*, run_max)       \
+  X(double*, run_sum) X(double*, observed) X(int64_t, B) X(int64_t, N) X(int64_t, n0)     \
+  X(int64_t, C) X(int64_t, ldz) X(int64_t, nnz) X(int, dtype) X(int, index_dtype)
+DEEPREC_KERNEL_ARGS(LseChunkArgs, DEEPREC_LSE_CHUNK_ARGS)
+// softmax_grad_chunk: lse: T[B], the forward's log-sum-exp per row; scale: one T (the
+// incoming gradient over B), host memory on the CPU, device memory on CUDA.
+#define DEEPREC_SOFTMAX_GRAD_CHUNK_ARGS(X)                                                 \
+  X(void*, Z) X(const int64_t*, crow) X(const void*, col) X(const void*, lse)             \
+  X(const void*, scale) X(int64_t, B) X(int64_t, N) X(int64_t, n0) X(int64_t, C)          \
+  X(int64_t, ldz) X(int64_t, nnz) X(int, dtype) X(int, index_dtype)
+DEEPREC_KERNEL_ARGS(SoftmaxGradChunkArgs, DEEPREC_SOFTMAX_GRAD_CHUNK_ARGS)
 inline constexpr int kMultinomialCpuDtypes[] = {kFloat32, kFloat64};
 inline constexpr int kMultinomialCudaDtypes[] = {kFloat32, kFloat64};
 
-// run_max, run_sum, observed: double[B], the running state of one pass (written, not read,
-// when n0 == 0). After the last chunk lse_i = run_max[i] + log(run_sum[i]).
-int lse_chunk_cpu(const void* Z, const int64_t* crow, const void* col, double* run_max,
-                  double* run_sum, double* observed, int64_t B, int64_t N, int64_t n0,
-                  int64_t C, int64_t ldz, int64_t nnz, int dtype, int index_dtype,
-                  int64_t* err, int64_t err_tag, int num_threads);
-
-// lse: T[B], the forward's log-sum-exp per row; scale: one T (the incoming gradient over
-// B), host memory on the CPU, device memory on CUDA.
-int softmax_grad_chunk_cpu(void* Z, const int64_t* crow, const void* col, const void* lse,
-                           const void* scale, int64_t B, int64_t N, int64_t n0, int64_t C,
-                           int64_t ldz, int64_t nnz, int dtype, int index_dtype, int64_t* err,
-                           int64_t err_tag, int num_threads);
-
-// CUDA twins on `stream` of `device` (one block per row; every pointer device memory).
-int lse_chunk_cuda(const void* Z, const int64_t* crow, const void* col, double* run_max,
-                   double* run_sum, double* observed, int64_t B, int64_t N, int64_t n0,
-                   int64_t C, int64_t ldz, int64_t nnz, int dtype, int index_dtype,
-                   int64_t* err, int64_t err_tag, int device, void* stream);
-int softmax_grad_chunk_cuda(void* Z, const int64_t* crow, const void* col, const void* lse,
-                            const void* scale, int64_t B, int64_t N, int64_t n0, int64_t C,
-                            int64_t ldz, int64_t nnz, int dtype, int index_dtype,
-                            int64_t* err, int64_t err_tag, int device, void* stream);
+int lse_chunk_cpu(const LseChunkArgs& a, const CpuLaunch& on);
+int softmax_grad_chunk_cpu(const SoftmaxGradChunkArgs& a, const CpuLaunch& on);
+// CUDA twins on `on.stream` of `on.device` (one block per row; every pointer device memory).
+int lse_chunk_cuda(const LseChunkArgs& a, const CudaLaunch& on);
+int softmax_grad_chunk_cuda(const SoftmaxGradChunkArgs& a, const CudaLaunch& on);
 
 // ------------------------------------------------ shared by cpu.cpp and cuda.cu (checks.h)
 // The entries of row i (offsets [k0, k1), already checked) whose column lies in

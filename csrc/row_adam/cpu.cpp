@@ -61,21 +61,18 @@ void row_adam(T* p, T* m, T* v, const T* g, const int64_t* ucol, int64_t U, int6
 
 }  // namespace
 
-int row_adam_cpu(void* p, void* m, void* v, const void* g, const int64_t* ucol, int64_t U,
-                 int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
-                 double b2, double eps, double wd, bool lazy, int dtype, int64_t* err,
-                 int64_t err_tag, int num_threads) {
-  const ErrorSink sink{err, err_tag};
-  for (int64_t u = 0; u < U; ++u) {
-    if (grad_row(ucol, u, N, sink) < 0) return kBadIndex;
+int row_adam_cpu(const RowAdamArgs& a, const CpuLaunch& on) {
+  const ErrorSink sink = sink_of(on);
+  for (int64_t u = 0; u < a.U; ++u) {
+    if (grad_row(a.ucol, u, a.N, sink) < 0) return kBadIndex;
   }
-  return dispatch_dtype(Floats{}, dtype, [&](auto t) {
+  return dispatch_dtype(Floats{}, a.dtype, [&](auto t) {
     using T = typename decltype(t)::type;
-    const AdamCoef<T> c{static_cast<T>(step_size), static_cast<T>(inv_sqrt_bc2),
-                        static_cast<T>(b1), static_cast<T>(1.0 - b1), static_cast<T>(b2),
-                        static_cast<T>(1.0 - b2), static_cast<T>(eps), static_cast<T>(wd)};
-    row_adam<T>(static_cast<T*>(p), static_cast<T*>(m), static_cast<T*>(v),
-                static_cast<const T*>(g), ucol, U, N, H, c, lazy, num_threads);
+    const AdamCoef<T> c{static_cast<T>(a.step_size), static_cast<T>(a.inv_sqrt_bc2),
+                        static_cast<T>(a.b1), static_cast<T>(1.0 - a.b1), static_cast<T>(a.b2),
+                        static_cast<T>(1.0 - a.b2), static_cast<T>(a.eps), static_cast<T>(a.wd)};
+    row_adam<T>(static_cast<T*>(a.p), static_cast<T*>(a.m), static_cast<T*>(a.v),
+                static_cast<const T*>(a.g), a.ucol, a.U, a.N, a.H, c, a.lazy, on.num_threads);
     return kOk;
   });
 }

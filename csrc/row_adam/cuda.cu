@@ -62,23 +62,20 @@ row_adam_kernel(T* __restrict__ p, T* __restrict__ m, T* __restrict__ v, const T
 
 }  // namespace
 
-int row_adam_cuda(void* p, void* m, void* v, const void* g, const int64_t* ucol, int64_t U,
-                  int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
-                  double b2, double eps, double wd, bool lazy, int dtype, int64_t* err,
-                  int64_t err_tag, int device, void* stream) {
+int row_adam_cuda(const RowAdamArgs& a, const CudaLaunch& on) {
   cuda::DeviceGuard guard;
-  if (const int st = cuda::fail(guard.set(device))) return st;
-  const int64_t rows = lazy ? U : std::max(N, U);
-  if (rows == 0 || H == 0) return kOk;
+  if (const int st = cuda::fail(guard.set(on.device))) return st;
+  const int64_t rows = a.lazy ? a.U : std::max(a.N, a.U);
+  if (rows == 0 || a.H == 0) return kOk;
   const unsigned int blocks = static_cast<unsigned int>(std::min(rows, kMaxBlocks));
-  auto s = static_cast<cudaStream_t>(stream);
-  return dispatch_dtype(Floats{}, dtype, [&](auto t) {
+  auto s = static_cast<cudaStream_t>(on.stream);
+  return dispatch_dtype(Floats{}, a.dtype, [&](auto t) {
     using T = typename decltype(t)::type;
     row_adam_kernel<T><<<blocks, kThreads, 0, s>>>(
-        static_cast<T*>(p), static_cast<T*>(m), static_cast<T*>(v), static_cast<const T*>(g),
-        ucol, U, N, H, static_cast<T>(step_size), static_cast<T>(inv_sqrt_bc2),
-        static_cast<T>(b1), static_cast<T>(b2), static_cast<T>(eps), static_cast<T>(wd), lazy,
-        ErrorSink{err, err_tag});
+        static_cast<T*>(a.p), static_cast<T*>(a.m), static_cast<T*>(a.v),
+        static_cast<const T*>(a.g), a.ucol, a.U, a.N, a.H, static_cast<T>(a.step_size),
+        static_cast<T>(a.inv_sqrt_bc2), static_cast<T>(a.b1), static_cast<T>(a.b2),
+        static_cast<T>(a.eps), static_cast<T>(a.wd), a.lazy, sink_of(on));
     return cuda::check_launch();
   });
 }

@@ -14,24 +14,22 @@
 #include <cstdint>
 
 #include "common.h"
+#include "kernel_args.h"
 
 namespace deeprec {
 
-// The shared arguments by name, in order (see masked_mse.h); then the device tail.
-inline constexpr const char* kRowAdamArgs[] = {
-    "p", "m", "v", "g", "ucol", "U", "N", "H", "step_size", "inv_sqrt_bc2", "b1", "b2", "eps",
-    "wd", "lazy", "dtype"};
+// The arguments of both entry points, declared once (kernel_args.h): the parameter `p` and
+// its moments `m`, `v` (N x H), the gradient rows `g` (U x H) of rows `ucol`, the update's
+// coefficients, `lazy`, and the scalar `dtype`.
+#define DEEPREC_ROW_ADAM_ARGS(X)                                                           \
+  X(void*, p) X(void*, m) X(void*, v) X(const void*, g) X(const int64_t*, ucol) X(int64_t, U) \
+  X(int64_t, N) X(int64_t, H) X(double, step_size) X(double, inv_sqrt_bc2) X(double, b1)    \
+  X(double, b2) X(double, eps) X(double, wd) X(bool, lazy) X(int, dtype)
+DEEPREC_KERNEL_ARGS(RowAdamArgs, DEEPREC_ROW_ADAM_ARGS)
 inline constexpr int kRowAdamCpuDtypes[] = {kFloat32, kFloat64};
 inline constexpr int kRowAdamCudaDtypes[] = {kFloat32, kFloat64};
 
-int row_adam_cpu(void* p, void* m, void* v, const void* g, const int64_t* ucol, int64_t U,
-                 int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
-                 double b2, double eps, double wd, bool lazy, int dtype, int64_t* err,
-                 int64_t err_tag, int num_threads);
-
-int row_adam_cuda(void* p, void* m, void* v, const void* g, const int64_t* ucol, int64_t U,
-                  int64_t N, int64_t H, double step_size, double inv_sqrt_bc2, double b1,
-                  double b2, double eps, double wd, bool lazy, int dtype, int64_t* err,
-                  int64_t err_tag, int device, void* stream);
+int row_adam_cpu(const RowAdamArgs& a, const CpuLaunch& on);
+int row_adam_cuda(const RowAdamArgs& a, const CudaLaunch& on);
 
 }  // namespace deeprec

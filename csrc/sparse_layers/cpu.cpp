@@ -80,7 +80,7 @@ void sddmm_residual(const int64_t* crow, const I* col, const T* val, const T* h,
           resid[k] = T(0);  // k itself lies inside [0, nnz): its row's offsets passed
           return;
         }
-        const T r = dot(hi, W + j * H, H) + bias[j] - val[k];
+        const T r = dot(hi, W + j * H, H) + (bias != nullptr ? bias[j] : T(0)) - val[k];
         resid[k] = r;
         sum += static_cast<double>(r) * static_cast<double>(r);
       });
@@ -169,52 +169,42 @@ void col_accumulate(const int64_t* ucol, const int64_t* uptr, const ColumnSums<T
 
 }  // namespace
 
-int spmm_rows_cpu(const int64_t* crow, const void* col, const void* val, const void* W,
-                  const void* bias, void* out, int64_t B, int64_t N, int64_t H, int64_t nnz,
-                  const void* scale, int dtype, int index_dtype, int64_t* err, int64_t err_tag,
-                  int num_threads) {
-  const ErrorSink sink{err, err_tag};
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+int spmm_rows_cpu(const SpmmRowsArgs& a, const CpuLaunch& on) {
+  const ErrorSink sink = sink_of(on);
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    spmm_rows<T, I>(crow, static_cast<const I*>(col), static_cast<const T*>(val),
-                    static_cast<const T*>(W), static_cast<const T*>(bias), static_cast<T*>(out),
-                    B, N, H, nnz, scalar_or_one<T>(scale), sink, num_threads);
+    spmm_rows<T, I>(a.crow, static_cast<const I*>(a.col), static_cast<const T*>(a.val),
+                    static_cast<const T*>(a.W), static_cast<const T*>(a.bias),
+                    static_cast<T*>(a.out), a.B, a.N, a.H, a.nnz, scalar_or_one<T>(a.scale), sink,
+                    on.num_threads);
     return failed(sink) ? kBadIndex : kOk;
   });
 }
 
-int sddmm_residual_cpu(const int64_t* crow, const void* col, const void* val, const void* h,
-                       const void* W, const void* bias, void* resid, void* loss, int64_t B,
-                       int64_t N, int64_t H, int64_t nnz, int dtype, int index_dtype,
-                       int64_t* err, int64_t err_tag, int num_threads) {
-  const ErrorSink sink{err, err_tag};
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+int sddmm_residual_cpu(const SddmmResidualArgs& a, const CpuLaunch& on) {
+  const ErrorSink sink = sink_of(on);
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    sddmm_residual<T, I>(crow, static_cast<const I*>(col), static_cast<const T*>(val),
-                         static_cast<const T*>(h), static_cast<const T*>(W),
-                         static_cast<const T*>(bias), static_cast<T*>(resid),
-                         static_cast<T*>(loss), B, N, H, nnz, sink, num_threads);
+    sddmm_residual<T, I>(a.crow, static_cast<const I*>(a.col), static_cast<const T*>(a.val),
+                         static_cast<const T*>(a.h), static_cast<const T*>(a.W),
+                         static_cast<const T*>(a.bias), static_cast<T*>(a.resid),
+                         static_cast<T*>(a.loss), a.B, a.N, a.H, a.nnz, sink, on.num_threads);
     return failed(sink) ? kBadIndex : kOk;
   });
 }
 
-int col_accumulate_cpu(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
-                       const int64_t* rows, const int64_t* crow, const void* col,
-                       const void* coef, const void* A, void* dW, void* db, int64_t U,
-                       int64_t N, int64_t B, int64_t H, int64_t nnz, const void* scale,
-                       int dtype, int index_dtype, bool compact, int64_t* err, int64_t err_tag,
-                       int num_threads) {
-  const ErrorSink sink{err, err_tag};
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+int col_accumulate_cpu(const ColAccumulateArgs& a, const CpuLaunch& on) {
+  const ErrorSink sink = sink_of(on);
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    const ColumnSums<T, I> sums{perm, rows, crow, static_cast<const I*>(col),
-                                static_cast<const T*>(coef), static_cast<const T*>(A), B, H,
-                                nnz, scalar_or_one<T>(scale), sink};
-    col_accumulate<T, I>(ucol, uptr, sums, static_cast<T*>(dW), static_cast<T*>(db), U, N,
-                         compact, num_threads);
+    const ColumnSums<T, I> sums{a.perm, a.rows, a.crow, static_cast<const I*>(a.col),
+                                static_cast<const T*>(a.coef), static_cast<const T*>(a.A), a.B,
+                                a.H, a.nnz, scalar_or_one<T>(a.scale), sink};
+    col_accumulate<T, I>(a.ucol, a.uptr, sums, static_cast<T*>(a.dW), static_cast<T*>(a.db),
+                         a.U, a.N, a.compact, on.num_threads);
     return failed(sink) ? kBadIndex : kOk;
   });
 }

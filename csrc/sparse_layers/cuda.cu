@@ -57,14 +57,14 @@ sddmm_residual_kernel(const int64_t* __restrict__ crow, const I* __restrict__ co
                       const T* __restrict__ val, const T* __restrict__ h,
                       const T* __restrict__ W, const T* __restrict__ bias, T* __restrict__ resid,
                       T* __restrict__ loss, int64_t B, int64_t N, int64_t H, int64_t nnz,
-                      T* __restrict__ partials, unsigned int* __restrict__ counter,
+                      double* __restrict__ partials, unsigned int* __restrict__ counter,
                       ErrorSink err) {
-  __shared__ T smem[kThreads];
+  __shared__ double smem[kThreads];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  T acc = T(0);  // squared residuals summed by lane 0 of each warp
+  double acc = 0.0;  // squared residuals summed by lane 0 of each warp, in double as on the CPU
   for (int64_t i = blockIdx.x; i < B; i += gridDim.x) {
     const T* hi = h + i * H;
-    int64_t k0 = 0, k1 = 0;  // a refused row has no entries
+    int64_t k0 = 0, k1 = 0;  // a refused row has no entries (its resid stays as zero-filled)
     row_entries(crow, i, B, nnz, err, &k0, &k1);
     for (int64_t k = k0 + warp; k < k1; k += kWarps) {
       // Lane 0 reads and checks the column; the warp follows its verdict as one.
@@ -79,18 +79,18 @@ sddmm_residual_kernel(const int64_t* __restrict__ crow, const I* __restrict__ co
       for (int64_t c = lane; c < H; c += 32) dot += hi[c] * w[c];
       for (int off = 16; off > 0; off >>= 1) dot += __shfl_down_sync(0xffffffffu, dot, off);
       if (lane == 0) {
-        const T r = dot + bias[j] - val[k];
+        const T r = dot + (bias != nullptr ? bias[j] : T(0)) - val[k];
         resid[k] = r;
-        acc += r * r;
+        acc += static_cast<double>(r) * static_cast<double>(r);
       }
     }
   }
   if (loss == nullptr) return;
-  const T block_total = cuda::block_sum<kThreads>(acc, smem);
-  T all;
+  const double block_total = cuda::block_sum<kThreads>(acc, smem);
+  double all;
   if (cuda::grid_sum_last_block<kThreads>(block_total, partials, counter, smem, &all) &&
       threadIdx.x == 0) {
-    *loss = nnz > 0 ? all / static_cast<T>(nnz) : T(0);
+    *loss = static_cast<T>(nnz > 0 ? all / static_cast<double>(nnz) : 0.0);
   }
 }
 
@@ -153,76 +153,66 @@ unsigned int grid_for(int64_t n) {
 
 }  // namespace
 
-int spmm_rows_cuda(const int64_t* crow, const void* col, const void* val, const void* W,
-                   const void* bias, void* out, int64_t B, int64_t N, int64_t H, int64_t nnz,
-                   const void* scale, int dtype, int index_dtype, int64_t* err,
-                   int64_t err_tag, int device, void* stream) {
-  if (index_dtype != kInt32 && index_dtype != kInt64) return kBadIndexDtype;
+int spmm_rows_cuda(const SpmmRowsArgs& a, const CudaLaunch& on) {
+  if (a.index_dtype != kInt32 && a.index_dtype != kInt64) return kBadIndexDtype;
   cuda::DeviceGuard guard;
-  if (const int st = cuda::fail(guard.set(device))) return st;
-  if (B == 0 || H == 0) return kOk;
-  auto s = static_cast<cudaStream_t>(stream);
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+  if (const int st = cuda::fail(guard.set(on.device))) return st;
+  if (a.B == 0 || a.H == 0) return kOk;
+  auto s = static_cast<cudaStream_t>(on.stream);
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    spmm_rows_kernel<T, I><<<grid_for(B), kThreads, 0, s>>>(
-        crow, static_cast<const I*>(col), static_cast<const T*>(val), static_cast<const T*>(W),
-        static_cast<const T*>(bias), static_cast<T*>(out), B, N, H, nnz,
-        static_cast<const T*>(scale), ErrorSink{err, err_tag});
+    spmm_rows_kernel<T, I><<<grid_for(a.B), kThreads, 0, s>>>(
+        a.crow, static_cast<const I*>(a.col), static_cast<const T*>(a.val),
+        static_cast<const T*>(a.W), static_cast<const T*>(a.bias), static_cast<T*>(a.out), a.B,
+        a.N, a.H, a.nnz, static_cast<const T*>(a.scale), sink_of(on));
     return cuda::check_launch();
   });
 }
 
-int sddmm_residual_cuda(const int64_t* crow, const void* col, const void* val, const void* h,
-                        const void* W, const void* bias, void* resid, void* loss, int64_t B,
-                        int64_t N, int64_t H, int64_t nnz, int dtype, int index_dtype,
-                        void* partials, void* counter, int64_t* err, int64_t err_tag,
-                        int device, void* stream) {
-  if (index_dtype != kInt32 && index_dtype != kInt64) return kBadIndexDtype;
+int sddmm_residual_cuda(const SddmmResidualArgs& a, const CudaLaunch& on) {
+  if (a.index_dtype != kInt32 && a.index_dtype != kInt64) return kBadIndexDtype;
   cuda::DeviceGuard guard;
-  if (const int st = cuda::fail(guard.set(device))) return st;
-  auto s = static_cast<cudaStream_t>(stream);
-  if (B == 0) {  // no rows: the loss is 0 (all-zero bits)
-    if (loss == nullptr) return kOk;
-    return cuda::fail(cudaMemsetAsync(loss, 0, dtype_size(dtype), s));
+  if (const int st = cuda::fail(guard.set(on.device))) return st;
+  auto s = static_cast<cudaStream_t>(on.stream);
+  if (a.B == 0) {  // no rows: the loss is 0 (all-zero bits)
+    if (a.loss == nullptr) return kOk;
+    return cuda::fail(cudaMemsetAsync(a.loss, 0, dtype_size(a.dtype), s));
   }
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    sddmm_residual_kernel<T, I><<<grid_for(B), kThreads, 0, s>>>(
-        crow, static_cast<const I*>(col), static_cast<const T*>(val), static_cast<const T*>(h),
-        static_cast<const T*>(W), static_cast<const T*>(bias), static_cast<T*>(resid),
-        static_cast<T*>(loss), B, N, H, nnz, static_cast<T*>(partials),
-        static_cast<unsigned int*>(counter), ErrorSink{err, err_tag});
+    sddmm_residual_kernel<T, I><<<grid_for(a.B), kThreads, 0, s>>>(
+        a.crow, static_cast<const I*>(a.col), static_cast<const T*>(a.val),
+        static_cast<const T*>(a.h), static_cast<const T*>(a.W), static_cast<const T*>(a.bias),
+        static_cast<T*>(a.resid), static_cast<T*>(a.loss), a.B, a.N, a.H, a.nnz,
+        static_cast<double*>(on.partials), static_cast<unsigned int*>(on.counter),
+        sink_of(on));
     return cuda::check_launch();
   });
 }
 
-int col_accumulate_cuda(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
-                        const int64_t* rows, const int64_t* crow, const void* col,
-                        const void* coef, const void* A, void* dW, void* db, int64_t U,
-                        int64_t N, int64_t B, int64_t H, int64_t nnz, const void* scale,
-                        int dtype, int index_dtype, bool compact, int64_t* err,
-                        int64_t err_tag, int device, void* stream) {
+int col_accumulate_cuda(const ColAccumulateArgs& a, const CudaLaunch& on) {
   cuda::DeviceGuard guard;
-  if (const int st = cuda::fail(guard.set(device))) return st;
-  auto s = static_cast<cudaStream_t>(stream);
-  const size_t elem = dtype_size(dtype);
+  if (const int st = cuda::fail(guard.set(on.device))) return st;
+  auto s = static_cast<cudaStream_t>(on.stream);
+  const size_t elem = dtype_size(a.dtype);
   cudaError_t status = cudaSuccess;
-  if (!compact) {  // untouched rows stay zero; compact output has no untouched rows
-    status = cudaMemsetAsync(dW, 0, static_cast<size_t>(N * H) * elem, s);
-    if (status == cudaSuccess && db != nullptr) {
-      status = cudaMemsetAsync(db, 0, static_cast<size_t>(N) * elem, s);
+  if (!a.compact) {  // untouched rows stay zero; compact output has no untouched rows
+    status = cudaMemsetAsync(a.dW, 0, static_cast<size_t>(a.N * a.H) * elem, s);
+    if (status == cudaSuccess && a.db != nullptr) {
+      status = cudaMemsetAsync(a.db, 0, static_cast<size_t>(a.N) * elem, s);
     }
   }
   if (status != cudaSuccess) return cuda::fail(status);
-  return dispatch(Floats{}, dtype, index_dtype, [&](auto t, auto i) {
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    col_accumulate_kernel<T, I><<<grid_for(U), kThreads, 0, s>>>(
-        perm, ucol, uptr, rows, crow, static_cast<const I*>(col), static_cast<const T*>(coef),
-        static_cast<const T*>(A), static_cast<T*>(dW), static_cast<T*>(db), U, N, B, H, nnz,
-        static_cast<const T*>(scale), compact, ErrorSink{err, err_tag});
+    col_accumulate_kernel<T, I><<<grid_for(a.U), kThreads, 0, s>>>(
+        a.perm, a.ucol, a.uptr, a.rows, a.crow, static_cast<const I*>(a.col),
+        static_cast<const T*>(a.coef), static_cast<const T*>(a.A), static_cast<T*>(a.dW),
+        static_cast<T*>(a.db), a.U, a.N, a.B, a.H, a.nnz, static_cast<const T*>(a.scale),
+        a.compact, sink_of(on));
     return cuda::check_launch();
   });
 }

@@ -13,41 +13,31 @@
 #include <cstdint>
 
 #include "common.h"
+#include "kernel_args.h"
 
 namespace deeprec {
 
-// The shared arguments of each entry point by name, in order (see masked_mse.h); then the
-// device tail (sddmm_residual's CUDA twin takes partials and counter before it).
-inline constexpr const char* kSpmmRowsArgs[] = {
-    "crow", "col", "val", "W", "bias", "out", "B", "N", "H", "nnz", "scale", "dtype",
-    "index_dtype"};
-inline constexpr const char* kSddmmResidualArgs[] = {
-    "crow", "col", "val", "h", "W", "bias", "resid", "loss", "B", "N", "H", "nnz", "dtype",
-    "index_dtype"};
-inline constexpr const char* kColAccumulateArgs[] = {
-    "perm", "ucol", "uptr", "rows", "crow", "col", "coef", "A", "dW", "db", "U", "N", "B", "H",
-    "nnz", "scale", "dtype", "index_dtype", "compact"};
-// The scalar dtypes of every sparse-layer entry point (deeprec._C.KERNEL_DTYPES).
-inline constexpr int kSparseLayersCpuDtypes[] = {kFloat32, kFloat64};
-inline constexpr int kSparseLayersCudaDtypes[] = {kFloat32, kFloat64};
+// Each kernel's arguments, declared once (kernel_args.h). `scale` (every kernel that has
+// one) points to one scalar of `dtype` multiplying the terms, or is null for 1: host memory
+// on the CPU, device memory on CUDA. A `bias` may be null (no bias).
 
-// `scale` (every function here) points to one scalar of dtype multiplying the terms, or
-// is nullptr for 1: host memory on the CPU, device memory on CUDA. CPU entry points
-// return kBadIndex when their error word records a refused index.
-
-// out[i, :] = bias + sum_{k in row i} scale * val[k] * W[col[k], :]   (bias may be null)
+// out[i, :] = bias + sum_{k in row i} scale * val[k] * W[col[k], :]
 // (input-layer forward with val = ratings; output-layer backward dh with val = residuals)
-int spmm_rows_cpu(const int64_t* crow, const void* col, const void* val, const void* W,
-                  const void* bias, void* out, int64_t B, int64_t N, int64_t H, int64_t nnz,
-                  const void* scale, int dtype, int index_dtype, int64_t* err, int64_t err_tag,
-                  int num_threads);
+#define DEEPREC_SPMM_ROWS_ARGS(X)                                                          \
+  X(const int64_t*, crow) X(const void*, col) X(const void*, val) X(const void*, W)       \
+  X(const void*, bias) X(void*, out) X(int64_t, B) X(int64_t, N) X(int64_t, H)            \
+  X(int64_t, nnz) X(const void*, scale) X(int, dtype) X(int, index_dtype)
+DEEPREC_KERNEL_ARGS(SpmmRowsArgs, DEEPREC_SPMM_ROWS_ARGS)
 
 // resid[k] = h[row k] . W[col[k], :] + bias[col[k]] - val[k]; *loss = sum resid^2 / nnz
-// (output layer + masked MSE forward). loss may be null.
-int sddmm_residual_cpu(const int64_t* crow, const void* col, const void* val, const void* h,
-                       const void* W, const void* bias, void* resid, void* loss, int64_t B,
-                       int64_t N, int64_t H, int64_t nnz, int dtype, int index_dtype,
-                       int64_t* err, int64_t err_tag, int num_threads);
+// (output layer + masked MSE forward), summed in double. loss may be null. An entry the
+// checks refuse gets resid 0 (the caller zero-fills resid, so a refused row's entries are
+// 0 too).
+#define DEEPREC_SDDMM_RESIDUAL_ARGS(X)                                                     \
+  X(const int64_t*, crow) X(const void*, col) X(const void*, val) X(const void*, h)       \
+  X(const void*, W) X(const void*, bias) X(void*, resid) X(void*, loss) X(int64_t, B)     \
+  X(int64_t, N) X(int64_t, H) X(int64_t, nnz) X(int, dtype) X(int, index_dtype)
+DEEPREC_KERNEL_ARGS(SddmmResidualArgs, DEEPREC_SDDMM_RESIDUAL_ARGS)
 
 // dW = 0 (N x H), then dW[ucol[u], :] = sum_{p in uptr[u]..uptr[u+1]} scale * coef[perm[p]] *
 // A[rows[perm[p]], :], and db[ucol[u]] likewise summed over coef (db may be null, else all N
@@ -55,32 +45,29 @@ int sddmm_residual_cpu(const int64_t* crow, const void* col, const void* val, co
 // compact: write only the U touched rows, dW (U x H) and db (U), row u for column ucol[u]
 // (the values of a sparse gradient). The index is checked against the batch it groups
 // (crow, col of B rows and nnz entries), A has B rows.
-int col_accumulate_cpu(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
-                       const int64_t* rows, const int64_t* crow, const void* col,
-                       const void* coef, const void* A, void* dW, void* db, int64_t U,
-                       int64_t N, int64_t B, int64_t H, int64_t nnz, const void* scale,
-                       int dtype, int index_dtype, bool compact, int64_t* err, int64_t err_tag,
-                       int num_threads);
+#define DEEPREC_COL_ACCUMULATE_ARGS(X)                                                     \
+  X(const int64_t*, perm) X(const int64_t*, ucol) X(const int64_t*, uptr)                 \
+  X(const int64_t*, rows) X(const int64_t*, crow) X(const void*, col) X(const void*, coef) \
+  X(const void*, A) X(void*, dW) X(void*, db) X(int64_t, U) X(int64_t, N) X(int64_t, B)   \
+  X(int64_t, H) X(int64_t, nnz) X(const void*, scale) X(int, dtype) X(int, index_dtype)   \
+  X(bool, compact)
+DEEPREC_KERNEL_ARGS(ColAccumulateArgs, DEEPREC_COL_ACCUMULATE_ARGS)
 
-// CUDA twins (float32 / float64) on `stream` of `device`. `scale` is a device pointer
-// to one scalar of dtype multiplying the terms (nullptr for 1); `partials` (>=
-// kSparseMaxBlocks doubles) and `counter` (uint32, zero on entry, left zero) serve the
-// deterministic loss reduction of sddmm; `err` is the device error word.
+// The scalar dtypes of every sparse-layer entry point (deeprec._C.KERNEL_DTYPES).
+inline constexpr int kSparseLayersCpuDtypes[] = {kFloat32, kFloat64};
+inline constexpr int kSparseLayersCudaDtypes[] = {kFloat32, kFloat64};
+
+// CPU entry points return kBadIndex when their error word records a refused index.
+int spmm_rows_cpu(const SpmmRowsArgs& a, const CpuLaunch& on);
+int sddmm_residual_cpu(const SddmmResidualArgs& a, const CpuLaunch& on);
+int col_accumulate_cpu(const ColAccumulateArgs& a, const CpuLaunch& on);
+
+// CUDA twins (float32 / float64) on `on.stream` of `on.device`; sddmm_residual's loss uses
+// the workspace (>= kSparseMaxBlocks doubles in `on.partials`) for its deterministic
+// reduction; `on.err` is the device error word.
 constexpr int64_t kSparseMaxBlocks = 2048;
-int spmm_rows_cuda(const int64_t* crow, const void* col, const void* val, const void* W,
-                   const void* bias, void* out, int64_t B, int64_t N, int64_t H, int64_t nnz,
-                   const void* scale, int dtype, int index_dtype, int64_t* err,
-                   int64_t err_tag, int device, void* stream);
-int sddmm_residual_cuda(const int64_t* crow, const void* col, const void* val, const void* h,
-                        const void* W, const void* bias, void* resid, void* loss, int64_t B,
-                        int64_t N, int64_t H, int64_t nnz, int dtype, int index_dtype,
-                        void* partials, void* counter, int64_t* err, int64_t err_tag,
-                        int device, void* stream);
-int col_accumulate_cuda(const int64_t* perm, const int64_t* ucol, const int64_t* uptr,
-                        const int64_t* rows, const int64_t* crow, const void* col,
-                        const void* coef, const void* A, void* dW, void* db, int64_t U,
-                        int64_t N, int64_t B, int64_t H, int64_t nnz, const void* scale,
-                        int dtype, int index_dtype, bool compact, int64_t* err,
-                        int64_t err_tag, int device, void* stream);
+int spmm_rows_cuda(const SpmmRowsArgs& a, const CudaLaunch& on);
+int sddmm_residual_cuda(const SddmmResidualArgs& a, const CudaLaunch& on);
+int col_accumulate_cuda(const ColAccumulateArgs& a, const CudaLaunch& on);
 
 }  // namespace deeprec

@@ -43,17 +43,19 @@ class ColumnIndex(NamedTuple):
 
 
 # ------------------------------------------------------------------ unpacking
-def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRParts:
+def unpack(target: object, shape: tuple[int | None, int | None], name: str = "target") -> CSRParts:
     """Split a Batch, a torch sparse CSR tensor or a (crow, col, val) triple into parts
     whose metadata is checked (values are the kernels' to check).
 
-    ``shape`` is the dense (B, N) shape the batch must have. crow is converted to
-    int64 and every part made contiguous (copies only where needed). Raises
-    TypeError or ValueError naming ``name`` and what is wrong.
+    ``shape`` is the dense (B, N) shape the batch must have (None: a dimension the caller
+    could not tell, which the op's own check then refuses). crow is converted to int64 and
+    every part made contiguous (copies only where needed). Raises TypeError or ValueError
+    naming ``name`` and what is wrong.
     """
+    rows, cols = shape
     if isinstance(target, Batch):
-        if target.n_cols != shape[1]:
-            raise ValueError(f"{name} has {target.n_cols} columns but output has {shape[1]}")
+        if cols is not None and target.n_cols != cols:
+            raise ValueError(f"{name} has {target.n_cols} columns but the op has {cols}")
         crow, col, val = target.csr
     elif isinstance(target, torch.Tensor):
         if target.layout != torch.sparse_csr:
@@ -61,10 +63,9 @@ def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRP
                 f"{name} must be a torch sparse CSR tensor or a (crow, col, val) triple, "
                 f"got a tensor with layout {target.layout}"
             )
-        if tuple(target.shape) != tuple(shape):
-            raise ValueError(
-                f"{name} has shape {tuple(target.shape)} but output has shape {tuple(shape)}"
-            )
+        want = tuple(target.shape[k] if d is None else d for k, d in enumerate(shape))
+        if tuple(target.shape) != want:
+            raise ValueError(f"{name} has shape {tuple(target.shape)} but the op has {want}")
         crow, col, val = _copied_parts(target)
     elif isinstance(target, (tuple, list)) and len(target) == 3:
         crow, col, val = target
@@ -73,12 +74,24 @@ def unpack(target: object, shape: tuple[int, int], name: str = "target") -> CSRP
             f"{name} must be a Batch, a torch sparse CSR tensor or a (crow, col, val) triple, "
             f"got {type(target).__name__}"
         )
-    check_structure(crow, col, val, shape[0], name, need_contiguous=False)
+    check_structure(crow, col, val, rows, name, need_contiguous=False)
     return CSRParts(crow.to(torch.int64).contiguous(), col.contiguous(), val.contiguous())
 
 
+def dim(t: object, k: int, rank: int = 2) -> int | None:
+    """Size ``k`` of a tensor of rank ``rank``, else None (for ``unpack``'s shape, before the
+    op's check has seen the tensor, which then says what is wrong with it)."""
+    return t.shape[k] if isinstance(t, torch.Tensor) and t.dim() == rank else None
+
+
+def contiguous(t: object) -> object:
+    """A tensor as a contiguous one (a copy only where it is not); anything else as it is,
+    for the op's check to refuse."""
+    return t.contiguous() if isinstance(t, torch.Tensor) and t.layout == torch.strided else t
+
+
 def unpack_structure(
-    target: object, shape: tuple[int, int], name: str = "target"
+    target: object, shape: tuple[int | None, int | None], name: str = "target"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(crow int64, col) of a batch whose values no op reads: what ``unpack`` takes, or a
     (crow, col) pair; metadata checked, both contiguous."""
@@ -129,7 +142,7 @@ def check_structure(
     crow: object,
     col: object,
     val: object,
-    n_rows: int,
+    n_rows: int | None,
     name: str = "target",
     *,
     need_contiguous: bool = True,
@@ -160,14 +173,14 @@ def check_structure(
         raise TypeError(f"{name}: val must be floating point, got {val.dtype}")
     if crow.numel() == 0:
         raise ValueError(f"{name}: crow is empty; a batch of B rows needs B + 1 offsets")
-    if crow.numel() != n_rows + 1:
+    if n_rows is not None and crow.numel() != n_rows + 1:
         raise ValueError(
             f"{name}: crow has {crow.numel()} entries but the batch has {n_rows} rows "
             f"(expected {n_rows + 1})"
         )
     if val is not None and col.numel() != val.numel():
         raise ValueError(f"{name}: col has {col.numel()} entries but val has {val.numel()}")
-    if n_rows == 0 and col.numel() != 0:
+    if crow.numel() == 1 and col.numel() != 0:
         raise ValueError(f"{name}: a batch of 0 rows stores no entries, got {col.numel()}")
     if len({part.device for part, _ in parts}) != 1:
         devices = ", ".join(str(part.device) for part, _ in parts)

@@ -16,7 +16,7 @@ from deeprec import choices
 from deeprec.config import Config
 from deeprec.csr import entry_rows as entry_rows_of
 from deeprec.ops import multinomial_nll, sparse_linear, sparse_output_mse
-from deeprec.ops.launch import ChosenImpl
+from deeprec.ops.schema import ChosenImpl
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -205,6 +205,7 @@ class AutoEncoder(nn.Module):
         col: torch.Tensor,
         *,
         impl: ChosenImpl,
+        backend: str,
         index=None,
         beta: float = 0.0,
     ) -> torch.Tensor:
@@ -213,20 +214,18 @@ class AutoEncoder(nn.Module):
         item, averaged over the rows; a variational model adds ``beta`` times its KL term
         (Mult-VAE). The input is each row's binary vector scaled to unit length, read by
         the sparse input layer (no dense input). impl "fused": the output layer and softmax
-        chunk by chunk (deeprec.ops.multinomial_nll, no batch x items logits); "reference":
-        the dense log-softmax. Equals multinomial_reference on the dense rows."""
+        chunk by chunk (deeprec.ops.multinomial_nll, no batch x items logits), its epilogue
+        and the input layer on ``backend``; "reference": the dense log-softmax. Equals
+        multinomial_reference on the dense rows."""
         rows = entry_rows_of(crow, col.numel())
         x_val = self.input_values(crow, col, None, rows)
         first = self.encoder[0]
-        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
+        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl,
+                           backend=backend)  # fmt: skip
         z, kl = self.code(z1)
         h = self.decode_hidden(z)
         out_weight, out_bias = self.output_layer()
-        if impl == "reference":
-            log_p = nn.functional.linear(h, out_weight, out_bias).log_softmax(1)
-            nll = -log_p[rows, col].sum() / max(crow.numel() - 1, 1)
-        else:
-            nll = multinomial_nll(h, out_weight, out_bias, (crow, col), impl=impl)
+        nll = multinomial_nll(h, out_weight, out_bias, (crow, col), impl=impl, backend=backend)
         return nll if kl is None else nll + beta * kl
 
     def input_values(self, crow, col, val, rows=None) -> torch.Tensor:
@@ -245,12 +244,14 @@ class AutoEncoder(nn.Module):
         val: torch.Tensor,
         *,
         impl: ChosenImpl,
+        backend: str,
         index=None,
         sparse_grad: bool = False,
     ) -> torch.Tensor:
         """Masked MSE of this model on a CSR batch, with no dense N-wide tensor anywhere.
 
         Equals masked_mse(self(dense batch), batch) and has the same gradients.
+        backend: the sparse layers' ("native" or "torch", deeprec.ops.backends).
         sparse_grad: the item-major weights (and output bias) get sparse COO gradients
         holding the batch's items only (see item_parameters()).
         """
@@ -265,37 +266,42 @@ class AutoEncoder(nn.Module):
             first.bias,
             index=index,
             impl=impl,
+            backend=backend,
             sparse_grad=sparse_grad,
         )
         h = self.decode_hidden(self.encode_rest(z1))
         weight, bias = self.output_layer()
         return sparse_output_mse(
-            h, weight, bias, (crow, col, val), index=index, impl=impl, sparse_grad=sparse_grad
-        )
+            h, weight, bias, (crow, col, val), index=index, impl=impl, backend=backend,
+            sparse_grad=sparse_grad,
+        )  # fmt: skip
 
-    def hidden_of(self, crow, col, val, *, impl: ChosenImpl, index=None) -> torch.Tensor:
+    def hidden_of(self, crow, col, val, *, impl: ChosenImpl, backend: str,
+                  index=None) -> torch.Tensor:  # fmt: skip
         """The last hidden activations of a CSR batch of input rows, read by the sparse
         input layer (no dense input): what the output layer reads."""
         first = self.encoder[0]
         x_val = self.input_values(crow, col, val)
-        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl)
+        z1 = sparse_linear((crow, col, x_val), first.weight, first.bias, index=index, impl=impl,
+                           backend=backend)  # fmt: skip
         return self.decode_hidden(self.encode_rest(z1))
 
     def outputs_at(
-        self, crow, col, val, rows, cols, *, impl: ChosenImpl, index=None
+        self, crow, col, val, rows, cols, *, impl: ChosenImpl, backend: str, index=None
     ) -> torch.Tensor:
         """The outputs at entries (rows[k], cols[k]) of a CSR batch's reconstruction, with no
         dense N-wide tensor: evaluation at a catalog's scale. Needs a linear output layer."""
         if not linear_output(self.config["last_activation"]):
             raise ValueError("outputs_at needs last_activation='none' (a linear output layer)")
-        h = self.hidden_of(crow, col, val, impl=impl, index=index)
+        h = self.hidden_of(crow, col, val, impl=impl, backend=backend, index=index)
         weight, bias = self.output_layer()
         return (h[rows] * weight[cols]).sum(1) + bias[cols]
 
-    def reconstruct(self, crow, col, val, *, impl: ChosenImpl, index=None) -> torch.Tensor:
+    def reconstruct(self, crow, col, val, *, impl: ChosenImpl, backend: str,
+                    index=None) -> torch.Tensor:  # fmt: skip
         """Whole output rows for a CSR batch of input rows, read by the sparse input layer
         (no dense input): forward(dense rows), at a catalogue's scale half the work."""
-        h = self.hidden_of(crow, col, val, impl=impl, index=index)
+        h = self.hidden_of(crow, col, val, impl=impl, backend=backend, index=index)
         weight, bias = self.output_layer()
         return self.last_act(nn.functional.linear(h, weight, bias))
 

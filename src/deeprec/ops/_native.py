@@ -5,7 +5,7 @@ import failure is recorded here and reported by ``deeprec.info`` and by
 ``impl="fused"`` errors instead of being raised at ``import deeprec``. A module
 built from other sources than this package (a stale build: another version, or
 another argument convention) counts as not importable, with that reason: calling
-it could pass arguments its kernels read differently.
+it could pass arguments its kernels read differently, or report refusals under other codes.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from types import ModuleType
 import torch
 
 from deeprec import __version__
+from deeprec.ops.errors import CHECKS
 
 # The entry points' argument convention this package calls (csrc/bindings.cpp, kAbi).
-NATIVE_ABI = 6
+NATIVE_ABI = 7
 
 
 def _stale(module: ModuleType) -> str | None:
@@ -29,6 +30,11 @@ def _stale(module: ModuleType) -> str | None:
         return (
             f"stale build: deeprec._C is from deeprec {built} (ABI {abi}) but the package is "
             f"{__version__} (ABI {NATIVE_ABI}); rebuild it with `pip install .`"
+        )
+    if dict(getattr(module, "CHECKS", {})) != CHECKS:
+        return (
+            "stale build: deeprec._C reports refused indices under other check codes than "
+            "deeprec.ops.errors.CHECKS; rebuild it with `pip install .`"
         )
     return None
 
@@ -51,9 +57,10 @@ INDEX_CODE = {getattr(torch, k): v for k, v in (_C.INDEX_CODES.items() if _C els
 
 def call(entry: str, args: dict[str, object]) -> None:
     """deeprec._C.<entry> with every argument given by name: the names must be exactly the
-    entry point's (KERNEL_ARGS, from the family headers), so a missing, extra or misnamed
-    argument is a TypeError, never a value in the wrong place. Called positionally in the
-    declared order (a keyword call costs pybind11 microseconds per launch)."""
+    entry point's fields (KERNEL_ARGS: the kernel's argument struct, then its device's
+    launch struct, csrc/kernel_args.h), so a missing, extra or misnamed argument is a
+    TypeError, never a value in the wrong place. Called positionally in the declared order
+    (a keyword call costs pybind11 microseconds per launch)."""
     C = module()  # through module(), which benchmarks/overhead.py swaps for a no-op stub
     names = C.KERNEL_ARGS[entry]
     if tuple(args) != names:
@@ -65,7 +72,8 @@ def call(entry: str, args: dict[str, object]) -> None:
 
 
 def kernel_dtypes(family: str, device_type: str) -> tuple[torch.dtype, ...]:
-    """The scalar dtypes kernel ``family`` (masked_mse, sparse_layers, row_adam) runs on
+    """The scalar dtypes kernel ``family`` (masked_mse, sparse_layers, row_adam, multinomial)
+    runs on
     ``device_type``, as the compiled module's table says (empty without the module)."""
     if _C is None:
         return ()
@@ -126,14 +134,32 @@ def unavailable_reason(device: torch.device | str) -> str | None:
         return f"the native module deeprec._C is not importable ({IMPORT_ERROR})"
     if device.type == "cpu":
         return ISA_ERROR
-    if device.type != "cuda":
-        return f"no fused kernels for device type {device.type!r}"
-    if not _C.WITH_CUDA:
-        return "deeprec was built without CUDA kernels (nvcc not found or DEEPREC_CUDA=0)"
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device"
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    problem = _C.cuda_kernel_problem(index)
-    if problem:
-        return f"the CUDA kernels cannot run on cuda:{index} ({problem}; built for {_C.CUDA_ARCHS})"
-    return None
+    if device.type == "cuda":
+        return _cuda_reason(device.index if device.index is not None else _current_cuda())
+    return f"no fused kernels for device type {device.type!r}"
+
+
+def _current_cuda() -> int:
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
+
+
+_cuda_reasons: dict[int, str | None] = {}
+
+
+def _cuda_reason(index: int) -> str | None:
+    """Why the CUDA kernels cannot run on cuda:index (a constant of the process, asked once
+    per device: every launch asks)."""
+    if index not in _cuda_reasons:
+        if not _C.WITH_CUDA:
+            reason = "deeprec was built without CUDA kernels (nvcc not found or DEEPREC_CUDA=0)"
+        elif not torch.cuda.is_available():
+            reason = "torch sees no CUDA device"
+        elif problem := _C.cuda_kernel_problem(index):
+            reason = (
+                f"the CUDA kernels cannot run on cuda:{index} ({problem}; built for "
+                f"{_C.CUDA_ARCHS})"
+            )
+        else:
+            reason = None
+        _cuda_reasons[index] = reason
+    return _cuda_reasons[index]

@@ -3,10 +3,10 @@
 ``masked_mse`` is the training loss: the mean squared error over the entries
 stored in a CSR batch of ratings (an explicit 0.0 rating counts; absent
 entries do not). The fused version is the op deeprec::masked_mse, defined below (the
-kernel: csrc/masked_mse/), so
-it works with ``torch.compile`` and ``torch.library.opcheck``, and eager calls skip the
-custom-op dispatcher's per-call cost. Python checks the batch's metadata; the kernels
-check its indices as they read them, in forward and again in backward.
+kernel: csrc/masked_mse/), so it works with ``torch.compile`` and
+``torch.library.opcheck``. ``Op.check`` checks the batch's metadata; the kernels check its
+indices as they read them, in forward and again in backward (the reference route checks
+them with torch ops first, ops/device_checks.py).
 
 Forward reads only the nnz stored predictions; backward recomputes the
 residuals and writes the dense gradient in one pass, already scaled by the
@@ -19,17 +19,10 @@ from __future__ import annotations
 import torch
 
 from deeprec import csr
-from deeprec.ops.launch import (
-    Impl,
-    as_scalar,
-    batch_args,
-    check_kernel,
-    choose_impl,
-    dtype_code,
-    launch,
-)
+from deeprec.ops.device_checks import checked_csr
+from deeprec.ops.native import DeviceKernels, batch_args
 from deeprec.ops.reference import masked_mse_reference
-from deeprec.ops.schema import Op
+from deeprec.ops.schema import Impl, Op, as_scalar, check_grad
 
 __all__ = ["masked_mse", "masked_mse_reference"]
 
@@ -44,30 +37,15 @@ def masked_mse(output: torch.Tensor, target: object, *, impl: Impl = "auto") -> 
     stored. ``impl``: "reference" (pure PyTorch), "fused" (native; raises if
     unavailable), "auto" (fused when available, else reference with one warning).
     """
-    if not isinstance(output, torch.Tensor):
-        raise TypeError(f"output must be a torch.Tensor, got {type(output).__name__}")
-    if output.dim() != 2:
-        raise ValueError(f"output must be 2-D (batch x items), got shape {tuple(output.shape)}")
-    if not output.is_floating_point():
-        raise TypeError(f"output must be a floating-point tensor, got {output.dtype}")
-    parts = csr.unpack(target, tuple(output.shape))
-    if parts.val.dtype != output.dtype:
-        raise TypeError(f"target values have dtype {parts.val.dtype} but output has {output.dtype}")
-    if parts.crow.device != output.device:
-        raise ValueError(f"target is on {parts.crow.device} but output is on {output.device}")
-    if choose_impl(output, impl, "masked_mse", "masked_mse") == "reference":
-        if not torch.compiler.is_compiling():
-            csr.check_values(parts, output.shape[1])
-        return masked_mse_reference(output, *parts)
-    if not output.is_contiguous():
-        raise ValueError("output must be contiguous for the fused masked_mse (call .contiguous())")
-    return MASKED_MSE(output, *parts)
+    parts = csr.unpack(target, (csr.dim(output, 0), csr.dim(output, 1)))
+    return MASKED_MSE.call(impl, csr.contiguous(output), *parts)
 
 
 # ------------------------------------------------------------------ the op's definition
-def _check_masked_mse(output, crow, col, val) -> None:
+def _check(output, crow, col, val) -> None:
     csr.check_tensor(output, "output", dim=2)
-    check_kernel("masked_mse", output, "masked_mse")
+    if not output.is_floating_point():
+        raise TypeError(f"output must be floating point, got {output.dtype}")
     csr.check_structure(crow, col, val, output.shape[0])
     if val.dtype != output.dtype:
         raise TypeError(f"target values have dtype {val.dtype} but output has {output.dtype}")
@@ -75,57 +53,65 @@ def _check_masked_mse(output, crow, col, val) -> None:
         raise ValueError(f"target is on {crow.device} but output is on {output.device}")
 
 
-def masked_mse_launch(output, crow, col, val, loss, grad, grad_scale) -> None:
+def launch_kernel(kernels: DeviceKernels, output, crow, col, val, loss, grad,
+                  grad_scale) -> None:  # fmt: skip
     """The kernel: the loss (into ``loss``) or the gradient (into ``grad``, scaled)."""
     B, N = output.shape
-    launch("masked_mse.masked_mse", output.device,
-           op="masked_mse" if loss is not None else "masked_mse backward",
-           reduce=loss is not None, out=output, **batch_args(crow, col), val=val, B=B, N=N,
-           dtype=dtype_code(output), loss=loss, grad=grad, grad_scale=grad_scale)  # fmt: skip
+    kernels.launch("masked_mse.masked_mse", output.device, dtype=output.dtype,
+                   op="masked_mse" if loss is not None else "masked_mse backward",
+                   reduce=loss is not None, out=output, **batch_args(crow, col), val=val, B=B,
+                   N=N, loss=loss, grad=grad, grad_scale=grad_scale)  # fmt: skip
 
 
-def _masked_mse_run(
-    output: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor
+def _run(
+    kernels: DeviceKernels,
+    output: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    val: torch.Tensor,
 ) -> torch.Tensor:
     """Mean squared error of ``output`` at the entries the CSR batch stores."""
     loss = output.new_empty(())
-    masked_mse_launch(output, crow, col, val, loss, None, None)
+    launch_kernel(kernels, output, crow, col, val, loss, None, None)
     return loss
 
 
-def _masked_mse_setup(ctx, inputs, output):
+def _reference(output, crow, col, val) -> torch.Tensor:
+    checked = checked_csr("masked_mse", csr.CSRParts(crow, col, val), output.shape[1])
+    return masked_mse_reference(output, checked.crow, checked.col, checked.val)
+
+
+def _setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _masked_mse_backward(ctx, grad):
-    if grad is None:  # eager path, materialize_grads off: no gradient came
-        return None, None, None, None
+def _backward(ctx, grad):
     output, crow, col, val = ctx.saved_tensors
     grad_output = None
     if ctx.needs_input_grad[0]:
-        grad_output = MASKED_MSE_BACKWARD.grad(ctx, grad, output, crow, col, val)
+        grad_output = MASKED_MSE_BACKWARD(grad, output, crow, col, val)
     return grad_output, None, None, None
 
 
 MASKED_MSE = Op(
     "masked_mse",
-    _check_masked_mse,
-    _masked_mse_run,
+    _check,
+    _run,
     fake=lambda output, crow, col, val: output.new_empty(()),
-    setup=_masked_mse_setup,
-    backward=_masked_mse_backward,
+    family="masked_mse",
+    reference=_reference,
+    setup=_setup,
+    backward=_backward,
 )
 
 
-def _check_masked_mse_backward(grad, output, crow, col, val) -> None:
-    _check_masked_mse(output, crow, col, val)
-    if not isinstance(grad, torch.Tensor) or grad.numel() != 1 or not grad.is_floating_point():
-        raise ValueError("deeprec::masked_mse_backward: grad must be a one-element float tensor")
-    if grad.device != output.device:
-        raise ValueError(f"grad is on {grad.device} but output is on {output.device}")
+def _check_backward(grad, output, crow, col, val) -> None:
+    _check(output, crow, col, val)
+    check_grad(grad, output, "masked_mse_backward")
 
 
-def _masked_mse_backward_run(
+def _backward_run(
+    kernels: DeviceKernels,
     grad: torch.Tensor,
     output: torch.Tensor,
     crow: torch.Tensor,
@@ -134,15 +120,17 @@ def _masked_mse_backward_run(
 ) -> torch.Tensor:
     """d loss / d output, scaled by ``grad``; dense, zero where nothing is stored."""
     out = torch.empty_like(output, memory_format=torch.contiguous_format)
-    masked_mse_launch(output, crow, col, val, None, out, as_scalar(grad, output.dtype))
+    launch_kernel(kernels, output, crow, col, val, None, out, as_scalar(grad, output.dtype))
     return out
 
 
 MASKED_MSE_BACKWARD = Op(
     "masked_mse_backward",
-    _check_masked_mse_backward,
-    _masked_mse_backward_run,
+    _check_backward,
+    _backward_run,
     fake=lambda grad, output, crow, col, val: torch.empty_like(
         output, memory_format=torch.contiguous_format
     ),
+    family="masked_mse",
+    lead=1,
 )

@@ -32,13 +32,15 @@ def sparse_linear_reference(
 
 
 def sparse_output_mse_reference(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, parts: csr.CSRParts
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, parts: csr.CSRParts
 ) -> torch.Tensor:
-    """Masked MSE of h @ W^T + b at the stored entries only."""
+    """Masked MSE of h @ W^T + b at the stored entries only (no bias: b = 0)."""
     crow, col, val = parts
     nnz = col.numel()
     rows = csr.entry_rows(crow, nnz)
-    pred = (h[rows] * weight[col]).sum(1) + bias[col]
+    pred = (h[rows] * weight[col]).sum(1)
+    if bias is not None:
+        pred = pred + bias[col]
     return ((pred - val) ** 2).sum() / max(nnz, 1)
 
 
@@ -62,15 +64,16 @@ def row_adam_reference(
     values = values.reshape(ucol.numel(), *p.shape[1:])
     if lazy:
         rows = (p[ucol], exp_avg[ucol], exp_avg_sq[ucol])
-        _adam(*rows, values, step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay)
+        adam_update(*rows, values, step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay)
         p[ucol], exp_avg[ucol], exp_avg_sq[ucol] = rows
         return
     g = torch.zeros_like(p)
     g[ucol] = values
-    _adam(p, exp_avg, exp_avg_sq, g, step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay)
+    adam_update(p, exp_avg, exp_avg_sq, g, step_size, inv_sqrt_bc2, b1, b2, eps, weight_decay)
 
 
-def _adam(p, m, v, g, step_size, inv_sqrt_bc2, b1, b2, eps, wd) -> None:
+def adam_update(p, m, v, g, step_size, inv_sqrt_bc2, b1, b2, eps, wd) -> None:
+    """torch's Adam step on whole tensors, in place: g + wd p into the moments, then p."""
     g = g + wd * p
     m.mul_(b1).add_(g, alpha=1.0 - b1)
     v.mul_(b2).addcmul_(g, g, value=1.0 - b2)

@@ -1,36 +1,61 @@
-"""The one mechanism that defines a ``deeprec::`` op: its schema, fake, autograd and eager
-fast path, from plain functions; and the metadata checks the ops share.
+"""The one mechanism that defines a ``deeprec::`` op: its schema, one validator, a kernel per
+device registered with torch's dispatcher, fake and autograd; and the checks ops share.
 
-An op is an ``Op`` built from plain functions: ``check`` (the metadata of everything the
-kernels read: dtypes, devices, shapes, lengths), ``run`` (the kernel launches, arguments
-by name; the kernels check every index they read), ``fake`` (output shapes only, for
-torch.compile and opcheck) and, for differentiable ops, ``setup`` and ``backward``.
-Each op's functions sit beside its public wrapper, in the module named as its kernel
-family (masked_mse.py, sparse_layers.py, row_adam.py, multinomial.py).
+An op is an ``Op`` built from plain functions:
 
-``Op`` registers them with ``torch.library`` (what torch.compile and opcheck see) and
-builds the eager fast path from the same functions: an autograd.Function that skips the
-custom-op dispatcher's per-call Python layer. A backward calls the ops it needs through
-``Op.grad``: from the registered op's autograd (torch.compile, opcheck) that is the
-registered op, opaque in the graph; on the eager fast path it is the op's ``run`` (the
-saved inputs were checked in forward; the kernels check their indices again as they read
-them, since an edit autograd's version counter cannot see may have happened in between).
+- ``check``: the one validator: the metadata of everything the op reads (types, dtypes,
+  devices, shapes, lengths), never values. Every path runs it: the registered op before its
+  kernel, and the pure-PyTorch reference route of the public wrapper.
+- ``run(kernels, *args)``: the computation, for the device whose ``native.DeviceKernels``
+  it is handed. Its annotated signature (less ``kernels``) is the op's schema. ``Op``
+  registers it once per device type with ``torch.library`` (``register_kernel``), so
+  torch's dispatcher routes each call to its device's kernel.
+- ``fake`` (output shapes, for torch.compile and opcheck), and for a differentiable op
+  ``setup`` and ``backward`` (``register_autograd``; a backward calls the ops it needs).
+- ``reference``: the pure-PyTorch definition, on the op's own arguments.
+
+Every call goes through the dispatcher: measured on this package's CPU workloads
+(benchmarks/compare_builds.py), routing by the dispatcher and torch's custom-op autograd
+cost no more than the hand-routed autograd.Function the package used before
+(docs/design.md, "Ops on the dispatcher").
+
+A public wrapper only normalises its inputs (a CSR target into its parts, contiguous
+copies, the default backend) and calls ``Op.call(impl, ...)``, which picks the
+implementation.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
-DEVICES = ("cpu", "cuda")
+from deeprec.ops import _native, native
+
+Impl = Literal["auto", "fused", "reference"]
+# An impl already decided (by deeprec.training.plan), as the model and training receive it.
+ChosenImpl = Literal["fused", "reference"]
+
 # Every Op, in the order defined (each op module imports this one and adds its own).
 OPS: list[Op] = []
 
+# What a schema's annotation asks of an argument: (the Python types, None allowed); the
+# symbolic kinds are what torch.compile and opcheck pass while tracing.
+_KINDS = {
+    "torch.Tensor": ((torch.Tensor,), False),
+    "torch.Tensor | None": ((torch.Tensor,), True),
+    "int": ((int, torch.SymInt), False),
+    "float": ((float, int, torch.SymFloat, torch.SymInt), False),
+    "bool": ((bool, torch.SymBool), False),
+    "str": ((str,), False),
+}
+
 
 class Op:
-    """One registered op and its eager fast path, from one set of functions."""
+    """One registered op: its validator, its kernel on each device, fake and autograd."""
 
     def __init__(
         self,
@@ -38,80 +63,169 @@ class Op:
         check: Callable[..., None],
         run: Callable,
         fake: Callable,
+        *,
+        family: str,
+        reference: Callable | None = None,
         setup: Callable | None = None,
         backward: Callable | None = None,
         mutates: tuple[str, ...] = (),
+        lead: int = 0,
+        public: str | None = None,
     ) -> None:
-        self.name, self.check, self.run = name, check, run
+        """family: the kernel family whose dtype table decides where ``impl="auto"`` may use
+        the kernels; lead: the argument whose device and dtype that is decided on; public:
+        the name of the public function it serves, for messages (default: name)."""
+        self.name, self.check, self.run, self.reference = name, check, run, reference
+        self.public = public or name
+        self.family, self.lead = family, lead
         OPS.append(self)
+        signature = inspect.signature(run)
+        params = list(signature.parameters.values())[1:]  # less `kernels`
+        self.params = [(p.name, _KINDS[p.annotation]) for p in params]
 
-        @functools.wraps(run)  # the schema is inferred from run's annotated signature
-        def forward(*args):
+        def default(*args):  # a device type with no kernel: say so, after the metadata
             check(*args)
-            return run(*args)
+            device = args[lead].device
+            raise RuntimeError(f"deeprec::{name}: no kernel for device type {device.type!r}")
 
-        self.forward = forward
-        self.registered = torch.library.custom_op(
-            f"deeprec::{name}", mutates_args=mutates, device_types=DEVICES
-        )(forward)
-        self.registered.register_fake(fake)
-        self.eager: type[torch.autograd.Function] | None = None
+        default.__signature__ = signature.replace(parameters=params)
+        default.__name__ = name
+        registered = torch.library.custom_op(f"deeprec::{name}", mutates_args=mutates)(default)
+        for kernels in native.DEVICES:
+            registered.register_kernel(kernels.device_type)(
+                functools.partial(_checked_run, check, run, kernels)
+            )
+        registered.register_fake(fake)
         if backward is not None:
-            self.registered.register_autograd(backward, setup_context=setup)
-            self.eager = _eager_function(name, forward, setup, backward)
+            registered.register_autograd(backward, setup_context=setup)
+        self.registered = registered
+        self.op = getattr(torch.ops.deeprec, name).default
 
     def __call__(self, *args):
-        """The op: the registered one while compiling, else the eager fast path."""
-        if torch.compiler.is_compiling():
-            return getattr(torch.ops.deeprec, self.name)(*args)
-        if self.eager is not None:
-            return self.eager.apply(*args)
-        return self.forward(*args)
+        """The registered op (through the dispatcher), after a check of the arguments'
+        kinds: the dispatcher's own refusal of a None or a wrong type is a page long."""
+        self.kinds(*args)
+        return self.op(*args)
 
-    def grad(self, ctx, *args):
-        """The op as a backward calls it: on the eager fast path (ctx.eager) its kernels;
-        from the registered op's autograd (torch.compile, opcheck) the registered op."""
-        if getattr(ctx, "eager", False):
-            return self.run(*args)
-        return getattr(torch.ops.deeprec, self.name)(*args)
+    def call(self, impl: Impl, *args):
+        """The op by ``impl``: "reference" (the pure-PyTorch definition, after ``check``),
+        "fused" (the registered op; raises where its kernels cannot run), "auto"."""
+        self.kinds(*args)
+        try:
+            chosen = choose_impl(args[self.lead], impl, self.public, self.family)
+        except (TypeError, RuntimeError):  # no kernel for these: a metadata error says more
+            self.check(*args)
+            raise
+        if chosen == "reference":
+            self.check(*args)
+            return self.reference(*args)
+        return self.op(*args)
+
+    def kinds(self, *args) -> None:
+        """Each argument is of its schema's kind: a one-line TypeError naming it if not."""
+        for (name, (types, optional)), value in zip(self.params, args, strict=True):
+            if value is None and optional:
+                continue
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                want = " or ".join(t.__name__ for t in types[:1]) + (" or None" if optional else "")
+                raise TypeError(f"{self.public}: {name} must be {want}, got {type(value).__name__}")
 
 
-def _eager_function(name: str, forward, setup, backward) -> type[torch.autograd.Function]:
-    def eager_forward(ctx, *inputs):
-        out = forward(*inputs)
-        setup(ctx, inputs, out)
-        ctx.eager = True
-        # No zero tensor for outputs backward does not read (sparse_output_mse's residuals).
-        ctx.set_materialize_grads(False)
-        return out
+def _checked_run(check, run, kernels, *args):
+    check(*args)
+    return run(kernels, *args)
 
-    def eager_backward(ctx, *grads):
-        return backward(ctx, *grads)
 
-    members = {"forward": staticmethod(eager_forward), "backward": staticmethod(eager_backward)}
-    return type(f"Eager_{name}", (torch.autograd.Function,), members)
+# ------------------------------------------------------------------ which implementation
+_warned: set[tuple[str, str]] = set()
+
+
+def fused_available(device: torch.device | str) -> bool:
+    """True when the fused kernels are compiled and can run on ``device``."""
+    return _native.unavailable_reason(device) is None
+
+
+def choose_impl(t: torch.Tensor, impl: str, op: str, family: str) -> str:
+    """Resolve impl to "fused" or "reference" for a tensor's device and dtype, or raise.
+
+    "auto" falls back to the reference with one warning per (device type, reason).
+    family: the kernel family whose dtype table applies (deeprec._C.KERNEL_DTYPES).
+    """
+    if impl == "reference":
+        return "reference"
+    if impl not in ("auto", "fused"):
+        raise ValueError(f"impl must be 'auto', 'fused' or 'reference', got {impl!r}")
+    reason = _native.unavailable_reason(t.device)
+    supported = _native.kernel_dtypes(family, t.device.type)
+    if reason is None and t.dtype not in supported:
+        reason = (
+            f"no fused kernel for {t.dtype} on {t.device.type} "
+            f"(supported: {', '.join(str(d) for d in supported)})"
+        )
+        if impl == "fused":
+            raise TypeError(f"{op}(impl='fused'): {reason}")
+    if reason is None:
+        return "fused"
+    if impl == "fused":
+        raise RuntimeError(f"{op}(impl='fused') is unavailable on {t.device}: {reason}")
+    if not t.is_floating_point():  # no op takes it: the check says so, without a warning
+        return "reference"
+    key = (t.device.type, reason)
+    if key not in _warned:
+        _warned.add(key)
+        import warnings
+
+        warnings.warn(
+            f"deeprec: using the reference {op} because {reason}", RuntimeWarning, stacklevel=4
+        )
+    return "reference"
 
 
 # ------------------------------------------------------------------ shared checks
-def check_weight(weight, bias, bias_dim: int) -> None:
-    """An item-major (items x hidden) weight and its bias (or None) of as many entries as
-    the weight's dimension ``bias_dim`` (1: the input layer's H, 0: the output layer's N)."""
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ValueError("weight must be a 2-D tensor (items x hidden)")
+def check_weight(weight, bias, bias_dim: int, *, need_bias: bool = False) -> None:
+    """An item-major (items x hidden) floating-point weight, contiguous, and its bias (None
+    unless ``need_bias``) of as many entries as the weight's dimension ``bias_dim`` (1: the
+    input layer's H, 0: the output layer's N), of its dtype and device."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.layout != torch.strided or weight.dim() != 2:
+        raise ValueError(
+            f"weight must be a dense 2-D tensor (items x hidden), got shape "
+            f"{tuple(weight.shape)} ({weight.layout})"
+        )
     if not weight.is_floating_point():
         raise TypeError(f"weight must be floating point, got {weight.dtype}")
     if not weight.is_contiguous():
         raise ValueError("weight must be contiguous (item-major rows)")
+    if bias is None:
+        if need_bias:
+            raise TypeError("bias must be a torch.Tensor of the weight's rows, got None")
+        return
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    check_same(weight, bias, "bias")
     bias_len = weight.shape[bias_dim]
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor):
-            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
-        check_same(weight, bias, "bias")
-        if tuple(bias.shape) != (bias_len,) or not bias.is_contiguous():
-            raise ValueError(
-                f"bias must be a contiguous 1-D tensor of {bias_len} entries, got shape "
-                f"{tuple(bias.shape)}"
-            )
+    if bias.layout != torch.strided or tuple(bias.shape) != (bias_len,):
+        raise ValueError(
+            f"bias must be a 1-D tensor of {bias_len} entries, got shape {tuple(bias.shape)}"
+        )
+    if not bias.is_contiguous():
+        raise ValueError("bias must be contiguous")
+
+
+def check_rows_input(t, name: str, weight: torch.Tensor) -> None:
+    """A (B, H) input of an output layer: dense, 2-D, contiguous, H the weight's width, the
+    weight's dtype and device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided or t.dim() != 2 or t.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"{name} must be (B, {weight.shape[1]}) to match weight {tuple(weight.shape)}, "
+            f"got shape {tuple(t.shape)}"
+        )
+    check_same(weight, t, name)
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
 
 
 def check_same(ref: torch.Tensor, other: torch.Tensor, name: str) -> None:
@@ -119,3 +233,35 @@ def check_same(ref: torch.Tensor, other: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name}: dtype {other.dtype}, but the weight's dtype is {ref.dtype}")
     if other.device != ref.device:
         raise ValueError(f"{name}: on {other.device}, but the weight is on {ref.device}")
+
+
+def check_scale(scale: torch.Tensor | None, like: torch.Tensor, name: str = "scale") -> None:
+    """An optional one-element scale the kernels read in place: like's dtype and device."""
+    if scale is None:
+        return
+    if not isinstance(scale, torch.Tensor) or scale.numel() != 1:
+        raise ValueError(f"{name} must be a one-element tensor")
+    if scale.dtype != like.dtype or scale.device != like.device:
+        raise TypeError(
+            f"{name} must be {like.dtype} on {like.device}, got {scale.dtype} on {scale.device}"
+        )
+    if not scale.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def check_grad(grad, like: torch.Tensor, op: str) -> None:
+    """The incoming gradient of a scalar loss: a one-element float tensor on like's device."""
+    if not isinstance(grad, torch.Tensor) or grad.numel() != 1 or not grad.is_floating_point():
+        raise ValueError(f"deeprec::{op}: grad must be a one-element float tensor")
+    if grad.device != like.device:
+        raise ValueError(
+            f"deeprec::{op}: grad is on {grad.device} but the op's inputs on {like.device}"
+        )
+
+
+def as_scalar(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A one-element tensor as the contiguous 0-dim ``dtype`` scalar the kernels read in
+    place (an incoming gradient, a folded scale); ``t`` itself when it already is one."""
+    if t.dtype == dtype and t.dim() == 0 and t.is_contiguous():
+        return t
+    return t.to(dtype).reshape(()).contiguous()

@@ -11,33 +11,36 @@ backward dh = G W (rows), dW[j] and db[j] (columns), G the scaled residuals.
 
 Both equal their dense definitions (tests compare every gradient in float64 to
 1e-10); both have a pure-PyTorch reference (ops/reference.py) and the same
-impl="auto"|"fused"|"reference" switch as masked_mse. Each is a registered op defined
-below with ops/schema.py's Op (what torch.compile and opcheck see, and the eager fast
-path), with the backward's building blocks (spmm_rows, col_accumulate) and the column
-index (column_index); the kernels are csrc/sparse_layers/. Python
-checks metadata only; every kernel checks the batch's indices and its column index
-(against the batch) as it reads them, in backward too.
+impl="auto"|"fused"|"reference" switch as masked_mse. A fused op runs one of two
+backends (ops/backends.py): deeprec's kernels (csrc/sparse_layers/) or torch's own sparse
+ops (ops/sparse_torch.py). Each op is defined below with ops/schema.py's Op, with the
+backward's building blocks (spmm_rows, col_accumulate) and the column index
+(column_index). ``Op.check`` checks metadata only; the kernels, or the device checks
+before torch's ops, check the batch's indices and its column index (against the batch)
+as they read them, in backward too.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
 from deeprec import csr
 from deeprec.csr import Batch, ColumnIndex, column_index
-from deeprec.ops import recycle
-from deeprec.ops.launch import (
-    Impl,
-    as_scalar,
-    batch_args,
-    check_kernel,
-    check_scale,
-    choose_impl,
-    dtype_code,
-    launch,
-)
+from deeprec.ops import backends, recycle, sparse_torch
+from deeprec.ops.device_checks import checked_csr
+from deeprec.ops.native import DeviceKernels, batch_args
 from deeprec.ops.reference import sparse_linear_reference, sparse_output_mse_reference
-from deeprec.ops.schema import Op, check_same, check_weight
+from deeprec.ops.schema import (
+    Impl,
+    Op,
+    as_scalar,
+    check_rows_input,
+    check_same,
+    check_scale,
+    check_weight,
+)
 
 __all__ = [
     "sparse_linear",
@@ -51,66 +54,56 @@ __all__ = [
 def sparse_linear(
     x: object,
     weight: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     *,
     index: ColumnIndex | None = None,
     impl: Impl = "auto",
+    backend: str | None = None,
     sparse_grad: bool = False,
 ) -> torch.Tensor:
-    """x @ weight + bias for a CSR batch x (B x N), weight (N x H), bias (H); (B x H).
+    """x @ weight + bias for a CSR batch x (B x N), weight (N x H), bias (H) or None; (B x H).
 
     Differentiable with respect to weight and bias (x is data: a Batch, a torch sparse
     CSR tensor or a triple). ``index``: the batch's ColumnIndex, if already known (a
     Batch carries its own; otherwise it is built here, which on a GPU costs a host sync).
-    ``sparse_grad``: the fused path returns weight's gradient as a sparse COO tensor
-    holding only the batch's columns (for deeprec.training.optim.ItemAdam).
+    ``backend``: "native" or "torch" (default: the measured faster one on weight's device,
+    ops/backends.py). ``sparse_grad``: the fused path returns weight's gradient as a sparse
+    COO tensor holding only the batch's columns (for deeprec.training.optim.ItemAdam).
     """
-    check_weight(weight, bias, 1)
-    parts = csr.unpack(x, (_rows_of(x), weight.shape[0]), name="x")
-    check_same(weight, parts.val, "x values")
-    if choose_impl(weight, impl, "sparse_linear", "sparse_layers") == "reference":
-        if not torch.compiler.is_compiling():
-            csr.check_values(parts, weight.shape[0], "x")
-        return sparse_linear_reference(parts, weight, bias)
+    parts = csr.unpack(x, (_rows_of(x), csr.dim(weight, 0)), name="x")
     index = _index_of(x, parts, index)
-    return SPARSE_LINEAR(*parts, *index, weight, bias, sparse_grad)
+    backend = backends.default(weight.device) if backend is None and _is_tensor(weight) else backend
+    return SPARSE_LINEAR.call(impl, *parts, *index, weight, bias, sparse_grad, backend)
 
 
 def sparse_output_mse(
     h: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     target: object,
     *,
     index: ColumnIndex | None = None,
     impl: Impl = "auto",
+    backend: str | None = None,
     sparse_grad: bool = False,
 ) -> torch.Tensor:
     """Masked MSE of the output layer h @ weight^T + bias, only where target stores a rating.
 
-    h: (B, H) hidden activations; weight: (N, H); bias: (N); target: CSR (B, N) ratings
-    (a Batch, a torch sparse CSR tensor or a triple).
-    Differentiable with respect to h, weight and bias. ``sparse_grad``: the fused path
+    h: (B, H) hidden activations; weight: (N, H); bias: (N) or None; target: CSR (B, N)
+    ratings (a Batch, a torch sparse CSR tensor or a triple). Differentiable with respect
+    to h, weight and bias. ``backend`` as sparse_linear's. ``sparse_grad``: the fused path
     returns weight's and bias's gradients as sparse COO tensors of the batch's columns.
     """
-    check_weight(weight, bias, 0)
-    if not isinstance(h, torch.Tensor) or h.dim() != 2 or h.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"h must be (B, {weight.shape[1]}) to match weight {tuple(weight.shape)}, "
-            f"got {tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}"
-        )
-    check_same(weight, h, "h")
-    parts = csr.unpack(target, (h.shape[0], weight.shape[0]))
-    check_same(weight, parts.val, "target values")
-    if choose_impl(weight, impl, "sparse_output_mse", "sparse_layers") == "reference":
-        if not torch.compiler.is_compiling():
-            csr.check_values(parts, weight.shape[0])
-        return sparse_output_mse_reference(h, weight, bias, parts)
-    if not h.is_contiguous():
-        h = h.contiguous()
+    parts = csr.unpack(target, (csr.dim(h, 0), csr.dim(weight, 0)))
     index = _index_of(target, parts, index)
-    loss, _ = SPARSE_OUTPUT_MSE(h, weight, bias, *parts, *index, sparse_grad)
+    backend = backends.default(weight.device) if backend is None and _is_tensor(weight) else backend
+    args = (csr.contiguous(h), weight, bias, *parts, *index, sparse_grad, backend)
+    loss, _ = SPARSE_OUTPUT_MSE.call(impl, *args)
     return loss
+
+
+def _is_tensor(t: object) -> bool:
+    return isinstance(t, torch.Tensor)
 
 
 def _index_of(data: object, parts: csr.CSRParts, index: ColumnIndex | None) -> ColumnIndex:
@@ -122,50 +115,36 @@ def _index_of(data: object, parts: csr.CSRParts, index: ColumnIndex | None) -> C
     return column_index(parts.crow, parts.col)
 
 
-def _rows_of(x: object) -> int:
+def _rows_of(x: object) -> int | None:
     if isinstance(x, Batch):
         return x.crow.numel() - 1
     if isinstance(x, torch.Tensor) and x.layout == torch.sparse_csr:
         return x.shape[0]
     if isinstance(x, (tuple, list)) and len(x) == 3 and isinstance(x[0], torch.Tensor):
         return x[0].numel() - 1
-    raise TypeError(
-        f"x must be a torch sparse CSR tensor or a (crow, col, val) triple, got {type(x).__name__}"
-    )
+    return None  # csr.unpack says what x must be
 
 
-# ------------------------------------------------------------------ the ops' definitions
-def check_batch(op: str, weight, crow, col, val, n_rows: int, index=None, name="target"):
-    """The sparse kernels exist, and the batch (n_rows rows) and its index have the dtypes,
-    devices and lengths they need. The values are the kernels' to check."""
-    check_kernel(op, weight, "sparse_layers")
+# ------------------------------------------------------------------ shared pieces
+def check_batch(weight, crow, col, val, n_rows: int, index=None, name="target") -> None:
+    """The batch (n_rows rows) and its index have the dtypes, devices and lengths they
+    need. The values are the kernels' (or the device checks') to check."""
     csr.check_structure(crow, col, val, n_rows, name)
     check_same(weight, val, f"{name} values")
     if index is not None:
         csr.check_index_structure(ColumnIndex(*index), col.numel(), weight.device)
 
 
-def _spmm(crow, col, val, weight, bias, out, scale, op: str) -> None:
-    """out = bias + scale * CSR @ weight."""
-    B, H = out.shape
-    launch("sparse_layers.spmm_rows", weight.device, op=op, **batch_args(crow, col), val=val,
-           W=weight, bias=bias, out=out, B=B, N=weight.shape[0], H=H, scale=scale,
-           dtype=dtype_code(weight))  # fmt: skip
-
-
-def _col_accumulate(index: ColumnIndex, crow, col, coef, A, n_cols, with_bias, scale, compact, op):
-    """(dW, db or None): per-column sums of scale * coef * A[row], over the column index
-    of the batch (crow, col) that A's rows belong to. Dense: dW (n_cols x H), db (n_cols),
-    zero where the batch has no entry. Compact: only the touched columns, dW (U x H) and db
-    (U) in ucol order."""
-    B, H = A.shape
-    rows_out = index.ucol.numel() if compact else n_cols
-    dW = recycle.empty(rows_out, H, A.dtype, A.device)
-    db = torch.empty(rows_out, dtype=A.dtype, device=A.device) if with_bias else None
-    launch("sparse_layers.col_accumulate", A.device, op=op, **index._asdict(),
-           **batch_args(crow, col), coef=coef, A=A, dW=dW, db=db, U=index.ucol.numel(),
-           N=n_cols, B=B, H=H, scale=scale, dtype=dtype_code(A), compact=compact)  # fmt: skip
-    return dW, db
+def _spmm(kernels, crow, col, val, weight, bias, scale, backend: str, op: str) -> torch.Tensor:
+    """bias + scale * CSR @ weight, (B x H)."""
+    if backend == "torch":
+        return sparse_torch.product(op, crow, col, val, weight, bias, scale)
+    B, N, H = crow.numel() - 1, weight.shape[0], weight.shape[1]
+    out = weight.new_empty(B, H)
+    kernels.launch("sparse_layers.spmm_rows", weight.device, op=op, dtype=weight.dtype,
+                   **batch_args(crow, col), val=val, W=weight, bias=bias, out=out, B=B, N=N,
+                   H=H, scale=scale)  # fmt: skip
+    return out
 
 
 def _as_sparse_rows(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, ...]):
@@ -173,8 +152,6 @@ def _as_sparse_rows(indices: torch.Tensor, values: torch.Tensor, shape: tuple[in
     (ucol.unsqueeze(0): sorted, unique; the kernels that read them check them). Checking
     the invariants here is declined explicitly; torch still warned that they were
     "implicitly disabled" on every GPU training run, a warning we silence at this call."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly")
         return torch.sparse_coo_tensor(
@@ -183,13 +160,15 @@ def _as_sparse_rows(indices: torch.Tensor, values: torch.Tensor, shape: tuple[in
 
 
 # ------------------------------------------------------------------ sparse_linear
-def _check_sparse_linear(crow, col, val, perm, ucol, uptr, rows, weight, bias, sparse_grad):
+def _check_sparse_linear(crow, col, val, perm, ucol, uptr, rows, weight, bias, sparse_grad,
+                         backend) -> None:  # fmt: skip
     check_weight(weight, bias, 1)
-    index = (perm, ucol, uptr, rows)
-    check_batch("sparse_linear", weight, crow, col, val, crow.numel() - 1, index, "x")
+    check_batch(weight, crow, col, val, crow.numel() - 1, (perm, ucol, uptr, rows), "x")
+    backends.check(backend)
 
 
 def _sparse_linear_run(
+    kernels: DeviceKernels,
     crow: torch.Tensor,
     col: torch.Tensor,
     val: torch.Tensor,
@@ -198,66 +177,73 @@ def _sparse_linear_run(
     uptr: torch.Tensor,
     rows: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     sparse_grad: bool,
+    backend: str,
 ) -> torch.Tensor:
     """x @ weight + bias for the CSR batch x and its column index."""
-    out = torch.empty(crow.numel() - 1, weight.shape[1], dtype=weight.dtype, device=weight.device)
-    _spmm(crow, col, val, weight, bias, out, None, "sparse_linear")
-    return out
+    return _spmm(kernels, crow, col, val, weight, bias, None, backend, "sparse_linear")
+
+
+def _sparse_linear_reference(crow, col, val, perm, ucol, uptr, rows, weight, bias,
+                             sparse_grad, backend) -> torch.Tensor:  # fmt: skip
+    checked = checked_csr("sparse_linear", csr.CSRParts(crow, col, val), weight.shape[0])
+    return sparse_linear_reference(csr.CSRParts(*checked[:3]), weight, bias)
 
 
 def _sparse_linear_setup(ctx, inputs, output):
-    crow, col, val, perm, ucol, uptr, rows, weight, _bias, sparse_grad = inputs
+    crow, col, val, perm, ucol, uptr, rows, weight, _bias, sparse_grad, backend = inputs
     ctx.save_for_backward(crow, col, val, perm, ucol, uptr, rows)
     ctx.weight_shape = tuple(weight.shape)
-    ctx.sparse_grad = sparse_grad
+    ctx.sparse_grad, ctx.backend = sparse_grad, backend
 
 
 def _sparse_linear_backward(ctx, grad):
-    if grad is None:  # eager path, materialize_grads off: no gradient came (gradcheck does this)
-        return (None,) * 10
+    if grad is None:
+        return (None,) * 11
     crow, col, val, perm, ucol, uptr, rows = ctx.saved_tensors
     d_weight = d_bias = None
     if ctx.needs_input_grad[7]:
-        d_weight, _ = COL_ACCUMULATE.grad(
-            ctx, perm, ucol, uptr, rows, crow, col, val, grad.contiguous(), ctx.weight_shape[0],
-            False, None, ctx.sparse_grad,
+        d_weight, _ = COL_ACCUMULATE(
+            perm, ucol, uptr, rows, crow, col, val, grad.contiguous(), ctx.weight_shape[0],
+            False, None, ctx.sparse_grad, ctx.backend,
         )  # fmt: skip
         if ctx.sparse_grad:
             d_weight = _as_sparse_rows(ucol.unsqueeze(0), d_weight, ctx.weight_shape)
     if ctx.needs_input_grad[8]:
         d_bias = grad.sum(0)
-    return None, None, None, None, None, None, None, d_weight, d_bias, None
+    return None, None, None, None, None, None, None, d_weight, d_bias, None, None
 
 
 SPARSE_LINEAR = Op(
     "sparse_linear",
     _check_sparse_linear,
     _sparse_linear_run,
-    fake=lambda crow, col, val, perm, ucol, uptr, rows, weight, bias, sparse_grad: weight.new_empty(
-        crow.shape[0] - 1, weight.shape[1]
+    fake=lambda crow, col, val, perm, ucol, uptr, rows, weight, bias, sparse_grad, backend: (
+        weight.new_empty(crow.shape[0] - 1, weight.shape[1])
     ),
+    family="sparse_layers",
+    reference=_sparse_linear_reference,
     setup=_sparse_linear_setup,
     backward=_sparse_linear_backward,
+    lead=7,
 )
 
 
 # ------------------------------------------------------------------ sparse_output_mse
-def _check_sparse_output_mse(h, weight, bias, crow, col, val, perm, ucol, uptr, rows, sparse_grad):
+def _check_sparse_output_mse(h, weight, bias, crow, col, val, perm, ucol, uptr, rows,
+                             sparse_grad, backend) -> None:  # fmt: skip
     check_weight(weight, bias, 0)
-    csr.check_tensor(h, "h", dim=2)
-    check_same(weight, h, "h")
-    if h.shape[1] != weight.shape[1]:
-        raise ValueError(f"h has {h.shape[1]} columns but the weight has {weight.shape[1]}")
-    index = (perm, ucol, uptr, rows)
-    check_batch("sparse_output_mse", weight, crow, col, val, h.shape[0], index)
+    check_rows_input(h, "h", weight)
+    check_batch(weight, crow, col, val, h.shape[0], (perm, ucol, uptr, rows))
+    backends.check(backend)
 
 
 def _sparse_output_mse_run(
+    kernels: DeviceKernels,
     h: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     crow: torch.Tensor,
     col: torch.Tensor,
     val: torch.Tensor,
@@ -266,92 +252,116 @@ def _sparse_output_mse_run(
     uptr: torch.Tensor,
     rows: torch.Tensor,
     sparse_grad: bool,
+    backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(masked MSE of h @ weight^T + bias at the stored entries, their residuals)."""
-    nnz = col.numel()
-    resid = torch.empty(nnz, dtype=h.dtype, device=h.device)
+    """(masked MSE of h @ weight^T + bias at the stored entries, their residuals; a refused
+    entry's residual is 0)."""
+    if backend == "torch":
+        return sparse_torch.residuals("sparse_output_mse", h, weight, bias, crow, col, val)
+    resid = torch.zeros(col.numel(), dtype=h.dtype, device=h.device)
     loss = h.new_empty(())
-    launch("sparse_layers.sddmm_residual", h.device, op="sparse_output_mse",
-           **batch_args(crow, col), val=val, h=h, W=weight, bias=bias, resid=resid, loss=loss,
-           B=h.shape[0], N=weight.shape[0], H=weight.shape[1], dtype=dtype_code(h))  # fmt: skip
+    kernels.launch("sparse_layers.sddmm_residual", h.device, op="sparse_output_mse",
+                   dtype=h.dtype, **batch_args(crow, col), val=val, h=h, W=weight, bias=bias,
+                   resid=resid, loss=loss, B=h.shape[0], N=weight.shape[0],
+                   H=weight.shape[1])  # fmt: skip
     return loss, resid
 
 
+def _sparse_output_mse_reference(h, weight, bias, crow, col, val, perm, ucol, uptr, rows,
+                                 sparse_grad, backend):  # fmt: skip
+    checked = checked_csr("sparse_output_mse", csr.CSRParts(crow, col, val), weight.shape[0])
+    loss = sparse_output_mse_reference(h, weight, bias, csr.CSRParts(*checked[:3]))
+    return loss, None
+
+
 def _sparse_output_setup(ctx, inputs, output):
-    h, weight, _bias, crow, col, _val, perm, ucol, uptr, rows, sparse_grad = inputs
+    h, weight, bias, crow, col, _val, perm, ucol, uptr, rows, sparse_grad, backend = inputs
     ctx.save_for_backward(h, weight, crow, col, perm, ucol, uptr, rows, output[1])
     ctx.mark_non_differentiable(output[1])
-    ctx.sparse_grad = sparse_grad
+    ctx.sparse_grad, ctx.backend, ctx.with_bias = sparse_grad, backend, bias is not None
 
 
 def _sparse_output_backward(ctx, grad_loss, _grad_resid):
-    if grad_loss is None:  # eager path, materialize_grads off: no gradient came for the loss
-        return (None,) * 11
+    if grad_loss is None:  # no gradient came for the loss (only the residuals were used)
+        return (None,) * 12
     h, weight, crow, col, perm, ucol, uptr, rows, resid = ctx.saved_tensors
     nnz = col.numel()
     # G = 2 (p - r) / nnz * grad_loss, folded into one scale so the kernels read it in place.
     scale = as_scalar(torch.mul(grad_loss, 2.0 / max(nnz, 1)), h.dtype)
     d_h = d_weight = d_bias = None
     if ctx.needs_input_grad[0]:
-        d_h = SPMM_ROWS.grad(ctx, crow, col, resid, weight, scale)
-    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        d_weight, d_bias = COL_ACCUMULATE.grad(
-            ctx, perm, ucol, uptr, rows, crow, col, resid, h, weight.shape[0], True, scale,
-            ctx.sparse_grad,
+        d_h = SPMM_ROWS(crow, col, resid, weight, scale, ctx.backend)
+    with_bias = ctx.with_bias and ctx.needs_input_grad[2]
+    if ctx.needs_input_grad[1] or with_bias:
+        d_weight, d_bias = COL_ACCUMULATE(
+            perm, ucol, uptr, rows, crow, col, resid, h, weight.shape[0], with_bias, scale,
+            ctx.sparse_grad, ctx.backend,
         )  # fmt: skip
+        rows_index = ucol.unsqueeze(0)
         if ctx.sparse_grad:
-            rows_index = ucol.unsqueeze(0)
             d_weight = _as_sparse_rows(rows_index, d_weight, tuple(weight.shape))
+        if not with_bias:
+            d_bias = None
+        elif ctx.sparse_grad:
             d_bias = _as_sparse_rows(rows_index, d_bias, (weight.shape[0],))
-    return d_h, d_weight, d_bias, None, None, None, None, None, None, None, None
+    return d_h, d_weight, d_bias, None, None, None, None, None, None, None, None, None
 
 
 SPARSE_OUTPUT_MSE = Op(
     "sparse_output_mse",
     _check_sparse_output_mse,
     _sparse_output_mse_run,
-    fake=lambda h, weight, bias, crow, col, val, perm, ucol, uptr, rows, sparse_grad: (
+    fake=lambda h, weight, bias, crow, col, val, perm, ucol, uptr, rows, sparse_grad, backend: (
         h.new_empty(()),
         h.new_empty(col.shape[0]),
     ),
+    family="sparse_layers",
+    reference=_sparse_output_mse_reference,
     setup=_sparse_output_setup,
     backward=_sparse_output_backward,
+    lead=1,
 )
 
 
 # ------------------------------------------------------------------ backward building blocks
-def _check_spmm_rows(crow, col, val, weight, scale) -> None:
+def _check_spmm_rows(crow, col, val, weight, scale, backend) -> None:
     check_weight(weight, None, 0)
-    check_batch("spmm_rows", weight, crow, col, val, crow.numel() - 1)
+    check_batch(weight, crow, col, val, crow.numel() - 1)
     check_scale(scale, weight)
+    backends.check(backend)
 
 
 def _spmm_rows_run(
+    kernels: DeviceKernels,
     crow: torch.Tensor,
     col: torch.Tensor,
     val: torch.Tensor,
     weight: torch.Tensor,
     scale: torch.Tensor | None,
+    backend: str,
 ) -> torch.Tensor:
     """scale * CSR @ weight (no bias): the output layer's dh."""
-    out = weight.new_empty(crow.numel() - 1, weight.shape[1])
-    _spmm(crow, col, val, weight, None, out, scale, "sparse_output_mse backward")
-    return out
+    return _spmm(kernels, crow, col, val, weight, None, scale, backend,
+                 "sparse_output_mse backward")  # fmt: skip
 
 
 SPMM_ROWS = Op(
     "spmm_rows",
     _check_spmm_rows,
     _spmm_rows_run,
-    fake=lambda crow, col, val, weight, scale: weight.new_empty(crow.shape[0] - 1, weight.shape[1]),
+    fake=lambda crow, col, val, weight, scale, backend: weight.new_empty(
+        crow.shape[0] - 1, weight.shape[1]
+    ),
+    family="sparse_layers",
+    lead=3,
 )
 
 
-def _check_col_accumulate(
-    perm, ucol, uptr, rows, crow, col, coef, A, n_cols, with_bias, scale, compact
-) -> None:
+def _check_col_accumulate(perm, ucol, uptr, rows, crow, col, coef, A, n_cols, with_bias,
+                          scale, compact, backend) -> None:  # fmt: skip
     csr.check_tensor(A, "A", dim=2)
-    check_kernel("col_accumulate", A, "sparse_layers")
+    if not A.is_floating_point():
+        raise TypeError(f"A must be floating point, got {A.dtype}")
     csr.check_structure(crow, col, coef, A.shape[0], "batch")
     csr.check_tensor(coef, "coef", dim=1, dtypes=(A.dtype,), device=A.device)
     csr.check_tensor(crow, "crow", dim=1, device=A.device)
@@ -359,9 +369,11 @@ def _check_col_accumulate(
         raise ValueError(f"n_cols must be >= 0, got {n_cols}")
     csr.check_index_structure(ColumnIndex(perm, ucol, uptr, rows), coef.numel(), A.device)
     check_scale(scale, A)
+    backends.check(backend)
 
 
 def _col_accumulate_run(
+    kernels: DeviceKernels,
     perm: torch.Tensor,
     ucol: torch.Tensor,
     uptr: torch.Tensor,
@@ -374,29 +386,46 @@ def _col_accumulate_run(
     with_bias: bool,
     scale: torch.Tensor | None,
     compact: bool,
+    backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-column sums of scale * coef * A[row] over the column index of the batch (crow,
-    col) whose rows A holds: dense (n_cols x H) or compact (U x H) rows."""
+    col) whose rows A holds: dense (n_cols x H) or compact (U x H) rows, and the same of
+    scale * coef (empty unless with_bias)."""
     index = ColumnIndex(perm, ucol, uptr, rows)
     op = "sparse_output_mse backward" if with_bias else "sparse_linear backward"
-    dW, db = _col_accumulate(index, crow, col, coef, A, n_cols, with_bias, scale, compact, op)
-    return dW, (db if db is not None else A.new_empty(0))
+    if backend == "torch":
+        d_w, d_b = sparse_torch.column_sums(op, index, crow, col, coef, A, n_cols, with_bias,
+                                            scale, compact)  # fmt: skip
+        return d_w, (d_b if d_b is not None else A.new_empty(0))
+    B, H = A.shape
+    rows_out = ucol.numel() if compact else n_cols
+    d_w = recycle.empty(rows_out, H, A.dtype, A.device)
+    d_b = torch.empty(rows_out, dtype=A.dtype, device=A.device) if with_bias else None
+    kernels.launch("sparse_layers.col_accumulate", A.device, op=op, dtype=A.dtype,
+                   **index._asdict(), **batch_args(crow, col), coef=coef, A=A, dW=d_w, db=d_b,
+                   U=ucol.numel(), N=n_cols, B=B, H=H, scale=scale, compact=compact)  # fmt: skip
+    return d_w, (d_b if d_b is not None else A.new_empty(0))
 
 
 def _col_accumulate_fake(perm, ucol, uptr, rows, crow, col, coef, A, n_cols, with_bias, scale,
-                         compact):  # fmt: skip
+                         compact, backend):  # fmt: skip
     rows_out = ucol.shape[0] if compact else n_cols
     return A.new_empty(rows_out, A.shape[1]), A.new_empty(rows_out if with_bias else 0)
 
 
 COL_ACCUMULATE = Op(
-    "col_accumulate", _check_col_accumulate, _col_accumulate_run, fake=_col_accumulate_fake
+    "col_accumulate",
+    _check_col_accumulate,
+    _col_accumulate_run,
+    fake=_col_accumulate_fake,
+    family="sparse_layers",
+    lead=7,
 )
 
 
 # ------------------------------------------------------------------ column_index
 def _column_index_run(
-    crow: torch.Tensor, col: torch.Tensor, n_unique: int
+    kernels: DeviceKernels, crow: torch.Tensor, col: torch.Tensor, n_unique: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(perm, ucol, uptr, rows) of a CSR batch; n_unique < 0: count the distinct columns."""
     return csr.build_index(crow, col, n_unique)
@@ -414,5 +443,9 @@ def _column_index_fake(crow, col, n_unique):
 
 
 COLUMN_INDEX = Op(
-    "column_index", csr.check_index_inputs, _column_index_run, fake=_column_index_fake
+    "column_index",
+    csr.check_index_inputs,
+    _column_index_run,
+    fake=_column_index_fake,
+    family="sparse_layers",
 )

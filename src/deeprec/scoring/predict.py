@@ -15,17 +15,20 @@ import torch
 from deeprec.data import RatingMatrix
 from deeprec.model import AutoEncoder
 from deeprec.ops import raise_kernel_errors
-from deeprec.ops.launch import ChosenImpl
+from deeprec.ops.schema import ChosenImpl
 from deeprec.scoring import baseline
 
 
 class Plan(Protocol):
     """What prediction reads of the run's plan (deeprec.training.plan.TrainingPlan, decided
-    there once): the ops to run, and whether the model's output layer is linear, so that
-    only the asked entries are computed (no chunk x items output)."""
+    there once): the ops to run and their backend, and whether the model's output layer is
+    linear, so that only the asked entries are computed (no chunk x items output)."""
 
     @property
     def impl(self) -> ChosenImpl: ...
+
+    @property
+    def backend(self) -> str: ...
 
     @property
     def linear_output(self) -> bool: ...
@@ -65,7 +68,12 @@ def predict_entries(
         at = slice(int(bounds[n]), int(bounds[n + 1]))
         if plan.linear_output:  # only at the entries: no (chunk x n_items) output
             got = model.outputs_at(
-                *batch.csr, local[at], col[at], index=batch.index, impl=plan.impl
+                *batch.csr,
+                local[at],
+                col[at],
+                index=batch.index,
+                impl=plan.impl,
+                backend=plan.backend,
             )
         else:
             got = model(batch.dense())[local[at], col[at]]
@@ -121,7 +129,9 @@ def score_items(
             for s in range(0, len(users), batch_size):
                 chunk = users[s : s + batch_size]
                 batch = inputs.batch(chunk, device)
-                got = model.reconstruct(*batch.csr, index=batch.index, impl=plan.impl)
+                got = model.reconstruct(
+                    *batch.csr, index=batch.index, impl=plan.impl, backend=plan.backend
+                )
                 out[s : s + len(chunk)] = got.double().cpu().numpy()
         else:
             out = np.empty((inputs.n_rows, len(users)))

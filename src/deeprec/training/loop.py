@@ -58,14 +58,15 @@ def batch_loss(
     multinomial loss of a ranking model (a variational one's KL term weighted as the plan's
     annealing says at 0-based update ``update``)."""
     if path.objective == "multinomial":
-        index = batch.index if path.impl == "fused" else None
         return model.multinomial_loss(
-            batch.crow, batch.col, index=index, impl=path.impl, beta=path.beta(update)
-        )
+            batch.crow, batch.col, index=batch.index, impl=path.impl, backend=path.backend,
+            beta=path.beta(update),
+        )  # fmt: skip
     if path.loss == "sparse":
         return model.sparse_loss(
-            *batch.csr, index=batch.index, impl=path.impl, sparse_grad=path.sparse_grad
-        )
+            *batch.csr, index=batch.index, impl=path.impl, backend=path.backend,
+            sparse_grad=path.sparse_grad,
+        )  # fmt: skip
     return masked_mse(model(batch.dense()), batch, impl=path.impl)
 
 

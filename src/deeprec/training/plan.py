@@ -15,7 +15,7 @@ import torch
 
 from deeprec.config import Config, ConfigError
 from deeprec.model import linear_output
-from deeprec.ops import unavailable_reason
+from deeprec.ops import backends, unavailable_reason
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class TrainingPlan:
     anneal: a variational model's KL schedule, (beta cap, annealing updates); None else.
     linear_output: the model's output layer is linear, so predictions at given entries
     need no dense output row.
+    backend: what runs the sparse layers and the multinomial epilogue, "native" (deeprec's
+    kernels) or "torch" (torch's own ops): the measured faster one on the device
+    (deeprec.ops.backends).
     """
 
     loss: Literal["reference", "fused", "sparse"]
@@ -44,6 +47,7 @@ class TrainingPlan:
     linear_output: bool = True
     objective: str = "mse"
     anneal: tuple[float, int] | None = None
+    backend: str = "native"
 
     def beta(self, update: int) -> float:
         """The KL term's weight at 0-based update ``update``: min(cap, update / steps)
@@ -72,6 +76,7 @@ def plan(config: Config, device: torch.device) -> TrainingPlan:
     resident = config.data_on_device == "yes" or (
         config.data_on_device == "auto" and device.type == "cuda"
     )
+    backend = backends.default(device)
     if config.objective == "multinomial":  # Config.check has refused what does not fit
         anneal = (config.beta_cap, config.anneal_steps) if config.variational else None
         return TrainingPlan(
@@ -79,16 +84,18 @@ def plan(config: Config, device: torch.device) -> TrainingPlan:
             resident=resident,
             objective="multinomial",
             anneal=anneal,
+            backend=backend,
         )
     if not config.fused:
-        return TrainingPlan("reference", resident=resident, linear_output=linear)
+        return TrainingPlan("reference", resident=resident, linear_output=linear, backend=backend)
     if not sparse:
-        return TrainingPlan("fused", resident=resident, linear_output=False)
+        return TrainingPlan("fused", resident=resident, linear_output=False, backend=backend)
     return TrainingPlan(
         "sparse",
         sparse_grad=config.optimizer in ("adam", "sparse-adam"),
         lazy=config.optimizer == "sparse-adam",
         resident=resident,
+        backend=backend,
     )
 
 
@@ -97,7 +104,10 @@ def inference_plan(config: Config, device: torch.device) -> TrainingPlan:
     they run (they are exact, so a model trained either way predicts the same), else with
     the pure-PyTorch ops, so a model trained with --fused still loads on any machine."""
     linear = linear_output(config.last_activation)
+    backend = backends.default(device)
     if unavailable_reason(device) is not None:
-        return TrainingPlan("reference", linear_output=linear, objective=config.objective)
+        return TrainingPlan(
+            "reference", linear_output=linear, objective=config.objective, backend=backend
+        )
     loss = "sparse" if linear else "fused"
-    return TrainingPlan(loss, linear_output=linear, objective=config.objective)
+    return TrainingPlan(loss, linear_output=linear, objective=config.objective, backend=backend)
