@@ -91,10 +91,13 @@ class Op:
         default.__signature__ = signature.replace(parameters=params)
         default.__name__ = name
         registered = torch.library.custom_op(f"deeprec::{name}", mutates_args=mutates)(default)
-        for kernels in native.DEVICES:
-            registered.register_kernel(kernels.device_type)(
-                functools.partial(_checked_run, check, run, kernels)
-            )
+        # What the dispatcher runs on each device type (also for tests that watch inside it).
+        self.kernels = {
+            kernels.device_type: functools.partial(_checked_run, check, run, kernels)
+            for kernels in native.DEVICES
+        }
+        for device_type, kernel in self.kernels.items():
+            registered.register_kernel(device_type)(kernel)
         registered.register_fake(fake)
         if backward is not None:
             registered.register_autograd(backward, setup_context=setup)
