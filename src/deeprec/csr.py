@@ -43,7 +43,12 @@ class ColumnIndex(NamedTuple):
 
 
 # ------------------------------------------------------------------ unpacking
-def unpack(target: object, shape: tuple[int | None, int | None], name: str = "target") -> CSRParts:
+def unpack(
+    target: object,
+    shape: tuple[int | None, int | None],
+    name: str = "target",
+    rows_from: str = "the batch",
+) -> CSRParts:
     """Split a Batch, a torch sparse CSR tensor or a (crow, col, val) triple into parts
     whose metadata is checked (values are the kernels' to check).
 
@@ -69,12 +74,14 @@ def unpack(target: object, shape: tuple[int | None, int | None], name: str = "ta
         crow, col, val = _copied_parts(target)
     elif isinstance(target, (tuple, list)) and len(target) == 3:
         crow, col, val = target
+        if val is None:
+            raise TypeError(f"{name}: val must be a torch.Tensor, got NoneType")
     else:
         raise TypeError(
             f"{name} must be a Batch, a torch sparse CSR tensor or a (crow, col, val) triple, "
             f"got {type(target).__name__}"
         )
-    check_structure(crow, col, val, rows, name, need_contiguous=False)
+    check_structure(crow, col, val, rows, name, need_contiguous=False, rows_from=rows_from)
     return CSRParts(crow.to(torch.int64).contiguous(), col.contiguous(), val.contiguous())
 
 
@@ -91,15 +98,21 @@ def contiguous(t: object) -> object:
 
 
 def unpack_structure(
-    target: object, shape: tuple[int | None, int | None], name: str = "target"
+    target: object,
+    shape: tuple[int | None, int | None],
+    name: str = "target",
+    rows_from: str = "the batch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(crow int64, col) of a batch whose values no op reads: what ``unpack`` takes, or a
     (crow, col) pair; metadata checked, both contiguous."""
-    if isinstance(target, (tuple, list)) and len(target) == 2:
-        crow, col = target
-        check_structure(crow, col, None, shape[0], name, need_contiguous=False)
+    if isinstance(target, (tuple, list)) and (
+        len(target) == 2 or (len(target) == 3 and target[2] is None)
+    ):  # (crow, col) or (crow, col, None): the values are not read
+        crow, col = target[:2]
+        check_structure(crow, col, None, shape[0], name, need_contiguous=False,
+                        rows_from=rows_from)  # fmt: skip
         return crow.to(torch.int64).contiguous(), col.contiguous()
-    parts = unpack(target, shape, name)
+    parts = unpack(target, shape, name, rows_from)
     return parts.crow, parts.col
 
 
@@ -146,6 +159,7 @@ def check_structure(
     name: str = "target",
     *,
     need_contiguous: bool = True,
+    rows_from: str = "the batch",
 ) -> None:
     """Ranks, dtypes, devices, lengths (and contiguity) of a CSR triple of ``n_rows`` rows;
     val None: the structure alone (who rated what, for an op that reads no values).
@@ -175,7 +189,7 @@ def check_structure(
         raise ValueError(f"{name}: crow is empty; a batch of B rows needs B + 1 offsets")
     if n_rows is not None and crow.numel() != n_rows + 1:
         raise ValueError(
-            f"{name}: crow has {crow.numel()} entries but the batch has {n_rows} rows "
+            f"{name}: crow has {crow.numel()} entries but {rows_from} has {n_rows} rows "
             f"(expected {n_rows + 1})"
         )
     if val is not None and col.numel() != val.numel():

@@ -44,22 +44,22 @@ CHECKS = {
     "grad_row_order": 15,
 }
 
-# The tag a launch or check records with a refused index: which op, and what it calls the
-# CSR batch it reads.
-TAGS: tuple[tuple[str, str], ...] = (
-    ("masked_mse", "target"),
-    ("masked_mse backward", "target"),
-    ("sparse_linear", "x"),
-    ("sparse_linear backward", "x"),
-    ("sparse_output_mse", "target"),
-    ("sparse_output_mse backward", "target"),
-    ("spmm_rows", "target"),
-    ("col_accumulate", "target"),
-    ("row_adam_step", "grad"),
-    ("multinomial_nll", "target"),
-    ("multinomial_nll backward", "target"),
+# The tag a launch or check records with a refused index: which op, what it calls the CSR
+# batch it reads, and what gives that batch's columns their bound.
+TAGS: tuple[tuple[str, str, str], ...] = (
+    ("masked_mse", "target", "the output's columns"),
+    ("masked_mse backward", "target", "the output's columns"),
+    ("sparse_linear", "x", "the weight's rows"),
+    ("sparse_linear backward", "x", "the weight's rows"),
+    ("sparse_output_mse", "target", "the weight's rows"),
+    ("sparse_output_mse backward", "target", "the weight's rows"),
+    ("spmm_rows", "target", "the weight's rows"),
+    ("col_accumulate", "target", "n_cols"),
+    ("row_adam_step", "grad", "the param's rows"),
+    ("multinomial_nll", "target", "the weight's rows"),
+    ("multinomial_nll backward", "target", "the weight's rows"),
 )
-TAG = {op: i + 1 for i, (op, _) in enumerate(TAGS)}
+TAG = {op: i + 1 for i, (op, _, _) in enumerate(TAGS)}
 
 # What each check means, as "<tensor>[<position>] = <value> <says>".
 _SAYS = {
@@ -69,7 +69,7 @@ _SAYS = {
         "breaks the offsets (they must be non-decreasing, from 0 to nnz = {bound})",
     ),
     "crow_end": ("crow", "must equal nnz = {bound} (the length of col and val)"),
-    "col_range": ("col", "is outside [0, {bound})"),
+    "col_range": ("col", "is outside [0, {bound}), {columns}"),
     "col_order": (
         "col",
         "is not strictly increasing after {bound} in its row (CSR rows must be sorted and "
@@ -105,11 +105,12 @@ _NAMES = {code: name for name, code in CHECKS.items()}
 def describe(words: list[int]) -> str:
     """The one-line message for an error word (check, tag, position, value, bound)."""
     check, tag, position, value, bound = words
-    op, batch = TAGS[tag - 1] if 1 <= tag <= len(TAGS) else ("a deeprec kernel", "batch")
+    unknown = ("a deeprec kernel", "batch", "its columns")
+    op, batch, columns = TAGS[tag - 1] if 1 <= tag <= len(TAGS) else unknown
     tensor, says = _SAYS.get(_NAMES.get(check, ""), ("index", "was refused (check {check})"))
     owner = batch if not tensor.startswith("index") else batch + " " + tensor.split(".")[0]
     part = tensor.removeprefix("index.")
-    says = says.format(bound=bound, check=check)
+    says = says.format(bound=bound, check=check, columns=columns)
     return f"deeprec {op}: {owner}: {part}[{position}] = {value} {says}"
 
 

@@ -37,7 +37,7 @@ def masked_mse(output: torch.Tensor, target: object, *, impl: Impl = "auto") -> 
     stored. ``impl``: "reference" (pure PyTorch), "fused" (native; raises if
     unavailable), "auto" (fused when available, else reference with one warning).
     """
-    parts = csr.unpack(target, (csr.dim(output, 0), csr.dim(output, 1)))
+    parts = csr.unpack(target, (csr.dim(output, 0), csr.dim(output, 1)), rows_from="output")
     return MASKED_MSE.call(impl, csr.contiguous(output), *parts)
 
 
@@ -46,7 +46,7 @@ def _check(output, crow, col, val) -> None:
     csr.check_tensor(output, "output", dim=2)
     if not output.is_floating_point():
         raise TypeError(f"output must be floating point, got {output.dtype}")
-    csr.check_structure(crow, col, val, output.shape[0])
+    csr.check_structure(crow, col, val, output.shape[0], rows_from="output")
     if val.dtype != output.dtype:
         raise TypeError(f"target values have dtype {val.dtype} but output has {output.dtype}")
     if crow.device != output.device:

@@ -79,7 +79,7 @@ def multinomial_nll(
     (default: the measured one for the device, ops/backends.py). impl: "reference" is the
     dense definition.
     """
-    crow, col = csr.unpack_structure(target, (csr.dim(h, 0), csr.dim(weight, 0)))
+    crow, col = csr.unpack_structure(target, (csr.dim(h, 0), csr.dim(weight, 0)), rows_from="h")
     if isinstance(weight, torch.Tensor):
         if chunk is None:
             chunk = chunk_items(csr.dim(h, 0) or 1, weight.shape[0], weight.element_size())
@@ -104,7 +104,7 @@ def multinomial_nll_reference(
 def _check(h, weight, bias, crow, col, chunk, backend) -> None:
     check_weight(weight, bias, 0)
     check_rows_input(h, "h", weight)
-    csr.check_structure(crow, col, None, h.shape[0], "target")
+    csr.check_structure(crow, col, None, h.shape[0], "target", rows_from="h")
     if crow.device != weight.device:
         raise ValueError(f"target is on {crow.device} but the weight is on {weight.device}")
     if chunk < 1:

@@ -153,22 +153,26 @@ def _check(p, exp_avg, exp_avg_sq, ucol, values, step_size, inv_sqrt_bc2, b1, b2
            lazy) -> None:  # fmt: skip
     csr.check_tensor(p, "param")
     if p.dim() == 0:
-        raise ValueError("row_adam: param must have at least one dimension (rows)")
+        raise ValueError("row_adam_step: param must have at least one dimension (rows)")
     if not p.is_floating_point():
-        raise TypeError(f"row_adam: param must be floating point, got {p.dtype}")
+        raise TypeError(f"row_adam_step: param must be floating point, got {p.dtype}")
     for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
         csr.check_tensor(t, name, dtypes=(p.dtype,), device=p.device)
         if t.shape != p.shape:
-            raise ValueError(f"row_adam: {name} has shape {tuple(t.shape)}, param {tuple(p.shape)}")
+            raise ValueError(
+                f"row_adam_step: {name} has shape {tuple(t.shape)}, param {tuple(p.shape)}"
+            )
     csr.check_tensor(ucol, "gradient rows", dim=1, dtypes=(torch.int64,), device=p.device)
     csr.check_tensor(values, "gradient values", dtypes=(p.dtype,), device=p.device)
     if tuple(values.shape) != (ucol.numel(), *p.shape[1:]):
         raise ValueError(
-            f"row_adam: gradient rows have shape {tuple(values.shape)}, expected "
+            f"row_adam_step: gradient rows have shape {tuple(values.shape)}, expected "
             f"{(ucol.numel(), *p.shape[1:])}"
         )
     if ucol.numel() > p.shape[0]:
-        raise ValueError(f"row_adam: {ucol.numel()} gradient rows for a param of {p.shape[0]} rows")
+        raise ValueError(
+            f"row_adam_step: {ucol.numel()} gradient rows for a param of {p.shape[0]} rows"
+        )
 
 
 def _run(

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from deeprec.ops import _native, native
 
@@ -93,12 +94,12 @@ class Op:
         registered = torch.library.custom_op(f"deeprec::{name}", mutates_args=mutates)(default)
         # What the dispatcher runs on each device type (also for tests that watch inside it).
         self.kernels = {
-            kernels.device_type: functools.partial(_checked_run, check, run, kernels)
+            kernels.device_type: functools.partial(self._kernel, kernels)
             for kernels in native.DEVICES
         }
         for device_type, kernel in self.kernels.items():
             registered.register_kernel(device_type)(kernel)
-        registered.register_fake(fake)
+        registered.register_fake(functools.partial(_fake, check, fake))
         if backward is not None:
             registered.register_autograd(backward, setup_context=setup)
         self.registered = registered
@@ -124,6 +125,11 @@ class Op:
             return self.reference(*args)
         return self.op(*args)
 
+    def _kernel(self, kernels: native.DeviceKernels, *args):
+        """The op on one device type: the validator, then the computation."""
+        self.check(*args)
+        return self.run(kernels, *args)
+
     def kinds(self, *args) -> None:
         """Each argument is of its schema's kind: a one-line TypeError naming it if not."""
         for (name, (types, optional)), value in zip(self.params, args, strict=True):
@@ -134,9 +140,14 @@ class Op:
                 raise TypeError(f"{self.public}: {name} must be {want}, got {type(value).__name__}")
 
 
-def _checked_run(check, run, kernels, *args):
-    check(*args)
-    return run(kernels, *args)
+def _fake(check, fake, *args):
+    """The output shapes. Called on real tensors (a meta tensor among the arguments makes
+    the dispatcher pick this over the kernel of the others' device), the validator runs
+    first, so a wrong device is refused, not answered with empty meta tensors; on
+    torch.compile's fake tensors it does not (their sizes may be symbols to guard on)."""
+    if not any(isinstance(a, FakeTensor) for a in args):
+        check(*args)
+    return fake(*args)
 
 
 # ------------------------------------------------------------------ which implementation
@@ -210,7 +221,8 @@ def check_weight(weight, bias, bias_dim: int, *, need_bias: bool = False) -> Non
     bias_len = weight.shape[bias_dim]
     if bias.layout != torch.strided or tuple(bias.shape) != (bias_len,):
         raise ValueError(
-            f"bias must be a 1-D tensor of {bias_len} entries, got shape {tuple(bias.shape)}"
+            f"bias must be a 1-D tensor of {bias_len} entries (weight {tuple(weight.shape)}), "
+            f"got shape {tuple(bias.shape)}"
         )
     if not bias.is_contiguous():
         raise ValueError("bias must be contiguous")

@@ -94,7 +94,7 @@ def sparse_output_mse(
     to h, weight and bias. ``backend`` as sparse_linear's. ``sparse_grad``: the fused path
     returns weight's and bias's gradients as sparse COO tensors of the batch's columns.
     """
-    parts = csr.unpack(target, (csr.dim(h, 0), csr.dim(weight, 0)))
+    parts = csr.unpack(target, (csr.dim(h, 0), csr.dim(weight, 0)), rows_from="h")
     index = _index_of(target, parts, index)
     backend = backends.default(weight.device) if backend is None and _is_tensor(weight) else backend
     args = (csr.contiguous(h), weight, bias, *parts, *index, sparse_grad, backend)
@@ -126,10 +126,11 @@ def _rows_of(x: object) -> int | None:
 
 
 # ------------------------------------------------------------------ shared pieces
-def check_batch(weight, crow, col, val, n_rows: int, index=None, name="target") -> None:
-    """The batch (n_rows rows) and its index have the dtypes, devices and lengths they
-    need. The values are the kernels' (or the device checks') to check."""
-    csr.check_structure(crow, col, val, n_rows, name)
+def check_batch(weight, crow, col, val, n_rows: int, index=None, name="target",
+                rows_from="the batch") -> None:  # fmt: skip
+    """The batch (n_rows rows, as ``rows_from`` has) and its index have the dtypes, devices
+    and lengths they need. The values are the kernels' (or the device checks') to check."""
+    csr.check_structure(crow, col, val, n_rows, name, rows_from=rows_from)
     check_same(weight, val, f"{name} values")
     if index is not None:
         csr.check_index_structure(ColumnIndex(*index), col.numel(), weight.device)
@@ -235,7 +236,7 @@ def _check_sparse_output_mse(h, weight, bias, crow, col, val, perm, ucol, uptr, 
                              sparse_grad, backend) -> None:  # fmt: skip
     check_weight(weight, bias, 0)
     check_rows_input(h, "h", weight)
-    check_batch(weight, crow, col, val, h.shape[0], (perm, ucol, uptr, rows))
+    check_batch(weight, crow, col, val, h.shape[0], (perm, ucol, uptr, rows), rows_from="h")
     backends.check(backend)
 
 
@@ -362,7 +363,7 @@ def _check_col_accumulate(perm, ucol, uptr, rows, crow, col, coef, A, n_cols, wi
     csr.check_tensor(A, "A", dim=2)
     if not A.is_floating_point():
         raise TypeError(f"A must be floating point, got {A.dtype}")
-    csr.check_structure(crow, col, coef, A.shape[0], "batch")
+    csr.check_structure(crow, col, coef, A.shape[0], "batch", rows_from="A")
     csr.check_tensor(coef, "coef", dim=1, dtypes=(A.dtype,), device=A.device)
     csr.check_tensor(crow, "crow", dim=1, device=A.device)
     if n_cols < 0:
