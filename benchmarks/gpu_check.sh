@@ -7,7 +7,10 @@
 #   4. the chunked multinomial loss on the GPU (benchmarks/multinomial_cost.py --device cuda)
 #   5. the GPU benchmark report (benchmarks/report.py --device cuda), which includes the
 #      GPU profile (benchmarks/gpu_profile.py: wall, GPU-busy, syncs and their source lines,
-#      each kernel against its floor and against cuSPARSE/cuBLAS)
+#      each kernel against its floor, against the torch backend of the same op and against
+#      cuSPARSE/cuBLAS; training steps with both backends of the sparse layers side by side)
+# The backend measured faster becomes the CUDA default in deeprec/ops/backends.py (DEFAULTS),
+# with this run's report committed under benchmarks/results/.
 # Everything lands in $OUT (default benchmarks/results/gpu-run): gpu_check.log, a
 # summary line per step, and the report's .json/.md/.png. Steps run even when an
 # earlier one fails; the exit code is the number of failed steps.
@@ -37,7 +40,7 @@ step() {  # step NAME TIMEOUT_S CMD...
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 step build 120 python3 -m pip install -q --no-build-isolation --no-deps .
 step info 20 python3 -m deeprec.info
-step cuda-tests 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests/
+step cuda-tests 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/
 # The sanitizers see every kernel torch launches too; keep them on the kernel tests that
 # need no compile (inductor's own kernels would dominate the time).
 SAN_TESTS=(tests/test_masked_mse_cuda.py tests/test_sparse_cuda.py tests/test_kernel_checks.py
@@ -49,8 +52,8 @@ step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 python3 
 step synccheck 60 compute-sanitizer --tool synccheck --error-exitcode 9 python3 -m pytest \
   tests/test_masked_mse_cuda.py tests/test_sparse_cuda.py -k "deterministic or empty or stream" -q \
   -p no:cacheprovider
-# the chunked multinomial loss on the GPU: both epilogues (the native CUDA one is switched on in
-# deeprec/ops/multinomial.py NATIVE_EPILOGUE only once this has measured it) against dense
+# the chunked multinomial loss on the GPU: both epilogues (the native CUDA one becomes the
+# default in deeprec/ops/backends.py only once this has measured it faster) against dense
 step multinomial 120 python3 benchmarks/multinomial_cost.py --device cuda --runs 5 \
   --out "$OUT/multinomial_cost-cuda.json" --md "$OUT/multinomial_cost-cuda.md"
 step report 240 python3 benchmarks/report.py --device cuda --quick --out "$OUT"

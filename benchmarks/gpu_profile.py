@@ -38,8 +38,10 @@ from workloads import (
 
 from deeprec.ops import row_adam_step, sparse_linear, sparse_output_mse
 
-# Workloads and the impls profiled in each.
-STEP_IMPLS = ("reference (dense)", "--fused", "--fused --optimizer sparse-adam")
+# Workloads and the impls profiled in each: the --fused default (torch's sparse ops on a GPU)
+# and deeprec's own CUDA kernels, side by side.
+STEP_IMPLS = ("reference (dense)", "--fused", "--fused, deeprec's CUDA kernels",
+              "--fused --optimizer sparse-adam")  # fmt: skip
 # deeprec's kernels, by the name the profiler shows (a prefix of the templated name).
 KERNELS = (
     "masked_mse_kernel",
@@ -131,7 +133,7 @@ def study_workloads(quick: bool) -> list[dict]:
         (lambda: step_workload("ml-32m", "cuda", long_tailed=True), STEP_IMPLS),
     ]
     if not quick:
-        jobs.append((lambda: epoch_workload(128, "cuda", *seed_matrix()), STEP_IMPLS[:2]))
+        jobs.append((lambda: epoch_workload(128, "cuda", *seed_matrix()), STEP_IMPLS[:3]))
     rows = []
     for make, impls in jobs:
         try:
@@ -178,22 +180,27 @@ def kernel_floors(shape: str, bandwidth: float) -> list[dict]:
     dense_x = x.to_dense()
     mask = torch.sparse_csr_tensor(batch.crow, batch.col, torch.ones_like(batch.val), (B, N))
 
-    def input_fwd():
-        return sparse_linear(batch, W, b_in, impl="fused")
+    def input_fwd(backend="native"):
+        return sparse_linear(batch, W, b_in, impl="fused", backend=backend)
 
-    def input_bwd():
+    def input_bwd(backend="native"):
         W.grad = None
-        sparse_linear(batch, W, b_in, impl="fused", sparse_grad=True).sum().backward()
+        y = sparse_linear(batch, W, b_in, impl="fused", backend=backend, sparse_grad=True)
+        y.sum().backward()
 
-    def output_fwd():
+    def output_fwd(backend="native"):
         with torch.no_grad():
-            return sparse_output_mse(h, Wo, b_out, batch, impl="fused")
+            return sparse_output_mse(h, Wo, b_out, batch, impl="fused", backend=backend)
 
-    def output_bwd():
+    def output_bwd(backend="native"):
         for t in (h, Wo, b_out):
             t.grad = None
-        sparse_output_mse(h, Wo, b_out, batch, impl="fused", sparse_grad=True).backward()
+        sparse_output_mse(h, Wo, b_out, batch, impl="fused", backend=backend,
+                          sparse_grad=True).backward()  # fmt: skip
 
+    # Each op on the torch backend (what a GPU runs by default): its device checks, then
+    # torch's sparse ops; the whole op's GPU time, beside deeprec's kernel and the library.
+    TORCH_BACKEND = "deeprec torch backend (device checks + torch.sparse)"
     input_bwd()
     grad_rows = W.grad
     p, m, v = (torch.zeros_like(W) for _ in range(3))
@@ -226,6 +233,7 @@ def kernel_floors(shape: str, bandwidth: float) -> list[dict]:
             input_fwd,
             U * H * f + nnz * (idx + f) + B * H * f,
             {
+                TORCH_BACKEND: lambda: input_fwd("torch"),
                 "cuSPARSE torch.sparse.mm": lambda: torch.sparse.mm(x, W),
                 "cuBLAS dense x @ W": lambda: dense_x @ W,
             },
@@ -236,6 +244,7 @@ def kernel_floors(shape: str, bandwidth: float) -> list[dict]:
             output_fwd,
             U * H * f + B * H * f + nnz * (idx + 2 * f),
             {
+                TORCH_BACKEND: lambda: output_fwd("torch"),
                 "cuSPARSE torch.sparse.sampled_addmm": lambda: torch.sparse.sampled_addmm(
                     mask, h, Wo.t()
                 ),
@@ -247,14 +256,20 @@ def kernel_floors(shape: str, bandwidth: float) -> list[dict]:
         "col_accumulate_kernel",
         input_bwd,
         U * H * f + nnz * (4 * idx + f) + B * H * f,
-        {"cuBLAS dense x^T @ G": lambda: dense_x.t() @ h},
+        {
+            TORCH_BACKEND: lambda: input_bwd("torch"),
+            "cuBLAS dense x^T @ G": lambda: dense_x.t() @ h,
+        },
     )
     add(
         "output layer, backward",
         "col_accumulate_kernel",
         output_bwd,
         2 * U * H * f + 2 * B * H * f + nnz * (4 * idx + f),
-        {"cuBLAS dense G^T @ h and G @ W": lambda: (dense_x.t() @ h, dense_x @ Wo)},
+        {
+            TORCH_BACKEND: lambda: output_bwd("torch"),
+            "cuBLAS dense G^T @ h and G @ W": lambda: (dense_x.t() @ h, dense_x @ Wo),
+        },
     )
     add(
         "row Adam, exact (every row)",

@@ -40,12 +40,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import machine_info, measure
-from deeprec.ops.launch import dtype_code, index_code, launch, ptr
 
 from deeprec.config import Config
 from deeprec.model import AutoEncoder
-from deeprec.ops import _native, multinomial_nll, recycle, sparse_linear
+from deeprec.ops import _native, backends, multinomial_nll, recycle, sparse_linear
 from deeprec.ops.multinomial import chunk_items
+from deeprec.ops.native import CPU, index_code, ptr
 
 
 def batch(users: int, items: int, per_user: int, seed: int = 0):
@@ -86,7 +86,8 @@ def steps(items, users, per_user, hidden, runs, device="cpu"):
 
         return run
 
-    fused = step(lambda: model.multinomial_loss(crow, col, impl="fused"))
+    backend = backends.default(device)
+    fused = step(lambda: model.multinomial_loss(crow, col, impl="fused", backend=backend))
     dense = step(lambda: dense_softmax_loss(model, crow, col))
     return {
         "dense_softmax": measure(dense, device=device, runs=runs, warmup=2),
@@ -114,7 +115,7 @@ def output_layer(items, users, per_user, hidden, runs, chunk, device="cpu"):
         return -log_p[rows, col.long()].sum() / users
 
     def fused_loss(epilogue="native"):
-        return multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=chunk, epilogue=epilogue)
+        return multinomial_nll(h, W, b, (crow, col), impl="fused", chunk=chunk, backend=epilogue)
 
     def dense():
         backward(dense_loss())
@@ -217,13 +218,13 @@ def epilogue_by_isa(items, users, chunk, runs):
     def run():  # the batch's items fall in the first chunk; every chunk is read and rewritten
         for c in range(n_chunks):
             args = dict(Z=ptr(Z), crow=ptr(crow), col=ptr(col), B=users, N=n_chunks * chunk,
-                        n0=c * chunk, C=chunk, ldz=chunk, nnz=col.numel(), dtype=dtype_code(Z),
+                        n0=c * chunk, C=chunk, ldz=chunk, nnz=col.numel(), dtype=Z.dtype,
                         index_dtype=index_code(col))  # fmt: skip
-            launch("multinomial.lse_chunk", Z.device, op="multinomial_nll", reduce=False,
-                   run_max=ptr(state[0]), run_sum=ptr(state[1]), observed=ptr(state[2]),
-                   **args)  # fmt: skip
-            launch("multinomial.softmax_grad_chunk", Z.device, op="multinomial_nll backward",
-                   reduce=False, lse=ptr(lse), scale=ptr(scale), **args)  # fmt: skip
+            CPU.launch("multinomial.lse_chunk", Z.device, op="multinomial_nll", reduce=False,
+                       run_max=ptr(state[0]), run_sum=ptr(state[1]), observed=ptr(state[2]),
+                       **args)  # fmt: skip
+            CPU.launch("multinomial.softmax_grad_chunk", Z.device, op="multinomial_nll backward",
+                       reduce=False, lse=ptr(lse), scale=ptr(scale), **args)  # fmt: skip
 
     was = _native.active_isa()
     out = {}

@@ -17,7 +17,8 @@ from workloads import step_workload
 
 from deeprec.csr import Batch
 from deeprec.ops import _native, masked_mse, row_adam_step, sparse_linear, sparse_output_mse
-from deeprec.ops.masked_mse import masked_mse_launch
+from deeprec.ops.masked_mse import launch_kernel
+from deeprec.ops.native import CPU
 
 
 class _NoKernels:
@@ -35,7 +36,7 @@ class _NoKernels:
 
 @contextmanager
 def kernels_skipped():
-    """Every op with its native kernel calls made no-ops (deeprec.ops.launch still runs):
+    """Every op with its native kernel calls made no-ops (deeprec.ops.native still runs):
     what the op still costs is its per-call overhead (checks, dispatch, autograd,
     allocation, the launch itself), whatever the number of kernels."""
     real = _native.module
@@ -156,8 +157,8 @@ def loss_overhead(runs: int = 101) -> dict[str, float]:
     us = {
         "op_forward": op_fwd,
         "op_forward_backward": op_both,
-        "kernel_forward": lambda: masked_mse_launch(output, *batch.csr, loss, None, None),
-        "kernel_backward": lambda: masked_mse_launch(output, *batch.csr, None, grad, scale),
+        "kernel_forward": lambda: launch_kernel(CPU, output, *batch.csr, loss, None, None),
+        "kernel_backward": lambda: launch_kernel(CPU, output, *batch.csr, None, grad, scale),
         "seed_dense_eager": dense(seed_dense_masked_mse),
         "seed_dense_compiled": dense(compiled),
     }

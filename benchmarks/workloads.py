@@ -8,6 +8,7 @@ state achieved GB/s or GFLOP/s. Used by the pytest-benchmark suites
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,13 +34,29 @@ LOSS_SHAPES = {
 }
 SEED_HIDDEN = (512, 512, 1024)
 # Training impls: (name, --fused, --optimizer), built exactly as deeprec.train builds them:
-# the reference uses torch's fused Adam; --fused uses ItemAdam (exact, row-sparse gradients).
+# the reference uses torch's fused Adam; --fused uses ItemAdam (exact, row-sparse gradients)
+# and the device's default backend for the sparse layers (deeprec.ops.backends).
 TRAIN_IMPLS = (
     ("reference, torch default Adam (per-tensor loop)", False, "torch-adam"),
     ("reference (dense)", False, "adam"),
     ("--fused", True, "adam"),
     ("--fused --optimizer sparse-adam", True, "sparse-adam"),
 )
+# The other backend of the sparse layers, side by side with the default (a GPU measures
+# both: deeprec's CUDA kernels become its default only once measured faster).
+OTHER_BACKEND = {"cuda": ("--fused, deeprec's CUDA kernels", "native")}
+
+
+def train_impls(device: str) -> list[tuple[str, bool, str, str | None]]:
+    """TRAIN_IMPLS on ``device`` as (name, fused, optimizer, backend or None: the default),
+    with the other backend's --fused where the device has one to compare."""
+    impls = [(*impl, None) for impl in TRAIN_IMPLS]
+    other = OTHER_BACKEND.get(torch.device(device).type)
+    if other is not None:
+        impls.append((other[0], True, "adam", other[1]))
+    return impls
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -99,11 +116,16 @@ def loss_workload(shape: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     )
 
 
-def _path_and_optimizer(name: str, model, fused: bool, device: str) -> tuple[TrainingPlan, object]:
+def _path_and_optimizer(
+    name: str, model, fused: bool, device: str, backend: str | None = None
+) -> tuple[TrainingPlan, object]:
     """The training path and optimizer deeprec.train would use, or torch's default (per-tensor
-    loop) Adam on the reference path, the first baseline's optimizer."""
+    loop) Adam on the reference path, the first baseline's optimizer; ``backend``: the sparse
+    layers' backend instead of the device's default."""
     config = Config(fused=fused, optimizer="adam" if name == "torch-adam" else name)
     path = plan(config, torch.device(device))
+    if backend is not None:
+        path = dataclasses.replace(path, backend=backend)
     if name == "torch-adam":
         return path, torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False)
     return path, build_optimizer(config, model, path)
@@ -142,12 +164,12 @@ def epoch_workload(batch_size: int, device: str = "cpu", matrix=None, source: st
         matrix, source = seed_matrix()
     runs = {}
     impls = {}
-    for name, fused, optimizer in TRAIN_IMPLS:
+    for name, fused, optimizer, backend in train_impls(device):
         if fused and not fused_available(device):
             continue
         torch.manual_seed(0)
         model = AutoEncoder(matrix.n_cols, SEED_HIDDEN).to(device)
-        path, opt = _path_and_optimizer(optimizer, model, fused, device)
+        path, opt = _path_and_optimizer(optimizer, model, fused, device, backend)
         gen = torch.Generator().manual_seed(0)
         runs[name] = (model, path)
         impls[name] = lambda m=model, o=opt, g=gen, p=path: run_epoch(
@@ -216,12 +238,12 @@ def step_workload(
     batch.index  # noqa: B018
     impls = {}
     models = {}
-    for name, fused, optimizer in TRAIN_IMPLS:
+    for name, fused, optimizer, backend in train_impls(device):
         if fused and not fused_available(device):
             continue
         torch.manual_seed(0)
         model = AutoEncoder(N, SEED_HIDDEN).to(device)
-        path, opt = _path_and_optimizer(optimizer, model, fused, device)
+        path, opt = _path_and_optimizer(optimizer, model, fused, device, backend)
         models[name] = (model, path)
 
         def step(m=model, o=opt, p=path):

@@ -93,6 +93,7 @@ def _no_backend(path: dict) -> dict:
     return {k: v for k, v in path.items() if k != "backend"}
 
 
+ADAM = (1, 1e-2, (0.9, 0.999), 1e-8, 0.0, False)  # step, lr, betas, eps, decay, lazy
 OPS = [
     OpSpec(
         "masked_mse",
@@ -123,18 +124,8 @@ OPS = [
     OpSpec(
         "row_adam_step",
         lambda a, p: row_adam_step(
-            a["p"],
-            a["exp_avg"],
-            a["exp_avg_sq"],
-            a["grad"],
-            1,
-            1e-2,
-            (0.9, 0.999),
-            1e-8,
-            0.0,
-            False,
-            **_no_backend(p),
-        ),  # fmt: skip
+            a["p"], a["exp_avg"], a["exp_avg_sq"], a["grad"], *ADAM, **_no_backend(p)
+        ),
         ("p", "exp_avg", "exp_avg_sq", "grad"),
         paths=("fused/native", "reference"),
     ),

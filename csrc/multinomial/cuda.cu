@@ -81,7 +81,9 @@ lse_chunk_kernel(const T* __restrict__ Z, const int64_t* __restrict__ crow,
       m_old = run_max[i], s_old = run_sum[i], obs_old = observed[i];
     }
     int64_t k0 = 0, k1 = 0, p0 = 0, p1 = 0;
-    const bool ok = row_entries(crow, i, B, nnz, err, &k0, &k1);
+    // A row refused here keeps its state (a row refused at the first chunk: sum 0, which the
+    // driver reads as refused); the condition is the block's own, so all its threads agree.
+    if (!row_entries(crow, i, B, nnz, err, &k0, &k1)) continue;
     double m = -INFINITY;
     for (int64_t c = threadIdx.x; c < C; c += kThreads) m = fmax(m, static_cast<double>(z[c]));
     const double m_chunk = block_reduce(m, smem, Max{});
@@ -92,12 +94,10 @@ lse_chunk_kernel(const T* __restrict__ Z, const int64_t* __restrict__ crow,
     }
     s = block_reduce(s, smem, Sum{});
     double obs = 0.0;
-    if (ok) {
-      chunk_entries(col, k0, k1, n0, C, &p0, &p1);
-      for (int64_t k = p0 + threadIdx.x; k < p1; k += kThreads) {
-        const int64_t c = chunk_column(col, k, k0, n0, C, err);
-        if (c >= 0) obs += static_cast<double>(z[c]);
-      }
+    chunk_entries(col, k0, k1, n0, C, &p0, &p1);
+    for (int64_t k = p0 + threadIdx.x; k < p1; k += kThreads) {
+      const int64_t c = chunk_column(col, k, k0, n0, C, err);
+      if (c >= 0) obs += static_cast<double>(z[c]);
     }
     obs = block_reduce(obs, smem, Sum{});
     if (threadIdx.x == 0) {

@@ -31,7 +31,8 @@ namespace deeprec {
 // items n0 .. n0 + C, row stride ldz), the batch's structure (crow, col, nnz, index_dtype)
 // over N items, and its own state.
 // lse_chunk: run_max, run_sum, observed: double[B], the running state of one pass (written,
-// not read, when n0 == 0). After the last chunk lse_i = run_max[i] + log(run_sum[i]).
+// not read, when n0 == 0). After the last chunk lse_i = run_max[i] + log(run_sum[i]); a
+// refused row keeps run_sum 0 (a row's own maximum adds at least 1), which marks it.
 #define DEEPREC_LSE_CHUNK_ARGS(X)                                                          \
   X(const void*, Z) X(const int64_t*, crow) X(const void*, col) X(double*, run_max)       \
   X(double*, run_sum) X(double*, observed) X(int64_t, B) X(int64_t, N) X(int64_t, n0)     \

@@ -185,8 +185,10 @@ def raise_kernel_errors(device: torch.device | str | None = None) -> None:
     One small device-to-host read per stream used (a sync): call it where the host waits
     for the GPU anyway. The training loop does at every loss read and at the end of each
     epoch and of validation. ``device``: one GPU, or None for every GPU used so far. The
-    CPU raises at once, so for the CPU this does nothing.
+    CPU raises at once; where it defers (``deferred_on_cpu``) this reads its word too.
     """
+    if _defer_cpu and (device is None or torch.device(device).type == "cpu"):
+        raise_from(word(torch.device("cpu")))
     _raise_words(None if device is None else _gpu(torch.device(device)))
 
 
@@ -205,6 +207,8 @@ def read_checked(value: torch.Tensor) -> float:
     error word of the stream it was computed on: one sync where there would be one anyway.
     Raises the ValueError for an index refused on that device since its words were read."""
     device = _gpu(value.device)
+    if device is None and _defer_cpu:  # the CPU with a GPU's error flow
+        raise_from(word(value.device))
     if device is None or not any(dev == device for dev, _ in _stream_words):
         return float(value)  # the CPU (raised at once), or a GPU nothing has checked on
     w = word(device)

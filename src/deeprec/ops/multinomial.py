@@ -188,7 +188,9 @@ def _run(
         else:
             _torch_lse_chunk(Z, batch, n0, run_max, run_sum, observed)
     lse = run_max + run_sum.log()
-    terms = torch.where(counts > 0, counts * lse - observed, 0.0)
+    # A row the native epilogue refused keeps a sum of 0 (any row's own maximum adds 1): it
+    # contributes nothing. A NaN sum (diverged logits) still reaches the loss.
+    terms = torch.where((counts > 0) & (run_sum != 0), counts * lse - observed, 0.0)
     loss = (terms.sum() / max(B, 1)).to(h.dtype)
     return loss, lse.to(h.dtype)
 

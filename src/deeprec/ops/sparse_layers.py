@@ -272,7 +272,7 @@ def _sparse_output_mse_reference(h, weight, bias, crow, col, val, perm, ucol, up
                                  sparse_grad, backend):  # fmt: skip
     checked = checked_csr("sparse_output_mse", csr.CSRParts(crow, col, val), weight.shape[0])
     loss = sparse_output_mse_reference(h, weight, bias, csr.CSRParts(*checked[:3]))
-    return loss, None
+    return torch.where(checked.ok, loss, 0), None  # a refused batch (deferred): nothing
 
 
 def _sparse_output_setup(ctx, inputs, output):
