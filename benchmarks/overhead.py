@@ -9,6 +9,7 @@ long-tailed Netflix-shape training step under each SIMD variant this CPU runs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -53,11 +54,10 @@ def our_batch(crow, col, val) -> Batch:
     return Batch(crow, col.long(), val, 9559, int(torch.unique(col).numel()), torch.arange(128))
 
 
-def op_overheads(runs: int = 101, hidden: int = 512) -> dict[str, dict[str, float]]:
-    """Microseconds per op at the seed shape (128 x 9,559, 1.7% rated; the seed's 512-wide
-    first and last layers), forward and forward + backward: the op, the op with its kernels
-    skipped (the overhead), and their difference (the kernels). Backward overhead is
-    (fwd + bwd overhead) - (fwd overhead)."""
+def seed_op_calls(hidden: int = 512) -> dict[str, tuple[Callable, Callable | None]]:
+    """Every op at the seed shape (128 x 9,559, 1.7% rated; the seed's 512-wide first and
+    last layers) through its public function, on one of deeprec's batches: (forward,
+    forward + backward or None), each clearing the gradients it makes."""
     _, (crow, col, val), _ = rating_batch(128, 9559, 0.017)
     batch = our_batch(crow, col, val)
     g = torch.Generator().manual_seed(1)
@@ -81,6 +81,13 @@ def op_overheads(runs: int = 101, hidden: int = 512) -> dict[str, dict[str, floa
         for t in (w_in, b_in, w_out, b_out, h, out):
             t.grad = None
 
+    def cleared(fn):
+        def call():
+            clear()
+            return fn()
+
+        return call
+
     calls = {
         "masked_mse": (
             lambda: masked_mse(out, batch.csr, impl="fused"),
@@ -103,13 +110,20 @@ def op_overheads(runs: int = 101, hidden: int = 512) -> dict[str, dict[str, floa
             None,
         ),
     }
+    return {
+        name: (cleared(fwd), None if both is None else cleared(both))
+        for name, (fwd, both) in calls.items()
+    }
+
+
+def op_overheads(runs: int = 101, hidden: int = 512) -> dict[str, dict[str, float]]:
+    """Microseconds per op at the seed shape (seed_op_calls), forward and forward +
+    backward: the op, the op with its kernels skipped (the overhead), and their difference
+    (the kernels). Backward overhead is (fwd + bwd overhead) - (fwd overhead)."""
+    calls = seed_op_calls(hidden)
 
     def timed(fn) -> float:
-        def step():
-            clear()
-            fn()
-
-        return measure(step, runs=runs, warmup=10)["median"] * 1e6
+        return measure(fn, runs=runs, warmup=10)["median"] * 1e6
 
     res: dict[str, dict[str, float]] = {}
     for name, (fwd, both) in calls.items():

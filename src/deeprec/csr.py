@@ -1,10 +1,10 @@
 """CSR batches and their column index: the batch type, unpacking, and the metadata checks.
 
-The native kernels check every index value they read (csrc/checks.h), so the ops check
-only metadata here: tensor kind, rank, dtype, device, contiguity and lengths, never
-values, which on a GPU would cost a host sync per check. Values are checked on the host
-only where data enters (``Batch.from_csr``, the file readers) and on the pure-PyTorch
-reference path, the fallback whose indexing must not fault (``check_values``).
+The native kernels check every index value they read (csrc/checks.h), and the paths that
+read indices with torch ops check them on the device first (deeprec.ops.device_checks), so
+the ops check only metadata here: tensor kind, rank, dtype, device, contiguity and lengths,
+never values, which on a GPU would cost a host sync per check. Values are checked on the
+host only where data enters (``Batch.from_csr``, the file readers: ``check_values``).
 """
 
 from __future__ import annotations

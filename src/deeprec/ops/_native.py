@@ -73,12 +73,17 @@ def call(entry: str, args: dict[str, object]) -> None:
 
 def kernel_dtypes(family: str, device_type: str) -> tuple[torch.dtype, ...]:
     """The scalar dtypes kernel ``family`` (masked_mse, sparse_layers, row_adam, multinomial)
-    runs on
-    ``device_type``, as the compiled module's table says (empty without the module)."""
-    if _C is None:
-        return ()
-    names = _C.KERNEL_DTYPES.get(family, {}).get(device_type, ())
-    return tuple(getattr(torch, name) for name in names)
+    runs on ``device_type``, as the compiled module's table says (empty without the module).
+    Asked at every launch: read from the module once."""
+    key = (family, device_type)
+    cached = _dtype_tables.get(key)
+    if cached is None or cached[0] is not _C:
+        names = _C.KERNEL_DTYPES.get(family, {}).get(device_type, ()) if _C is not None else ()
+        cached = _dtype_tables[key] = (_C, tuple(getattr(torch, name) for name in names))
+    return cached[1]
+
+
+_dtype_tables: dict[tuple[str, str], tuple[ModuleType | None, tuple[torch.dtype, ...]]] = {}
 
 
 # ------------------------------------------------------------------ SIMD variant (CPU)

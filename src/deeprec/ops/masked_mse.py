@@ -89,8 +89,8 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, grad):
     output, crow, col, val = ctx.saved_tensors
     grad_output = None
-    if ctx.needs_input_grad[0]:
-        grad_output = MASKED_MSE_BACKWARD(grad, output, crow, col, val)
+    if grad is not None and ctx.needs_input_grad[0]:
+        grad_output = MASKED_MSE_BACKWARD.grad(ctx, grad, output, crow, col, val)
     return grad_output, None, None, None
 
 
@@ -103,6 +103,7 @@ MASKED_MSE = Op(
     reference=_reference,
     setup=_setup,
     backward=_backward,
+    fast_path=True,  # its kernels take ~60 us at the seed shape: the dispatcher added ~20
 )
 
 

@@ -106,8 +106,16 @@ CUDA = CudaKernels()
 DEVICES: tuple[DeviceKernels, ...] = (CPU, CUDA)
 
 
+_available: set[tuple[torch.device, torch.dtype, str, object]] = set()
+
+
 def require(op: str, device: torch.device, dtype: torch.dtype, family: str) -> None:
-    """The native kernels of ``family`` exist for ``device`` and ``dtype``, or raise."""
+    """The native kernels of ``family`` exist for ``device`` and ``dtype``, or raise. Asked
+    at every launch; an answer that was yes is remembered (for this module: a test may
+    swap it)."""
+    key = (device, dtype, family, _native.module())
+    if key in _available:
+        return
     reason = _native.unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"deeprec::{op}: no native kernel on {device}: {reason}")
@@ -117,3 +125,5 @@ def require(op: str, device: torch.device, dtype: torch.dtype, family: str) -> N
             f"deeprec::{op}: no kernel for {dtype} on {device.type} "
             f"(supported: {', '.join(str(d) for d in supported)})"
         )
+    if _native.ISA_ERROR is None:  # DEEPREC_ISA's refusal is the process's answer
+        _available.add(key)

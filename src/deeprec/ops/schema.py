@@ -8,16 +8,14 @@ An op is an ``Op`` built from plain functions:
   kernel, and the pure-PyTorch reference route of the public wrapper.
 - ``run(kernels, *args)``: the computation, for the device whose ``native.DeviceKernels``
   it is handed. Its annotated signature (less ``kernels``) is the op's schema. ``Op``
-  registers it once per device type with ``torch.library`` (``register_kernel``), so
-  torch's dispatcher routes each call to its device's kernel.
+  registers it once per device type with ``torch.library`` (at the CPU and CUDA dispatch
+  keys), so torch's dispatcher routes each call to its device's kernel.
 - ``fake`` (output shapes, for torch.compile and opcheck), and for a differentiable op
   ``setup`` and ``backward`` (``register_autograd``; a backward calls the ops it needs).
 - ``reference``: the pure-PyTorch definition, on the op's own arguments.
 
-Every call goes through the dispatcher: measured on this package's CPU workloads
-(benchmarks/compare_builds.py), routing by the dispatcher and torch's custom-op autograd
-cost no more than the hand-routed autograd.Function the package used before
-(docs/design.md, "Ops on the dispatcher").
+Every call goes through the dispatcher (benchmarks/dispatcher_cost.py measures what that
+costs against an eager fast path; docs/design.md, "Ops on torch's dispatcher").
 
 A public wrapper only normalises its inputs (a CSR target into its parts, contiguous
 copies, the default backend) and calls ``Op.call(impl, ...)``, which picks the
@@ -42,6 +40,10 @@ ChosenImpl = Literal["fused", "reference"]
 
 # Every Op, in the order defined (each op module imports this one and adds its own).
 OPS: list[Op] = []
+# The deeprec:: namespace: every op's schema and kernels are registered here, once.
+_LIBRARY = torch.library.Library("deeprec", "DEF")
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+_KERNELS_OF = {kernels.device_type: kernels for kernels in native.DEVICES}
 
 # What a schema's annotation asks of an argument: (the Python types, None allowed); the
 # symbolic kinds are what torch.compile and opcheck pass while tracing.
@@ -72,11 +74,14 @@ class Op:
         mutates: tuple[str, ...] = (),
         lead: int = 0,
         public: str | None = None,
+        fast_path: bool = False,
     ) -> None:
         """family: the kernel family whose dtype table decides where ``impl="auto"`` may use
         the kernels; lead: the argument whose device and dtype that is decided on; public:
-        the name of the public function it serves, for messages (default: name)."""
+        the name of the public function it serves, for messages (default: name); fast_path:
+        eager calls skip the dispatcher (see ``_eager_function``)."""
         self.name, self.check, self.run, self.reference = name, check, run, reference
+        self.setup, self.backward = setup, backward
         self.public = public or name
         self.family, self.lead = family, lead
         OPS.append(self)
@@ -85,30 +90,51 @@ class Op:
         self.params = [(p.name, _KINDS[p.annotation]) for p in params]
 
         def default(*args):  # a device type with no kernel: say so, after the metadata
-            check(*args)
+            self.check(*args)
             device = args[lead].device
             raise RuntimeError(f"deeprec::{name}: no kernel for device type {device.type!r}")
 
         default.__signature__ = signature.replace(parameters=params)
         default.__name__ = name
-        registered = torch.library.custom_op(f"deeprec::{name}", mutates_args=mutates)(default)
-        # What the dispatcher runs on each device type (also for tests that watch inside it).
+        _LIBRARY.define(name + torch.library.infer_schema(default, mutates_args=mutates))
+        # What the dispatcher runs on each device type (also for tests that watch inside it),
+        # registered straight at the device's dispatch key, as TORCH_LIBRARY_IMPL would.
         self.kernels = {
             kernels.device_type: functools.partial(self._kernel, kernels)
             for kernels in native.DEVICES
         }
         for device_type, kernel in self.kernels.items():
-            registered.register_kernel(device_type)(kernel)
-        registered.register_fake(functools.partial(_fake, check, fake))
+            _LIBRARY.impl(name, kernel, _DISPATCH_KEYS[device_type])
+        _LIBRARY.impl(name, default, "CompositeExplicitAutograd")
+        qualified = f"deeprec::{name}"
+        torch.library.register_fake(qualified, functools.partial(_fake, self, fake), lib=_LIBRARY)
         if backward is not None:
-            registered.register_autograd(backward, setup_context=setup)
-        self.registered = registered
+            torch.library.register_autograd(qualified, backward, setup_context=setup,
+                                            lib=_LIBRARY)  # fmt: skip
         self.op = getattr(torch.ops.deeprec, name).default
+        # The eager fast path, only for the ops given one (fast_path=True): where measured,
+        # the dispatcher and the registered autograd cost more than the op's kernels
+        # (benchmarks/results/dispatcher.md); compiled code and raw torch.ops calls still
+        # take the registered op.
+        self.eager = _eager_function(self) if fast_path else None
 
     def __call__(self, *args):
         """The registered op (through the dispatcher), after a check of the arguments'
         kinds: the dispatcher's own refusal of a None or a wrong type is a page long."""
         self.kinds(*args)
+        return self._dispatch(*args)
+
+    def _dispatch(self, *args):
+        if self.eager is not None and not torch.compiler.is_compiling():
+            return self.eager.apply(*args)
+        return self.op(*args)
+
+    def grad(self, ctx, *args):
+        """The op as a backward calls it: from the eager fast path (ctx.eager) its kernel
+        for the inputs' device, unchecked (forward checked what it saved; the kernels check
+        every index they read again); else the registered op."""
+        if getattr(ctx, "eager", False):
+            return self.run(ctx.kernels, *args)
         return self.op(*args)
 
     def call(self, impl: Impl, *args):
@@ -123,7 +149,7 @@ class Op:
         if chosen == "reference":
             self.check(*args)
             return self.reference(*args)
-        return self.op(*args)
+        return self._dispatch(*args)
 
     def _kernel(self, kernels: native.DeviceKernels, *args):
         """The op on one device type: the validator, then the computation."""
@@ -140,13 +166,35 @@ class Op:
                 raise TypeError(f"{self.public}: {name} must be {want}, got {type(value).__name__}")
 
 
-def _fake(check, fake, *args):
+def _eager_function(op: Op) -> type[torch.autograd.Function]:
+    """op as a plain autograd.Function over its kernel for the lead argument's device, the
+    same validator first: the one place outside the dispatcher that picks a device's kernel,
+    kept for the ops where the dispatcher measured dearer than their kernels."""
+
+    def forward(ctx, *args):
+        kernels = _KERNELS_OF[args[op.lead].device.type]
+        op.check(*args)
+        out = op.run(kernels, *args)
+        if op.setup is not None:
+            op.setup(ctx, args, out)
+        ctx.eager, ctx.kernels = True, kernels
+        ctx.set_materialize_grads(False)
+        return out
+
+    def backward(ctx, *grads):
+        return op.backward(ctx, *grads)
+
+    members = {"forward": staticmethod(forward), "backward": staticmethod(backward)}
+    return type(f"Eager_{op.name}", (torch.autograd.Function,), members)
+
+
+def _fake(op: Op, fake, *args):
     """The output shapes. Called on real tensors (a meta tensor among the arguments makes
     the dispatcher pick this over the kernel of the others' device), the validator runs
     first, so a wrong device is refused, not answered with empty meta tensors; on
     torch.compile's fake tensors it does not (their sizes may be symbols to guard on)."""
     if not any(isinstance(a, FakeTensor) for a in args):
-        check(*args)
+        op.check(*args)
     return fake(*args)
 
 
