@@ -7,6 +7,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
+
 namespace deeprec {
 namespace cuda {
 
@@ -55,6 +57,21 @@ __device__ bool grid_sum_last_block(A block_total, A* partials, unsigned int* co
   *total = block_sum<kThreads>(part, smem);
   if (threadIdx.x == 0) *counter = 0u;
   return true;
+}
+
+// The mean of every thread's `acc` (a sum of squares, in double) over `count` terms, written
+// to *loss (converted to T) by the block that finishes last; every thread of every block
+// calls it. `smem` holds kThreads doubles.
+template <int kThreads, typename T>
+__device__ void write_mean(double acc, int64_t count, double* partials, unsigned int* counter,
+                           double* smem, T* loss) {
+  const double block_total = block_sum<kThreads>(acc, smem);
+  double all;
+  if (grid_sum_last_block<kThreads>(block_total, partials, counter, smem, &all) &&
+      threadIdx.x == 0) {
+    using A = typename Acc<T>::type;
+    *loss = from_acc<T, A>(static_cast<A>(count > 0 ? all / static_cast<double>(count) : 0.0));
+  }
 }
 
 }  // namespace cuda

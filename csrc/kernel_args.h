@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "checks.h"
+#include "common.h"
 
 namespace deeprec {
 
@@ -63,5 +64,19 @@ template <typename Launch>
 inline ErrorSink sink_of(const Launch& on) {
   return ErrorSink{on.err, on.err_tag};
 }
+
+#if !defined(__CUDACC__)
+// The frame of a CPU entry point over a CSR batch: `body(t, i, sink)` for the scalar and
+// index types `a.dtype` and `a.index_dtype` name (Tag<T>, Tag<I>, of the types in Floats)
+// and the launch's error sink; kBadIndex when it refused an index.
+template <typename Floats, typename Args, typename Body>
+int cpu_entry(const Args& a, const CpuLaunch& on, Body&& body) {
+  const ErrorSink sink = sink_of(on);
+  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
+    body(t, i, sink);
+    return failed(sink) ? kBadIndex : kOk;
+  });
+}
+#endif
 
 }  // namespace deeprec

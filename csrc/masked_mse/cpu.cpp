@@ -80,14 +80,12 @@ void masked_mse_impl(const void* out, const int64_t* crow, const void* col, cons
 }  // namespace
 
 int masked_mse_cpu(const MaskedMseArgs& a, const CpuLaunch& on) {
-  const ErrorSink sink = sink_of(on);
-  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
+  return cpu_entry<Floats>(a, on, [&](auto t, auto i, ErrorSink sink) {
     using T = typename decltype(t)::type;
     masked_mse_impl<T, typename decltype(i)::type>(a.out, a.crow, a.col, a.val, a.B, a.N, a.nnz,
                                                    a.loss, a.grad,
                                                    scalar_or_one<T>(a.grad_scale), sink,
                                                    on.num_threads);
-    return failed(sink) ? kBadIndex : kOk;
   });
 }
 

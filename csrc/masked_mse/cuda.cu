@@ -68,13 +68,7 @@ masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
       if (grad != nullptr) grad[row * N + j] = from_acc<T, A>(coef * d);
     }
   }
-  if (loss == nullptr) return;
-  const double block_total = cuda::block_sum<kThreads>(acc, smem);
-  double all;
-  if (cuda::grid_sum_last_block<kThreads>(block_total, partials, counter, smem, &all) &&
-      threadIdx.x == 0) {
-    *loss = from_acc<T, A>(static_cast<A>(nnz > 0 ? all / static_cast<double>(nnz) : 0.0));
-  }
+  if (loss != nullptr) cuda::write_mean<kThreads>(acc, nnz, partials, counter, smem, loss);
 }
 
 template <typename T, typename I>

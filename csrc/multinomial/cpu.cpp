@@ -177,26 +177,22 @@ void softmax_grad_chunk(T* Z, const int64_t* crow, const I* col, const T* lse, T
 }  // namespace
 
 int lse_chunk_cpu(const LseChunkArgs& a, const CpuLaunch& on) {
-  const ErrorSink sink = sink_of(on);
-  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
+  return cpu_entry<Floats>(a, on, [&](auto t, auto i, ErrorSink sink) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     lse_chunk<T, I>(static_cast<const T*>(a.Z), a.crow, static_cast<const I*>(a.col),
                     a.run_max, a.run_sum, a.observed, a.B, a.N, a.n0, a.C, a.ldz, a.nnz, sink,
                     on.num_threads);
-    return failed(sink) ? kBadIndex : kOk;
   });
 }
 
 int softmax_grad_chunk_cpu(const SoftmaxGradChunkArgs& a, const CpuLaunch& on) {
-  const ErrorSink sink = sink_of(on);
-  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
+  return cpu_entry<Floats>(a, on, [&](auto t, auto i, ErrorSink sink) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     softmax_grad_chunk<T, I>(static_cast<T*>(a.Z), a.crow, static_cast<const I*>(a.col),
                              static_cast<const T*>(a.lse), scalar_or_one<T>(a.scale), a.B, a.N,
                              a.n0, a.C, a.ldz, a.nnz, sink, on.num_threads);
-    return failed(sink) ? kBadIndex : kOk;
   });
 }
 

@@ -170,34 +170,29 @@ void col_accumulate(const int64_t* ucol, const int64_t* uptr, const ColumnSums<T
 }  // namespace
 
 int spmm_rows_cpu(const SpmmRowsArgs& a, const CpuLaunch& on) {
-  const ErrorSink sink = sink_of(on);
-  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
+  return cpu_entry<Floats>(a, on, [&](auto t, auto i, ErrorSink sink) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     spmm_rows<T, I>(a.crow, static_cast<const I*>(a.col), static_cast<const T*>(a.val),
                     static_cast<const T*>(a.W), static_cast<const T*>(a.bias),
                     static_cast<T*>(a.out), a.B, a.N, a.H, a.nnz, scalar_or_one<T>(a.scale), sink,
                     on.num_threads);
-    return failed(sink) ? kBadIndex : kOk;
   });
 }
 
 int sddmm_residual_cpu(const SddmmResidualArgs& a, const CpuLaunch& on) {
-  const ErrorSink sink = sink_of(on);
-  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
+  return cpu_entry<Floats>(a, on, [&](auto t, auto i, ErrorSink sink) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     sddmm_residual<T, I>(a.crow, static_cast<const I*>(a.col), static_cast<const T*>(a.val),
                          static_cast<const T*>(a.h), static_cast<const T*>(a.W),
                          static_cast<const T*>(a.bias), static_cast<T*>(a.resid),
                          static_cast<T*>(a.loss), a.B, a.N, a.H, a.nnz, sink, on.num_threads);
-    return failed(sink) ? kBadIndex : kOk;
   });
 }
 
 int col_accumulate_cpu(const ColAccumulateArgs& a, const CpuLaunch& on) {
-  const ErrorSink sink = sink_of(on);
-  return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
+  return cpu_entry<Floats>(a, on, [&](auto t, auto i, ErrorSink sink) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     const ColumnSums<T, I> sums{a.perm, a.rows, a.crow, static_cast<const I*>(a.col),
@@ -205,7 +200,6 @@ int col_accumulate_cpu(const ColAccumulateArgs& a, const CpuLaunch& on) {
                                 a.H, a.nnz, scalar_or_one<T>(a.scale), sink};
     col_accumulate<T, I>(a.ucol, a.uptr, sums, static_cast<T*>(a.dW), static_cast<T*>(a.db),
                          a.U, a.N, a.compact, on.num_threads);
-    return failed(sink) ? kBadIndex : kOk;
   });
 }
 

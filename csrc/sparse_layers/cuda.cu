@@ -85,13 +85,7 @@ sddmm_residual_kernel(const int64_t* __restrict__ crow, const I* __restrict__ co
       }
     }
   }
-  if (loss == nullptr) return;
-  const double block_total = cuda::block_sum<kThreads>(acc, smem);
-  double all;
-  if (cuda::grid_sum_last_block<kThreads>(block_total, partials, counter, smem, &all) &&
-      threadIdx.x == 0) {
-    *loss = static_cast<T>(nnz > 0 ? all / static_cast<double>(nnz) : 0.0);
-  }
+  if (loss != nullptr) cuda::write_mean<kThreads>(acc, nnz, partials, counter, smem, loss);
 }
 
 template <typename T, typename I>
