@@ -128,17 +128,24 @@ template <typename T, typename I>
 void col_accumulate(const int64_t* ucol, const int64_t* uptr, const ColumnSums<T, I>& sums,
                     T* dW, T* db, int64_t U, int64_t N, bool compact, int num_threads) {
   const int64_t H = sums.H;
+  // A refused batch or index: every output written as zero (defined values, nothing applied
+  // from it, wherever the caller reads the refusal later).
+  const auto refused = [&] {
+    const int64_t rows_out = compact ? U : N;
+    std::memset(dW, 0, static_cast<size_t>(rows_out * H) * sizeof(T));
+    if (db != nullptr) std::memset(db, 0, static_cast<size_t>(rows_out) * sizeof(T));
+  };
   for (int64_t i = 0; i < sums.B; ++i) {  // the batch's offsets, which rows are checked against
     int64_t k0 = 0, k1 = 0;
-    if (!row_entries(sums.crow, i, sums.B, sums.nnz, sums.err, &k0, &k1)) return;
+    if (!row_entries(sums.crow, i, sums.B, sums.nnz, sums.err, &k0, &k1)) return refused();
   }
   for (int64_t u = 0; u < U; ++u) {
     int64_t p0 = 0, p1 = 0, j = 0;
-    if (!column_group(ucol, uptr, u, U, N, sums.nnz, sums.err, &p0, &p1, &j)) return;
+    if (!column_group(ucol, uptr, u, U, N, sums.nnz, sums.err, &p0, &p1, &j)) return refused();
   }
   if (U == 0 && sums.nnz != 0) {  // no groups, yet entries to group
     report(sums.err, kUptrOrder, 0, uptr[0], sums.nnz);
-    return;
+    return refused();
   }
   if (compact) {  // only the touched rows, in ucol order
     parallel_for(U, num_threads, std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)),
