@@ -87,6 +87,11 @@ void sddmm_residual(const int64_t* crow, const I* col, const T* val, const T* h,
       row_sums[i] = sum;
     }
   });
+  if (failed(err)) {  // a refused batch: defined values, nothing of it applied
+    std::memset(resid, 0, static_cast<size_t>(nnz) * sizeof(T));
+    if (loss != nullptr) *loss = T(0);
+    return;
+  }
   if (loss != nullptr) {
     double total = 0.0;
     for (double s : row_sums) total += s;

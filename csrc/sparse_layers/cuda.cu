@@ -173,6 +173,11 @@ int sddmm_residual_cuda(const SddmmResidualArgs& a, const CudaLaunch& on) {
     if (a.loss == nullptr) return kOk;
     return cuda::fail(cudaMemsetAsync(a.loss, 0, dtype_size(a.dtype), s));
   }
+  // Zero first: the entries of a refused row are never written (a refused batch's
+  // residuals are 0 where the refusal is read later).
+  if (const int st = cuda::fail(cudaMemsetAsync(a.resid, 0, a.nnz * dtype_size(a.dtype), s))) {
+    return st;
+  }
   return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;

@@ -30,9 +30,8 @@ namespace deeprec {
 DEEPREC_KERNEL_ARGS(SpmmRowsArgs, DEEPREC_SPMM_ROWS_ARGS)
 
 // resid[k] = h[row k] . W[col[k], :] + bias[col[k]] - val[k]; *loss = sum resid^2 / nnz
-// (output layer + masked MSE forward), summed in double. loss may be null. An entry the
-// checks refuse gets resid 0 (the caller zero-fills resid, so a refused row's entries are
-// 0 too).
+// (output layer + masked MSE forward), summed in double. loss may be null. A refused entry
+// or row gets residual 0 (CPU: a refused batch gets every residual and the loss 0).
 #define DEEPREC_SDDMM_RESIDUAL_ARGS(X)                                                     \
   X(const int64_t*, crow) X(const void*, col) X(const void*, val) X(const void*, h)       \
   X(const void*, W) X(const void*, bias) X(void*, resid) X(void*, loss) X(int64_t, B)     \

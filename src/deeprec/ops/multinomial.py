@@ -273,6 +273,7 @@ def _setup(ctx, inputs, output):
     h, weight, bias, crow, col, chunk, backend = inputs
     ctx.save_for_backward(h, weight, bias, crow, col, output[1])
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero gradient written for the log-sum-exps
     ctx.chunk, ctx.backend = chunk, backend
 
 

@@ -259,7 +259,7 @@ def _sparse_output_mse_run(
     entry's residual is 0)."""
     if backend == "torch":
         return sparse_torch.residuals("sparse_output_mse", h, weight, bias, crow, col, val)
-    resid = torch.zeros(col.numel(), dtype=h.dtype, device=h.device)
+    resid = torch.empty(col.numel(), dtype=h.dtype, device=h.device)
     loss = h.new_empty(())
     kernels.launch("sparse_layers.sddmm_residual", h.device, op="sparse_output_mse",
                    dtype=h.dtype, **batch_args(crow, col), val=val, h=h, W=weight, bias=bias,
@@ -279,6 +279,7 @@ def _sparse_output_setup(ctx, inputs, output):
     h, weight, bias, crow, col, _val, perm, ucol, uptr, rows, sparse_grad, backend = inputs
     ctx.save_for_backward(h, weight, crow, col, perm, ucol, uptr, rows, output[1])
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero gradient written for the residuals
     ctx.sparse_grad, ctx.backend, ctx.with_bias = sparse_grad, backend, bias is not None
 
 
