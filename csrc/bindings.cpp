@@ -10,7 +10,6 @@
 // (a ValueError) after the call, with the details in the caller's error word.
 #include <pybind11/pybind11.h>
 
-#include <array>
 #include <iterator>
 #include <cstddef>
 #include <cstdint>

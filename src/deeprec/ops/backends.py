@@ -34,6 +34,14 @@ def default(device: torch.device | str) -> str:
     return DEFAULTS.get(torch.device(device).type, "torch")
 
 
+def resolve(backend: str | None, like: object) -> object:
+    """``backend``, or for None the default on ``like``'s device (a tensor's; anything else
+    is passed on for the op's validator to refuse)."""
+    if backend is None and isinstance(like, torch.Tensor):
+        return default(like.device)
+    return backend
+
+
 def check(backend: object) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -59,14 +59,30 @@ class Problems:
         return self.like.new_full((1,), value)
 
 
+def _offset_checks(p: Problems, offsets: torch.Tensor, nnz: int, start: str, order: str,
+                   end: str) -> None:  # fmt: skip
+    """Row offsets (crow, or a column index's uptr) start at 0, stay in [0, nnz] without
+    falling and end at nnz; each failure under its own check."""
+    last = offsets.numel() - 1
+    p.add(start, offsets[:1] != 0, offsets[:1], 0)
+    after = offsets[1:]
+    falls = (after < offsets[:-1]) | (after < 0) | (after > nnz)
+    p.add(order, falls, after, nnz, offset=1)
+    p.add(end, offsets[-1:] != nnz, offsets[-1:], nnz, offset=last)
+
+
 def _crow_checks(p: Problems, crow: torch.Tensor, nnz: int) -> None:
-    """crow starts at 0, stays in [0, nnz] without falling and ends at nnz."""
-    B = crow.numel() - 1
-    p.add("crow_start", crow[:1] != 0, crow[:1], 0)
-    after = crow[1:]
-    falls = (after < crow[:-1]) | (after < 0) | (after > nnz)
-    p.add("crow_order", falls, after, nnz, offset=1)
-    p.add("crow_end", crow[-1:] != nnz, crow[-1:], nnz, offset=B)
+    _offset_checks(p, crow, nnz, "crow_start", "crow_order", "crow_end")
+
+
+def grad_rows_problem(ids: torch.Tensor, n_rows: int, *, ordered: bool) -> torch.Tensor:
+    """The first row id of a row-sparse gradient the row Adam kernel would refuse: outside
+    [0, n_rows), or (``ordered``) not strictly rising."""
+    p = Problems(ids)
+    p.add("grad_row_range", (ids < 0) | (ids >= n_rows), ids, n_rows)
+    if ordered:
+        p.add("grad_row_order", ids[1:] <= ids[:-1], ids[1:], ids[:-1], offset=1)
+    return p.first()
 
 
 def csr_problem(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> torch.Tensor:
@@ -98,10 +114,7 @@ def index_problem(crow: torch.Tensor, col: torch.Tensor, index: ColumnIndex,
         if nnz:
             p.add("uptr_order", torch.ones(1, dtype=torch.bool, device=c.device), uptr[:1], nnz)
     else:
-        p.add("uptr_order", uptr[:1] != 0, uptr[:1], nnz)
-        later = uptr[1:]
-        p.add("uptr_order", (later < uptr[:-1]) | (later > nnz), later, nnz, offset=1)
-        p.add("uptr_order", uptr[-1:] != nnz, uptr[-1:], nnz, offset=U)
+        _offset_checks(p, uptr, nnz, "uptr_order", "uptr_order", "uptr_order")
         p.add("ucol_range", (ucol < 0) | (ucol >= n_cols), ucol, n_cols)
         p.add("ucol_order", ucol[1:] <= ucol[:-1], ucol[1:], ucol[:-1], offset=1)
     if nnz:
@@ -133,17 +146,13 @@ def checked_csr(op: str, parts: CSRParts, n_cols: int) -> Checked:
     """Report the batch's first problem for ``op`` and return what torch ops may read
     (col as int64: torch's CSR tensors need crow and col of one dtype)."""
     crow, col, val = parts
-    problem = csr_problem(crow, col, n_cols)
-    errors.report(crow.device, op, problem)
-    ok = problem[0] == 0
+    ok = errors.report(crow.device, op, csr_problem(crow, col, n_cols))
     nnz = col.numel()
     if n_cols == 0 and nnz:  # no column can hold an entry: none is handed on
         return Checked(torch.zeros_like(crow), col[:0].long(), None if val is None else val[:0],
                        ok)  # fmt: skip
-    stand_in = torch.full_like(crow, nnz)
-    stand_in[:1] = 0
     col = torch.where(ok, col.long(), 0)
-    return Checked(torch.where(ok, crow, stand_in), col,
+    return Checked(torch.where(ok, crow, _all_in_first(crow, nnz)), col,
                    None if val is None else torch.where(ok, val, 0), ok)  # fmt: skip
 
 
@@ -153,19 +162,22 @@ def checked_index(op: str, crow: torch.Tensor, col: torch.Tensor, index: ColumnI
     index torch ops may read and ``ok``. The stand-in for a refused index: every entry in
     its first group, over row 0, in the order stored. None where no index of this size can
     be sound (more groups than columns, or entries but no group): the caller reads none."""
-    problem = index_problem(crow, col, index, n_cols)
-    errors.report(crow.device, op, problem)
-    ok = problem[0] == 0
+    ok = errors.report(crow.device, op, index_problem(crow, col, index, n_cols))
     perm, ucol, uptr, rows = index
     nnz, U = col.numel(), ucol.numel()
     if n_cols < U or (U == 0 and nnz):
         return None, ok
-    stand_uptr = torch.full_like(uptr, nnz)
-    stand_uptr[:1] = 0
     arange = torch.arange(max(nnz, U), device=col.device)
     return ColumnIndex(
         torch.where(ok, perm, arange[:nnz]),
         torch.where(ok, ucol, arange[:U]),
-        torch.where(ok, uptr, stand_uptr),
+        torch.where(ok, uptr, _all_in_first(uptr, nnz)),
         torch.where(ok, rows, 0),
     ), ok
+
+
+def _all_in_first(offsets: torch.Tensor, nnz: int) -> torch.Tensor:
+    """Offsets like ``offsets`` that put all nnz entries in the first row (or group)."""
+    out = torch.full_like(offsets, nnz)
+    out[:1] = 0
+    return out

@@ -167,16 +167,19 @@ def raise_from(w: torch.Tensor, words: list[int] | None = None) -> None:
         raise ValueError(describe(words)) from None
 
 
-def report(device: torch.device, op: str, problem: torch.Tensor) -> None:
+def report(device: torch.device, op: str, problem: torch.Tensor) -> torch.Tensor:
     """Record ``problem`` (int64 check, position, value, bound; all zero for none: the form
     ops/device_checks.py finds) in ``device``'s word unless a refusal is recorded there
-    already, with no host sync; raise it at once where refusals are not deferred."""
+    already, with no host sync; raise it at once where refusals are not deferred. Returns
+    whether there was none (a 0-dim bool on the device), for the caller's stand-ins."""
     w = word(device)
     tag = problem.new_full((1,), TAG[op])
-    new = torch.where(problem[0] != 0, torch.cat([problem[:1], tag, problem[1:]]), 0)
+    ok = problem[0] == 0
+    new = torch.where(ok, 0, torch.cat([problem[:1], tag, problem[1:]]))
     w.copy_(torch.where(w[0] != 0, w, new))
     if not deferred(device):
         raise_from(w)
+    return ok
 
 
 def raise_kernel_errors(device: torch.device | str | None = None) -> None:

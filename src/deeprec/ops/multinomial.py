@@ -80,11 +80,9 @@ def multinomial_nll(
     dense definition.
     """
     crow, col = csr.unpack_structure(target, (csr.dim(h, 0), csr.dim(weight, 0)), rows_from="h")
-    if isinstance(weight, torch.Tensor):
-        if chunk is None:
-            chunk = chunk_items(csr.dim(h, 0) or 1, weight.shape[0], weight.element_size())
-        if backend is None:
-            backend = backends.default(weight.device)
+    if isinstance(weight, torch.Tensor) and chunk is None:
+        chunk = chunk_items(csr.dim(h, 0) or 1, weight.shape[0], weight.element_size())
+    backend = backends.resolve(backend, weight)
     loss, _ = MULTINOMIAL_NLL.call(impl, csr.contiguous(h), weight, bias, crow, col, chunk,
                                    backend)  # fmt: skip
     return loss
@@ -172,13 +170,14 @@ def _run(
     device = h.device
     stats = torch.empty(3, B, dtype=torch.float64, device=device)  # max, sum, observed
     run_max, run_sum, observed = stats
-    counts = (crow[1:] - crow[:-1]).to(torch.float64)
     if backend == "torch":
         batch = _TorchBatch("multinomial_nll", crow, col, N, torch.float64)
         counts = batch.counts
         run_max.fill_(float("-inf"))
         run_sum.zero_()
         observed.zero_()
+    else:
+        counts = (crow[1:] - crow[:-1]).to(torch.float64)
     buf = torch.empty(B * min(chunk, N), dtype=h.dtype, device=device)
     for n0, n1 in _chunks(N, chunk):
         Z = _logits(h, weight, bias, n0, n1, buf)

@@ -23,7 +23,7 @@ import torch
 
 from deeprec import csr
 from deeprec.ops import errors
-from deeprec.ops.device_checks import Problems
+from deeprec.ops.device_checks import grad_rows_problem
 from deeprec.ops.native import DeviceKernels
 from deeprec.ops.reference import adam_update, row_adam_reference
 from deeprec.ops.schema import Impl, Op
@@ -106,11 +106,8 @@ def _merged(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     (errors.py) and its rows dropped."""
     ids, values = grad._indices()[0], grad._values()
     N = grad.shape[0]
-    p = Problems(ids)
-    p.add("grad_row_range", (ids < 0) | (ids >= N), ids, N)
-    problem = p.first()
-    errors.report(grad.device, "row_adam_step", problem)
-    inside = (ids >= 0) & (ids < N) & (problem[0] == 0)
+    ok = errors.report(grad.device, "row_adam_step", grad_rows_problem(ids, N, ordered=False))
+    inside = (ids >= 0) & (ids < N) & ok
     at = ids.clamp(0, max(N - 1, 0))
     mask = inside.reshape(-1, *([1] * (values.dim() - 1)))
     dense = torch.zeros(grad.shape, dtype=values.dtype, device=values.device)
@@ -201,13 +198,8 @@ def _run(
 def _reference(p, exp_avg, exp_avg_sq, ucol, values, *coefs) -> None:
     """The reference, after the kernel's row checks as torch ops (a refused gradient moves
     nothing)."""
-    N = p.shape[0]
-    problems = Problems(ucol)
-    problems.add("grad_row_range", (ucol < 0) | (ucol >= N), ucol, N)
-    problems.add("grad_row_order", ucol[1:] <= ucol[:-1], ucol[1:], ucol[:-1], offset=1)
-    problem = problems.first()
-    errors.report(p.device, "row_adam_step", problem)
-    ok = problem[0] == 0
+    problem = grad_rows_problem(ucol, p.shape[0], ordered=True)
+    ok = errors.report(p.device, "row_adam_step", problem)
     ucol = torch.where(ok, ucol, torch.arange(ucol.numel(), device=ucol.device))
     before = (p.clone(), exp_avg.clone(), exp_avg_sq.clone()) if errors.deferred(p.device) else None
     row_adam_reference(p, exp_avg, exp_avg_sq, ucol, values, *coefs)

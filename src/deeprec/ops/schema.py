@@ -14,8 +14,10 @@ An op is an ``Op`` built from plain functions:
   ``setup`` and ``backward`` (``register_autograd``; a backward calls the ops it needs).
 - ``reference``: the pure-PyTorch definition, on the op's own arguments.
 
-Every call goes through the dispatcher (benchmarks/dispatcher_cost.py measures what that
-costs against an eager fast path; docs/design.md, "Ops on torch's dispatcher").
+Calls go through the dispatcher; an op given ``fast_path`` (masked_mse, whose kernels take
+tens of microseconds) skips it on eager calls with autograd, where
+benchmarks/dispatcher_cost.py measured the dispatcher dearer (docs/design.md, "Ops on
+torch's dispatcher").
 
 A public wrapper only normalises its inputs (a CSR target into its parts, contiguous
 copies, the default backend) and calls ``Op.call(impl, ...)``, which picks the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -235,8 +238,6 @@ def choose_impl(t: torch.Tensor, impl: str, op: str, family: str) -> str:
     key = (t.device.type, reason)
     if key not in _warned:
         _warned.add(key)
-        import warnings
-
         warnings.warn(
             f"deeprec: using the reference {op} because {reason}", RuntimeWarning, stacklevel=4
         )
@@ -244,10 +245,10 @@ def choose_impl(t: torch.Tensor, impl: str, op: str, family: str) -> str:
 
 
 # ------------------------------------------------------------------ shared checks
-def check_weight(weight, bias, bias_dim: int, *, need_bias: bool = False) -> None:
-    """An item-major (items x hidden) floating-point weight, contiguous, and its bias (None
-    unless ``need_bias``) of as many entries as the weight's dimension ``bias_dim`` (1: the
-    input layer's H, 0: the output layer's N), of its dtype and device."""
+def check_weight(weight, bias, bias_dim: int) -> None:
+    """An item-major (items x hidden) floating-point weight, contiguous, and its bias (or
+    None) of as many entries as the weight's dimension ``bias_dim`` (1: the input layer's
+    H, 0: the output layer's N), of its dtype and device."""
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.layout != torch.strided or weight.dim() != 2:
@@ -260,8 +261,6 @@ def check_weight(weight, bias, bias_dim: int, *, need_bias: bool = False) -> Non
     if not weight.is_contiguous():
         raise ValueError("weight must be contiguous (item-major rows)")
     if bias is None:
-        if need_bias:
-            raise TypeError("bias must be a torch.Tensor of the weight's rows, got None")
         return
     if not isinstance(bias, torch.Tensor):
         raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")

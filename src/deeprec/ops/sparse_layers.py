@@ -72,7 +72,7 @@ def sparse_linear(
     """
     parts = csr.unpack(x, (_rows_of(x), csr.dim(weight, 0)), name="x")
     index = _index_of(x, parts, index)
-    backend = backends.default(weight.device) if backend is None and _is_tensor(weight) else backend
+    backend = backends.resolve(backend, weight)
     return SPARSE_LINEAR.call(impl, *parts, *index, weight, bias, sparse_grad, backend)
 
 
@@ -96,14 +96,10 @@ def sparse_output_mse(
     """
     parts = csr.unpack(target, (csr.dim(h, 0), csr.dim(weight, 0)), rows_from="h")
     index = _index_of(target, parts, index)
-    backend = backends.default(weight.device) if backend is None and _is_tensor(weight) else backend
+    backend = backends.resolve(backend, weight)
     args = (csr.contiguous(h), weight, bias, *parts, *index, sparse_grad, backend)
     loss, _ = SPARSE_OUTPUT_MSE.call(impl, *args)
     return loss
-
-
-def _is_tensor(t: object) -> bool:
-    return isinstance(t, torch.Tensor)
 
 
 def _index_of(data: object, parts: csr.CSRParts, index: ColumnIndex | None) -> ColumnIndex:
