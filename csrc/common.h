@@ -3,6 +3,7 @@
 // beside any torch build), so everything here is plain C++17.
 #pragma once
 
+#include <cstring>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -148,6 +149,18 @@ int dispatch(Floats floats, int dtype, int index_dtype, F&& f) {
   return dispatch_dtype(floats, dtype, [&](auto t) {
     return dispatch_index(index_dtype, [&](auto i) { return f(t, i); });
   });
+}
+
+// n elements of p set to 0 / copied from src. An empty tensor's data pointer may be null,
+// and memset/memcpy with a null pointer is undefined even for zero bytes: n <= 0 touches
+// nothing.
+template <typename T>
+DEEPREC_INLINE void zero_n(T* p, int64_t n) {
+  if (n > 0) std::memset(p, 0, static_cast<size_t>(n) * sizeof(T));
+}
+template <typename T>
+DEEPREC_INLINE void copy_n(T* dst, const T* src, int64_t n) {
+  if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(T));
 }
 
 // A host scalar of type T that the caller may omit (nullptr means 1).

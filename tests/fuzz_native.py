@@ -12,16 +12,19 @@ optimizer state), at one of three times: before the call; in place between two c
 written through NumPy, which torch's version counter does not see. The unmutated call
 must succeed and equal the pure-PyTorch reference; a mutated call must raise
 ValueError/TypeError or equal the reference for the data it used (forward: the data as it
-was; backward: as it is). Prints FUZZ-OK at the end.
+was; backward: as it is). Prints its seed first (DEEPREC_FUZZ_SEED=<seed> replays a run;
+unset, each run explores new cases) and FUZZ-OK at the end.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import sys
 from pathlib import Path
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -548,5 +551,7 @@ def fuzz(op, B, N, H, density, seed, kind, when, lazy, backend, data):
 
 
 if __name__ == "__main__":
-    fuzz()
+    run_seed = int(os.environ.get("DEEPREC_FUZZ_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"fuzz seed {run_seed} (DEEPREC_FUZZ_SEED={run_seed} replays it)", flush=True)
+    seed(run_seed)(fuzz)()
     print("FUZZ-OK", " ".join(f"{k}={v}" for k, v in OUTCOMES.items()))

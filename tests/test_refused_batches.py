@@ -127,3 +127,35 @@ def test_cuda_losses_are_summed_in_double():
         gpu = sparse_output_mse(h.cuda(), W.cuda(), b.cuda(), (crow.cuda(), col.cuda(), val.cuda()),
                                 impl="fused", backend=backend)  # fmt: skip
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=2e-6, atol=0)
+
+
+def empty_batch(refused: bool):
+    """Three rows and no ratings (col and val have no data, so possibly no data pointer);
+    refused: row 1's end offset points past the (empty) entries."""
+    crow = torch.tensor([0, 0, 1 if refused else 0, 0])
+    return crow, torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("refused", [False, True])
+@pytest.mark.parametrize("H", [0, 3])
+def test_empty_buffers_are_never_written_through(backend, refused, H):
+    """Empty tensors (no ratings, a zero-width layer) in every op, refused or not: defined,
+    zero results, the refusal raised where it is read. Under the CI sanitizer step a memset
+    or memcpy through an empty tensor's null data pointer is a reported fault."""
+    crow, col, val = empty_batch(refused)
+    h, W, b = layer(3, 5, H)
+    out = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    with errors.deferred_on_cpu():
+        results = [
+            masked_mse(out, (crow, col, val), impl="fused"),
+            sparse_output_mse(h, W, b, (crow, col, val), impl="fused", backend=backend),
+            sparse_linear((crow, col, val), W, None, impl="fused", backend=backend).sum(),
+        ]
+        grads = torch.autograd.grad(sum(results), (out, h, W, b), allow_unused=True)
+        for t in (*results, *(g for g in grads if g is not None)):
+            assert bool(torch.isfinite(t).all()) and float(t.detach().abs().sum()) == 0, t
+        if refused:
+            with pytest.raises(ValueError, match=r"crow\[2\] = 1"):
+                raise_kernel_errors("cpu")
+        raise_kernel_errors("cpu")  # nothing (more) waits

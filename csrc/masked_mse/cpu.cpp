@@ -41,7 +41,7 @@ void masked_mse_rows(const T* __restrict out, const int64_t* __restrict crow,
       // scatter: measured faster than filling each short gap between the few stored
       // columns separately (benchmarks/results/measurements.md).
       T* g = grad + i * N;
-      std::memset(g, 0, static_cast<size_t>(N) * sizeof(T));
+      zero_n(g, N);
       for_each_entry(crow, col, i, B, N, nnz, err, [&](int64_t k, int64_t j) {
         if (j < 0) return;
         const double d = static_cast<double>(o[j]) - static_cast<double>(val[k]);

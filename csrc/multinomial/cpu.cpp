@@ -161,7 +161,7 @@ void softmax_grad_chunk(T* Z, const int64_t* crow, const I* col, const T* lse, T
       const bool ok = (n0 != 0 || row_checked(crow, col, i, B, N, nnz, err)) &&
                       row_entries(crow, i, B, nnz, err, &k0, &k1);
       if (!ok || k1 == k0) {  // a refused row, or one with no items: no gradient
-        std::memset(z, 0, static_cast<size_t>(C) * sizeof(T));
+        zero_n(z, C);
         continue;
       }
       scaled_exp(z, C, lse[i], scale * static_cast<T>(k1 - k0));

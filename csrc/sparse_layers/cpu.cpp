@@ -55,9 +55,9 @@ void spmm_rows(const int64_t* crow, const I* col, const T* val, const T* W, cons
                  for (int64_t i = b; i < e; ++i) {
                    T* o = out + i * H;
                    if (bias != nullptr) {
-                     std::memcpy(o, bias, static_cast<size_t>(H) * sizeof(T));
+                     copy_n(o, bias, H);
                    } else {
-                     std::memset(o, 0, static_cast<size_t>(H) * sizeof(T));
+                     zero_n(o, H);
                    }
                    for_each_entry(crow, col, i, B, N, nnz, err, [&](int64_t k, int64_t j) {
                      if (j >= 0) axpy(o, s * val[k], W + j * H, H);
@@ -88,7 +88,7 @@ void sddmm_residual(const int64_t* crow, const I* col, const T* val, const T* h,
     }
   });
   if (failed(err)) {  // a refused batch: defined values, nothing of it applied
-    std::memset(resid, 0, static_cast<size_t>(nnz) * sizeof(T));
+    zero_n(resid, nnz);
     if (loss != nullptr) *loss = T(0);
     return;
   }
@@ -116,7 +116,7 @@ struct ColumnSums {
   // g = sum over group [p0, p1) of column j of s * coef[k] * A[row k]; returns the sum of
   // s * coef[k] (the bias gradient).
   T operator()(int64_t p0, int64_t p1, int64_t j, T* g) const {
-    std::memset(g, 0, static_cast<size_t>(H) * sizeof(T));
+    zero_n(g, H);
     T bsum = T(0);
     for (int64_t p = p0; p < p1; ++p) {
       int64_t k = 0, r = 0;
@@ -137,8 +137,8 @@ void col_accumulate(const int64_t* ucol, const int64_t* uptr, const ColumnSums<T
   // from it, wherever the caller reads the refusal later).
   const auto refused = [&] {
     const int64_t rows_out = compact ? U : N;
-    std::memset(dW, 0, static_cast<size_t>(rows_out * H) * sizeof(T));
-    if (db != nullptr) std::memset(db, 0, static_cast<size_t>(rows_out) * sizeof(T));
+    zero_n(dW, rows_out * H);
+    if (db != nullptr) zero_n(db, rows_out);
   };
   for (int64_t i = 0; i < sums.B; ++i) {  // the batch's offsets, which rows are checked against
     int64_t k0 = 0, k1 = 0;
@@ -172,7 +172,7 @@ void col_accumulate(const int64_t* ucol, const int64_t* uptr, const ColumnSums<T
                      bsum = sums(uptr[u], uptr[u + 1], j, g);
                      ++u;
                    } else {
-                     std::memset(g, 0, static_cast<size_t>(H) * sizeof(T));
+                     zero_n(g, H);
                    }
                    if (db != nullptr) db[j] = bsum;
                  }
