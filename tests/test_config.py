@@ -150,8 +150,8 @@ def test_no_module_outside_the_training_wing_loops_over_epochs():
 
 def test_each_op_schema_is_defined_once_in_the_schema_module():
     """One place registers ops (the Op class of ops/schema.py: one Library, one define, a
-    kernel per dispatch key, one fake, one autograd), every deeprec:: op torch knows is one
-    of its OPS, and no two OPS share a name."""
+    kernel per dispatch key, an autocast rule per device, one fake, one autograd), every
+    deeprec:: op torch knows is one of its OPS, and no two OPS share a name."""
     registering = re.compile(
         r"custom_op\(|Library\(|\.define\(|\.impl\(|register_(fake|autograd|kernel)\("
     )
@@ -161,7 +161,8 @@ def test_each_op_schema_is_defined_once_in_the_schema_module():
         if registering.search(p.read_text())
     }
     assert list(calls) == ["ops/schema.py"], calls
-    assert calls["ops/schema.py"] == 6, calls  # Library, define, 2 impl, fake, autograd
+    # Library, define, 3 impl (device kernels, the default, autocast), fake, autograd
+    assert calls["ops/schema.py"] == 7, calls
     import deeprec.ops  # noqa: F401 - every op module, so each has defined its ops
     from deeprec.ops import schema
 

@@ -35,7 +35,7 @@ FLOORS: list[tuple[str, set[str]]] = [
     ),
     ("config", {"deeprec.config", "deeprec.tensorboard_log"}),
     ("data", {"deeprec.data"}),
-    ("ops", {"deeprec.ops", "deeprec.environment"}),
+    ("ops", {"deeprec.ops", "deeprec.environment", "deeprec.precision"}),
     ("models and scoring", {"deeprec.model", "deeprec.scoring"}),
     ("training", {"deeprec.training"}),
     ("inference", {"deeprec.inference"}),

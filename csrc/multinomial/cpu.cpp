@@ -4,18 +4,23 @@
 // chunk are compiled for AVX-512, AVX2 and plain x86-64 (DEEPREC_SIMD_FN) with 16
 // independent lanes (a fixed order: the result does not depend on the thread count), and
 // float's exp is a polynomial the compiler vectorises (std::exp does not).
+// bfloat16 logits (a bf16 GEMM's output) are read as float and the gradient is rounded to
+// bf16 once, where it is stored; every sum and the log-sum-exp stay float or double.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+#include <type_traits>
+
+#include "bf16.h"
 #include "checks.h"
 #include "common.h"
 #include "multinomial/multinomial.h"
 
 namespace deeprec {
 
-using Floats = Float32And64;
+using Floats = Types<float, double, BFloat16>;
 static_assert(same_codes(Floats{}, kMultinomialCpuDtypes), "the dtype table and the dispatch differ");
 
 namespace {
@@ -52,14 +57,15 @@ DEEPREC_INLINE double exp_of(double x) { return std::exp(x); }
 
 constexpr int kLanes = 16;
 
-// The largest of z[0:n] (NaN ignored here; it reaches the sum through exp). The lanes are
-// held as 16-byte vectors (GCC's vector extension): a plain array of lane maxima compiled to
-// scalar maxss in every variant, 16-byte vectors are maxps in all three.
-template <typename T>
-DEEPREC_INLINE T row_max_body(const T* __restrict z, int64_t n) {
-  typedef T Quad __attribute__((vector_size(16)));
-  constexpr int kPer = 16 / sizeof(T), kGroups = kLanes / kPer;
-  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+// The largest of z[0:n] (NaN ignored here; it reaches the sum through exp), in the compute
+// type A (float for bf16 logits). The lanes are held as 16-byte vectors (GCC's vector
+// extension): a plain array of lane maxima compiled to scalar maxss in every variant,
+// 16-byte vectors are maxps in all three.
+template <typename S, typename A = acc_t<S>>
+DEEPREC_INLINE A row_max_body(const S* __restrict z, int64_t n) {
+  typedef A Quad __attribute__((vector_size(16)));
+  constexpr int kPer = 16 / sizeof(A), kGroups = kLanes / kPer;
+  constexpr A kNegInf = -std::numeric_limits<A>::infinity();
   Quad part[kGroups];
   for (int g = 0; g < kGroups; ++g) {
     for (int l = 0; l < kPer; ++l) part[g][l] = kNegInf;
@@ -68,38 +74,42 @@ DEEPREC_INLINE T row_max_body(const T* __restrict z, int64_t n) {
   for (; c + kLanes <= n; c += kLanes) {
     for (int g = 0; g < kGroups; ++g) {
       Quad v;
-      std::memcpy(&v, z + c + g * kPer, sizeof v);
+      if constexpr (std::is_same_v<S, A>) {
+        std::memcpy(&v, z + c + g * kPer, sizeof v);
+      } else {
+        for (int l = 0; l < kPer; ++l) v[l] = to_float(z[c + g * kPer + l]);
+      }
       part[g] = v > part[g] ? v : part[g];
     }
   }
-  T m = kNegInf;
+  A m = kNegInf;
   for (int g = 0; g < kGroups; ++g) {
     for (int l = 0; l < kPer; ++l) m = part[g][l] > m ? part[g][l] : m;
   }
-  for (; c < n; ++c) m = z[c] > m ? z[c] : m;
+  for (; c < n; ++c) m = to_float(z[c]) > m ? to_float(z[c]) : m;
   return m;
 }
 DEEPREC_SIMD_FN(row_max)
 
-// sum of exp(z[c] - shift) over c.
-template <typename T>
-DEEPREC_INLINE T sum_exp_body(const T* __restrict z, int64_t n, T shift) {
-  T part[kLanes] = {};
+// sum of exp(z[c] - shift) over c, in the compute type A.
+template <typename S, typename A>
+DEEPREC_INLINE A sum_exp_body(const S* __restrict z, int64_t n, A shift) {
+  A part[kLanes] = {};
   int64_t c = 0;
   for (; c + kLanes <= n; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) part[l] += exp_of(z[c + l] - shift);
+    for (int l = 0; l < kLanes; ++l) part[l] += exp_of(to_float(z[c + l]) - shift);
   }
-  T s = T(0);
+  A s = A(0);
   for (int l = 0; l < kLanes; ++l) s += part[l];
-  for (; c < n; ++c) s += exp_of(z[c] - shift);
+  for (; c < n; ++c) s += exp_of(to_float(z[c]) - shift);
   return s;
 }
 DEEPREC_SIMD_FN(sum_exp)
 
-// z[c] = factor * exp(z[c] - shift), in place.
-template <typename T>
-DEEPREC_INLINE void scaled_exp_body(T* __restrict z, int64_t n, T shift, T factor) {
-  for (int64_t c = 0; c < n; ++c) z[c] = factor * exp_of(z[c] - shift);
+// z[c] = factor * exp(z[c] - shift), in place: computed in A, rounded once to the storage.
+template <typename S, typename A>
+DEEPREC_INLINE void scaled_exp_body(S* __restrict z, int64_t n, A shift, A factor) {
+  for (int64_t c = 0; c < n; ++c) z[c] = store_as<S>(factor * exp_of(to_float(z[c]) - shift));
 }
 DEEPREC_SIMD_FN(scaled_exp)
 
@@ -136,14 +146,14 @@ void lse_chunk(const T* Z, const int64_t* crow, const I* col, double* run_max, d
       const double m_old = run_max[i];
       const double m_chunk = static_cast<double>(row_max(z, C));
       const double m_new = m_chunk > m_old ? m_chunk : m_old;
-      const double s = static_cast<double>(sum_exp(z, C, static_cast<T>(m_new)));
+      const double s = static_cast<double>(sum_exp(z, C, static_cast<acc_t<T>>(m_new)));
       run_sum[i] = (m_old == m_new ? run_sum[i] : run_sum[i] * std::exp(m_old - m_new)) + s;
       run_max[i] = m_new;
       chunk_entries(col, k0, k1, n0, C, &p0, &p1);
       double obs = 0.0;
       for (int64_t k = p0; k < p1; ++k) {
         const int64_t c = chunk_column(col, k, k0, n0, C, err);
-        if (c >= 0) obs += static_cast<double>(z[c]);
+        if (c >= 0) obs += static_cast<double>(to_float(z[c]));
       }
       observed[i] += obs;
     }
@@ -151,7 +161,8 @@ void lse_chunk(const T* Z, const int64_t* crow, const I* col, double* run_max, d
 }
 
 template <typename T, typename I>
-void softmax_grad_chunk(T* Z, const int64_t* crow, const I* col, const T* lse, T scale,
+void softmax_grad_chunk(T* Z, const int64_t* crow, const I* col, const acc_t<T>* lse,
+                        acc_t<T> scale,
                         int64_t B, int64_t N, int64_t n0, int64_t C, int64_t ldz, int64_t nnz,
                         ErrorSink err, int num_threads) {
   parallel_for(B, num_threads, row_grain(C), [&](int64_t b, int64_t e) {
@@ -164,11 +175,11 @@ void softmax_grad_chunk(T* Z, const int64_t* crow, const I* col, const T* lse, T
         zero_n(z, C);
         continue;
       }
-      scaled_exp(z, C, lse[i], scale * static_cast<T>(k1 - k0));
+      scaled_exp(z, C, lse[i], scale * static_cast<acc_t<T>>(k1 - k0));
       chunk_entries(col, k0, k1, n0, C, &p0, &p1);
       for (int64_t k = p0; k < p1; ++k) {
         const int64_t c = chunk_column(col, k, k0, n0, C, err);
-        if (c >= 0) z[c] -= scale;
+        if (c >= 0) z[c] = store_as<T>(to_float(z[c]) - scale);
       }
     }
   });
@@ -191,7 +202,8 @@ int softmax_grad_chunk_cpu(const SoftmaxGradChunkArgs& a, const CpuLaunch& on) {
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
     softmax_grad_chunk<T, I>(static_cast<T*>(a.Z), a.crow, static_cast<const I*>(a.col),
-                             static_cast<const T*>(a.lse), scalar_or_one<T>(a.scale), a.B, a.N,
+                             static_cast<const acc_t<T>*>(a.lse),
+                             scalar_or_one<acc_t<T>>(a.scale), a.B, a.N,
                              a.n0, a.C, a.ldz, a.nnz, sink, on.num_threads);
   });
 }

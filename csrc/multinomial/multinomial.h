@@ -38,14 +38,17 @@ namespace deeprec {
   X(double*, run_sum) X(double*, observed) X(int64_t, B) X(int64_t, N) X(int64_t, n0)     \
   X(int64_t, C) X(int64_t, ldz) X(int64_t, nnz) X(int, dtype) X(int, index_dtype)
 DEEPREC_KERNEL_ARGS(LseChunkArgs, DEEPREC_LSE_CHUNK_ARGS)
-// softmax_grad_chunk: lse: T[B], the forward's log-sum-exp per row; scale: one T (the
-// incoming gradient over B), host memory on the CPU, device memory on CUDA.
+// softmax_grad_chunk: lse: A[B], the forward's log-sum-exp per row; scale: one A (the
+// incoming gradient over B), host memory on the CPU, device memory on CUDA. A is the
+// compute type of the logits' dtype: the dtype itself, float for bfloat16 (the logits and
+// the gradient written over them are bf16; the log-sum-exp, the softmax and the running
+// state are not).
 #define DEEPREC_SOFTMAX_GRAD_CHUNK_ARGS(X)                                                 \
   X(void*, Z) X(const int64_t*, crow) X(const void*, col) X(const void*, lse)             \
   X(const void*, scale) X(int64_t, B) X(int64_t, N) X(int64_t, n0) X(int64_t, C)          \
   X(int64_t, ldz) X(int64_t, nnz) X(int, dtype) X(int, index_dtype)
 DEEPREC_KERNEL_ARGS(SoftmaxGradChunkArgs, DEEPREC_SOFTMAX_GRAD_CHUNK_ARGS)
-inline constexpr int kMultinomialCpuDtypes[] = {kFloat32, kFloat64};
+inline constexpr int kMultinomialCpuDtypes[] = {kFloat32, kFloat64, kBFloat16};
 inline constexpr int kMultinomialCudaDtypes[] = {kFloat32, kFloat64};
 
 int lse_chunk_cpu(const LseChunkArgs& a, const CpuLaunch& on);

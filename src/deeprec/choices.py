@@ -12,3 +12,4 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "sparse-adam")
 LR_SCHEDULES = ("constant", "cosine")
 OBJECTIVES = ("mse", "multinomial")
 DATA_ON_DEVICE = ("auto", "yes", "no")
+PRECISIONS = ("fp32", "bf16", "tf32")  # deeprec.precision

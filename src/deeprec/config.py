@@ -36,6 +36,7 @@ from deeprec.choices import (
     OBJECTIVES,
     OPTIMIZERS,
     ORIENTATIONS,
+    PRECISIONS,
     SPLITS,
 )
 from deeprec.errors import ConfigError, read_bytes
@@ -223,6 +224,14 @@ class Config:
         "random seed (init, shuffling, dropout)",
         "optimization",
         range=(0, 2**63 - 1, True, True),
+    )
+    precision: str = _option(
+        "fp32",
+        "bf16: the forward pass under torch.autocast in bfloat16 (weights and Adam state stay "
+        "float32; ~2x faster Mult-DAE steps on CPUs with AVX512_BF16 or AMX, refused on CPUs "
+        "without them); tf32: float32 GEMMs on a GPU's TensorFloat-32 cores (CUDA only)",
+        "optimization",
+        choices=PRECISIONS,
     )
     fused: bool = _option(
         False,

@@ -172,6 +172,8 @@ class AutoEncoder(nn.Module):
         x = z1
         for layer in self.encoder[1:]:
             x = layer(self.act(x))
+        if x.dtype in (torch.float16, torch.bfloat16):  # autocast: the KL term in float32
+            x = x.float()
         mu, logvar = x.chunk(2, dim=1)
         kl = 0.5 * (logvar.exp() + mu * mu - 1.0 - logvar).sum(1).mean()
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu

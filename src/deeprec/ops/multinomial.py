@@ -16,6 +16,15 @@ scale * (c_i softmax_ij - [j rated]), which feeds the GEMMs dh += G W_c, dW_c = 
 db_c = sum_i G (each chunk owns its rows of dW and db, so nothing is accumulated across
 chunks but dh).
 
+Precision: h, the weight and the bias share one dtype, which the GEMMs run in; the
+epilogue computes in ``acc_dtype`` of it (float32 for bfloat16 and float16 logits: the
+running max and sum in double, the softmax in float), so the log-sum-exps and the loss are
+float32 in a bf16 op, and the logit gradient is rounded to bf16 once, for the two backward
+GEMMs. Each chunk owns its rows of dW and db (one rounding each); dh, summed over the
+chunks, is accumulated in float32 and rounded once. Inside ``torch.autocast`` the op casts
+h, the weight and the bias to the autocast dtype where the backend has kernels for it
+(bfloat16 on the CPU; any on the torch backend), else runs in float32.
+
 Four GEMMs of the full size per step (forward, recompute, dh, dW) against the dense path's
 three: the floor of an exact loss that never holds a row's logits whole. The chunk is
 sized so its B x C block stays in cache between the GEMM and the epilogue
@@ -35,10 +44,19 @@ from __future__ import annotations
 import torch
 
 from deeprec import csr
-from deeprec.ops import backends, recycle
+from deeprec.ops import _native, backends, recycle
 from deeprec.ops.device_checks import checked_csr
 from deeprec.ops.native import DeviceKernels, batch_args
-from deeprec.ops.schema import Impl, Op, as_scalar, check_grad, check_rows_input, check_weight
+from deeprec.ops.schema import (
+    Impl,
+    Op,
+    as_scalar,
+    cast_at,
+    check_grad,
+    check_rows_input,
+    check_weight,
+    in_float32,
+)
 
 __all__ = ["chunk_items", "multinomial_nll", "multinomial_nll_reference"]
 
@@ -88,13 +106,21 @@ def multinomial_nll(
     return loss
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What the op computes its softmax, log-sum-exps and loss in for logits of ``dtype``:
+    float32 for the 16-bit dtypes, the dtype itself otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def multinomial_nll_reference(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, crow: torch.Tensor,
     col: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
-    """The dense definition: every logit at once, log_softmax, the rated items' sum."""
+    """The dense definition: every logit at once (a GEMM in the inputs' dtype), log_softmax
+    in ``acc_dtype`` of it, the rated items' sum."""
     rows = csr.entry_rows(crow, col.numel())
-    log_p = torch.nn.functional.linear(h, weight, bias).log_softmax(1)
+    logits = torch.nn.functional.linear(h, weight, bias)
+    log_p = logits.to(acc_dtype(logits.dtype)).log_softmax(1)
     return -log_p[rows, col].sum() / max(h.shape[0], 1)
 
 
@@ -114,7 +140,7 @@ def _check_backward(grad, h, weight, bias, crow, col, lse, chunk, backend, need_
                     need_params) -> None:  # fmt: skip
     _check(h, weight, bias, crow, col, chunk, backend)
     check_grad(grad, h, "multinomial_nll_backward")
-    csr.check_tensor(lse, "lse", dim=1, dtypes=(h.dtype,), device=h.device)
+    csr.check_tensor(lse, "lse", dim=1, dtypes=(acc_dtype(h.dtype),), device=h.device)
     if lse.numel() != h.shape[0]:
         raise ValueError(f"lse has {lse.numel()} entries for {h.shape[0]} rows")
 
@@ -167,7 +193,7 @@ def _run(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the loss, each row's log-sum-exp): one pass over the items, chunk by chunk."""
     B, N = h.shape[0], weight.shape[0]
-    device = h.device
+    device, acc = h.device, acc_dtype(h.dtype)
     stats = torch.empty(3, B, dtype=torch.float64, device=device)  # max, sum, observed
     run_max, run_sum, observed = stats
     if backend == "torch":
@@ -190,13 +216,14 @@ def _run(
     # A row the native epilogue refused keeps a sum of 0 (any row's own maximum adds 1): it
     # contributes nothing. A NaN sum (diverged logits) still reaches the loss.
     terms = torch.where((counts > 0) & (run_sum != 0), counts * lse - observed, 0.0)
-    loss = (terms.sum() / max(B, 1)).to(h.dtype)
-    return loss, lse.to(h.dtype)
+    loss = (terms.sum() / max(B, 1)).to(acc)
+    return loss, lse.to(acc)
 
 
 def _torch_lse_chunk(Z, batch: _TorchBatch, n0, run_max, run_sum, observed) -> None:
     """The forward epilogue as torch ops (any device): the same running state as lse_chunk."""
     C = Z.shape[1]
+    Z = Z.to(acc_dtype(Z.dtype))  # 16-bit logits: the softmax in float32
     m_new = torch.maximum(run_max, Z.amax(1).to(torch.float64))
     decay = torch.where(run_max == m_new, 1.0, (run_max - m_new).exp())
     part = (Z - m_new.to(Z.dtype)[:, None]).exp().sum(1, dtype=torch.float64)
@@ -230,16 +257,18 @@ def _backward_run(
     """(dh, dW, db) of the loss scaled by ``grad``; an empty tensor for one not needed
     (db: also without a bias)."""
     B, N = h.shape[0], weight.shape[0]
-    device = h.device
-    scale = as_scalar(torch.mul(grad, 1.0 / max(B, 1)), h.dtype)
-    d_h = torch.zeros_like(h) if need_h else h.new_empty(0)
+    device, acc = h.device, acc_dtype(h.dtype)
+    scale = as_scalar(torch.mul(grad, 1.0 / max(B, 1)), acc)
+    # dh sums every chunk's G W_c: in the compute dtype, rounded to h's once at the end
+    d_h = torch.zeros(h.shape, dtype=acc, device=device) if need_h else h.new_empty(0)
+    part = torch.empty(h.shape, dtype=h.dtype, device=device) if need_h and acc != h.dtype else None
     # dW is catalogue-sized (87,585 x 600 floats at ML-32M): a recycled block on the CPU
     # instead of fresh pages each step (deeprec.ops.recycle)
     d_w = recycle.empty(N, h.shape[1], h.dtype, device) if need_params else weight.new_empty(0)
     with_bias = need_params and bias is not None
     d_b = torch.empty(N, dtype=h.dtype, device=device) if with_bias else h.new_empty(0)
     if backend == "torch":
-        batch = _TorchBatch("multinomial_nll backward", crow, col, N, h.dtype)
+        batch = _TorchBatch("multinomial_nll backward", crow, col, N, acc)
     buf = torch.empty(B * min(chunk, N), dtype=h.dtype, device=device)
     for n0, n1 in _chunks(N, chunk):
         G = _logits(h, weight, bias, n0, n1, buf)
@@ -248,26 +277,43 @@ def _backward_run(
                       N, n0, lse=lse, scale=scale)  # fmt: skip
         else:
             _torch_grad_chunk(G, batch, n0, lse, scale)
-        if need_h:
+        if part is not None:
+            d_h.add_(torch.mm(G, weight[n0:n1], out=part))
+        elif need_h:
             d_h.addmm_(G, weight[n0:n1])
         if need_params:
             torch.mm(G.t(), h, out=d_w[n0:n1])
         if with_bias:
             torch.sum(G, 0, out=d_b[n0:n1])
-    return d_h, d_w, d_b
+    return d_h.to(h.dtype), d_w, d_b
 
 
 def _torch_grad_chunk(G, batch: _TorchBatch, n0, lse, scale) -> None:
-    """The backward epilogue as torch ops: G = scale (c_i softmax - [rated]), in place."""
+    """The backward epilogue as torch ops: G = scale (c_i softmax - [rated]), in place
+    (computed in lse's dtype, float32 for 16-bit logits, and rounded once into G)."""
     C = G.shape[1]
+    out, G = G, G.to(lse.dtype)
     G.sub_(lse[:, None]).exp_().mul_((batch.counts * scale)[:, None])
     inside = (batch.col >= n0) & (batch.col < n0 + C) & batch.ok
     where = (batch.col - n0).clamp(0, C - 1)
     G.index_put_((batch.rows, where), torch.where(inside, -scale, 0.0).to(G.dtype),
                  accumulate=True)  # fmt: skip
+    if out is not G:
+        out.copy_(G)
 
 
 # ------------------------------------------------------------------ the op
+def _autocast(dtype: torch.dtype, args: tuple) -> tuple:
+    """Inside torch.autocast: h, the weight and the bias in the autocast dtype where the
+    backend has kernels for it on their device (any dtype on the torch backend), else in
+    float32. The loss and log-sum-exps are float32 either way."""
+    weight, backend = args[1], args[6]
+    device = weight.device.type if isinstance(weight, torch.Tensor) else "cpu"
+    if backend == "torch" or dtype in _native.kernel_dtypes("multinomial", device):
+        return cast_at(args, (0, 1, 2), dtype)
+    return in_float32(dtype, args)
+
+
 def _setup(ctx, inputs, output):
     h, weight, bias, crow, col, chunk, backend = inputs
     ctx.save_for_backward(h, weight, bias, crow, col, output[1])
@@ -301,14 +347,16 @@ MULTINOMIAL_NLL = Op(
     _check,
     _run,
     fake=lambda h, weight, bias, crow, col, chunk, backend: (
-        h.new_empty(()),
-        h.new_empty(h.shape[0]),
+        h.new_empty((), dtype=acc_dtype(h.dtype)),
+        h.new_empty(h.shape[0], dtype=acc_dtype(h.dtype)),
     ),
     family="multinomial",
     reference=_reference,
     setup=_setup,
     backward=_backward,
     lead=1,
+    autocast=_autocast,
+    backend_arg=6,
 )
 
 
@@ -328,4 +376,5 @@ MULTINOMIAL_NLL_BACKWARD = Op(
     fake=_backward_fake,
     family="multinomial",
     lead=2,
+    backend_arg=8,
 )

@@ -13,6 +13,11 @@ An op is an ``Op`` built from plain functions:
 - ``fake`` (output shapes, for torch.compile and opcheck), and for a differentiable op
   ``setup`` and ``backward`` (``register_autograd``; a backward calls the ops it needs).
 - ``reference``: the pure-PyTorch definition, on the op's own arguments.
+- ``autocast``: the op's rule inside ``torch.autocast`` (registered at the Autocast dispatch
+  keys): which floating arguments it casts to what, before it runs with autocast off.
+  ``in_float32`` (the default for a forward op, torch's own rule for its losses) casts
+  16-bit ones to float32; the multinomial op runs its GEMMs in the autocast dtype; a
+  backward or an optimizer step (``as_is``) takes the dtypes its forward chose.
 
 Calls go through the dispatcher; an op given ``fast_path`` (masked_mse, whose kernels take
 tens of microseconds) skips it on eager calls with autograd, where
@@ -46,6 +51,10 @@ OPS: list[Op] = []
 # The deeprec:: namespace: every op's schema and kernels are registered here, once.
 _LIBRARY = torch.library.Library("deeprec", "DEF")
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+_AUTOCAST_KEYS = {
+    device_type: torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, "Autocast" + key))
+    for device_type, key in _DISPATCH_KEYS.items()
+}
 _KERNELS_OF = {kernels.device_type: kernels for kernels in native.DEVICES}
 
 # What a schema's annotation asks of an argument: (the Python types, None allowed); the
@@ -78,12 +87,17 @@ class Op:
         lead: int = 0,
         public: str | None = None,
         fast_path: bool = False,
+        autocast: AutocastRule | None = None,
+        backend_arg: int | None = None,
     ) -> None:
         """family: the kernel family whose dtype table decides where ``impl="auto"`` may use
         the kernels; lead: the argument whose device and dtype that is decided on; public:
         the name of the public function it serves, for messages (default: name); fast_path:
-        eager calls skip the dispatcher (see ``_eager_function``)."""
+        eager calls skip the dispatcher (see ``_eager_function``); autocast: the rule inside
+        ``torch.autocast`` (default ``as_is``); backend_arg: the argument naming the backend,
+        where the "torch" backend has no dtype table (torch's ops take any float)."""
         self.name, self.check, self.run, self.reference = name, check, run, reference
+        self.autocast, self.backend_arg = autocast or as_is, backend_arg
         self.setup, self.backward = setup, backward
         self.public = public or name
         self.family, self.lead = family, lead
@@ -109,6 +123,9 @@ class Op:
         for device_type, kernel in self.kernels.items():
             _LIBRARY.impl(name, kernel, _DISPATCH_KEYS[device_type])
         _LIBRARY.impl(name, default, "CompositeExplicitAutograd")
+        for device_type, key in _DISPATCH_KEYS.items():
+            _LIBRARY.impl(name, functools.partial(self._autocast_kernel, device_type),
+                          "Autocast" + key)  # fmt: skip
         qualified = f"deeprec::{name}"
         torch.library.register_fake(qualified, functools.partial(_fake, self, fake), lib=_LIBRARY)
         if backward is not None:
@@ -128,9 +145,20 @@ class Op:
         return self._dispatch(*args)
 
     def _dispatch(self, *args):
-        if self.eager is not None and not torch.compiler.is_compiling():
+        if (
+            self.eager is not None
+            and not torch.compiler.is_compiling()
+            and not _autocasting(args[self.lead])
+        ):
             return self.eager.apply(*args)
         return self.op(*args)
+
+    def _autocast_kernel(self, device_type: str, *args):
+        """The op inside torch.autocast on ``device_type``: its rule's casts, then the op with
+        autocast off (nothing it runs is cast again)."""
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_KEYS[device_type]):
+            return self.op(*self.autocast(dtype, args))
 
     def grad(self, ctx, *args):
         """The op as a backward calls it: from the eager fast path (ctx.eager) its kernel
@@ -144,13 +172,20 @@ class Op:
         """The op by ``impl``: "reference" (the pure-PyTorch definition, after ``check``),
         "fused" (the registered op; raises where its kernels cannot run), "auto"."""
         self.kinds(*args)
+        lead = args[self.lead]
+        if _autocasting(lead):  # the reference route sees what the registered op would
+            args = self.autocast(torch.get_autocast_dtype(lead.device.type), args)
+        any_dtype = self.backend_arg is not None and args[self.backend_arg] == "torch"
         try:
-            chosen = choose_impl(args[self.lead], impl, self.public, self.family)
+            chosen = choose_impl(args[self.lead], impl, self.public, self.family, any_dtype)
         except (TypeError, RuntimeError):  # no kernel for these: a metadata error says more
             self.check(*args)
             raise
         if chosen == "reference":
             self.check(*args)
+            if _autocasting(lead):
+                with torch.autocast(lead.device.type, enabled=False):
+                    return self.reference(*args)
             return self.reference(*args)
         return self._dispatch(*args)
 
@@ -210,11 +245,13 @@ def fused_available(device: torch.device | str) -> bool:
     return _native.unavailable_reason(device) is None
 
 
-def choose_impl(t: torch.Tensor, impl: str, op: str, family: str) -> str:
+def choose_impl(t: torch.Tensor, impl: str, op: str, family: str,
+                any_dtype: bool = False) -> str:  # fmt: skip
     """Resolve impl to "fused" or "reference" for a tensor's device and dtype, or raise.
 
     "auto" falls back to the reference with one warning per (device type, reason).
-    family: the kernel family whose dtype table applies (deeprec._C.KERNEL_DTYPES).
+    family: the kernel family whose dtype table applies (deeprec._C.KERNEL_DTYPES);
+    any_dtype: none does (the torch backend), beyond being floating point.
     """
     if impl == "reference":
         return "reference"
@@ -222,6 +259,8 @@ def choose_impl(t: torch.Tensor, impl: str, op: str, family: str) -> str:
         raise ValueError(f"impl must be 'auto', 'fused' or 'reference', got {impl!r}")
     reason = _native.unavailable_reason(t.device)
     supported = _native.kernel_dtypes(family, t.device.type)
+    if any_dtype and t.is_floating_point():
+        supported = (t.dtype,)
     if reason is None and t.dtype not in supported:
         reason = (
             f"no fused kernel for {t.dtype} on {t.device.type} "
@@ -242,6 +281,43 @@ def choose_impl(t: torch.Tensor, impl: str, op: str, family: str) -> str:
             f"deeprec: using the reference {op} because {reason}", RuntimeWarning, stacklevel=4
         )
     return "reference"
+
+
+# ------------------------------------------------------------------ autocast rules
+# A rule maps (the autocast dtype, the op's arguments) to the arguments the op runs on.
+AutocastRule = Callable[[torch.dtype, tuple], tuple]
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _autocasting(t) -> bool:
+    """True inside torch.autocast for t's device (only CPU and CUDA have kernels here)."""
+    return (
+        isinstance(t, torch.Tensor)
+        and t.device.type in _AUTOCAST_KEYS
+        and torch.is_autocast_enabled(t.device.type)
+    )
+
+
+def as_is(dtype: torch.dtype, args: tuple) -> tuple:
+    """No casts: a backward or an optimizer step takes the dtypes its forward chose."""
+    return args
+
+
+def in_float32(dtype: torch.dtype, args: tuple) -> tuple:
+    """Every 16-bit floating tensor as float32 (float64 stays): torch's own autocast rule for
+    its losses and reductions. The op's outputs are then float32 (float64 for float64)."""
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF else a for a in args)
+
+
+def cast_at(args: tuple, positions: tuple[int, ...], dtype: torch.dtype) -> tuple:
+    """args with the float32 or 16-bit tensors at ``positions`` cast to ``dtype`` (float64
+    stays float64: autocast never lowers it), and the rest of the 16-bit ones to float32."""
+    out = list(in_float32(dtype, args))
+    for i in positions:
+        a = args[i]
+        if isinstance(a, torch.Tensor) and a.dtype in (torch.float32, *_HALF):
+            out[i] = a.to(dtype)
+    return tuple(out)
 
 
 # ------------------------------------------------------------------ shared checks

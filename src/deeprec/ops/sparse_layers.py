@@ -40,6 +40,7 @@ from deeprec.ops.schema import (
     check_same,
     check_scale,
     check_weight,
+    in_float32,
 )
 
 __all__ = [
@@ -224,6 +225,7 @@ SPARSE_LINEAR = Op(
     setup=_sparse_linear_setup,
     backward=_sparse_linear_backward,
     lead=7,
+    autocast=in_float32,
 )
 
 
@@ -318,6 +320,7 @@ SPARSE_OUTPUT_MSE = Op(
     setup=_sparse_output_setup,
     backward=_sparse_output_backward,
     lead=1,
+    autocast=in_float32,
 )
 
 
@@ -352,6 +355,7 @@ SPMM_ROWS = Op(
     ),
     family="sparse_layers",
     lead=3,
+    autocast=in_float32,
 )
 
 
@@ -418,6 +422,7 @@ COL_ACCUMULATE = Op(
     fake=_col_accumulate_fake,
     family="sparse_layers",
     lead=7,
+    autocast=in_float32,
 )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from deeprec import precision
 from deeprec.config import Config, ConfigError
 from deeprec.data import Batch, RatingMatrix
 from deeprec.distributed import ALONE, World, all_sum, reduce_gradients
@@ -56,7 +57,12 @@ def batch_loss(
     """The training loss of one batch: masked MSE of the reconstruction at the stored ratings,
     computed the way ``path`` says (all three give the same value and gradients), or the
     multinomial loss of a ranking model (a variational one's KL term weighted as the plan's
-    annealing says at 0-based update ``update``)."""
+    annealing says at 0-based update ``update``), in the plan's precision."""
+    with precision.autocast(path.precision, batch.crow.device):
+        return _batch_loss(model, batch, path, update)
+
+
+def _batch_loss(model: AutoEncoder, batch: Batch, path: TrainingPlan, update: int) -> torch.Tensor:
     if path.objective == "multinomial":
         return model.multinomial_loss(
             batch.crow, batch.col, index=batch.index, impl=path.impl, backend=path.backend,

@@ -8,11 +8,13 @@ refused here, before any data is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from deeprec import precision as precisions
 from deeprec.config import Config, ConfigError
 from deeprec.model import linear_output
 from deeprec.ops import backends, unavailable_reason
@@ -38,6 +40,8 @@ class TrainingPlan:
     backend: what runs the sparse layers and the multinomial epilogue, "native" (deeprec's
     kernels) or "torch" (torch's own ops): the measured faster one on the device
     (deeprec.ops.backends).
+    precision: what the training forward passes run in (deeprec.precision): "fp32",
+    "bf16" (autocast) or "tf32"; validation and inference read the float32 weights.
     """
 
     loss: Literal["reference", "fused", "sparse"]
@@ -48,6 +52,7 @@ class TrainingPlan:
     objective: str = "mse"
     anneal: tuple[float, int] | None = None
     backend: str = "native"
+    precision: str = "fp32"
 
     def beta(self, update: int) -> float:
         """The KL term's weight at 0-based update ``update``: min(cap, update / steps)
@@ -73,6 +78,14 @@ def plan(config: Config, device: torch.device) -> TrainingPlan:
         )
     if config.fused and (reason := unavailable_reason(device)) is not None:
         raise ConfigError(f"--fused: {reason}")
+    precisions.check(config.precision, device)
+    return dataclasses.replace(_plan(config, device), precision=config.precision)
+
+
+def _plan(config: Config, device: torch.device) -> TrainingPlan:
+    """plan's path, loss and backend (its checks made)."""
+    linear = linear_output(config.last_activation)
+    sparse = config.fused and linear
     resident = config.data_on_device == "yes" or (
         config.data_on_device == "auto" and device.type == "cuda"
     )
