@@ -66,7 +66,8 @@ def _step(model, opt, path, batch) -> Callable[[], object]:
 def mult_dae(fused: bool) -> dict[str, Callable[[], object]]:
     items, users, per_user = 87_585, 512, 160
     crow, col = who_rated_what(users, items, per_user)
-    batch = Batch(crow, col.long(), torch.ones(col.numel()), items, items,
+    n_unique = int(torch.unique(col).numel())
+    batch = Batch(crow, col.long(), torch.ones(col.numel()), items, n_unique,
                   torch.arange(users))  # fmt: skip
     batch.index  # noqa: B018  (built once, outside the timed step)
     config = Config(objective="multinomial", hidden=[600], activation="tanh",

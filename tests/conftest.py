@@ -141,3 +141,32 @@ def run_while_default_stream_is_busy(fn, poison_numel: int = 0):
     busy = not torch.cuda.default_stream().query()
     torch.cuda.synchronize()
     return snapshot, busy
+
+
+def bf16_gradient_bounds(h, W, b, crow, col):
+    """Per-element bounds on how far a bf16 multinomial op's gradients (dh, dW, db) may lie
+    from its reference's on the same inputs. Each logit-gradient element G_ij may differ by
+    four bf16 ulps (2^-6 relative): a logit rounded the other way, another exp, its own
+    rounding; the GEMMs carry that through |G| |W| (dh), |G|^T |h| (dW) and the column sums
+    of |G| (db), and each output is rounded once more (2^-8 of itself, added by the
+    caller). G comes from the float64 definition; a bound of the gradient's magnitude
+    instead would not hold where the gradient is a near-cancelling sum."""
+    h, W = h.detach().double(), W.detach().double()
+    b = b.detach().double() if b is not None else None
+    B = h.shape[0]
+    rows = torch.repeat_interleave(torch.arange(B), crow.diff())
+    p = torch.nn.functional.linear(h, W, b).softmax(1)
+    G = crow.diff().double()[:, None] * p
+    G[rows, col.long()] -= 1.0
+    G = G.abs() / max(B, 1)
+    ulps = 2.0**-6
+    return ulps * (G @ W.abs()), ulps * (G.t() @ h.abs()), ulps * G.sum(0)
+
+
+def assert_within_bf16_bounds(got, want, bounds, what=""):
+    """Each of got's gradients within its bound (and 2^-8 of the reference's own value)."""
+    for name, a, w, bound in zip(("dh", "dW", "db"), got, want, bounds, strict=True):
+        err = (a.double() - w.double()).abs()
+        limit = bound + 2.0**-8 * w.double().abs() + 1e-12
+        worst = float((err - limit).max()) if err.numel() else -1.0
+        assert worst <= 0, f"{what} {name}: error exceeds its bound by {worst:.3g}"

@@ -12,6 +12,8 @@
 #include <limits>
 
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "bf16.h"
 #include "checks.h"
@@ -165,7 +167,13 @@ void softmax_grad_chunk(T* Z, const int64_t* crow, const I* col, const acc_t<T>*
                         acc_t<T> scale,
                         int64_t B, int64_t N, int64_t n0, int64_t C, int64_t ldz, int64_t nnz,
                         ErrorSink err, int num_threads) {
+  using A = acc_t<T>;
   parallel_for(B, num_threads, row_grain(C), [&](int64_t b, int64_t e) {
+    // The rated items' logits, kept from before the row is overwritten: their gradient
+    // factor * exp(z - lse) - scale is formed whole and rounded once (c_i softmax is near 1
+    // where a row's items take all the mass; rounding it before the subtraction would
+    // leave only the rounding error of a bf16 logit gradient).
+    std::vector<std::pair<int64_t, A>> rated;  // (position in the chunk, logit)
     for (int64_t i = b; i < e; ++i) {
       T* z = Z + i * ldz;
       int64_t k0 = 0, k1 = 0, p0 = 0, p1 = 0;
@@ -175,11 +183,16 @@ void softmax_grad_chunk(T* Z, const int64_t* crow, const I* col, const acc_t<T>*
         zero_n(z, C);
         continue;
       }
-      scaled_exp(z, C, lse[i], scale * static_cast<acc_t<T>>(k1 - k0));
+      const A factor = scale * static_cast<A>(k1 - k0);
       chunk_entries(col, k0, k1, n0, C, &p0, &p1);
+      rated.clear();
       for (int64_t k = p0; k < p1; ++k) {
         const int64_t c = chunk_column(col, k, k0, n0, C, err);
-        if (c >= 0) z[c] = store_as<T>(to_float(z[c]) - scale);
+        if (c >= 0) rated.emplace_back(c, to_float(z[c]));
+      }
+      scaled_exp(z, C, lse[i], factor);
+      for (const auto& [c, logit] : rated) {
+        z[c] = store_as<T>(factor * exp_of(logit - lse[i]) - scale);
       }
     }
   });

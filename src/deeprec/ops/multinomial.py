@@ -16,14 +16,18 @@ scale * (c_i softmax_ij - [j rated]), which feeds the GEMMs dh += G W_c, dW_c = 
 db_c = sum_i G (each chunk owns its rows of dW and db, so nothing is accumulated across
 chunks but dh).
 
-Precision: h, the weight and the bias share one dtype, which the GEMMs run in; the
-epilogue computes in ``acc_dtype`` of it (float32 for bfloat16 and float16 logits: the
-running max and sum in double, the softmax in float), so the log-sum-exps and the loss are
-float32 in a bf16 op, and the logit gradient is rounded to bf16 once, for the two backward
-GEMMs. Each chunk owns its rows of dW and db (one rounding each); dh, summed over the
-chunks, is accumulated in float32 and rounded once. Inside ``torch.autocast`` the op casts
-h, the weight and the bias to the autocast dtype where the backend has kernels for it
-(bfloat16 on the CPU; any on the torch backend), else runs in float32.
+Precision: the GEMMs run in h's dtype. The weight and bias are of h's dtype, or float32
+master weights under a 16-bit h: then each chunk's rows are cast into a reused bf16 block
+just before its GEMM (in cache: no pass over the catalogue's weight), and dW and db come
+back float32, each chunk's rounded once from its bf16 GEMM, as autocast's cast of the
+whole weight would give them but without its two catalogue-sized conversions. The
+epilogue computes in ``acc_dtype`` of h's dtype (float32 for 16-bit logits: the running
+max and sum in double, the softmax in float), so the log-sum-exps and the loss are float32
+in a bf16 op, and the logit gradient is rounded to bf16 once, for the two backward GEMMs;
+dh, summed over the chunks, is accumulated in float32 and rounded once. Inside
+``torch.autocast`` the op casts h to the autocast dtype where the backend has kernels for
+it (bfloat16 on the CPU; any on the torch backend) and leaves the weight and bias as they
+are; otherwise it runs in float32.
 
 Four GEMMs of the full size per step (forward, recompute, dh, dW) against the dense path's
 three: the floor of an exact loss that never holds a row's logits whole. The chunk is
@@ -51,7 +55,6 @@ from deeprec.ops.schema import (
     Impl,
     Op,
     as_scalar,
-    cast_at,
     check_grad,
     check_rows_input,
     check_weight,
@@ -98,9 +101,16 @@ def multinomial_nll(
     dense definition.
     """
     crow, col = csr.unpack_structure(target, (csr.dim(h, 0), csr.dim(weight, 0)), rows_from="h")
-    if isinstance(weight, torch.Tensor) and chunk is None:
-        chunk = chunk_items(csr.dim(h, 0) or 1, weight.shape[0], weight.element_size())
     backend = backends.resolve(backend, weight)
+    if isinstance(weight, torch.Tensor) and isinstance(h, torch.Tensor) and chunk is None:
+        device = weight.device.type
+        autocast = (
+            torch.get_autocast_dtype(device)
+            if device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
+            else None
+        )
+        itemsize = _gemm_dtype(h, weight, backend, autocast).itemsize
+        chunk = chunk_items(csr.dim(h, 0) or 1, weight.shape[0], itemsize)
     loss, _ = MULTINOMIAL_NLL.call(impl, csr.contiguous(h), weight, bias, crow, col, chunk,
                                    backend)  # fmt: skip
     return loss
@@ -116,18 +126,29 @@ def multinomial_nll_reference(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, crow: torch.Tensor,
     col: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
-    """The dense definition: every logit at once (a GEMM in the inputs' dtype), log_softmax
-    in ``acc_dtype`` of it, the rated items' sum."""
+    """The dense definition: every logit at once (a GEMM in h's dtype: float32 master
+    weights under a 16-bit h are cast to it), log_softmax in ``acc_dtype`` of it, the rated
+    items' sum."""
     rows = csr.entry_rows(crow, col.numel())
+    if weight.dtype != h.dtype:
+        weight, bias = weight.to(h.dtype), (bias.to(h.dtype) if bias is not None else None)
     logits = torch.nn.functional.linear(h, weight, bias)
     log_p = logits.to(acc_dtype(logits.dtype)).log_softmax(1)
     return -log_p[rows, col].sum() / max(h.shape[0], 1)
 
 
 # ------------------------------------------------------------------ checks
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _mixed(h, weight) -> bool:
+    """A 16-bit h over float32 master weights: the GEMMs in h's dtype, chunk by chunk."""
+    return h.dtype in _HALF and weight.dtype == torch.float32
+
+
 def _check(h, weight, bias, crow, col, chunk, backend) -> None:
     check_weight(weight, bias, 0)
-    check_rows_input(h, "h", weight)
+    check_rows_input(h, "h", weight, half_over_float32=True)
     csr.check_structure(crow, col, None, h.shape[0], "target", rows_from="h")
     if crow.device != weight.device:
         raise ValueError(f"target is on {crow.device} but the weight is on {weight.device}")
@@ -151,12 +172,38 @@ def _chunks(N: int, chunk: int):
         yield n0, min(N, n0 + chunk)
 
 
-def _logits(h, weight, bias, n0, n1, buf) -> torch.Tensor:
-    """The chunk's logits h @ W[n0:n1]^T + b[n0:n1], into the reused buffer (contiguous)."""
-    Z = buf[: h.shape[0] * (n1 - n0)].view(h.shape[0], n1 - n0)
-    if bias is None:
-        return torch.mm(h, weight[n0:n1].t(), out=Z)
-    return torch.addmm(bias[n0:n1], h, weight[n0:n1].t(), out=Z)
+class _Chunks:
+    """The chunk loop's reused blocks: the logits (B x chunk, h's dtype) and, over float32
+    master weights with a 16-bit h, the chunk's weight and bias rows cast to h's dtype."""
+
+    def __init__(self, h, weight, bias, chunk: int) -> None:
+        B, N, H = h.shape[0], weight.shape[0], weight.shape[1]
+        C = min(chunk, N)
+        self.h, self.weight, self.bias = h, weight, bias
+        self.z = torch.empty(B * C, dtype=h.dtype, device=h.device)
+        self.mixed = weight.dtype != h.dtype
+        if self.mixed:
+            self.w = torch.empty(C * H, dtype=h.dtype, device=h.device)
+            self.b = torch.empty(C, dtype=h.dtype, device=h.device) if bias is not None else None
+
+    def weight_rows(self, n0: int, n1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W[n0:n1], b[n0:n1]) in h's dtype."""
+        w = self.weight[n0:n1]
+        b = self.bias[n0:n1] if self.bias is not None else None
+        if not self.mixed:
+            return w, b
+        w = self.w[: w.numel()].view(w.shape).copy_(w)
+        return w, (self.b[: b.numel()].copy_(b) if b is not None else None)
+
+    def logits(self, n0: int, n1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the chunk's logits h @ W[n0:n1]^T + b[n0:n1] into the reused block, W[n0:n1] as
+        the GEMM read it)."""
+        h = self.h
+        w, b = self.weight_rows(n0, n1)
+        Z = self.z[: h.shape[0] * (n1 - n0)].view(h.shape[0], n1 - n0)
+        if b is None:
+            return torch.mm(h, w.t(), out=Z), w
+        return torch.addmm(b, h, w.t(), out=Z), w
 
 
 def _epilogue(kernels: DeviceKernels, kernel: str, op: str, Z, crow, col, N, n0,
@@ -204,9 +251,9 @@ def _run(
         observed.zero_()
     else:
         counts = (crow[1:] - crow[:-1]).to(torch.float64)
-    buf = torch.empty(B * min(chunk, N), dtype=h.dtype, device=device)
+    blocks = _Chunks(h, weight, bias, chunk)
     for n0, n1 in _chunks(N, chunk):
-        Z = _logits(h, weight, bias, n0, n1, buf)
+        Z, _ = blocks.logits(n0, n1)
         if backend == "native":
             _epilogue(kernels, "lse_chunk", "multinomial_nll", Z, crow, col, N, n0,
                       run_max=run_max, run_sum=run_sum, observed=observed)  # fmt: skip
@@ -263,28 +310,33 @@ def _backward_run(
     d_h = torch.zeros(h.shape, dtype=acc, device=device) if need_h else h.new_empty(0)
     part = torch.empty(h.shape, dtype=h.dtype, device=device) if need_h and acc != h.dtype else None
     # dW is catalogue-sized (87,585 x 600 floats at ML-32M): a recycled block on the CPU
-    # instead of fresh pages each step (deeprec.ops.recycle)
-    d_w = recycle.empty(N, h.shape[1], h.dtype, device) if need_params else weight.new_empty(0)
+    # instead of fresh pages each step (deeprec.ops.recycle); the weight's dtype
+    d_w = recycle.empty(N, h.shape[1], weight.dtype, device) if need_params else weight.new_empty(0)
     with_bias = need_params and bias is not None
-    d_b = torch.empty(N, dtype=h.dtype, device=device) if with_bias else h.new_empty(0)
+    d_b = torch.empty(N, dtype=weight.dtype, device=device) if with_bias else h.new_empty(0)
     if backend == "torch":
         batch = _TorchBatch("multinomial_nll backward", crow, col, N, acc)
-    buf = torch.empty(B * min(chunk, N), dtype=h.dtype, device=device)
+    blocks = _Chunks(h, weight, bias, chunk)
+    # over float32 master weights: each chunk's dW in h's dtype, then widened into d_w
+    d_wc = torch.empty(min(chunk, N), h.shape[1], dtype=h.dtype, device=device) if (
+        need_params and blocks.mixed) else None  # fmt: skip
     for n0, n1 in _chunks(N, chunk):
-        G = _logits(h, weight, bias, n0, n1, buf)
+        G, w = blocks.logits(n0, n1)
         if backend == "native":
             _epilogue(kernels, "softmax_grad_chunk", "multinomial_nll backward", G, crow, col,
                       N, n0, lse=lse, scale=scale)  # fmt: skip
         else:
             _torch_grad_chunk(G, batch, n0, lse, scale)
         if part is not None:
-            d_h.add_(torch.mm(G, weight[n0:n1], out=part))
+            d_h.add_(torch.mm(G, w, out=part))
         elif need_h:
-            d_h.addmm_(G, weight[n0:n1])
-        if need_params:
+            d_h.addmm_(G, w)
+        if d_wc is not None:
+            d_w[n0:n1].copy_(torch.mm(G.t(), h, out=d_wc[: n1 - n0]))
+        elif need_params:
             torch.mm(G.t(), h, out=d_w[n0:n1])
         if with_bias:
-            torch.sum(G, 0, out=d_b[n0:n1])
+            torch.sum(G, 0, dtype=d_b.dtype, out=d_b[n0:n1])
     return d_h.to(h.dtype), d_w, d_b
 
 
@@ -303,15 +355,35 @@ def _torch_grad_chunk(G, batch: _TorchBatch, n0, lse, scale) -> None:
 
 
 # ------------------------------------------------------------------ the op
+def _gemm_dtype(h: torch.Tensor, weight: torch.Tensor, backend: str,
+                autocast: torch.dtype | None) -> torch.dtype:  # fmt: skip
+    """The dtype the op's GEMMs run in: h's; inside torch.autocast (its dtype ``autocast``)
+    that dtype where the backend has kernels for it on the device (any on the torch
+    backend), else float32; float64 stays float64."""
+    if autocast is None or h.dtype == torch.float64:
+        return h.dtype
+    if backend == "torch" or autocast in _native.kernel_dtypes("multinomial", weight.device.type):
+        return autocast
+    return torch.float32
+
+
 def _autocast(dtype: torch.dtype, args: tuple) -> tuple:
-    """Inside torch.autocast: h, the weight and the bias in the autocast dtype where the
-    backend has kernels for it on their device (any dtype on the torch backend), else in
-    float32. The loss and log-sum-exps are float32 either way."""
-    weight, backend = args[1], args[6]
-    device = weight.device.type if isinstance(weight, torch.Tensor) else "cpu"
-    if backend == "torch" or dtype in _native.kernel_dtypes("multinomial", device):
-        return cast_at(args, (0, 1, 2), dtype)
-    return in_float32(dtype, args)
+    """Inside torch.autocast: h in the autocast dtype where the backend has kernels for it
+    on its device (any dtype on the torch backend), the weight and bias as they are (float32
+    masters are cast a chunk at a time, in cache); else everything 16-bit in float32. The
+    loss and log-sum-exps are float32 either way."""
+    h, weight, bias, backend = args[0], args[1], args[2], args[6]
+    if not all(isinstance(t, torch.Tensor) for t in (h, weight)):
+        return args  # the op's check names what is wrong
+    gemm = _gemm_dtype(h, weight, backend, dtype)
+    if gemm == torch.float32 or h.dtype == torch.float64:
+        return in_float32(dtype, args)
+    out = list(args)
+    out[0] = h.to(gemm)
+    for i, t in ((1, weight), (2, bias)):  # a 16-bit weight of another dtype: float32
+        if isinstance(t, torch.Tensor) and t.dtype in _HALF and t.dtype != gemm:
+            out[i] = t.float()
+    return tuple(out)
 
 
 def _setup(ctx, inputs, output):
@@ -365,7 +437,7 @@ def _backward_fake(grad, h, weight, bias, crow, col, lse, chunk, backend, need_h
     return (
         torch.empty_like(h) if need_h else h.new_empty(0),
         torch.empty_like(weight) if need_params else weight.new_empty(0),
-        h.new_empty(weight.shape[0]) if with_bias else h.new_empty(0),
+        weight.new_empty(weight.shape[0]) if with_bias else h.new_empty(0),
     )
 
 

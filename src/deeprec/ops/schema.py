@@ -15,9 +15,9 @@ An op is an ``Op`` built from plain functions:
 - ``reference``: the pure-PyTorch definition, on the op's own arguments.
 - ``autocast``: the op's rule inside ``torch.autocast`` (registered at the Autocast dispatch
   keys): which floating arguments it casts to what, before it runs with autocast off.
-  ``in_float32`` (the default for a forward op, torch's own rule for its losses) casts
-  16-bit ones to float32; the multinomial op runs its GEMMs in the autocast dtype; a
-  backward or an optimizer step (``as_is``) takes the dtypes its forward chose.
+  ``in_float32`` (torch's own rule for its losses) casts 16-bit ones to float32; the
+  multinomial op runs its GEMMs in the autocast dtype; a backward or an optimizer step
+  (``as_is``, the default) takes the dtypes its forward chose.
 
 Calls go through the dispatcher; an op given ``fast_path`` (masked_mse, whose kernels take
 tens of microseconds) skips it on eager calls with autograd, where
@@ -309,17 +309,6 @@ def in_float32(dtype: torch.dtype, args: tuple) -> tuple:
     return tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF else a for a in args)
 
 
-def cast_at(args: tuple, positions: tuple[int, ...], dtype: torch.dtype) -> tuple:
-    """args with the float32 or 16-bit tensors at ``positions`` cast to ``dtype`` (float64
-    stays float64: autocast never lowers it), and the rest of the 16-bit ones to float32."""
-    out = list(in_float32(dtype, args))
-    for i in positions:
-        a = args[i]
-        if isinstance(a, torch.Tensor) and a.dtype in (torch.float32, *_HALF):
-            out[i] = a.to(dtype)
-    return tuple(out)
-
-
 # ------------------------------------------------------------------ shared checks
 def check_weight(weight, bias, bias_dim: int) -> None:
     """An item-major (items x hidden) floating-point weight, contiguous, and its bias (or
@@ -351,9 +340,10 @@ def check_weight(weight, bias, bias_dim: int) -> None:
         raise ValueError("bias must be contiguous")
 
 
-def check_rows_input(t, name: str, weight: torch.Tensor) -> None:
+def check_rows_input(t, name: str, weight: torch.Tensor, half_over_float32: bool = False) -> None:
     """A (B, H) input of an output layer: dense, 2-D, contiguous, H the weight's width, the
-    weight's dtype and device."""
+    weight's dtype (or, with ``half_over_float32``, a 16-bit dtype over a float32 weight)
+    and device."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.layout != torch.strided or t.dim() != 2 or t.shape[1] != weight.shape[1]:
@@ -361,7 +351,10 @@ def check_rows_input(t, name: str, weight: torch.Tensor) -> None:
             f"{name} must be (B, {weight.shape[1]}) to match weight {tuple(weight.shape)}, "
             f"got shape {tuple(t.shape)}"
         )
-    check_same(weight, t, name)
+    if half_over_float32 and t.dtype in _HALF and weight.dtype == torch.float32:
+        check_same(weight, t.new_empty(0, dtype=weight.dtype), name)  # the device only
+    else:
+        check_same(weight, t, name)
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
 
