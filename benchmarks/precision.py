@@ -6,7 +6,9 @@ round), so a drift of the machine hits both alike:
 
 - the Mult-DAE step at the ML-32M shape (the ``topk`` preset's model: one 600-unit tanh
   layer; 512 users, 87,585 items, 160 items each), fused (``--fused``: the chunked output
-  layer + loss) and dense (the plain softmax path);
+  layer + loss) and dense (the fused input layer, then every logit at once and
+  log_softmax: benchmarks/multinomial_cost.py's dense step), and the fused step over the
+  dense one in each precision;
 - the rating path (``--fused``, the seed model) at the ML-32M shape, one long-tailed batch
   of 512 users;
 - one epoch of the seed recipe (ml-latest-small, batch 32), ``--fused`` and dense.
@@ -32,6 +34,7 @@ from pathlib import Path
 import torch
 from common import machine_info
 from multinomial_cost import batch as who_rated_what
+from multinomial_cost import dense_softmax_loss
 from workloads import SEED_HIDDEN, long_tailed_batch, seed_matrix
 
 from deeprec import precision
@@ -71,8 +74,23 @@ def mult_dae(fused: bool) -> dict[str, Callable[[], object]]:
                   torch.arange(users))  # fmt: skip
     batch.index  # noqa: B018  (built once, outside the timed step)
     config = Config(objective="multinomial", hidden=[600], activation="tanh",
-                    input_dropout=0.5, fused=fused)  # fmt: skip
-    return {p: _step(*_trainer(config, items, p == "bf16"), batch) for p in PRECISIONS}
+                    input_dropout=0.5, fused=True)  # fmt: skip
+    steps = {}
+    for p in PRECISIONS:
+        model, opt, path = _trainer(config, items, p == "bf16")
+        if fused:
+            steps[p] = _step(model, opt, path, batch)
+            continue
+
+        def dense(m=model, o=opt, t=path):
+            with precision.autocast(t.precision, CPU):
+                loss = dense_softmax_loss(m, batch.crow, batch.col)
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            o.step()
+
+        steps[p] = dense
+    return steps
 
 
 def rating_step() -> dict[str, Callable[[], object]]:
@@ -175,6 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = r["speedup_range"]
         lines.append(f"| {r['workload']} | {r['fp32_ms']:.1f} | {r['bf16_ms']:.1f} | "
                      f"{r['speedup']:.2f}x | {lo:.2f}-{hi:.2f} |")  # fmt: skip
+    by = {r["workload"]: r for r in rows}
+    fused, dense = (by.get(f"Mult-DAE step, ML-32M, {k}") for k in ("--fused", "dense softmax"))
+    if fused and dense:
+        lines += [
+            "",
+            "The fused Mult-DAE step over the dense one: "
+            + ", ".join(f"{p} {dense[f'{p}_ms'] / fused[f'{p}_ms']:.2f}x" for p in PRECISIONS)
+            + ".",
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "precision-busy" if args.busy else "precision"
     (args.out / f"{stem}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))

@@ -277,3 +277,60 @@ def test_cuda_epilogues_equal_the_definition():
         multinomial_nll(*leaves, (crow, bad), impl="fused", chunk=64, backend=backend)
         with pytest.raises(ValueError, match=r"col\[3\] = 301 is outside"):
             raise_kernel_errors("cuda")
+
+
+@pytest.fixture
+def threads():
+    """Run with a given torch thread count, restored after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_chunks_side_by_side_equal_chunks_one_after_another(threads, backend, dtype):
+    """With two threads and enough chunks the chunks run side by side on the pool
+    (ops/chunk_pool.py): the same loss and gradients as one thread running them in turn,
+    and the same bits on every run whichever worker took which chunk."""
+    from deeprec.ops.multinomial import _side_by_side
+
+    crow, col, _ = random_csr(12, 97, 0.3, seed=4)
+    leaves = [t.detach().to(dtype).requires_grad_() for t in layer(12, 97, 6, seed=2)]
+
+    def run():
+        return value_and_grads(lambda h, W, b: fused(h, W, b, crow, col, 5, backend), leaves)
+
+    threads(1)
+    assert not _side_by_side(torch.device("cpu"), 20)
+    one = run()
+    threads(2)
+    assert _side_by_side(torch.device("cpu"), 20)
+    runs = [run() for _ in range(4)]
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-3)
+    for a, w in zip(runs[0], one, strict=True):
+        torch.testing.assert_close(a.double(), w.double(), **tol)
+    for other in runs[1:]:
+        for a, w in zip(other, runs[0], strict=True):
+            assert torch.equal(a, w), "side-by-side chunks gave different bits on another run"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_refusal_in_a_side_by_side_chunk_reaches_the_caller(threads, backend):
+    """A column out of range that only a late chunk reads: refused by the worker that runs it,
+    raised in the calling thread in one line; deferred, it waits in the caller's word."""
+    from deeprec.ops import errors, raise_kernel_errors
+
+    threads(2)
+    crow, col, _ = random_csr(6, 60, 0.3, seed=5)
+    col = col.clone()
+    col[-1] = 60  # the last row's last item: past the catalogue, in the last chunk
+    h, W, b = layer(6, 60, 4)
+    with pytest.raises(ValueError, match=r"multinomial_nll.*col\[\d+\] = 60"):
+        fused(h, W, b, crow, col, 3, backend)
+    if backend == "native":
+        with errors.deferred_on_cpu():
+            loss = fused(h, W, b, crow, col, 3, backend)
+            assert torch.isfinite(loss)
+            with pytest.raises(ValueError, match=r"col\[\d+\] = 60"):
+                raise_kernel_errors("cpu")

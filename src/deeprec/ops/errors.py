@@ -159,6 +159,18 @@ def word(device: torch.device) -> torch.Tensor:
     return entry[1]
 
 
+@contextmanager
+def cpu_word(w: torch.Tensor) -> Iterator[None]:
+    """This thread reports CPU refusals into ``w`` for the block: a worker that runs part of
+    an op for another thread (ops/chunk_pool.py) reports into that thread's word."""
+    before = getattr(_local, "word", None)
+    _local.word = w
+    try:
+        yield
+    finally:
+        _local.word = before
+
+
 def raise_from(w: torch.Tensor, words: list[int] | None = None) -> None:
     """Raise the error ``w`` records (its values, if already read), resetting it."""
     words = w.tolist() if words is None else words

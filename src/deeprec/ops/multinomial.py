@@ -45,10 +45,12 @@ device, fake, autograd); ``multinomial_nll_reference`` is its dense definition.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from deeprec import csr
-from deeprec.ops import _native, backends, recycle
+from deeprec.ops import _native, backends, chunk_pool, recycle
 from deeprec.ops.device_checks import checked_csr
 from deeprec.ops.native import DeviceKernels, batch_args
 from deeprec.ops.schema import (
@@ -241,30 +243,58 @@ def _run(
     """(the loss, each row's log-sum-exp): one pass over the items, chunk by chunk."""
     B, N = h.shape[0], weight.shape[0]
     device, acc = h.device, acc_dtype(h.dtype)
-    stats = torch.empty(3, B, dtype=torch.float64, device=device)  # max, sum, observed
-    run_max, run_sum, observed = stats
-    if backend == "torch":
-        batch = _TorchBatch("multinomial_nll", crow, col, N, torch.float64)
-        counts = batch.counts
-        run_max.fill_(float("-inf"))
-        run_sum.zero_()
-        observed.zero_()
-    else:
-        counts = (crow[1:] - crow[:-1]).to(torch.float64)
-    blocks = _Chunks(h, weight, bias, chunk)
-    for n0, n1 in _chunks(N, chunk):
+    chunks = list(_chunks(N, chunk))
+    torch_ops = backend == "torch"
+    batch = _TorchBatch("multinomial_nll", crow, col, N, torch.float64) if torch_ops else None
+    counts = batch.counts if batch is not None else (crow[1:] - crow[:-1]).to(torch.float64)
+
+    def lse_chunk(blocks: _Chunks, n0: int, n1: int, state: torch.Tensor) -> None:
         Z, _ = blocks.logits(n0, n1)
         if backend == "native":
             _epilogue(kernels, "lse_chunk", "multinomial_nll", Z, crow, col, N, n0,
-                      run_max=run_max, run_sum=run_sum, observed=observed)  # fmt: skip
+                      run_max=state[0], run_sum=state[1], observed=state[2])  # fmt: skip
         else:
-            _torch_lse_chunk(Z, batch, n0, run_max, run_sum, observed)
+            _torch_lse_chunk(Z, batch, n0, *state)
+
+    if _side_by_side(device, len(chunks)):
+        # each chunk its own running state (max, sum, observed), merged in chunk order
+        states = torch.zeros(len(chunks), 3, B, dtype=torch.float64)
+        states[:, 0] = float("-inf")
+        chunk_pool.run(len(chunks), lambda c: lse_chunk(
+            _Chunks(h, weight, bias, chunk), *chunks[c], states[c]))  # fmt: skip
+        run_max, run_sum, observed = _merged(states)
+    else:
+        state = torch.empty(3, B, dtype=torch.float64, device=device)  # max, sum, observed
+        if backend == "torch":
+            state[0].fill_(float("-inf"))
+            state[1:].zero_()
+        blocks = _Chunks(h, weight, bias, chunk)
+        for n0, n1 in chunks:
+            lse_chunk(blocks, n0, n1, state)
+        run_max, run_sum, observed = state
     lse = run_max + run_sum.log()
     # A row the native epilogue refused keeps a sum of 0 (any row's own maximum adds 1): it
     # contributes nothing. A NaN sum (diverged logits) still reaches the loss.
     terms = torch.where((counts > 0) & (run_sum != 0), counts * lse - observed, 0.0)
     loss = (terms.sum() / max(B, 1)).to(acc)
     return loss, lse.to(acc)
+
+
+def _side_by_side(device: torch.device, n_chunks: int) -> bool:
+    """Whether the chunks run side by side (ops/chunk_pool.py): on the CPU, with two or more
+    threads and at least two chunks per thread."""
+    return device.type == "cpu" and (t := chunk_pool.threads()) > 1 and n_chunks >= 2 * t
+
+
+def _merged(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(max, sum, observed) per row from each chunk's own (chunks x 3 x rows), in chunk
+    order: the log-sum-exp's parts rescaled to the overall maximum. A row refused by the
+    first chunk (the one that checks every row: sum 0) stays refused."""
+    m, s, o = states.unbind(1)
+    run_max = m.amax(0)
+    weight = torch.where(s != 0, (m - run_max).exp(), 0.0)
+    run_sum = torch.where(s[0] != 0, (s * weight).sum(0), 0.0)
+    return run_max, run_sum, o.sum(0)
 
 
 def _torch_lse_chunk(Z, batch: _TorchBatch, n0, run_max, run_sum, observed) -> None:
@@ -306,21 +336,20 @@ def _backward_run(
     B, N = h.shape[0], weight.shape[0]
     device, acc = h.device, acc_dtype(h.dtype)
     scale = as_scalar(torch.mul(grad, 1.0 / max(B, 1)), acc)
-    # dh sums every chunk's G W_c: in the compute dtype, rounded to h's once at the end
+    # dh sums every chunk's G W_c, in chunk order, in the compute dtype; rounded to h's once
     d_h = torch.zeros(h.shape, dtype=acc, device=device) if need_h else h.new_empty(0)
-    part = torch.empty(h.shape, dtype=h.dtype, device=device) if need_h and acc != h.dtype else None
     # dW is catalogue-sized (87,585 x 600 floats at ML-32M): a recycled block on the CPU
     # instead of fresh pages each step (deeprec.ops.recycle); the weight's dtype
     d_w = recycle.empty(N, h.shape[1], weight.dtype, device) if need_params else weight.new_empty(0)
     with_bias = need_params and bias is not None
     d_b = torch.empty(N, dtype=weight.dtype, device=device) if with_bias else h.new_empty(0)
-    if backend == "torch":
-        batch = _TorchBatch("multinomial_nll backward", crow, col, N, acc)
-    blocks = _Chunks(h, weight, bias, chunk)
-    # over float32 master weights: each chunk's dW in h's dtype, then widened into d_w
-    d_wc = torch.empty(min(chunk, N), h.shape[1], dtype=h.dtype, device=device) if (
-        need_params and blocks.mixed) else None  # fmt: skip
-    for n0, n1 in _chunks(N, chunk):
+    torch_ops = backend == "torch"
+    batch = _TorchBatch("multinomial_nll backward", crow, col, N, acc) if torch_ops else None
+    chunks = list(_chunks(N, chunk))
+    mixed = weight.dtype != h.dtype
+
+    def grad_chunk(blocks: _Chunks, n0: int, n1: int, part: torch.Tensor | None) -> None:
+        """The chunk's G, its rows of dW and db, and G W_c into ``part``."""
         G, w = blocks.logits(n0, n1)
         if backend == "native":
             _epilogue(kernels, "softmax_grad_chunk", "multinomial_nll backward", G, crow, col,
@@ -328,16 +357,52 @@ def _backward_run(
         else:
             _torch_grad_chunk(G, batch, n0, lse, scale)
         if part is not None:
-            d_h.add_(torch.mm(G, w, out=part))
-        elif need_h:
-            d_h.addmm_(G, w)
-        if d_wc is not None:
-            d_w[n0:n1].copy_(torch.mm(G.t(), h, out=d_wc[: n1 - n0]))
+            torch.mm(G, w, out=part)
+        if need_params and mixed:  # each chunk's dW in h's dtype, widened into d_w
+            d_w[n0:n1].copy_(torch.mm(G.t(), h))
         elif need_params:
             torch.mm(G.t(), h, out=d_w[n0:n1])
         if with_bias:
             torch.sum(G, 0, dtype=d_b.dtype, out=d_b[n0:n1])
+
+    if _side_by_side(device, len(chunks)):
+
+        def task(c: int, part: torch.Tensor | None) -> None:
+            grad_chunk(_Chunks(h, weight, bias, chunk), *chunks[c], part)
+
+        _side_by_side_grads(chunks, task, d_h if need_h else None, h)
+    else:
+        blocks = _Chunks(h, weight, bias, chunk)
+        part = torch.empty_like(h) if need_h else None
+        for n0, n1 in chunks:
+            grad_chunk(blocks, n0, n1, part)
+            if part is not None:
+                d_h.add_(part)
     return d_h.to(h.dtype), d_w, d_b
+
+
+def _side_by_side_grads(chunks, grad_chunk, d_h: torch.Tensor | None, h: torch.Tensor) -> None:
+    """The backward's chunks on the pool; each chunk's G W_c is added to d_h in chunk order
+    (the same sum whoever ran which chunk), a worker at most a few chunks ahead waiting."""
+    ahead = 4 * chunk_pool.threads()
+    pending: dict[int, torch.Tensor] = {}
+    done = [0]  # the next chunk to add
+    turn = threading.Condition()
+
+    def task(c: int) -> None:
+        part = torch.empty_like(h) if d_h is not None else None
+        grad_chunk(c, part)
+        if part is None:
+            return
+        with turn:
+            turn.wait_for(lambda: c - done[0] < ahead)
+            pending[c] = part
+            while done[0] in pending:
+                d_h.add_(pending.pop(done[0]))
+                done[0] += 1
+            turn.notify_all()
+
+    chunk_pool.run(len(chunks), task)
 
 
 def _torch_grad_chunk(G, batch: _TorchBatch, n0, lse, scale) -> None:
