@@ -249,10 +249,12 @@ def test_unknown_impl():
         masked_mse(output, (crow, col, val), impl="fast")
 
 
-def test_half_on_cpu_fused_raises_and_auto_falls_back_with_one_warning(monkeypatch):
+def test_float16_on_cpu_fused_raises_and_auto_falls_back_with_one_warning(monkeypatch):
+    """The CPU has float32, float64 and bfloat16 kernels; float16 is refused by fused and
+    falls back (with one warning) under auto."""
     monkeypatch.setattr(ops, "_warned", set())
-    crow, col, val = random_csr(3, 5, 0.5, seed=0, dtype=torch.bfloat16)
-    output = torch.randn(3, 5, dtype=torch.bfloat16)
+    crow, col, val = random_csr(3, 5, 0.5, seed=0, dtype=torch.float16)
+    output = torch.randn(3, 5, dtype=torch.float16)
     with pytest.raises(TypeError, match="no fused kernel"):
         masked_mse(output, (crow, col, val), impl="fused")
     with pytest.warns(RuntimeWarning, match="reference"):

@@ -18,6 +18,7 @@ Tolerances, and why:
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -116,6 +117,28 @@ def test_bf16_logits_that_would_overflow_exp_unshifted():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
 
 
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(0, 9), N=st.integers(1, 300), density=st.floats(0, 1),
+       seed=st.integers(0, 10_000))  # fmt: skip
+def test_bf16_masked_mse_equals_its_definition(B, N, density, seed):
+    """bf16 output and ratings: the loss (float32, summed in double) as the reference computes
+    it in float32 from the same bf16 values; the bf16 gradient 2 (o - r) / nnz within one
+    bf16 rounding (2^-8 relative) of the reference's, which rounds it once too."""
+    crow, col, val = random_csr(B, N, density, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    out = (torch.randn(B, N, generator=g) * 3).to(BF16).requires_grad_()
+    val = val.to(BF16)
+    got = masked_mse(out, (crow, col, val), impl="fused")
+    want = masked_mse(out, (crow, col, val), impl="reference")
+    assert got.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    (a,) = torch.autograd.grad(got, out)
+    (w,) = torch.autograd.grad(want, out)
+    assert a.dtype == BF16
+    err = (a.double() - w.double()).abs()
+    assert bool((err <= 2**-8 * w.double().abs() + 1e-30).all()), float(err.max())
+
+
 # ------------------------------------------------------------------ every op under autocast
 def _batch(B=6, N=40, seed=1):
     crow, col, val = random_csr(B, N, 0.3, seed=seed, dtype=torch.float32)
@@ -129,20 +152,21 @@ FORMS = {  # how a caller hands the layer's activations in: float32, or already 
 
 
 def _autocast_cases(B=6, N=40, H=8):
-    """(name, call(h, W, b, out, impl, backend) -> loss, the dtype the rule casts h to)."""
+    """(name, call(h, W, b, out, impl, backend) -> loss, the dtype the rule casts h to, the
+    dtype it casts the dense output to)."""
     crow, col, val = _batch(B, N)
     index = column_index(crow, col)
     return [
         ("masked_mse", lambda h, W, b, out, impl, backend: masked_mse(
-            out, (crow, col, val), impl=impl), torch.float32),
+            out, (crow, col, val.to(out.dtype)), impl=impl), torch.float32, BF16),
         ("sparse_linear", lambda h, W, b, out, impl, backend: sparse_linear(
             (crow, col, val), W, None, index=index, impl=impl, backend=backend).sum(),
-            torch.float32),
+            torch.float32, torch.float32),
         ("sparse_output_mse", lambda h, W, b, out, impl, backend: sparse_output_mse(
             h, W, b, (crow, col, val), index=index, impl=impl, backend=backend),
-            torch.float32),
+            torch.float32, torch.float32),
         ("multinomial_nll", lambda h, W, b, out, impl, backend: multinomial_nll(
-            h, W, b, (crow, col), impl=impl, chunk=7, backend=backend), BF16),
+            h, W, b, (crow, col), impl=impl, chunk=7, backend=backend), BF16, torch.float32),
     ]  # fmt: skip
 
 
@@ -151,11 +175,12 @@ def _autocast_cases(B=6, N=40, H=8):
 @pytest.mark.parametrize("form", sorted(FORMS))
 @pytest.mark.parametrize("case", range(4))
 def test_every_op_under_autocast_follows_its_rule(case, form, impl, backend):
-    """Inside torch.autocast(cpu, bf16): each op casts as its rule says (the sparse layers and
-    masked MSE to float32; the multinomial op h to bf16, its float32 master weights kept),
-    returns a float32 loss, equals the op called outside autocast on the arguments so cast,
-    and hands the caller's tensors gradients of their own dtypes."""
-    name, call, computes_in = _autocast_cases()[case]
+    """Inside torch.autocast(cpu, bf16): each op casts as its rule says (the sparse layers to
+    float32; masked MSE the output and ratings to bf16; the multinomial op h to bf16, its
+    float32 master weights kept), returns a float32 loss, equals the op called outside
+    autocast on the arguments so cast, and hands the caller's tensors gradients of their own
+    dtypes."""
+    name, call, computes_in, output_in = _autocast_cases()[case]
     g = torch.Generator().manual_seed(case)
     h0, W0, b0 = (torch.randn(*s, generator=g) for s in ((6, 8), (40, 8), (40,)))
     out0 = torch.randn(6, 40, generator=g)
@@ -170,7 +195,7 @@ def test_every_op_under_autocast_follows_its_rule(case, form, impl, backend):
     # outside autocast, on the arguments the rule casts to
     cast = [h.detach().to(computes_in).requires_grad_(), *(t.detach().requires_grad_()
                                                            for t in (W, b))]  # fmt: skip
-    cast.append(out.detach().float().requires_grad_())
+    cast.append(out.detach().to(output_in).requires_grad_())
     want = call(*cast, impl, backend)
     want_g = torch.autograd.grad(want, cast, allow_unused=True)
     torch.testing.assert_close(got, want.float(), rtol=0, atol=0)
@@ -246,10 +271,9 @@ def test_bf16_instructions_are_read_from_cpuinfo(tmp_path, monkeypatch, flags, m
 
 
 def test_the_command_refuses_a_precision_it_cannot_run_in_one_line(tmp_path):
-    env = {"ONEDNN_MAX_CPU_ISA": "AVX2", "PATH": "/usr/bin:/bin"}
     import os
 
-    env = {**os.environ, **env}
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     for flags, says in (
         (["--precision", "tf32"], "tf32 is a CUDA setting"),
         (["--precision", "bf16"], "ONEDNN_MAX_CPU_ISA=AVX2"),
@@ -289,3 +313,17 @@ def test_bf16_training_keeps_float32_weights_and_state():
         assert all(s.dtype == torch.float32 for s in state)
         moved[p] = torch.cat([q.detach().flatten() for q in model.parameters()])
     torch.testing.assert_close(moved["bf16"], moved["fp32"], rtol=0, atol=2e-2 * 1.01)
+
+
+def test_info_says_whether_this_cpu_trains_in_bf16():
+    import os
+
+    cases = (("", r"cpu_precision_bf16\s+(yes|refused)"),
+             ("AVX2", r"cpu_precision_bf16\s+refused \(ONEDNN_MAX_CPU_ISA=AVX2"))  # fmt: skip
+    for cap, says in cases:
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": cap}
+        r = subprocess.run([sys.executable, "-m", "deeprec.info"], capture_output=True,
+                           text=True, env=env, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert re.search(says, r.stdout), r.stdout
+        assert re.search(r"cpu_bf16_instructions\s+\S", r.stdout), r.stdout

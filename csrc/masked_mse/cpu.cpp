@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "bf16.h"
 #include "checks.h"
 #include "common.h"
 #include "masked_mse/masked_mse.h"
@@ -17,7 +18,7 @@
 namespace deeprec {
 
 // The scalar types this file's entry points dispatch on: its header's table.
-using Floats = Float32And64;
+using Floats = Types<float, double, BFloat16>;
 static_assert(same_codes(Floats{}, kMaskedMseCpuDtypes), "the dtype table and the dispatch differ");
 
 namespace {
@@ -33,7 +34,7 @@ void masked_mse_rows(const T* __restrict out, const int64_t* __restrict crow,
     if (grad == nullptr) {
       for_each_entry(crow, col, i, B, N, nnz, err, [&](int64_t k, int64_t j) {
         if (j < 0) return;
-        const double d = static_cast<double>(o[j]) - static_cast<double>(val[k]);
+        const double d = double{to_float(o[j])} - double{to_float(val[k])};
         sum += d * d;
       });
     } else {
@@ -44,9 +45,9 @@ void masked_mse_rows(const T* __restrict out, const int64_t* __restrict crow,
       zero_n(g, N);
       for_each_entry(crow, col, i, B, N, nnz, err, [&](int64_t k, int64_t j) {
         if (j < 0) return;
-        const double d = static_cast<double>(o[j]) - static_cast<double>(val[k]);
+        const double d = double{to_float(o[j])} - double{to_float(val[k])};
         sum += d * d;
-        g[j] = static_cast<T>(coef * d);
+        g[j] = store_as<T>(static_cast<acc_t<T>>(coef * d));
       });
     }
     row_sums[i] = sum;
@@ -72,8 +73,8 @@ void masked_mse_impl(const void* out, const int64_t* crow, const void* col, cons
   if (loss != nullptr) {
     double total = 0.0;
     for (double s : row_sums) total += s;
-    *static_cast<T*>(loss) =
-        static_cast<T>(nnz > 0 ? total / static_cast<double>(nnz) : 0.0);
+    *static_cast<acc_t<T>*>(loss) =
+        static_cast<acc_t<T>>(nnz > 0 ? total / static_cast<double>(nnz) : 0.0);
   }
 }
 
@@ -84,7 +85,7 @@ int masked_mse_cpu(const MaskedMseArgs& a, const CpuLaunch& on) {
     using T = typename decltype(t)::type;
     masked_mse_impl<T, typename decltype(i)::type>(a.out, a.crow, a.col, a.val, a.B, a.N, a.nnz,
                                                    a.loss, a.grad,
-                                                   scalar_or_one<T>(a.grad_scale), sink,
+                                                   scalar_or_one<acc_t<T>>(a.grad_scale), sink,
                                                    on.num_threads);
   });
 }

@@ -38,8 +38,9 @@ template <typename T, typename I>
 __global__ void __launch_bounds__(kThreads)
 masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
                   const I* __restrict__ col, const T* __restrict__ val, int64_t B, int64_t N,
-                  int64_t nnz, T* __restrict__ loss, T* __restrict__ grad,
-                  const T* __restrict__ grad_scale, double* __restrict__ partials,
+                  int64_t nnz, typename Acc<T>::type* __restrict__ loss, T* __restrict__ grad,
+                  const typename Acc<T>::type* __restrict__ grad_scale,
+                  double* __restrict__ partials,
                   unsigned int* __restrict__ counter, ErrorSink err) {
   using A = typename Acc<T>::type;  // the gradient's arithmetic
   __shared__ double smem[kThreads];
@@ -47,7 +48,7 @@ masked_mse_kernel(const T* __restrict__ out, const int64_t* __restrict__ crow,
   A coef = A(0);
   if (grad != nullptr) {
     coef = A(2) * inv_nnz;
-    if (grad_scale != nullptr) coef *= to_acc<T, A>(*grad_scale);
+    if (grad_scale != nullptr) coef *= *grad_scale;
   }
   double acc = 0.0;  // the loss's squared residuals, summed in double as on the CPU
   for (int64_t row = blockIdx.x; row < B; row += gridDim.x) {
@@ -77,8 +78,8 @@ int launch(const MaskedMseArgs& a, const CudaLaunch& on, cudaStream_t stream) {
       static_cast<unsigned int>(std::min<int64_t>(a.B, kMaskedMseMaxBlocks));
   masked_mse_kernel<T, I><<<blocks, kThreads, 0, stream>>>(
       static_cast<const T*>(a.out), a.crow, static_cast<const I*>(a.col),
-      static_cast<const T*>(a.val), a.B, a.N, a.nnz, static_cast<T*>(a.loss),
-      static_cast<T*>(a.grad), static_cast<const T*>(a.grad_scale),
+      static_cast<const T*>(a.val), a.B, a.N, a.nnz, static_cast<typename Acc<T>::type*>(a.loss),
+      static_cast<T*>(a.grad), static_cast<const typename Acc<T>::type*>(a.grad_scale),
       static_cast<double*>(on.partials), static_cast<unsigned int*>(on.counter), sink_of(on));
   return cuda::check_launch();
 }
@@ -91,7 +92,7 @@ int masked_mse_cuda(const MaskedMseArgs& a, const CudaLaunch& on) {
   cudaStream_t s = static_cast<cudaStream_t>(on.stream);
   if (a.B == 0) {  // nothing to launch; the loss of an empty batch is 0 (all-zero bits)
     if (a.loss == nullptr) return kOk;
-    return cuda::fail(cudaMemsetAsync(a.loss, 0, dtype_size(a.dtype), s));
+    return cuda::fail(cudaMemsetAsync(a.loss, 0, a.dtype == kFloat64 ? 8 : 4, s));
   }
   return dispatch(Floats{}, a.dtype, a.index_dtype, [&](auto t, auto i) {
     return launch<typename decltype(t)::type, typename decltype(i)::type>(a, on, s);

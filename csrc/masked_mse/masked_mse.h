@@ -23,17 +23,19 @@ namespace deeprec {
 // The arguments of both entry points, declared once (kernel_args.h): `out` the (B x N)
 // predictions, the CSR batch (crow, col, val, nnz, index_dtype), the scalar `dtype`, and the
 // outputs: `loss` (one scalar, or null), `grad` (B x N, or null) scaled by `grad_scale` (one
-// scalar of `dtype`, or null for 1; host memory on the CPU, device memory on CUDA).
+// scalar, or null for 1; host memory on the CPU, device memory on CUDA). `loss` and
+// `grad_scale` are of the compute dtype: `dtype` for float32 and float64, float32 for the
+// 16-bit dtypes (whose outputs and gradients are read and written in their own dtype).
 #define DEEPREC_MASKED_MSE_ARGS(X)                                                     \
   X(const void*, out) X(const int64_t*, crow) X(const void*, col) X(const void*, val) \
   X(int64_t, B) X(int64_t, N) X(int64_t, nnz) X(int, dtype) X(int, index_dtype)      \
   X(void*, loss) X(void*, grad) X(const void*, grad_scale)
 DEEPREC_KERNEL_ARGS(MaskedMseArgs, DEEPREC_MASKED_MSE_ARGS)
 // The scalar dtypes each entry point runs (deeprec._C.KERNEL_DTYPES).
-inline constexpr int kMaskedMseCpuDtypes[] = {kFloat32, kFloat64};
+inline constexpr int kMaskedMseCpuDtypes[] = {kFloat32, kFloat64, kBFloat16};
 inline constexpr int kMaskedMseCudaDtypes[] = {kFloat32, kFloat64, kFloat16, kBFloat16};
 
-// CPU: float32 / float64. Returns a Status (kBadIndex when the error word records a
+// CPU: float32 / float64 / bfloat16. Returns a Status (kBadIndex when the error word records a
 // refused index).
 int masked_mse_cpu(const MaskedMseArgs& a, const CpuLaunch& on);
 

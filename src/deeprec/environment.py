@@ -10,7 +10,7 @@ import platform
 
 import torch
 
-from deeprec import __version__
+from deeprec import __version__, precision
 from deeprec.ops import _native
 
 
@@ -33,6 +33,10 @@ def collect() -> dict[str, object]:
         "cpu_simd_variant": _native.active_isa() or "none",
         "cpu_simd_variants_supported": ", ".join(_native.supported_isas()) or "none",
         "DEEPREC_ISA": os.environ.get("DEEPREC_ISA", "") or "unset (the widest supported)",
+        "cpu_bf16_instructions": _bf16_instructions(),
+        "cpu_precision_bf16": (
+            "yes" if (why := precision.cpu_bf16_refusal()) is None else f"refused ({why})"
+        ),
         "cuda_kernels_compiled": bool(C is not None and C.WITH_CUDA),
         "cuda_archs": (C.CUDA_ARCHS if C is not None and C.WITH_CUDA else ""),
         "torch_cuda": torch.version.cuda or "cpu build",
@@ -49,3 +53,10 @@ def collect() -> dict[str, object]:
         facts["cuda_runtime_linked"] = C.cuda_runtime_version()
         facts["cuda_driver"] = C.cuda_driver_version()
     return facts
+
+
+def _bf16_instructions() -> str:
+    found = precision.cpu_bf16_instructions()
+    if found is None:
+        return "unknown (no /proc/cpuinfo)"
+    return ", ".join(found) or "none"

@@ -19,11 +19,11 @@ from __future__ import annotations
 import torch
 
 from deeprec import csr
-from deeprec.ops import recycle
+from deeprec.ops import _native, recycle
 from deeprec.ops.device_checks import checked_csr
 from deeprec.ops.native import DeviceKernels, batch_args
 from deeprec.ops.reference import masked_mse_reference
-from deeprec.ops.schema import Impl, Op, as_scalar, check_grad, in_float32
+from deeprec.ops.schema import Impl, Op, acc_dtype, as_scalar, check_grad, in_float32
 
 __all__ = ["masked_mse", "masked_mse_reference"]
 
@@ -34,8 +34,11 @@ def masked_mse(output: torch.Tensor, target: object, *, impl: Impl = "auto") -> 
     output: dense (B, N) predictions. target: a deeprec Batch, a torch sparse CSR tensor
     of shape (B, N), or a (crow, col, val) triple with col indices into N. Columns must be
     strictly increasing inside each row (canonical CSR). Returns a 0-dim tensor of
-    output's dtype, differentiable with respect to ``output``; 0 when nothing is
-    stored. ``impl``: "reference" (pure PyTorch), "fused" (native; raises if
+    output's dtype (float32 for a 16-bit output, whose gradient stays in its dtype),
+    differentiable with respect to ``output``; 0 when nothing is stored. Inside
+    ``torch.autocast`` the output and the ratings are cast to the autocast dtype where the
+    device has kernels for it (bfloat16 on the CPU, float16 and bfloat16 on CUDA), else
+    to float32. ``impl``: "reference" (pure PyTorch), "fused" (native; raises if
     unavailable), "auto" (fused when available, else reference with one warning).
     """
     parts = csr.unpack(target, (csr.dim(output, 0), csr.dim(output, 1)), rows_from="output")
@@ -72,7 +75,7 @@ def _run(
     val: torch.Tensor,
 ) -> torch.Tensor:
     """Mean squared error of ``output`` at the entries the CSR batch stores."""
-    loss = output.new_empty(())
+    loss = output.new_empty((), dtype=acc_dtype(output.dtype))
     launch_kernel(kernels, output, crow, col, val, loss, None, None)
     return loss
 
@@ -81,6 +84,20 @@ def _reference(output, crow, col, val) -> torch.Tensor:
     checked = checked_csr("masked_mse", csr.CSRParts(crow, col, val), output.shape[1])
     loss = masked_mse_reference(output, checked.crow, checked.col, checked.val)
     return torch.where(checked.ok, loss, 0)  # a refused batch (deferred): nothing from it
+
+
+def _autocast(dtype: torch.dtype, args: tuple) -> tuple:
+    """Inside torch.autocast: the output and ratings in the autocast dtype where the
+    device's kernels take it (half the bytes of the dense gradient), else float32."""
+    output, val = args[0], args[3]
+    if (
+        isinstance(output, torch.Tensor)
+        and isinstance(val, torch.Tensor)
+        and output.dtype != torch.float64
+        and dtype in _native.kernel_dtypes("masked_mse", output.device.type)
+    ):
+        return (output.to(dtype), args[1], args[2], val.to(dtype))
+    return in_float32(dtype, args)
 
 
 def _setup(ctx, inputs, output):
@@ -99,12 +116,12 @@ MASKED_MSE = Op(
     "masked_mse",
     _check,
     _run,
-    fake=lambda output, crow, col, val: output.new_empty(()),
+    fake=lambda output, crow, col, val: output.new_empty((), dtype=acc_dtype(output.dtype)),
     family="masked_mse",
     reference=_reference,
     setup=_setup,
     backward=_backward,
-    autocast=in_float32,
+    autocast=_autocast,
     fast_path=True,  # its kernels take ~60 us at the seed shape: the dispatcher added ~20
 )
 
@@ -126,7 +143,8 @@ def _backward_run(
     gradient is as large as the output (36 MiB at the Netflix shape): on the CPU a recycled
     block (deeprec.ops.recycle), so a step does not fault in fresh pages for it."""
     out = recycle.empty(output.shape[0], output.shape[1], output.dtype, output.device)
-    launch_kernel(kernels, output, crow, col, val, None, out, as_scalar(grad, output.dtype))
+    scale = as_scalar(grad, acc_dtype(output.dtype))
+    launch_kernel(kernels, output, crow, col, val, None, out, scale)
     return out
 
 

@@ -56,6 +56,7 @@ from deeprec.ops.native import DeviceKernels, batch_args
 from deeprec.ops.schema import (
     Impl,
     Op,
+    acc_dtype,
     as_scalar,
     check_grad,
     check_rows_input,
@@ -116,12 +117,6 @@ def multinomial_nll(
     loss, _ = MULTINOMIAL_NLL.call(impl, csr.contiguous(h), weight, bias, crow, col, chunk,
                                    backend)  # fmt: skip
     return loss
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """What the op computes its softmax, log-sum-exps and loss in for logits of ``dtype``:
-    float32 for the 16-bit dtypes, the dtype itself otherwise."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def multinomial_nll_reference(

@@ -12,10 +12,13 @@ from deeprec import csr
 def masked_mse_reference(
     output: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor
 ) -> torch.Tensor:
-    """Masked MSE over stored entries: sum (output[i, col] - val)^2 / nnz, 0 when empty."""
+    """Masked MSE over stored entries: sum (output[i, col] - val)^2 / nnz, 0 when empty;
+    computed in float32 for 16-bit outputs (the loss float32, the gradient the output's)."""
     nnz = col.numel()
     rows = csr.entry_rows(crow, nnz)
     pred = output[rows, col]
+    if output.dtype in (torch.float16, torch.bfloat16):
+        pred, val = pred.float(), val.float()
     return ((pred - val) ** 2).sum() / max(nnz, 1)
 
 

@@ -289,6 +289,12 @@ AutocastRule = Callable[[torch.dtype, tuple], tuple]
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an op computes and returns its losses in for inputs of ``dtype``: float32
+    for the 16-bit dtypes, the dtype itself otherwise."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
 def _autocasting(t) -> bool:
     """True inside torch.autocast for t's device (only CPU and CUDA have kernels here)."""
     return (
