@@ -7,8 +7,9 @@ the same run. Rows, all in one process on the same batches:
 - float32, the gradient in fresh memory (an allocation that large is a fresh mapping each
   call, so each step faults in its pages) against a recycled block (deeprec.ops.recycle,
   what the op does);
-- a bf16 output under ``torch.autocast``: the op's rule computes in float32, so the call
-  includes the casts; its GB/s is counted on the bf16 bytes a bf16 kernel would move.
+- bf16: the bf16 kernel on a bf16 output and ratings, writing a bf16 gradient; and the
+  same under ``torch.autocast`` from float32 ratings (the op's rule casts them each call, and
+  the call goes through the dispatcher's autocast layer); GB/s counted on the bf16 bytes.
 
     python benchmarks/masked_mse_floor.py [--runs 21] [--out DIR]
 """
@@ -48,14 +49,24 @@ def rows(runs: int, bw: float) -> list[dict[str, object]]:
         half_bytes = B * N * 2 + nnz * (2 + 2 + 8) + (B + 1) * 8
         output, target, _ = rating_batch(*LOSS_SHAPES[shape], device="cpu")
         output = output.to(torch.bfloat16).requires_grad_()
+        crow, col, val = target
+        direct = functools.partial(_bf16_step, output, (crow, col, val.to(torch.bfloat16)))
+        t = measure(direct, runs=runs, warmup=3)["median"]
+        out.append({"shape": shape, "case": "bf16 output, ratings and gradient",
+                    "ms": t * 1e3, "bytes": half_bytes})  # fmt: skip
         step = functools.partial(_autocast_step, output, target)
         t = measure(step, runs=runs, warmup=3)["median"]
-        out.append({"shape": shape, "case": "bf16 output, autocast (float32 inside)",
+        out.append({"shape": shape, "case": "bf16 output and gradient, under autocast",
                     "ms": t * 1e3, "bytes": half_bytes})  # fmt: skip
     for r in out:
         r["GBps"] = r["bytes"] / (r["ms"] / 1e3) / 1e9
         r["fraction_of_copy_bw"] = r["GBps"] / bw
     return out
+
+
+def _bf16_step(output, target):
+    output.grad = None
+    masked_mse(output, target, impl="fused").backward()
 
 
 def _autocast_step(output, target):

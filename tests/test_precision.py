@@ -247,7 +247,7 @@ def test_bf16_is_refused_where_the_cpu_lacks_bf16_instructions(monkeypatch):
     with pytest.raises(ConfigError, match="cannot tell"):
         plan(Config(precision="bf16"), CPU)
     monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: ["amx_bf16"])
-    assert plan(Config(precision="bf16"), CPU).precision == "bf16"
+    assert plan(Config(precision="bf16", objective="multinomial"), CPU).precision == "bf16"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
     with pytest.raises(ConfigError, match="ONEDNN_MAX_CPU_ISA=AVX2"):
         plan(Config(precision="bf16"), CPU)
@@ -327,3 +327,72 @@ def test_info_says_whether_this_cpu_trains_in_bf16():
         assert r.returncode == 0, r.stderr
         assert re.search(says, r.stdout), r.stdout
         assert re.search(r"cpu_bf16_instructions\s+\S", r.stdout), r.stdout
+
+
+def test_bf16_for_the_rating_objective_runs_with_one_warning(monkeypatch, tmp_path):
+    """Measured not to pay for the rating recipes: allowed, with one line saying so; the
+    ranking objective gets no warning."""
+    import warnings
+
+    from deeprec.errors import PrecisionWarning
+
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: ["avx512_bf16"])
+    with pytest.warns(PrecisionWarning, match="rating objective"):
+        assert plan(Config(precision="bf16"), CPU).precision == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan(Config(precision="bf16", objective="multinomial"), CPU)
+
+
+def test_a_command_prints_the_precision_warning_in_one_line(capsys):
+    import argparse
+    import warnings
+
+    from deeprec.cli import run
+    from deeprec.errors import PrecisionWarning
+
+    def main(args):
+        warnings.warn("bf16 does not pay here", PrecisionWarning, stacklevel=2)
+        return 0
+
+    assert run(main, argparse.ArgumentParser(prog="deeprec.train"), []) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["deeprec.train: warning: bf16 does not pay here"], err
+
+
+def test_models_trained_in_bf16_save_recommend_and_export_as_any(monkeypatch, tmp_path):
+    """train --precision bf16, then recommend from a ranking model's run and export a rating
+    model's: each checkpoint holds float32 weights and Adam state and serves like a float32
+    model's. (The CPU's bf16 check is passed by hand: on a CPU without bf16 instructions
+    these tiny runs are only slow.)"""
+    from deeprec.export import cli_main as export_main
+    from deeprec.recommend import cli_main as recommend_main
+    from deeprec.train import cli_main as train_main
+
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: ["avx512_bf16"])
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    for preset in ("topk", "seed"):
+        run = tmp_path / preset
+        flags = ["--preset", preset, "--fused", "--precision", "bf16", "--hidden", "16",
+                 "--epochs", "1", "--max-batches", "2", "--quiet", "--out", str(run)]  # fmt: skip
+        assert train_main(flags) == 0
+        state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+        assert state["config"]["precision"] == "bf16"
+        weights = [t for t in state["state_dict"].values() if t.is_floating_point()]
+        assert weights and all(t.dtype == torch.float32 for t in weights)
+        moments = list(_tensors(state["optimizer"]))  # torch's Adam, or the row-sparse one's
+        assert moments and all(t.dtype == torch.float32 for t in moments)
+    ranking, rating = str(tmp_path / "topk" / "model.pt"), str(tmp_path / "seed" / "model.pt")
+    assert recommend_main(["--checkpoint", ranking, "--user", "3", "-k", "4", "--quiet"]) == 0
+    assert export_main(["--checkpoint", rating, "--out", str(tmp_path / "m.onnx")]) == 0
+
+
+def _tensors(tree):
+    """Every non-scalar tensor in a nested state dict."""
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, (list, tuple)):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, torch.Tensor) and tree.dim():
+        yield tree

@@ -4,13 +4,15 @@ failed torchrun peer), and --debug."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from deeprec.errors import CheckpointError, ConfigError, DataError, PeerError
+from deeprec.errors import CheckpointError, ConfigError, DataError, PeerError, PrecisionWarning
 
 # Errors that mean "bad input", reported as one line (the traceback only with --debug).
 USER_ERRORS = (DataError, CheckpointError, ConfigError)
@@ -44,15 +46,27 @@ def add_debug(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
+def _one_line(prog: str, shown, message, category, *args, **kwargs) -> None:
+    if issubclass(category, PrecisionWarning):
+        print(f"{prog}: warning: {message}", file=sys.stderr)
+    else:
+        shown(message, category, *args, **kwargs)
+
+
 def run(
     main: Callable[[argparse.Namespace], int],
     parser: argparse.ArgumentParser,
     argv: list[str] | None = None,
 ) -> int:
-    """Parse argv and call main(args), turning input errors into 'prog: error: ...' and exit 2."""
+    """Parse argv and call main(args), turning input errors into 'prog: error: ...' and exit 2,
+    and deeprec's advice (a PrecisionWarning) into one 'prog: warning: ...' line."""
     args = parser.parse_args(argv)
     try:
-        return main(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PrecisionWarning)
+            shown = warnings.showwarning
+            warnings.showwarning = functools.partial(_one_line, parser.prog, shown)
+            return main(args)
     except USER_ERRORS as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()

@@ -15,6 +15,10 @@ class DataError(ValueError):
     """A ratings/titles file or dataset request that cannot be used, as one line."""
 
 
+class PrecisionWarning(UserWarning):
+    """A precision that runs but was measured to cost more than it gives here."""
+
+
 class ConfigError(ValueError):
     """An option value that cannot be used, as one line naming the option."""
 

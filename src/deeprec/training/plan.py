@@ -79,6 +79,7 @@ def plan(config: Config, device: torch.device) -> TrainingPlan:
     if config.fused and (reason := unavailable_reason(device)) is not None:
         raise ConfigError(f"--fused: {reason}")
     precisions.check(config.precision, device)
+    precisions.advise(config.precision, config.objective)
     return dataclasses.replace(_plan(config, device), precision=config.precision)
 
 
