@@ -7,11 +7,13 @@ numbers measured in the same run.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -150,3 +152,25 @@ def seed_dense_masked_mse(output: torch.Tensor, dense_target: torch.Tensor) -> t
     """The seed's loss (NVIDIA DeepRecommender MSEloss): dense target, mask = target != 0."""
     mask = (dense_target != 0).to(output.dtype)
     return ((output * mask - dense_target) ** 2).sum() / mask.sum()
+
+
+def _spin(stop) -> None:
+    x = 0
+    while not stop.is_set():
+        x += 1
+
+
+@contextlib.contextmanager
+def busy_beside(busy: bool) -> Iterator[None]:
+    """With ``busy``, one process spinning on a core for the block (a loaded machine)."""
+    if not busy:
+        yield
+        return
+    stop = multiprocessing.Event()
+    spinner = multiprocessing.Process(target=_spin, args=(stop,))
+    spinner.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        spinner.join()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info
+from common import busy_beside, machine_info
 from overhead import seed_op_calls
 from workloads import epoch_workload, step_workload
 
@@ -77,12 +76,6 @@ def timed(fn: Callable[[], object], seconds: float = 0.3) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def _spin(stop) -> None:
-    x = 0
-    while not stop.is_set():
-        x += 1
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -91,22 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="folder for dispatcher.json and dispatcher.md")
     args = p.parse_args(argv)
     work = op_workloads()
-    stop = multiprocessing.Event()
-    spinner = multiprocessing.Process(target=_spin, args=(stop,)) if args.busy else None
-    if spinner is not None:
-        spinner.start()
     times: dict[str, dict[str, list[float]]] = {k: {"dispatcher": [], "eager": []} for k in work}
-    try:
+    with busy_beside(args.busy):
         for r in range(args.rounds):
             for name, fn in work.items():
                 for kind in ("dispatcher", "eager")[:: 1 if r % 2 else -1]:  # each goes first
                     with path(eager=kind == "eager"):
                         times[name][kind].append(timed(fn))
             print(f"round {r + 1}/{args.rounds}", flush=True)
-    finally:
-        if spinner is not None:
-            stop.set()
-            spinner.join()
     rows = []
     for name, t in times.items():
         d, e = statistics.median(t["dispatcher"]), statistics.median(t["eager"])

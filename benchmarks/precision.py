@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import machine_info
+from common import busy_beside, machine_info
 from multinomial_cost import batch as who_rated_what
 from multinomial_cost import dense_softmax_loss
 from workloads import SEED_HIDDEN, long_tailed_batch, seed_matrix
@@ -122,13 +121,6 @@ WORKLOADS: dict[str, Callable[[], dict[str, Callable[[], object]]]] = {
 }
 
 
-def _spin(stop) -> None:
-    x = 0
-    while not stop.is_set():
-        for _ in range(100_000):
-            x += 1
-
-
 def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -147,12 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if why is not None:
         p.error(f"bf16 is refused on this machine: {why}")
     names = [n for n in WORKLOADS if not args.only or any(n.startswith(o) for o in args.only)]
-    stop = multiprocessing.Event()
-    spinner = multiprocessing.Process(target=_spin, args=(stop,)) if args.busy else None
-    if spinner is not None:
-        spinner.start()
     rows = []
-    try:
+    with busy_beside(args.busy):
         for name in names:
             work = WORKLOADS[name]()
             for fn in work.values():  # warm up (allocations, oneDNN's kernel choice)
@@ -168,10 +156,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: fp32 {f * 1e3:.1f} ms, bf16 {b * 1e3:.1f} ms, {f / b:.2f}x",
                   flush=True)  # fmt: skip
             del work
-    finally:
-        if spinner is not None:
-            stop.set()
-            spinner.join()
     info = machine_info()
     info["bf16_instructions"] = ", ".join(precision.cpu_bf16_instructions() or []) or "none"
     load = "one busy process beside it" if args.busy else "quiet"
