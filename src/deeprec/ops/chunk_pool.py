@@ -25,8 +25,9 @@ import torch
 from deeprec.ops import errors
 
 _lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_size = 0
+# One pool per worker count asked for (a caller's torch thread count): never shut down, so a
+# thread that changes its count cannot pull a pool from under another's submissions.
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def _one_thread(started: threading.Barrier) -> None:
@@ -35,24 +36,21 @@ def _one_thread(started: threading.Barrier) -> None:
 
 
 def _workers(n: int) -> ThreadPoolExecutor:
-    """The pool of ``n`` workers (made, or remade for another n, here)."""
-    global _pool, _size
+    """The pool of ``n`` workers, each set to one intra-op thread (made here once)."""
     with _lock:
-        if _pool is None or _size != n:
-            if _pool is not None:
-                _pool.shutdown(wait=True)
+        pool = _pools.get(n)
+        if pool is None:
             pool = ThreadPoolExecutor(n, thread_name_prefix="deeprec-chunk")
             started = threading.Barrier(n)
             for f in [pool.submit(_one_thread, started) for _ in range(n)]:
                 f.result()  # every worker started and set to one thread
             torch.set_num_threads(n)  # the setting new threads inherit: the caller's again
-            _pool, _size = pool, n
-        return _pool
+            _pools[n] = pool
+        return pool
 
 
 def _forget_after_fork() -> None:
-    global _pool, _size
-    _pool, _size = None, 0
+    _pools.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -75,7 +73,8 @@ def run(n: int, task: Callable[[int], None]) -> None:
         with errors.cpu_word(word), torch.no_grad():
             task(i)
 
-    futures = [_workers(workers).submit(in_worker, i) for i in range(n)]
+    pool = _workers(workers)
+    futures = [pool.submit(in_worker, i) for i in range(n)]
     first = None
     for f in futures:
         exc = f.exception()
