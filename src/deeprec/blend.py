@@ -23,7 +23,7 @@ from deeprec.quality import blending, strong_generalization, topk_blend
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m deeprec.blend",
         description="Blend I-AutoRec, U-AutoRec, the bias baseline and item/user kNN with "
         "weights fit on a nested split of the training ratings; print every model's and the "

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import socket
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,8 @@ def atomic_write(path: Path, write: Any) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}.{_host()}~{os.getpid()}."  # whose: a later run can tell it was left
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
@@ -49,6 +52,62 @@ def atomic_write(path: Path, write: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def partial_writes(folder: Path) -> list[Path]:
+    """The temp files atomic_write left in ``folder`` when its process was killed (SIGKILL,
+    power loss: no Python cleanup ran): those of a dead process on this host, and those of
+    another host or an older naming untouched for an hour (a live writer touches its file
+    until it renames it)."""
+    left = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        host, pid = _writer_of(tmp.name)
+        try:
+            if host == _host() and pid is not None:
+                if pid != os.getpid() and not _alive(pid):
+                    left.append(tmp)
+            elif time.time() - tmp.stat().st_mtime > 3600:
+                left.append(tmp)
+        except OSError:  # gone meanwhile
+            continue
+    return sorted(left)
+
+
+def remove_partial_writes(folder: Path) -> list[tuple[str, int]]:
+    """Remove partial_writes(folder); returns (name, bytes) of each removed."""
+    removed = []
+    for tmp in partial_writes(folder):
+        try:
+            size = tmp.stat().st_size
+            tmp.unlink()
+        except OSError:
+            continue
+        removed.append((tmp.name, size))
+    return removed
+
+
+def _host() -> str:
+    """This host's name as a temp file's name carries it (no dots)."""
+    return socket.gethostname().replace(".", "-").replace("~", "-") or "host"
+
+
+def _writer_of(name: str) -> tuple[str | None, int | None]:
+    """(host, pid) from a temp file's name ``.<file>.<host>~<pid>.<random>.tmp``."""
+    for part in name.split("."):
+        host, tilde, pid = part.rpartition("~")
+        if tilde and pid.isdigit():
+            return host, int(pid)
+    return None, None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ failed torchrun peer), and --debug."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import sys
 import tempfile
@@ -11,6 +12,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from deeprec.errors import CheckpointError, ConfigError, DataError, PeerError, PrecisionWarning
 
@@ -20,6 +22,36 @@ USER_ERRORS = (DataError, CheckpointError, ConfigError)
 
 class UsageError(ConfigError):
     """A command-line value that parsed but cannot be used."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, 'prog: error: ...' (no usage block: --help shows
+    it), naming the nearest known flag for a mistyped one, even where a required flag is
+    missing because of the typo."""
+
+    _given: tuple[str, ...] = ()  # the arguments of the parse under way
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = tuple(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        known = [flag for action in self._actions for flag in action.option_strings]
+        unknown = [
+            arg for arg in self._given
+            if arg.startswith("-") and arg not in ("-", "--") and not arg[1:2].isdigit()
+            and not any(flag.startswith(arg.split("=", 1)[0]) for flag in known)
+        ]  # fmt: skip
+        if unknown:
+            hints = [
+                f"{arg}: did you mean {near[0]}?"
+                for arg in unknown
+                if (near := difflib.get_close_matches(arg.split("=", 1)[0], known, n=1))
+            ]
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+            if hints:
+                message += f" ({'; '.join(hints)})"
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def writable_folder(path: Path, flag: str) -> None:

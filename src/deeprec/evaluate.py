@@ -22,9 +22,9 @@ from deeprec.training.lifecycle import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m deeprec.evaluate",
-        description="RMSE/MAE (with bootstrap 95%% intervals) and Precision/Recall/NDCG@10 of a "
+        description="RMSE/MAE (with bootstrap 95% intervals) and Precision/Recall/NDCG@10 of a "
         "trained model on its run's validation split, beside the global-mean, user+item-bias "
         "popularity and EASE baselines on the same split; --out writes every metric as JSON.",
     )

@@ -23,7 +23,7 @@ from deeprec.training.run_folder import RunFolder
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m deeprec.export",
         description="Export a trained model (model.pt) as an ONNX dense scorer (rating rows in, "
         "predicted rows out, any batch size) plus a sidecar, checked with onnxruntime.",

@@ -7,14 +7,14 @@ first thing to paste into a bug report.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from deeprec import cli
 from deeprec.environment import collect
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.Parser(
         prog="python -m deeprec.info",
         description="Show deeprec's build (native kernels, CUDA archs) and what can run here.",
     )

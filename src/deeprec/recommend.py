@@ -44,7 +44,7 @@ def parse_ratings(text: str, scale: tuple[float, float]) -> dict[int, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m deeprec.recommend",
         description="Print the k best unrated movies for a user (title with year, predicted "
         "rating), or write every user's list to a file (--all-users --out recs.csv).",

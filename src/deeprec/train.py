@@ -40,7 +40,7 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m deeprec.train",
         description="Train a deep autoencoder recommender on explicit ratings. With no flags: "
         "the seed recipe on ml-latest-small (see --preset). Recipe flags override the preset; "
@@ -155,6 +155,9 @@ def _train(args: argparse.Namespace, world: distributed.World, device: torch.dev
         )
     c, m = job.config, job.matrix
     say = print if world.main else (lambda *a, **k: None)
+    if world.main and (removed := checkpoint.remove_partial_writes(job.folder.path)):
+        names = ", ".join(f"{name} ({size / 2**20:.0f} MiB)" for name, size in removed)
+        say(f"removed what a stopped run left half-written in {job.folder.path}: {names}")
     procs = f" | {world.size} processes" if world.active else ""
     say(
         f"deeprec {__version__} | {job.dataset.path} | split {c.split} | by {c.by} | "

@@ -22,7 +22,7 @@ from deeprec.quality import tuning
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m deeprec.tune",
         description="Hyper-parameter search (Optuna TPE + median pruning) on a nested split of "
         "the training ratings; writes results.md/.json and best.toml for train --config.",
