@@ -39,3 +39,25 @@ def test_a_mistyped_flag_is_one_line_naming_the_nearest(name, capsys):
     assert len(err) == 1, err
     assert err[0].startswith(f"{parser.prog}: error: unrecognized arguments: {typo}"), err
     assert f"did you mean {flag}?" in err[0], err
+
+
+def test_a_clipped_list_shows_the_scores_that_order_it():
+    """Predicted ratings above the scale print as its top (5.00) with the score that orders
+    the list beside them; ratings inside the scale print alone."""
+    import numpy as np
+
+    from deeprec.inference.ranking import list_lines
+
+    class Scorer:
+        def __init__(self) -> None:
+            self.scale = (0.5, 5.0)
+            self.item_ids = np.array([10, 20, 30])
+            self.titles = {10: "A", 20: "B"}
+
+    scores = np.array([5.83, 4.2, 6.1])
+    lines = list_lines(Scorer(), np.array([2, 0, 1]), scores)
+    assert lines == [
+        "  1. 5.00 (6.10)  item 30  [30]",
+        "  2. 5.00 (5.83)  A  [10]",
+        "  3. 4.20  B  [20]",
+    ]

@@ -165,10 +165,14 @@ def main(args: argparse.Namespace) -> int:
         given = parse_ratings(args.ratings, scorer.scale)
         scores, rated = new_user(given)
         who = f"a new user ({len(given)} ratings)"
-    top = ranking.rows_of(scorer, top_k(scores, rated, args.k), scores)
-    print(f"Top {len(top)} for {who}:")
-    for rank, (item, score, title) in enumerate(top, 1):
-        print(f"{rank:3d}. {score:.2f}  {title}  [{item}]")
+    best = top_k(scores, rated, args.k)
+    lines = ranking.list_lines(scorer, best, scores)
+    lo, hi = scorer.scale
+    clipped = bool(((scores[best] < lo) | (scores[best] > hi)).any())
+    note = f" (in brackets: the score before clipping to {lo:g}-{hi:g}, which orders the list)"
+    print(f"Top {len(lines)} for {who}{note if clipped else ''}:")
+    for line in lines:
+        print(line)
     return 0
 
 

@@ -69,6 +69,19 @@ def new_user_row(
     return pos, values - offset[pos], offset
 
 
+def list_lines(scorer: Scorer, items: np.ndarray, scores: np.ndarray) -> list[str]:
+    """A top list as printed: rank, the predicted rating clipped to the scale and, where
+    clipping hid it, the score that orders the list ("5.00 (5.83)"), title and item id."""
+    lo, hi = scorer.scale
+    lines = []
+    for rank, ((item, shown, title), raw) in enumerate(
+        zip(rows_of(scorer, items, scores), scores[items], strict=True), 1
+    ):
+        hidden = f" ({raw:.2f})" if not lo <= raw <= hi else ""
+        lines.append(f"{rank:3d}. {shown:.2f}{hidden}  {title}  [{item}]")
+    return lines
+
+
 def rows_of(scorer: Scorer, items: np.ndarray, scores: np.ndarray) -> list[tuple[int, float, str]]:
     """(item id, score clipped to the scale, title) for item positions ``items``."""
     ids = scorer.item_ids[items]
