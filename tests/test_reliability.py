@@ -174,3 +174,51 @@ def test_sixty_four_bit_columns_and_offsets_validate_without_huge_tensors():
     _, ucol, uptr, rows = csr.column_index(crow, col)
     assert ucol.dtype == torch.int64 and ucol.tolist() == sorted(col.tolist())
     assert rows.tolist() == [0, 0, 1] and uptr.tolist() == [0, 1, 2, 3]
+
+
+def test_ctrl_c_after_an_epoch_finished_says_after_and_keeps_its_metrics(
+    toy, tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C while epoch 3's checkpoint is written: epoch 3 finished (its line reaches
+    metrics.json), epoch 2 is the one saved, and the message says both without contradiction."""
+    from deeprec.training.run_folder import RunFolder
+
+    real = RunFolder.save_checkpoint
+    calls = {"n": 0}
+
+    def cut(self, payload):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, payload)
+
+    monkeypatch.setattr(RunFolder, "save_checkpoint", cut)
+    out = tmp_path / "run"
+    assert train_main(["--data", str(toy), "--out", str(out), "--epochs", "5", *SMALL]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"python -m deeprec.train: interrupted: after epoch 3; epoch 2 is saved in "
+        f"{out / 'model.pt'}; continue with: python -m deeprec.train --resume {out}"
+    )
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert checkpoint.load(out / "model.pt")["epoch"] == 2
+
+
+def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path):
+    """A Ctrl-C early in `python -m deeprec.train` (while torch imports, or as the run
+    starts): one line on stderr, no traceback, the exit of an interrupt."""
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "deeprec.train", "--quiet", "--epochs", "1",
+                          "--out", str(tmp_path / "run")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(("deeprec: interrupted while starting",
+                                "python -m deeprec.train: interrupted")), err  # fmt: skip
+    assert p.returncode in (-signal.SIGINT, 130), p.returncode

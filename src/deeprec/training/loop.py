@@ -302,7 +302,8 @@ def fit(
     epoch will take when that is a minute or more. quiet: no progress bar (none either when
     output is not a terminal) and no estimate; label: what the bar names ("trial 3 ",
     "U-AutoRec "). A diverged loss or Ctrl-C stops with a message to which each sink with
-    a ``stop_note(interrupted)`` adds its own (the last checkpoint, how to resume).
+    a ``stop_note(interrupted)`` adds its own (the last checkpoint, how to resume); after
+    Ctrl-C a sink with ``flush(trainer)`` first records every finished epoch.
     """
     t, config, world = trainer, trainer.config, trainer.world
     metrics: dict[str, float] = {}
@@ -357,7 +358,10 @@ def fit(
     except TrainingDiverged as exc:
         raise TrainingDiverged(_with_notes(f"{exc} in epoch {epoch}", sinks, False)) from None
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(_with_notes(f"in epoch {epoch}", sinks, True)) from None
+        _flush(t, sinks if world.main else ())
+        # the epoch's record is in the history once it finished (validation included)
+        where = f"after epoch {epoch}" if len(t.history) >= epoch else f"in epoch {epoch}"
+        raise KeyboardInterrupt(_with_notes(where, sinks, True)) from None
     return metrics
 
 
@@ -396,6 +400,16 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _flush(trainer: Trainer, sinks: Sequence[Sink]) -> None:
+    """Each sink's flush(trainer), on the way out of a Ctrl-C: a second Ctrl-C skips the rest."""
+    try:
+        for sink in sinks:
+            if (flush := getattr(sink, "flush", None)) is not None:
+                flush(trainer)
+    except KeyboardInterrupt:
+        pass
 
 
 def _with_notes(text: str, sinks: Sequence[Sink], interrupted: bool) -> str:

@@ -111,6 +111,12 @@ class FolderSink:
         final = {k: v for k, v in record.items() if k.startswith("val_")}
         self.folder.write_metrics(self.metrics(trainer, final, memory.peak(trainer.device)))
 
+    def flush(self, trainer: Trainer) -> None:
+        """metrics.json with every finished epoch (the last one's write may have been cut)."""
+        last = trainer.history[-1] if trainer.history else {}
+        final = {k: v for k, v in last.items() if k.startswith("val_")}
+        self.folder.write_metrics(self.metrics(trainer, final, memory.peak(trainer.device)))
+
     def stop_note(self, interrupted: bool) -> str:
         """What a stopped run left: the saved epoch and, after Ctrl-C, how to continue."""
         if self.saved_epoch is None:
