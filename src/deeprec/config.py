@@ -58,6 +58,17 @@ def parse_hidden(text: str) -> list[int]:
     return sizes
 
 
+def parse_scale(text: str) -> list[float]:
+    """'0.5,5' -> [0.5, 5.0] (an argparse type): a rating scale, low < high."""
+    try:
+        values = [float(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    if len(values) != 2 or not all(map(math.isfinite, values)) or values[0] >= values[1]:
+        raise argparse.ArgumentTypeError(f"expected LO,HI with LO < HI, got {text!r}")
+    return values
+
+
 def _option(
     default: Any,
     help: str,
@@ -91,7 +102,7 @@ def _meta(
 
 # The options a workflow (tune, the blends) shares with every model it trains: the data,
 # its split, the seed and the path. The rest is each model's own recipe.
-SHARED = ("data", "split", "quantile", "val_frac", "seed", "fused")
+SHARED = ("data", "scale", "split", "quantile", "val_frac", "seed", "fused")
 
 
 @dataclass
@@ -103,6 +114,17 @@ class Config:
         "dataset name (ml-latest-small, ml-100k, ml-1m, ml-20m, ...) or a path to a "
         "ratings folder/CSV",
         "data",
+    )
+    scale: list[float] = field(
+        default_factory=list,
+        metadata=_meta(
+            "rating scale LO,HI (e.g. 0.5,5) of a ratings file that does not state one (a "
+            "bare CSV); a rating outside it is refused. Unset: the dataset's own scale, or a "
+            "bare file's range, refused where a rare far value would widen it",
+            "data",
+            parse=parse_scale,
+            show=lambda s: ",".join(f"{v:g}" for v in s) or "the dataset's",
+        ),
     )
     split: str = _option("global-time", "train/validation split", "data", choices=SPLITS)
     quantile: float = _option(
@@ -271,6 +293,10 @@ class Config:
         """Plain JSON-able values (what checkpoints and metrics.json store)."""
         return dataclasses.asdict(self)
 
+    def scale_range(self) -> tuple[float, float] | None:
+        """--scale as (low, high), or None: the dataset's own (deeprec.data.load's scale)."""
+        return (self.scale[0], self.scale[1]) if self.scale else None
+
     def split_options(self) -> dict[str, Any]:
         """How this recipe splits its ratings: deeprec.data.split's keyword arguments."""
         return {
@@ -298,6 +324,12 @@ class Config:
                 )
             if f.metadata["range"] is not None:
                 check_range(f.name, value, f.metadata["range"])
+        if self.scale and (
+            len(self.scale) != 2
+            or not all(map(math.isfinite, self.scale))
+            or self.scale[0] >= self.scale[1]
+        ):
+            raise ConfigError(f"--scale must be LO,HI with LO < HI, got {self.scale}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden: layer sizes must be positive integers, got {self.hidden}")
         if self.variational and self.objective != "multinomial":
@@ -377,6 +409,8 @@ def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "list[int]": isinstance(value, (list, tuple))
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+        "list[float]": isinstance(value, (list, tuple))
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
     }[kind]
     if not ok:
         raise ConfigError(f"{source}: {f.name} must be {kind}, got {value!r}")
@@ -384,6 +418,8 @@ def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
         return float(value)
     if kind == "list[int]":
         return list(value)
+    if kind == "list[float]":
+        return [float(v) for v in value]
     return value
 
 
@@ -423,7 +459,7 @@ def load_config_file(path: str | Path) -> Config:
 def toml_text(config: Config, header: str = "") -> str:
     """The config as TOML that load_config_file reads back to an equal Config.
 
-    The values are strings, booleans, numbers and lists of integers, so each is written
+    The values are strings, booleans, numbers and lists of numbers, so each is written
     as its TOML literal (json.dumps escapes strings as TOML basic strings want; repr keeps
     every float's digits)."""
     lines = [f"# {line}".rstrip() for line in header.splitlines()]
@@ -434,7 +470,7 @@ def toml_text(config: Config, header: str = "") -> str:
         elif isinstance(value, str):
             text = json.dumps(value, ensure_ascii=False)
         elif isinstance(value, list):
-            text = "[" + ", ".join(str(int(v)) for v in value) + "]"
+            text = "[" + ", ".join(repr(v) for v in value) + "]"
         else:
             text = repr(value)
         lines.append(f"{name} = {text}")

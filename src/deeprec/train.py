@@ -164,6 +164,10 @@ def _train(args: argparse.Namespace, world: distributed.World, device: torch.dev
         f"{m.n_users} users x {m.n_items} items | {m.train.nnz} train / "
         f"{len(m.val_ratings)} val ratings | {device} | loss: {job.trainer.plan.impl}{procs}"
     )
+    if job.dataset.scale_inferred:
+        lo, hi = job.dataset.scale
+        say(f"rating scale {lo:g} to {hi:g}: the range of the file's ratings (it states none; "
+            "--scale LO,HI sets it)")  # fmt: skip
     need = memory.estimate(m, job.trainer.model)
     say(
         f"memory estimate: data {need['data_mib']:.0f} MiB, model + gradients + Adam "

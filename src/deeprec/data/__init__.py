@@ -25,6 +25,7 @@ class Dataset:
     ratings: pd.DataFrame  # user, item, rating[, timestamp]
     titles: dict[int, str] = field(default_factory=dict)
     scale: tuple[float, float] = (0.5, 5.0)
+    scale_inferred: bool = False  # the file states none: the range its ratings span
 
 
 def load(
@@ -60,6 +61,7 @@ def load(
     else:
         parsed = parse()
     frame = parsed.ratings
+    inferred = scale is None and parsed.scale is None
     if scale is None:
         scale = parsed.scale or (float(frame["rating"].min()), float(frame["rating"].max()))
-    return Dataset(data, path, frame, parsed.titles, scale)
+    return Dataset(data, path, frame, parsed.titles, scale, inferred)

@@ -21,6 +21,29 @@ def _fail(ratings: Ratings, mask: np.ndarray, what: str) -> None:
     raise DataError(f"{ratings.where(row)}: {what}")
 
 
+def _refuse_widening(ratings: Ratings, rating: np.ndarray) -> None:
+    """A DataError naming the first rating that alone stretches a scale the file does not
+    state: a highest (or lowest) value held by at most 0.1% of the ratings and farther from
+    the next value than twice the usual step between rating values (a 7.5 among 0.5-5 stars:
+    a typo, or a scale to state with --scale)."""
+    values, counts = np.unique(rating, return_counts=True)
+    if len(values) < 3:
+        return
+    steps = np.diff(values)
+    usual, few = float(np.median(steps)), max(1, len(rating) // 1000)
+    for end, gap, rest in ((-1, steps[-1], values[-2]), (0, steps[0], values[1])):
+        if counts[end] <= few and gap > 2 * usual:
+            lo, hi = (values[0], rest) if end == -1 else (rest, values[-1])
+            wide = (values[0], values[-1])
+            _fail(
+                ratings,
+                rating == values[end],
+                f"rating {values[end]:g} lies far outside the others ({lo:g} to {hi:g}) and "
+                f"would widen the scale this file does not state; if it belongs, pass --scale "
+                f"{wide[0]:g},{wide[1]:g}",
+            )
+
+
 def _numbers(ratings: Ratings, column: str) -> np.ndarray:
     """The column as float64 (text parsed here, with the first unparsable value named)."""
     raw = ratings.frame[column]
@@ -72,7 +95,9 @@ def check(ratings: Ratings, scale: tuple[float, float] | None = None) -> pd.Data
     infinite = ~np.isfinite(rating)
     if infinite.any():
         _fail(ratings, infinite, f"rating {rating[infinite][0]} is not finite")
-    if scale is not None:
+    if scale is None:  # a file that does not state its scale: it is the ratings' range
+        _refuse_widening(ratings, rating)
+    else:
         lo, hi = scale
         outside = (rating < lo) | (rating > hi)
         if outside.any():

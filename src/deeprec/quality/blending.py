@@ -152,7 +152,7 @@ def blend_predictions(
     """Fit the blend's weights on the nested split of ``config``'s data and split, retrain
     the models on the whole training part, and predict the validation ratings.
     progress: a bar per model trained (stage, model, epoch, time left)."""
-    dataset = load(config.data, data_dir)
+    dataset = load(config.data, data_dir, config.scale_range())
     train, val = split(dataset.ratings, **config.split_options())
     val = known_users_items(val, train)
     inner_train, inner_val = split(train, **config.split_options())

@@ -149,7 +149,7 @@ def evaluate(
     for both members (topk_blend.member_configs)."""
     from deeprec.training import Trainer, fit
 
-    dataset = load(base.data, data_dir)
+    dataset = load(base.data, data_dir, base.scale_range())
     split = split_users(dataset.ratings, seed=base.seed)
     train = RatingMatrix.from_split(split.train, split.train.iloc[:0], "user", dataset.scale)
     ease.check_fits(train.n_items)  # EASE is the blend's base: refuse before training

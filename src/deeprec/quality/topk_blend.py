@@ -158,7 +158,7 @@ def choose_recipe(
 ) -> dict[Recipe, float]:
     """NDCG@10 of every GRID point on the inner split of ``base``'s training ratings
     (members trained on the inner training part); see chosen()."""
-    dataset = load(base.data, data_dir)
+    dataset = load(base.data, data_dir, base.scale_range())
     train, _ = split(dataset.ratings, **base.split_options())
     ease.check_fits(train["item"].nunique())  # EASE is the blend's base: refuse before training
     inner_train, inner_val = split(train, **base.split_options())

@@ -83,7 +83,7 @@ class NestedData:
 
 def nested_data(base: Config, data_dir: str | None) -> NestedData:
     """Load ``base.data``, split it as ``base`` says, and split its training part again."""
-    dataset = load(base.data, data_dir)
+    dataset = load(base.data, data_dir, base.scale_range())
     outer_train, outer_val = split(dataset.ratings, **base.split_options())
     n_outer_val = len(outer_val)
     del outer_val  # the outer validation ratings go no further

@@ -43,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare_data(config: Config, data_dir: str | None) -> tuple[Dataset, RatingMatrix]:
     """Load, split and index the data a config names."""
-    dataset = load(config.data, data_dir)
+    dataset = load(config.data, data_dir, config.scale_range())
     train_df, val_df = split(dataset.ratings, **config.split_options())
     if val_df.empty:
         raise DataError(
