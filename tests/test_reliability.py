@@ -205,20 +205,22 @@ def test_ctrl_c_after_an_epoch_finished_says_after_and_keeps_its_metrics(
     assert checkpoint.load(out / "model.pt")["epoch"] == 2
 
 
-def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path):
-    """A Ctrl-C early in `python -m deeprec.train` (while torch imports, or as the run
-    starts): one line on stderr, no traceback, the exit of an interrupt."""
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.5])
+def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path, delay):
+    """A Ctrl-C early in `python -m deeprec.train` (while torch imports, where an extension
+    cut off in its import surfaces as an ImportError or an import swallows the interrupt, or
+    as the run starts): one line on stderr, no traceback, exit 130."""
     import signal
     import time
 
     p = subprocess.Popen([sys.executable, "-m", "deeprec.train", "--quiet", "--epochs", "1",
                           "--out", str(tmp_path / "run")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(0.2)
+    time.sleep(delay)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=300)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(("deeprec: interrupted while starting",
                                 "python -m deeprec.train: interrupted")), err  # fmt: skip
-    assert p.returncode in (-signal.SIGINT, 130), p.returncode
+    assert p.returncode == 130, p.returncode

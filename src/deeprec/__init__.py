@@ -4,6 +4,8 @@ Data flows one way: ratings file -> validated DataFrame -> split -> RatingMatrix
 (CSR + id maps) -> CSR batches -> AutoEncoder -> ops (masked MSE) -> optimizer.
 """
 
+import os
+import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -15,16 +17,35 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = ["__version__"]
 
 
+# SIGINTs received while a command started (set only when run as ``python -m deeprec.X``).
+_SIGINTS: list[int] = []
+
+
+def interrupted_while_starting() -> bool:
+    """Whether a Ctrl-C reached this command before its own handling was set up (an import
+    that swallows the KeyboardInterrupt would otherwise let the command run on)."""
+    return bool(_SIGINTS)
+
+
 def _interrupted_while_starting(hook):
     """sys.excepthook for a command: a Ctrl-C before the command's own handling is set up
-    (while torch and the rest import) ends with one line, not a traceback."""
+    (while torch and the rest import) ends with one line, not a traceback. An interrupt can
+    surface as another error (an extension module cut off in its import then fails to load
+    again: ImportError), so any uncaught error after a SIGINT counts."""
+
+    def on_sigint(signum, frame):
+        _SIGINTS.append(signum)
+        raise KeyboardInterrupt
 
     def excepthook(kind, value, tb):
-        if issubclass(kind, KeyboardInterrupt):
+        if _SIGINTS or issubclass(kind, KeyboardInterrupt):
             print("deeprec: interrupted while starting; nothing was written", file=sys.stderr)
-            return
+            sys.stderr.flush()
+            os._exit(130)  # the shell's code for an interrupt, whatever error it surfaced as
         hook(kind, value, tb)
 
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
     return excepthook
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+import deeprec
 from deeprec.errors import CheckpointError, ConfigError, DataError, PeerError, PrecisionWarning
 
 # Errors that mean "bad input", reported as one line (the traceback only with --debug).
@@ -92,6 +93,9 @@ def run(
 ) -> int:
     """Parse argv and call main(args), turning input errors into 'prog: error: ...' and exit 2,
     and deeprec's advice (a PrecisionWarning) into one 'prog: warning: ...' line."""
+    if deeprec.interrupted_while_starting():  # a Ctrl-C that an import swallowed
+        print(f"{parser.prog}: interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
