@@ -2,8 +2,8 @@
 
 The multinomial op runs a few hundred chunk GEMMs per step. Split across every thread, each
 GEMM ends at a barrier that waits for its slowest thread: beside one busy process on two
-cores, every barrier waits for the thread the other process holds, and the fused step fell
-behind the dense one (three large GEMMs, three barriers). Here each worker takes whole
+cores, every barrier waits for the thread the other process holds, and the fused step falls
+behind the dense one (three large GEMMs, three barriers: 0.70x). Here each worker takes whole
 chunks, its GEMMs and epilogue on one thread, and claims the next chunk when done: a worker
 that loses its core holds back one chunk, not every GEMM (benchmarks/precision.py --busy).
 
