@@ -334,3 +334,22 @@ def test_a_refusal_in_a_side_by_side_chunk_reaches_the_caller(threads, backend):
             assert torch.isfinite(loss)
             with pytest.raises(ValueError, match=r"col\[\d+\] = 60"):
                 raise_kernel_errors("cpu")
+
+
+def test_refusals_in_many_side_by_side_chunks_raise_one_message(threads):
+    """Offsets broken for every chunk: each worker records the refusal and the caller raises
+    it once, the message naming the op and the offset (never a worker's bare refusal)."""
+    threads(2)
+    crow, col, _ = random_csr(6, 60, 0.3, seed=5)
+    crow = crow.clone()
+    crow[2] = 10**9
+    h, W, b = layer(6, 60, 4)
+    for _ in range(30):  # the workers race for the word: every ordering gives one message
+        with pytest.raises(ValueError, match=r"multinomial_nll.*crow\[2\] = 1000000000"):
+            fused(h, W, b, crow, col, 1, "native")
+        # and in the backward, the batch broken after the forward (each chunk refuses)
+        ok_crow, ok_col, _ = random_csr(6, 60, 0.3, seed=5)
+        loss = fused(h, W, b, ok_crow, ok_col, 1, "native")
+        ok_crow.numpy()[2] = 10**9  # through NumPy: autograd's version counter does not see it
+        with pytest.raises(ValueError, match=r"multinomial_nll.*crow\[2\] = 1000000000"):
+            torch.autograd.grad(loss, (h, W, b))

@@ -63,14 +63,17 @@ def threads() -> int:
 
 def run(n: int, task: Callable[[int], None]) -> None:
     """task(0) ... task(n - 1), each on one worker, in whatever order and thread; returns
-    when all are done, raising the first task's exception (in index order) if any raised."""
+    when all are done, raising the first task's exception (in index order) if any raised,
+    else the kernel refusals they recorded in the caller's word (as the caller's own
+    kernels would have, unless the caller defers them)."""
     workers = threads()
-    word = errors.word(torch.device("cpu"))
+    cpu = torch.device("cpu")
+    word = errors.word(cpu)
 
     def in_worker(i: int) -> None:
         # a thread's grad mode and dispatch state are its own: the op's kernel runs below
         # autograd, so its chunks do too
-        with errors.cpu_word(word), torch.no_grad():
+        with errors.cpu_word(word, lent=True), torch.no_grad():
             task(i)
 
     pool = _workers(workers)
@@ -82,3 +85,5 @@ def run(n: int, task: Callable[[int], None]) -> None:
             first = exc
     if first is not None:
         raise first
+    if not errors.deferred(cpu):
+        errors.raise_from(word)

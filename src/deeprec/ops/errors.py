@@ -120,8 +120,9 @@ _defer_cpu = False
 
 def deferred(device: torch.device) -> bool:
     """Whether a refusal on ``device`` waits in its word for the next read (a GPU) instead
-    of being raised at once (the CPU)."""
-    return device.type != "cpu" or _defer_cpu
+    of being raised at once (the CPU; a worker in cpu_word(..., lent=True) leaves it to the
+    thread it works for)."""
+    return device.type != "cpu" or _defer_cpu or getattr(_local, "lent", False)
 
 
 @contextmanager
@@ -160,15 +161,17 @@ def word(device: torch.device) -> torch.Tensor:
 
 
 @contextmanager
-def cpu_word(w: torch.Tensor) -> Iterator[None]:
+def cpu_word(w: torch.Tensor, lent: bool = False) -> Iterator[None]:
     """This thread reports CPU refusals into ``w`` for the block: a worker that runs part of
-    an op for another thread (ops/chunk_pool.py) reports into that thread's word."""
-    before = getattr(_local, "word", None)
-    _local.word = w
+    an op for another thread (ops/chunk_pool.py) reports into that thread's word. lent: it
+    records them without raising, and the owner raises once its workers are done (two
+    workers raising from one word would race for its one message)."""
+    before = getattr(_local, "word", None), getattr(_local, "lent", False)
+    _local.word, _local.lent = w, lent
     try:
         yield
     finally:
-        _local.word = before
+        _local.word, _local.lent = before
 
 
 def raise_from(w: torch.Tensor, words: list[int] | None = None) -> None:

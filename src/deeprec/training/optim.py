@@ -47,7 +47,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
         return cls(params, lr=lr, weight_decay=weight_decay, **extra)
 
 
-class ItemAdam:
+class ItemAdam(torch.optim.Optimizer):
     """Adam whose item matrices take row-sparse gradients from the sparse path.
 
     The input weight, output weight and output bias (N rows each) get sparse COO
@@ -56,6 +56,11 @@ class ItemAdam:
     lazy=False (the default for --fused): exactly dense Adam's update, untouched rows
     included (their gradient is zero), without ever building the dense gradient.
     lazy=True (--optimizer sparse-adam): only the batch's rows move (SparseAdam math).
+
+    A ``torch.optim.Optimizer``: two param groups (the item matrices, marked ``rows``; the
+    rest), one ``state`` per parameter, torch's ``state_dict`` format, so LR schedulers and
+    state-dict tooling apply. The second group and the state of its parameters are shared
+    with the torch Adam that updates them.
     """
 
     def __init__(
@@ -67,74 +72,92 @@ class ItemAdam:
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
-        self.items = model.item_parameters()
-        ids = {id(p) for p in self.items}
-        self.dense = make_optimizer(
-            "adam", [p for p in model.parameters() if id(p) not in ids], lr, weight_decay
-        )
-        self.lazy, self.betas, self.eps, self.weight_decay = lazy, betas, eps, weight_decay
+        items = model.item_parameters()
+        ids = {id(p) for p in items}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        # torch's Adam over the rest: its one group dict becomes this optimizer's second group
+        self._adam = make_optimizer("adam", rest, lr, weight_decay) if rest else None
+        groups: list[dict[str, Any]] = [{"params": items, "rows": True, "lazy": lazy}]
+        if self._adam is not None:
+            self._adam.param_groups[0]["rows"] = False
+            groups.append(self._adam.param_groups[0])
+        super().__init__(groups, {"lr": lr, "betas": betas, "eps": eps,
+                                  "weight_decay": weight_decay})  # fmt: skip
+        if self._adam is not None:
+            self._adam.state = self.state
         # Each item parameter gets one sparse gradient per step, its rows sorted and unique
         # (autograd drops the flag that says so), unless tied weights make one parameter
         # the input and the output weight: then autograd sums two, which must be merged.
         self.merge = model.tied
-        self.item_group = {"params": self.items, "lr": lr}
-        self.item_state = [
-            {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-            for p in self.items
-        ]
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Live groups (torch's load_state_dict replaces the dense optimizer's group dicts)."""
-        return [self.item_group, *self.dense.param_groups]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.items:
-            p.grad = None
-        self.dense.zero_grad(set_to_none=set_to_none)
+    def lazy(self) -> bool:
+        return bool(self.param_groups[0]["lazy"])
 
     @torch.no_grad()
-    def step(self) -> None:
-        for p, st in zip(self.items, self.item_state, strict=True):
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.param_groups[0]
+        for p in group["params"]:
             if p.grad is None:
                 continue  # as torch's Adam: a parameter without a gradient is left alone
+            st = self.state[p]
+            if not st:
+                st.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
             st["step"] += 1
-            row_adam_step(
-                p,
-                st["exp_avg"],
-                st["exp_avg_sq"],
-                p.grad,
-                st["step"],
-                self.item_group["lr"],
-                self.betas,
-                self.eps,
-                self.weight_decay,
-                self.lazy,
-                merge=self.merge,
-            )
-        self.dense.step()
+            row_adam_step(p, st["exp_avg"], st["exp_avg_sq"], p.grad, st["step"], group["lr"],
+                          group["betas"], group["eps"], group["weight_decay"], group["lazy"],
+                          merge=self.merge)  # fmt: skip
+        if self._adam is not None:
+            self._adam.step()
+        return loss
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "items": self.item_state,
-            "dense": self.dense.state_dict(),
-            "lazy": self.lazy,
-            "lr": self.item_group["lr"],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["items"]) != len(self.items) or state["lazy"] != self.lazy:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's format, or the {items, dense, lazy, lr} one that older checkpoints hold;
+        refused in one line where it does not match this model and mode."""
+        if "items" in state_dict:
+            state_dict = _from_item_format(state_dict, len(self.param_groups[0]["params"]))
+        groups = state_dict.get("param_groups", [])
+        if len(groups) != len(self.param_groups) or any(
+            len(g["params"]) != len(mine["params"])
+            for g, mine in zip(groups, self.param_groups, strict=True)
+        ):
             raise OptimizerError("optimizer state does not match this model/optimizer")
-        for mine, saved, p in zip(self.item_state, state["items"], self.items, strict=True):
-            mine["step"] = int(saved["step"])
+        if bool(groups[0].get("lazy")) != self.lazy:
+            raise OptimizerError("optimizer state does not match this model/optimizer (lazy)")
+        for index, p in zip(groups[0]["params"], self.param_groups[0]["params"], strict=True):
             for key in ("exp_avg", "exp_avg_sq"):
-                if saved[key].shape != p.shape:
-                    raise OptimizerError(
-                        f"optimizer state {key} has shape {tuple(saved[key].shape)}"
-                    )
-                mine[key] = saved[key].to(p.device, p.dtype).contiguous()
-        self.item_group["lr"] = state["lr"]
-        self.dense.load_state_dict(state["dense"])
+                saved = state_dict["state"].get(index, {}).get(key)
+                if saved is not None and saved.shape != p.shape:
+                    raise OptimizerError(f"optimizer state {key} has shape {tuple(saved.shape)}")
+        super().load_state_dict(state_dict)
+        if self._adam is not None:  # the loaded group dict replaced the shared one
+            self._adam.param_groups = [self.param_groups[1]]
+            self._adam.state = self.state
+
+
+def _from_item_format(state: dict[str, Any], n_items: int) -> dict[str, Any]:
+    """The {items, dense, lazy, lr} state of a checkpoint as torch's state_dict format."""
+    if len(state["items"]) != n_items:
+        raise OptimizerError("optimizer state does not match this model/optimizer")
+    out: dict[str, Any] = {"state": {}, "param_groups": []}
+    for i, saved in enumerate(state["items"]):
+        out["state"][i] = {k: saved[k] for k in ("step", "exp_avg", "exp_avg_sq")}
+    dense = state["dense"]
+    first = dict(dense["param_groups"][0]) if dense["param_groups"] else {}
+    out["param_groups"].append({**{k: v for k, v in first.items() if k != "params"},
+                                "params": list(range(n_items)), "rows": True,
+                                "lazy": bool(state["lazy"]), "lr": state["lr"]})  # fmt: skip
+    for group in dense["param_groups"]:
+        shifted = [n_items + i for i in group["params"]]
+        out["param_groups"].append({**group, "params": shifted, "rows": False})
+        for i in group["params"]:
+            if i in dense["state"]:
+                out["state"][n_items + i] = dense["state"][i]
+    return out
 
 
 def build(config: Config, model: torch.nn.Module, plan: TrainingPlan):
