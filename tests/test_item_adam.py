@@ -35,6 +35,19 @@ def step(model, opt):
     opt.step()
 
 
+def goes_on_alike(model, opt, saved, lazy: bool, steps: int) -> None:
+    """A fresh model and optimizer given model's weights and the optimizer state ``saved``
+    take the next ``steps`` steps exactly as model and opt do."""
+    twin, fresh = trained(0, lazy)
+    twin.load_state_dict(model.state_dict())
+    fresh.load_state_dict(saved)
+    for _ in range(steps):
+        step(model, opt)
+        step(twin, fresh)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_it_is_an_optimizer_with_live_groups_and_a_scheduler_moves_both():
     model, opt = trained(0)
     assert isinstance(opt, torch.optim.Optimizer) and isinstance(opt, ItemAdam)
@@ -59,14 +72,7 @@ def test_state_dict_round_trips_exactly(lazy):
     model, opt = trained(3, lazy)
     saved = copy.deepcopy(opt.state_dict())  # as a checkpoint holds it: no shared tensors
     assert set(saved) == {"state", "param_groups"}  # torch's format
-    twin, fresh = trained(0, lazy)
-    twin.load_state_dict(model.state_dict())
-    fresh.load_state_dict(saved)
-    for _ in range(2):
-        step(model, opt)
-        step(twin, fresh)
-    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    goes_on_alike(model, opt, saved, lazy, steps=2)
 
 
 def test_the_earlier_checkpoint_format_loads_to_the_same_state():
@@ -88,14 +94,7 @@ def test_the_earlier_checkpoint_format_loads_to_the_same_state():
         "lazy": False,
         "lr": new["param_groups"][0]["lr"],
     }
-    twin, fresh = trained(0)
-    twin.load_state_dict(model.state_dict())
-    fresh.load_state_dict(old)
-    assert len(fresh.param_groups[0]["params"]) == k
-    step(model, opt)
-    step(twin, fresh)
-    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    goes_on_alike(model, opt, old, False, steps=1)
 
 
 def test_a_state_of_another_model_or_mode_is_refused():
