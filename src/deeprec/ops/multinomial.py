@@ -54,10 +54,12 @@ from deeprec.ops import _native, backends, chunk_pool, recycle
 from deeprec.ops.device_checks import checked_csr
 from deeprec.ops.native import DeviceKernels, batch_args
 from deeprec.ops.schema import (
+    HALF,
     Impl,
     Op,
     acc_dtype,
     as_scalar,
+    autocast_dtype,
     check_grad,
     check_rows_input,
     check_weight,
@@ -106,13 +108,7 @@ def multinomial_nll(
     crow, col = csr.unpack_structure(target, (csr.dim(h, 0), csr.dim(weight, 0)), rows_from="h")
     backend = backends.resolve(backend, weight)
     if isinstance(weight, torch.Tensor) and isinstance(h, torch.Tensor) and chunk is None:
-        device = weight.device.type
-        autocast = (
-            torch.get_autocast_dtype(device)
-            if device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
-            else None
-        )
-        itemsize = _gemm_dtype(h, weight, backend, autocast).itemsize
+        itemsize = _gemm_dtype(h, weight, backend, autocast_dtype(weight)).itemsize
         chunk = chunk_items(csr.dim(h, 0) or 1, weight.shape[0], itemsize)
     loss, _ = MULTINOMIAL_NLL.call(impl, csr.contiguous(h), weight, bias, crow, col, chunk,
                                    backend)  # fmt: skip
@@ -135,14 +131,6 @@ def multinomial_nll_reference(
 
 
 # ------------------------------------------------------------------ checks
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _mixed(h, weight) -> bool:
-    """A 16-bit h over float32 master weights: the GEMMs in h's dtype, chunk by chunk."""
-    return h.dtype in _HALF and weight.dtype == torch.float32
-
-
 def _check(h, weight, bias, crow, col, chunk, backend) -> None:
     check_weight(weight, bias, 0)
     check_rows_input(h, "h", weight, half_over_float32=True)
@@ -341,7 +329,6 @@ def _backward_run(
     torch_ops = backend == "torch"
     batch = _TorchBatch("multinomial_nll backward", crow, col, N, acc) if torch_ops else None
     chunks = list(_chunks(N, chunk))
-    mixed = weight.dtype != h.dtype
 
     def grad_chunk(blocks: _Chunks, n0: int, n1: int, part: torch.Tensor | None) -> None:
         """The chunk's G, its rows of dW and db, and G W_c into ``part``."""
@@ -353,7 +340,7 @@ def _backward_run(
             _torch_grad_chunk(G, batch, n0, lse, scale)
         if part is not None:
             torch.mm(G, w, out=part)
-        if need_params and mixed:  # each chunk's dW in h's dtype, widened into d_w
+        if need_params and blocks.mixed:  # each chunk's dW in h's dtype, widened into d_w
             d_w[n0:n1].copy_(torch.mm(G.t(), h))
         elif need_params:
             torch.mm(G.t(), h, out=d_w[n0:n1])
@@ -441,7 +428,7 @@ def _autocast(dtype: torch.dtype, args: tuple) -> tuple:
     out = list(args)
     out[0] = h.to(gemm)
     for i, t in ((1, weight), (2, bias)):  # a 16-bit weight of another dtype: float32
-        if isinstance(t, torch.Tensor) and t.dtype in _HALF and t.dtype != gemm:
+        if isinstance(t, torch.Tensor) and t.dtype in HALF and t.dtype != gemm:
             out[i] = t.float()
     return tuple(out)
 

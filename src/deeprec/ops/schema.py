@@ -173,8 +173,8 @@ class Op:
         "fused" (the registered op; raises where its kernels cannot run), "auto"."""
         self.kinds(*args)
         lead = args[self.lead]
-        if _autocasting(lead):  # the reference route sees what the registered op would
-            args = self.autocast(torch.get_autocast_dtype(lead.device.type), args)
+        if (dtype := autocast_dtype(lead)) is not None:  # the reference route sees what the
+            args = self.autocast(dtype, args)  # registered op would
         any_dtype = self.backend_arg is not None and args[self.backend_arg] == "torch"
         try:
             chosen = choose_impl(args[self.lead], impl, self.public, self.family, any_dtype)
@@ -286,22 +286,26 @@ def choose_impl(t: torch.Tensor, impl: str, op: str, family: str,
 # ------------------------------------------------------------------ autocast rules
 # A rule maps (the autocast dtype, the op's arguments) to the arguments the op runs on.
 AutocastRule = Callable[[torch.dtype, tuple], tuple]
-_HALF = (torch.float16, torch.bfloat16)
+HALF = (torch.float16, torch.bfloat16)  # the 16-bit float dtypes
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype an op computes and returns its losses in for inputs of ``dtype``: float32
     for the 16-bit dtypes, the dtype itself otherwise."""
-    return torch.float32 if dtype in _HALF else dtype
+    return torch.float32 if dtype in HALF else dtype
+
+
+def autocast_dtype(t) -> torch.dtype | None:
+    """The autocast dtype inside torch.autocast for tensor t's device, else None (only CPU
+    and CUDA have kernels here)."""
+    if not isinstance(t, torch.Tensor) or t.device.type not in _AUTOCAST_KEYS:
+        return None
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
 def _autocasting(t) -> bool:
-    """True inside torch.autocast for t's device (only CPU and CUDA have kernels here)."""
-    return (
-        isinstance(t, torch.Tensor)
-        and t.device.type in _AUTOCAST_KEYS
-        and torch.is_autocast_enabled(t.device.type)
-    )
+    return autocast_dtype(t) is not None
 
 
 def as_is(dtype: torch.dtype, args: tuple) -> tuple:
@@ -312,7 +316,7 @@ def as_is(dtype: torch.dtype, args: tuple) -> tuple:
 def in_float32(dtype: torch.dtype, args: tuple) -> tuple:
     """Every 16-bit floating tensor as float32 (float64 stays): torch's own autocast rule for
     its losses and reductions. The op's outputs are then float32 (float64 for float64)."""
-    return tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF else a for a in args)
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in HALF else a for a in args)
 
 
 # ------------------------------------------------------------------ shared checks
@@ -357,16 +361,15 @@ def check_rows_input(t, name: str, weight: torch.Tensor, half_over_float32: bool
             f"{name} must be (B, {weight.shape[1]}) to match weight {tuple(weight.shape)}, "
             f"got shape {tuple(t.shape)}"
         )
-    if half_over_float32 and t.dtype in _HALF and weight.dtype == torch.float32:
-        check_same(weight, t.new_empty(0, dtype=weight.dtype), name)  # the device only
-    else:
-        check_same(weight, t, name)
+    half_over = half_over_float32 and t.dtype in HALF and weight.dtype == torch.float32
+    check_same(weight, t, name, dtype=not half_over)
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
 
 
-def check_same(ref: torch.Tensor, other: torch.Tensor, name: str) -> None:
-    if other.dtype != ref.dtype:
+def check_same(ref: torch.Tensor, other: torch.Tensor, name: str, dtype: bool = True) -> None:
+    """other on ref's device and (with ``dtype``) of its dtype."""
+    if dtype and other.dtype != ref.dtype:
         raise TypeError(f"{name}: dtype {other.dtype}, but the weight's dtype is {ref.dtype}")
     if other.device != ref.device:
         raise ValueError(f"{name}: on {other.device}, but the weight is on {ref.device}")

@@ -102,19 +102,20 @@ class FolderSink:
         self.folder, self.save_every = folder, save_every
         self.payload, self.metrics, self.resume = payload, metrics, resume
         self.saved_epoch = saved_epoch  # the epoch model.pt holds
+        self.last: dict[str, Any] = {}  # the last epoch's record handed here
 
     def __call__(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.last = record
         epoch = record["epoch"]
         if epoch == trainer.config.epochs or epoch % self.save_every == 0:
             self.folder.save_checkpoint(self.payload(trainer))
             self.saved_epoch = epoch
-        final = {k: v for k, v in record.items() if k.startswith("val_")}
-        self.folder.write_metrics(self.metrics(trainer, final, memory.peak(trainer.device)))
+        self.flush(trainer)
 
     def flush(self, trainer: Trainer) -> None:
-        """metrics.json with every finished epoch (the last one's write may have been cut)."""
-        last = trainer.history[-1] if trainer.history else {}
-        final = {k: v for k, v in last.items() if k.startswith("val_")}
+        """metrics.json with every finished epoch and the last record's validation metrics
+        (after Ctrl-C: the write the interrupt may have cut)."""
+        final = {k: v for k, v in self.last.items() if k.startswith("val_")}
         self.folder.write_metrics(self.metrics(trainer, final, memory.peak(trainer.device)))
 
     def stop_note(self, interrupted: bool) -> str:
