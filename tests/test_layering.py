@@ -3,13 +3,17 @@ floor), commands are leaves, and the training path is chosen in one place.
 
 The floors, lowest first, are the data flow of docs/design.md's layout:
 ground -> config -> data -> ops -> models and scoring -> training -> inference ->
-workflows -> commands.
+workflows -> api -> commands. The commands stand on the API alone (and the ground floor).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "deeprec"
 ROOT = SRC.parents[1]
@@ -40,6 +44,7 @@ FLOORS: list[tuple[str, set[str]]] = [
     ("training", {"deeprec.training"}),
     ("inference", {"deeprec.inference"}),
     ("workflows", {"deeprec.quality"}),
+    ("api", {"deeprec.api"}),
     ("commands", {"deeprec.cli", *(f"deeprec.{c}" for c in COMMANDS)}),
 ]
 
@@ -132,6 +137,42 @@ def test_no_command_imports_another_and_nothing_outside_imports_a_command():
         own = _module_name(path) if SRC in path.parents else None
         bad = {n for n in _deeprec_imports(path) if n in commands and n != own}
         assert not bad, f"{path.relative_to(ROOT)} imports the command module(s) {sorted(bad)}"
+
+
+def test_commands_stand_on_the_api_and_the_ground_floor_only():
+    """train is fit + save, recommend is load + recommend, ...: every command reaches the
+    library through deeprec.api, nothing else above the ground floor."""
+    allowed = {"ground", "api"}
+    commands = {f"deeprec.{c}" for c in COMMANDS} | {"deeprec.cli"}
+    found = [
+        f"{name} -> {target} ({FLOORS[_floor(target)][0]})"
+        for name in sorted(commands)
+        for target in sorted(_deeprec_imports(MODULES[name]))
+        if FLOORS[_floor(target)][0] not in allowed and target not in commands
+    ]
+    assert not found, "commands importing past the API:\n" + "\n".join(found)
+
+
+def test_the_command_rule_sees_a_command_reaching_past_the_api(tmp_path, monkeypatch):
+    probe = tmp_path / "train.py"
+    probe.write_text(MODULES["deeprec.train"].read_text() + "\nfrom deeprec.training import fit\n")
+    monkeypatch.setitem(MODULES, "deeprec.train", probe)
+    with pytest.raises(AssertionError, match=r"deeprec\.train -> deeprec\.training"):
+        test_commands_stand_on_the_api_and_the_ground_floor_only()
+
+
+def test_the_package_forwards_only_the_api_and_lazily():
+    """``deeprec.Recommender`` works after ``import deeprec``, and importing deeprec imports
+    nothing above the ground floor (the names resolve from deeprec.api on first use)."""
+    import deeprec
+
+    assert set(deeprec.FORWARDED) <= set(__import__("deeprec.api").api.EXPORTS)
+    code = (
+        "import sys, deeprec; assert 'deeprec.api' not in sys.modules; "
+        "assert 'torch' not in sys.modules; r = deeprec.Recommender; "
+        "assert r.__module__ == 'deeprec.api.recommender'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_config_stands_on_the_ground_floor_only():

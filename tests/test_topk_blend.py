@@ -75,7 +75,7 @@ def test_recipe_flags_given_with_topk_reach_both_members(saved):
 
     for name in topk_blend.MEMBERS:  # the fixture passed --epochs 2
         trained = load_trained(folder / name, None, torch.device("cpu"))
-        assert trained.config.epochs == 2 and trained.state["epoch"] == 2
+        assert trained.config.epochs == 2 and trained.epoch == 2
     configs = topk_blend.member_configs(trained.config, {"hidden": [7]})
     assert configs["rating"].hidden == configs["ranking"].hidden == [7]
     assert configs["rating"].by == "item" and configs["ranking"].objective == "multinomial"

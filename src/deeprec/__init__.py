@@ -14,7 +14,20 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+# The API's main names, forwarded on first use (PEP 562) so ``import deeprec`` stays light and
+# imports nothing above the ground floor until one is asked for (tests/test_layering.py).
+FORWARDED = ("Recommender", "Config", "DeeprecError", "DataError", "ConfigError",
+             "CheckpointError", "presets", "load_preset")  # fmt: skip
+
+__all__ = ["__version__", *FORWARDED]
+
+
+def __getattr__(name: str):
+    if name in FORWARDED:
+        import importlib
+
+        return getattr(importlib.import_module("deeprec.api"), name)
+    raise AttributeError(f"module 'deeprec' has no attribute {name!r}")
 
 
 # SIGINTs received while a command started (set only when run as ``python -m deeprec.X``).

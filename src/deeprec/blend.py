@@ -6,7 +6,8 @@ The recipe (a preset or --config file, with flags over it) is trained by item an
 the blend's weights are fit on a nested split of the training ratings, the models retrained
 on the whole training part, and every model and the blend scored once on the validation
 ratings, with bootstrap 95% intervals. With --topk, the top-k blend of
-deeprec.quality.topk_blend instead (lists, not ratings). A leaf over deeprec.quality.
+deeprec.quality.topk_blend instead (lists, not ratings). A leaf over the API
+(deeprec.api.workflows).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from deeprec import cli
-from deeprec.config import SHARED, Config, load_config_file, load_preset, presets
-from deeprec.quality import blending, strong_generalization, topk_blend
+from deeprec.api import SHARED, Config, load_config_file, load_preset, presets
+from deeprec.api.workflows import blending, strong_generalization, topk_blend
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ without importing the layers that implement them; each of those layers checks at
 that it implements exactly these names.
 """
 
-SPLITS = ("global-time", "user-time", "random")
+SPLITS = ("global-time", "user-time", "random", "given")
 ORIENTATIONS = ("user", "item")  # rows are users (U-AutoRec) or items (I-AutoRec)
 ACTIVATIONS = ("elu", "lrelu", "none", "relu", "selu", "sigmoid", "swish", "tanh")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "sparse-adam")

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import NoReturn
 
 import deeprec
-from deeprec.errors import CheckpointError, ConfigError, DataError, PeerError, PrecisionWarning
+from deeprec.errors import ConfigError, DeeprecError, PeerError, PrecisionWarning
 
 # Errors that mean "bad input", reported as one line (the traceback only with --debug).
-USER_ERRORS = (DataError, CheckpointError, ConfigError)
+USER_ERRORS = (DeeprecError,)
 
 
 class UsageError(ConfigError):

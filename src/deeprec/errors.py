@@ -11,19 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 
 
-class DataError(ValueError):
-    """A ratings/titles file or dataset request that cannot be used, as one line."""
+class DeeprecError(ValueError):
+    """Bad input to deeprec, as one line naming what and where: the one type to catch
+    (each kind below is one)."""
+
+
+class DataError(DeeprecError):
+    """A ratings/titles file, ratings handed over in memory, or a dataset request that
+    cannot be used, as one line."""
 
 
 class PrecisionWarning(UserWarning):
     """A precision that runs but was measured to cost more than it gives here."""
 
 
-class ConfigError(ValueError):
+class ConfigError(DeeprecError):
     """An option value that cannot be used, as one line naming the option."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DeeprecError):
     """A checkpoint that cannot be used, as one line naming the file."""
 
 

@@ -3,7 +3,7 @@
 Prints RMSE (bootstrap 95% interval), MAE and the ranking metrics (Precision/Recall/NDCG@10
 with an interval, Recall@20, NDCG@100, coverage, popularity rank) of the model beside the
 global-mean, user+item-bias, popularity and EASE baselines (deeprec.quality.evaluation);
---out writes them all as JSON.
+--out writes them all as JSON. A leaf: Recommender.load + Recommender.evaluate.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deeprec import cli
-from deeprec.inference.trained import load_trained
-from deeprec.quality.evaluation import evaluate
-from deeprec.training.lifecycle import resolve_device
+from deeprec.api import Recommender
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +47,11 @@ def _fmt(x: object, spec: str = ".4f") -> str:
     return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
+def _missing(value: object) -> bool:
+    """A cell the metrics table leaves empty (a metric that model does not have)."""
+    return isinstance(value, float) and np.isnan(value)
+
+
 def main(args: argparse.Namespace) -> int:
     if not args.ease_lambda >= 0 or args.ease_lambda == float("inf"):
         raise cli.UsageError(f"--ease-lambda must be >= 0 (0: no EASE), got {args.ease_lambda}")
@@ -56,15 +59,14 @@ def main(args: argparse.Namespace) -> int:
         if args.out.suffix.lower() != ".json":
             raise cli.UsageError(f"--out {args.out}: name the file *.json")
         cli.writable_file(args.out, "--out")
-    device = resolve_device(args.device)
-    trained = load_trained(args.checkpoint, args.data_dir, device)
-    table = evaluate(
-        trained, device, ranking=not args.no_ranking, ease_lambda=args.ease_lambda or None
-    )
-    c, m = trained.config, trained.matrix
+    rec = Recommender.load(args.checkpoint, data_dir=args.data_dir, device=args.device)
+    frame = rec.evaluate(ranking=not args.no_ranking, ease_lambda=args.ease_lambda or None)
+    table = {name: {k: v for k, v in row.items() if not _missing(v)}
+             for name, row in frame.to_dict(orient="index").items()}  # fmt: skip
+    c = rec.config
     print(
-        f"{trained.dataset.path} | split {c.split} | by {c.by} | "
-        f"{len(m.val_ratings)} validation ratings | epoch {trained.state['epoch']}"
+        f"{rec.data_path} | split {c.split} | by {c.by} | "
+        f"{rec.validation_size} validation ratings | epoch {rec.epochs_trained}"
     )
     print(
         f"{'model':<16} {'RMSE':>8} {'95% interval':>17} {'MAE':>8} {'P@10':>7} {'R@10':>7} "
@@ -94,7 +96,9 @@ def main(args: argparse.Namespace) -> int:
                 f"{_fmt(row['ndcg@100']):>9} {_fmt(row['coverage@10']):>12} "
                 f"{_fmt(row['popularity_rank@10'], '.0f'):>13}"
             )
-        print(f"(ranking over {table['deeprec']['users']} users with a validation rating >= 4)")
+        print(
+            f"(ranking over {int(table['deeprec']['users'])} users with a validation rating >= 4)"
+        )
     for name, row in table.items():
         if "left_out" in row:
             print(f"{name} left out: {row['left_out']}")

@@ -13,13 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from deeprec import cli
-from deeprec.inference.onnx_export import ExportError, export_onnx
-from deeprec.inference.serving import sidecar_path
-from deeprec.inference.trained import load_trained
-from deeprec.training.run_folder import RunFolder
+from deeprec.api import Recommender
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,21 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    given = Path(args.checkpoint)
     if args.out is None:
-        args.out = RunFolder.of(Path(args.checkpoint)).path / "model.onnx"
+        args.out = (given if given.is_dir() else given.parent) / "model.onnx"
     if args.out.suffix.lower() != ".onnx":
         raise cli.UsageError(f"--out {args.out}: name the file *.onnx")
-    trained = load_trained(args.checkpoint, args.data_dir, torch.device("cpu"))
+    rec = Recommender.load(args.checkpoint, data_dir=args.data_dir, device="cpu")
     try:
-        check = export_onnx(trained, args.out)
-    except ExportError as exc:
-        raise cli.UsageError(str(exc)) from None
+        check = rec.export(args.out)
     except OSError as exc:
         raise cli.UsageError(f"--out {args.out}: cannot write ({exc.strerror})") from None
-    m = trained.matrix
+    n = len(rec.items)
     print(
-        f"wrote {args.out} and {sidecar_path(args.out)}: ratings (batch, {m.n_cols}) -> scores "
-        f"(batch, {m.n_cols}); onnxruntime matches torch on {int(check['rows_checked'])} rows "
+        f"wrote {args.out} and {args.out}.npz: ratings (batch, {n}) -> scores (batch, {n}); "
+        f"onnxruntime matches torch on {int(check['rows_checked'])} rows "
         f"(max |diff| {check['max_abs_diff']:.2g})"
     )
     return 0

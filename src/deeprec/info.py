@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from deeprec import cli
-from deeprec.environment import collect
+from deeprec.api.workflows import environment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Show deeprec's build (native kernels, CUDA archs) and what can run here.",
     )
     parser.parse_args(argv)
-    facts = collect()
+    facts = environment.collect()
     width = max(len(k) for k in facts)
     for key, value in facts.items():
         print(f"{key:<{width}}  {value}")

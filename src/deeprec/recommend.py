@@ -6,7 +6,8 @@ retraining (user-based models only: an item-based model has no input for a user 
 never seen). --all-users writes every user's list to a CSV or Parquet file. The model is a
 checkpoint (torch) or an export (--onnx model.onnx: onnxruntime, no torch needed).
 
-A leaf: it parses flags and calls the library; torch is imported only for --checkpoint.
+A leaf: it parses flags and calls the API (deeprec.api.serving); torch is imported only for
+--checkpoint and --blend.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from deeprec import cli
-from deeprec.inference import ranking
+from deeprec.api.serving import (
+    NewUser,
+    Scorer,
+    list_lines,
+    open_scorer,
+    user_position,
+    write_all_users,
+)
 from deeprec.top_items import top_k
 
 
@@ -81,41 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _scorer(args: argparse.Namespace):
-    """The model as a ranking.Scorer (and the new-user scorer for --ratings)."""
-    if args.onnx is not None:
-        from deeprec.inference.serving import OnnxScorer, ServingError
-
-        try:
-            scorer = OnnxScorer(args.onnx)
-        except ServingError as exc:
-            raise cli.UsageError(str(exc)) from None
-
-        def new_user(given):
-            try:
-                return scorer.new_user(given)
-            except ServingError as exc:
-                raise cli.UsageError(str(exc)) from None
-
-        return scorer, new_user
-    from deeprec.inference import recommendation
-    from deeprec.inference.trained import load_trained
-    from deeprec.training.lifecycle import resolve_device
-
-    device = resolve_device(args.device)
-    if args.blend is not None:
-        from deeprec.quality.blending import BlendScorer
-        from deeprec.quality.topk_blend import TopkScorer
-
-        if args.ratings is not None:
-            raise cli.UsageError("--ratings needs --checkpoint or --onnx (a blend has no fold-in)")
-        if (args.blend / "topk.json").exists():
-            return TopkScorer(args.blend, args.data_dir, device), None
-        return BlendScorer(args.blend, args.data_dir, device), None
-    trained = load_trained(args.checkpoint, args.data_dir, device)
-    return recommendation.TrainedScorer(trained), lambda given: recommendation.new_user(
-        trained, given
-    )
+def _scorer(args: argparse.Namespace) -> tuple[Scorer, NewUser | None]:
+    """The model as a ranking Scorer (and the new-user fold-in for --ratings)."""
+    if args.blend is not None and args.ratings is not None:
+        raise cli.UsageError("--ratings needs --checkpoint or --onnx (a blend has no fold-in)")
+    return open_scorer(args.checkpoint, args.onnx, args.blend, args.data_dir, args.device)
 
 
 def _source_folder(args: argparse.Namespace) -> Path:
@@ -144,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
     scorer, new_user = _scorer(args)
     if args.all_users:
         try:
-            users, rate = ranking.write_all_users(
+            users, rate = write_all_users(
                 scorer, args.k, args.out, args.batch_size, progress=not args.quiet
             )
         except OSError as exc:
@@ -156,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.user is not None:
         try:
-            u = ranking.user_position(scorer, args.user)
+            u = user_position(scorer, args.user)
         except ValueError as exc:
             raise cli.UsageError(str(exc)) from None
         scores, rated = scorer.score_users(np.array([u]))[0], scorer.rated(u)
@@ -166,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
         scores, rated = new_user(given)
         who = f"a new user ({len(given)} ratings)"
     best = top_k(scores, rated, args.k)
-    lines = ranking.list_lines(scorer, best, scores)
+    lines = list_lines(scorer, best, scores)
     lo, hi = scorer.scale
     clipped = bool(((scores[best] < lo) | (scores[best] > hi)).any())
     note = f" (in brackets: the score before clipping to {lo:g}-{hi:g}, which orders the list)"

@@ -6,7 +6,8 @@ flag given on the command line overrides the preset (or the --config file). The 
 holds config.toml (the resolved configuration: ``--config RUN/config.toml`` reproduces the
 run), metrics.json, model.pt (the full training state; resume with --resume) and loss.png.
 
-A leaf: it parses flags and calls the library (deeprec.config, deeprec.training.lifecycle).
+A leaf: it parses flags and calls the API (deeprec.api.Recommender: fit into the run
+folder, or resume one).
 """
 
 from __future__ import annotations
@@ -14,19 +15,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from deeprec import (
-    __version__,
-    checkpoint,
-    cli,
-    distributed,
-    memory,
-    tensorboard_log,
+from deeprec import checkpoint, cli, distributed
+from deeprec.api import (
+    Config,
+    Recommender,
+    default_out,
+    flag,
+    load_config_file,
+    load_preset,
+    presets,
+    resolve_device,
+    saved_config,
 )
-from deeprec.config import Config, flag, load_config_file, load_preset, presets
-from deeprec.training import lifecycle
-from deeprec.training.run_folder import RunFolder
 
 
 def positive_int(text: str) -> int:
@@ -122,7 +122,8 @@ def refuse_changes_on_resume(args: argparse.Namespace, saved: Config) -> None:
         changed.append(f"--preset {args.preset}")
     if args.config is not None:
         changed.append(f"--config {args.config}")
-    if args.out is not None and args.out.resolve() != RunFolder.of(args.resume).path.resolve():
+    folder = args.resume if args.resume.is_dir() else args.resume.parent
+    if args.out is not None and args.out.resolve() != folder.resolve():
         changed.append(f"--out {args.out} (a resumed run writes to its own folder)")
     if changed:
         raise cli.UsageError(
@@ -132,66 +133,43 @@ def refuse_changes_on_resume(args: argparse.Namespace, saved: Config) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    world, device = distributed.init(lifecycle.resolve_device(args.device))
+    world, device = distributed.init(resolve_device(args.device))
     clean = False
     try:
-        code = _train(args, world, device)
+        code = _train(args, world, str(device))
         clean = True
         return code
     finally:
         distributed.shutdown(world, clean)
 
 
-def _train(args: argparse.Namespace, world: distributed.World, device: torch.device) -> int:
-    if args.tensorboard:
-        tensorboard_log.require()
-    if args.resume is not None:
-        state = checkpoint.load(args.resume)
-        refuse_changes_on_resume(args, lifecycle.saved_config(state, args.resume))
-        job = lifecycle.resume(args.resume, args.data_dir, device, args.epochs, state, world)
-    else:
-        job = lifecycle.start(
-            build_config(args), args.data_dir, device, args.out, world, args.overwrite
-        )
-    c, m = job.config, job.matrix
+def _train(args: argparse.Namespace, world: distributed.World, device: str) -> int:
     say = print if world.main else (lambda *a, **k: None)
-    if world.main and (removed := checkpoint.remove_partial_writes(job.folder.path)):
-        names = ", ".join(f"{name} ({size / 2**20:.0f} MiB)" for name, size in removed)
-        say(f"removed what a stopped run left half-written in {job.folder.path}: {names}")
-    procs = f" | {world.size} processes" if world.active else ""
-    say(
-        f"deeprec {__version__} | {job.dataset.path} | split {c.split} | by {c.by} | "
-        f"{m.n_users} users x {m.n_items} items | {m.train.nnz} train / "
-        f"{len(m.val_ratings)} val ratings | {device} | loss: {job.trainer.plan.impl}{procs}"
-    )
-    if job.dataset.scale_inferred:
-        lo, hi = job.dataset.scale
-        say(f"rating scale {lo:g} to {hi:g}: the range of the file's ratings (it states none; "
-            "--scale LO,HI sets it)")  # fmt: skip
-    need = memory.estimate(m, job.trainer.model)
-    say(
-        f"memory estimate: data {need['data_mib']:.0f} MiB, model + gradients + Adam "
-        f"{need['model_and_optimizer_mib']:.0f} MiB (per process; activations not counted)"
-    )
-    log = None
-    if args.tensorboard and world.main:
-        log = tensorboard_log.EpochLog(Path(args.tensorboard) / job.folder.path.name, c)
-    try:
-        final = lifecycle.train(
-            job, args.save_every, args.quiet, sinks=[log] if log else [], slim=args.slim
-        )
-    finally:
-        if log is not None:
-            log.close()
+    run = {
+        "data_dir": args.data_dir,
+        "save_every": args.save_every,
+        "tensorboard": args.tensorboard,
+        "world": world,
+        "report": say,
+    }
+    if args.resume is not None:
+        refuse_changes_on_resume(args, saved_config(checkpoint.load(args.resume), args.resume))
+        rec = Recommender.resume(args.resume, epochs=args.epochs, device=device,
+                                 progress=not args.quiet, **run)  # fmt: skip
+    else:
+        rec = Recommender(config=build_config(args), device=device, progress=not args.quiet)
+        rec.fit(out=args.out or default_out(rec.config), overwrite=args.overwrite,
+                slim=args.slim, **run)  # fmt: skip
+    final = rec.validation_metrics
     if "val_rmse" in final:
         say(
             f"final val RMSE {final['val_rmse']:.4f}  MAE {final['val_mae']:.4f} "
-            f"(unclipped {final['val_rmse_unclipped']:.4f})  -> {job.folder.path}"
+            f"(unclipped {final['val_rmse_unclipped']:.4f})  -> {rec.folder}"
         )
     else:
         say(
             f"final val NDCG@10 {final['val_ndcg@10']:.4f}  Recall@20 "
-            f"{final['val_recall@20']:.4f}  -> {job.folder.path}"
+            f"{final['val_recall@20']:.4f}  -> {rec.folder}"
         )
     return 0
 

@@ -7,7 +7,8 @@ Only the training ratings of the chosen --data/--split are used: they are split 
 the same rule, trials train on the inner part and are scored on the inner validation part
 (TPE sampling, median pruning on that curve). The study is an SQLite file in --out, so the
 same command resumes or extends it. Writes results.md, results.json and best.toml (the
-best configuration, its epochs set to the best inner epoch). A leaf over deeprec.quality.tuning.
+best configuration, its epochs set to the best inner epoch). A leaf over the API
+(deeprec.api.workflows.tuning).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import sys
 from pathlib import Path
 
 from deeprec import cli
-from deeprec.config import SHARED, Config, load_config_file, load_preset
-from deeprec.quality import tuning
+from deeprec.api import SHARED, Config, load_config_file, load_preset
+from deeprec.api.workflows import tuning
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -124,7 +124,13 @@ def _frame(
 
 # Column types of the typed (pyarrow) parse. Integer ids and timestamps that do not parse
 # as int64 (1.0, 1.5e9) fall back to the lenient parser, which accepts what it can.
-_TYPES = {"user": pa.int64(), "item": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()}
+_TYPES = {
+    "user": pa.int64(),
+    "item": pa.int64(),
+    "rating": pa.float64(),
+    "timestamp": pa.int64(),
+    "validation": pa.int64(),
+}
 
 
 def _typed_csv(
@@ -166,6 +172,7 @@ _USER_COLS = ("user", "userid", "user_id", "customer", "customerid", "customer_i
 _ITEM_COLS = ("item", "itemid", "item_id", "movie", "movieid", "movie_id")
 _RATING_COLS = ("rating", "score", "stars")
 _TIME_COLS = ("timestamp", "time", "date", "ts")
+_VALIDATION_COLS = ("validation",)  # 1: a held-out rating (--split given), 0: training
 
 
 def _header(line: str) -> tuple[list[str], str]:
@@ -185,7 +192,8 @@ def _header(line: str) -> tuple[list[str], str]:
 
 
 def read_csv_ratings(path: Path, titles_path: Path | None = None) -> Ratings:
-    """Any CSV with a header naming user, item, rating[, timestamp] (MovieLens names accepted).
+    """Any CSV with a header naming user, item, rating[, timestamp][, validation] (MovieLens
+    names accepted; validation 0/1 marks the held-out ratings of ``--split given``).
 
     Also what spreadsheets save: a UTF-8 byte-order mark or UTF-16, CRLF or CR line
     ends, quoted fields, ';' or tab delimiters, and with ';' a decimal comma (4,5).
@@ -213,6 +221,9 @@ def read_csv_ratings(path: Path, titles_path: Path | None = None) -> Ratings:
     t = pick(_TIME_COLS, "timestamp", required=False)
     if t is not None:
         cols["timestamp"] = t
+    v = pick(_VALIDATION_COLS, "validation", required=False)
+    if v is not None:
+        cols["validation"] = v
     titles = read_movielens_titles(titles_path) if titles_path is not None else {}
     typed = None
     if codec is None and sep != ";" and b"\r" not in head.replace(b"\r\n", b""):

@@ -6,6 +6,8 @@
 - user-time: per user, sort by (timestamp, item); the first floor((1 - f) n) go to
   train, the rest to validation; validation drops rows whose item is not in train.
 - random: seeded split with a fraction f to validation, cleaned like global-time.
+- given: the ratings' own ``validation`` column (1: held out) says which is which; cleaned
+  like global-time (the split of a model fitted with ``Recommender.fit(validation=...)``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ def split(
         to_val = rng.random(len(ratings)) < val_frac
         train = rows_where(ratings, ~to_val)
         return train, known_users_items(rows_where(ratings, to_val), train)
+    if how == "given":
+        if "validation" not in ratings.columns:
+            raise DataError(
+                "--split given needs a validation column (1: a held-out rating, 0: training), "
+                "and these ratings have none"
+            )
+        held = ratings["validation"].to_numpy(bool)
+        train = rows_where(ratings.drop(columns="validation"), ~held)
+        val = rows_where(ratings.drop(columns="validation"), held)
+        return train, known_users_items(val, train)
     raise DataError(f"--split must be one of {', '.join(SPLITS)}, got {how!r}")
 
 

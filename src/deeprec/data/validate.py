@@ -84,7 +84,8 @@ def _ids(ratings: Ratings, column: str) -> np.ndarray:
 
 
 def check(ratings: Ratings, scale: tuple[float, float] | None = None) -> pd.DataFrame:
-    """Validated, typed ratings (user, item, rating[, timestamp]) or a DataError."""
+    """Validated, typed ratings (user, item, rating[, timestamp][, validation]) or a
+    DataError."""
     frame = ratings.frame
     scale = scale or ratings.scale
     columns: dict[str, np.ndarray] = {"user": _ids(ratings, "user"), "item": _ids(ratings, "item")}
@@ -118,6 +119,12 @@ def check(ratings: Ratings, scale: tuple[float, float] | None = None) -> pd.Data
                 _fail(ratings, ~np.isfinite(ts), "timestamp is not finite")
             whole = (ts == np.floor(ts)).all() and np.abs(ts).max(initial=0) < 2**62
             columns["timestamp"] = ts.astype(np.int64) if whole else ts
+    if "validation" in frame.columns:
+        flag = _numbers(ratings, "validation")
+        bad = (flag != 0) & (flag != 1)
+        if bad.any():
+            _fail(ratings, bad, f"validation {flag[bad][0]:g} is not 0 or 1")
+        columns["validation"] = flag.astype(bool)
     _no_duplicates(ratings, columns["user"], columns["item"])
     return pd.DataFrame(columns, copy=False)
 

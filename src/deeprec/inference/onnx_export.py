@@ -24,15 +24,16 @@ import torch
 
 from deeprec import __version__
 from deeprec.digest import file_sha256
+from deeprec.errors import DeeprecError
 from deeprec.inference.serving import SIDECAR_FORMAT, sidecar_path
-from deeprec.inference.trained import Trained
+from deeprec.training.assembly import ModelOnData
 
 
-class ExportError(ValueError):
+class ExportError(DeeprecError):
     """The model could not be exported, or the export disagrees with the torch model."""
 
 
-def export_onnx(run: Trained, out: Path, check_rows: int = 64) -> dict[str, float]:
+def export_onnx(run: ModelOnData, out: Path, check_rows: int = 64) -> dict[str, float]:
     """Write ``out`` (ONNX) and ``out``.npz (sidecar); returns the verification figures."""
     if not run.matrix.rows_are_users:
         raise ExportError(
@@ -94,10 +95,10 @@ def _export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
         quiet.setLevel(level)
 
 
-def _write_sidecar(run: Trained, path: Path, model_sha256: str) -> None:
+def _write_sidecar(run: ModelOnData, path: Path, model_sha256: str) -> None:
     matrix = run.matrix
     items = matrix.item_ids()
-    titles = [run.dataset.titles.get(int(i), "") for i in items]
+    titles = [run.titles.get(int(i), "") for i in items]
     meta = {
         "format": SIDECAR_FORMAT,
         "deeprec": __version__,

@@ -92,6 +92,36 @@ def rows_of(scorer: Scorer, items: np.ndarray, scores: np.ndarray) -> list[tuple
     ]
 
 
+def top_frame(
+    scorer: Scorer, users: np.ndarray, k: int, exclude_seen: bool = True, unclipped: bool = False
+) -> pd.DataFrame:
+    """The top ``k`` items of user positions ``users`` (one batch: len(users) x catalogue
+    scores), as rows user, rank, item, score (clipped to the scale), [unclipped (the score
+    that orders the list),] title; the users' training items left out with ``exclude_seen``."""
+    scores = scorer.score_users(users)
+    rated = [np.unique(scorer.rated(int(u))) if exclude_seen else np.empty(0, np.int64)
+             for u in users]  # fmt: skip
+    exclude = sp.csr_matrix(
+        (np.ones(sum(map(len, rated)), dtype=bool), np.concatenate([np.empty(0, np.int64), *rated]),
+         np.cumsum([0, *map(len, rated)])),
+        shape=scores.shape,
+    )  # fmt: skip
+    frames = []
+    for row, (u, best) in enumerate(zip(users, top_rows(scores, exclude, k), strict=True)):
+        items = scorer.item_ids[best]
+        columns = {
+            "user": np.full(len(best), scorer.user_ids[u]),
+            "rank": np.arange(1, len(best) + 1),
+            "item": items,
+            "score": np.clip(scores[row, best], *scorer.scale),
+        }
+        if unclipped:
+            columns["unclipped"] = scores[row, best]
+        columns["title"] = [scorer.titles.get(int(i), "") for i in items]
+        frames.append(pd.DataFrame(columns))
+    return pd.concat(frames, ignore_index=True)
+
+
 def write_all_users(
     scorer: Scorer,
     k: int,
@@ -116,29 +146,7 @@ def write_all_users(
         with tqdm(total=n_users, unit="user", desc="recommending", disable=not progress) as bar:
             for s in range(0, n_users, batch_size):
                 users = np.arange(s, min(s + batch_size, n_users))
-                scores = scorer.score_users(users)
-                frames = []
-                rated = [np.unique(scorer.rated(int(u))) for u in users]
-                exclude = sp.csr_matrix(
-                    (np.ones(sum(map(len, rated)), dtype=bool), np.concatenate(rated),
-                     np.cumsum([0, *map(len, rated)])),
-                    shape=scores.shape,
-                )  # fmt: skip
-                for row, (u, best) in enumerate(zip(users, top_rows(scores, exclude, k),
-                                                    strict=True)):  # fmt: skip
-                    items = scorer.item_ids[best]
-                    frames.append(
-                        pd.DataFrame(
-                            {
-                                "user": np.full(len(best), scorer.user_ids[u]),
-                                "rank": np.arange(1, len(best) + 1),
-                                "item": items,
-                                "score": np.clip(scores[row, best], *scorer.scale),
-                                "title": [scorer.titles.get(int(i), "") for i in items],
-                            }
-                        )
-                    )
-                write(pd.concat(frames, ignore_index=True), final=False)
+                write(top_frame(scorer, users, k), final=False)
                 bar.update(len(users))
         write(None, final=True)
         tmp.replace(out)  # a complete file or none: never a truncated list

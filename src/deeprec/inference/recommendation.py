@@ -8,19 +8,19 @@ import torch
 
 from deeprec.config import ConfigError
 from deeprec.inference.ranking import new_user_row, rows_of, user_position
-from deeprec.inference.trained import Trained
 from deeprec.scoring.predict import predict_vector, score_items
 from deeprec.top_items import top_k
+from deeprec.training.assembly import ModelOnData
 
 
 class TrainedScorer:
     """A trained model as a ranking.Scorer: scores from the torch model on the run's device."""
 
-    def __init__(self, run: Trained) -> None:
+    def __init__(self, run: ModelOnData) -> None:
         self.run = run
         matrix = run.matrix
         self.user_ids, self.item_ids = matrix.user_ids(), matrix.item_ids()
-        self.titles, self.scale = run.dataset.titles, matrix.scale
+        self.titles, self.scale = run.titles, matrix.scale
         if run.plan.objective == "multinomial":  # scores are log-probabilities, not ratings
             self.scale = (-np.inf, np.inf)
         # each user's training items, as item positions (a CSR by user in either orientation)
@@ -39,7 +39,7 @@ class TrainedScorer:
         return self._by_user.indices[self._by_user.indptr[user] : self._by_user.indptr[user + 1]]
 
 
-def known_user(run: Trained, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+def known_user(run: ModelOnData, user_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores of every item, positions of the items the user rated in training)."""
     scorer = TrainedScorer(run)
     try:
@@ -49,7 +49,7 @@ def known_user(run: Trained, user_id: int) -> tuple[np.ndarray, np.ndarray]:
     return scorer.score_users(np.array([u]))[0], scorer.rated(u)
 
 
-def new_user(run: Trained, given: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+def new_user(run: ModelOnData, given: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
     """(scores of every item, positions of the given items) for a user the model never saw:
     the autoencoder reads the given ratings as that user's row (user-based models only)."""
     matrix, device = run.matrix, run.device
@@ -68,7 +68,7 @@ def new_user(run: Trained, given: dict[int, float]) -> tuple[np.ndarray, np.ndar
 
 
 def best(
-    run: Trained, scores: np.ndarray, rated: np.ndarray, k: int
+    run: ModelOnData, scores: np.ndarray, rated: np.ndarray, k: int
 ) -> list[tuple[int, float, str]]:
     """The k best unrated items as (item id, predicted rating clipped to the scale, title)."""
     return rows_of(TrainedScorer(run), top_k(scores, rated, k), scores)

@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from deeprec.digest import file_sha256
+from deeprec.errors import DeeprecError
 from deeprec.inference.ranking import new_user_row
 from deeprec.scoring.baseline import Biases
 
 SIDECAR_FORMAT = 1
 
 
-class ServingError(ValueError):
+class ServingError(DeeprecError):
     """An unusable ONNX model or sidecar, or a request the model cannot answer."""
 
 

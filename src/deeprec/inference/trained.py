@@ -1,12 +1,14 @@
-"""A finished run loaded back: its model (eval mode, no optimizer), the data re-derived and
-checked against the saved fingerprint, and the plan its ops run on here.
+"""A finished run loaded back: a ModelOnData (eval mode, no optimizer) with its data
+re-derived and checked against the saved fingerprint, the plan its ops run on here, and
+what the checkpoint says of its training.
 
-What evaluate, recommend, export and the workflows that score saved models stand on.
+What evaluate, recommend, export, the Python API and the workflows that score saved
+models stand on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +18,23 @@ from deeprec import checkpoint
 from deeprec.config import Config
 from deeprec.data import Dataset, RatingMatrix
 from deeprec.model import AutoEncoder
-from deeprec.training.assembly import model_inputs
-from deeprec.training.lifecycle import prepare_data, saved_config
-from deeprec.training.plan import TrainingPlan, inference_plan
+from deeprec.training.assembly import ModelOnData, model_inputs
+from deeprec.training.lifecycle import located, prepare_data, saved_config
+from deeprec.training.plan import inference_plan
+from deeprec.training.run_folder import RunFolder
 
 
-@dataclass
-class Trained:
-    """A trained model with the data it was trained on, for evaluation and recommendation
-    (eval mode, no optimizer)."""
+@dataclass(kw_only=True)
+class Trained(ModelOnData):
+    """A trained model with the data it was trained on (eval mode, no optimizer)."""
 
-    config: Config
-    device: torch.device
-    dataset: Dataset
-    matrix: RatingMatrix  # the ratings
-    inputs: RatingMatrix  # what the model reads (residuals with --residual)
-    offsets: Any  # baseline.Biases added to the model's outputs, or None
-    model: AutoEncoder
-    state: dict[str, Any]  # the loaded checkpoint
-    plan: TrainingPlan  # how it predicts here (deeprec.training.plan.inference_plan)
+    data_path: Path  # where its ratings were read from
+    history: list[dict[str, Any]] = field(default_factory=list)  # its finished epochs
+    slim: bool = False  # saved without the optimizer state (not resumable)
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
 
 
 def load_trained(path: str | Path, data_dir: str | None, device: torch.device) -> Trained:
@@ -42,7 +42,7 @@ def load_trained(path: str | Path, data_dir: str | None, device: torch.device) -
     (for evaluation and recommendation: eval mode, no optimizer)."""
     state = checkpoint.load(path)
     config = saved_config(state, path)
-    dataset, matrix = prepare_data(config, data_dir or _saved_data_dir(state))
+    dataset, matrix = _data(state, config, path, data_dir)
     if matrix.fingerprint() != state["data"]["fingerprint"]:
         raise checkpoint.CheckpointError(
             f"{path}: the data at {dataset.path} is not the data this model was trained on "
@@ -56,9 +56,31 @@ def load_trained(path: str | Path, data_dir: str | None, device: torch.device) -
             f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})"
         ) from None
     inputs, offsets = model_inputs(config, matrix)
-    model = model.to(device).eval()
-    chosen = inference_plan(config, device)
-    return Trained(config, device, dataset, matrix, inputs, offsets, model, state, chosen)
+    return Trained(
+        config=config,
+        plan=inference_plan(config, device),
+        device=device,
+        matrix=matrix,
+        inputs=inputs,
+        offsets=offsets,
+        model=model.to(device).eval(),
+        titles=dataset.titles,
+        data_path=dataset.path,
+        history=list(state.get("history", [])),
+        slim=bool(state.get("slim")),
+    )
+
+
+def _data(
+    state: dict[str, Any], config: Config, path: str | Path, data_dir: str | None
+) -> tuple[Dataset, RatingMatrix]:
+    """The run's data: from ``data_dir`` when given; else a copy the run folder carries
+    (a model fitted on a DataFrame: its folder's data/, wherever the folder moved); else
+    where it was read from."""
+    here = located(config, RunFolder.of(path), data_dir)
+    if here is not config:
+        return prepare_data(here, None)
+    return prepare_data(config, data_dir or _saved_data_dir(state))
 
 
 def _saved_data_dir(state: dict[str, Any]) -> str | None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deeprec.inference.trained import Trained
 from deeprec.scoring import baseline, ease
 from deeprec.scoring.metrics import popularity, ranking_metrics
 from deeprec.scoring.predict import predict_entries, rmse_mae, score_items
+from deeprec.training.assembly import ModelOnData
 
 
 def bootstrap_rmse(
@@ -36,7 +36,7 @@ def bootstrap_rmse(
 
 
 def evaluate(
-    run: Trained,
+    run: ModelOnData,
     device: torch.device | str = "cpu",
     ranking: bool = True,
     ease_lambda: float | None = 250.0,

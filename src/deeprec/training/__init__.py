@@ -1,12 +1,13 @@
-"""The training wing: the plan (how a Config trains on a device), the Trainer (one model
-assembled for one matrix), the epoch loop and its sinks, the run folder, and a run's
-lifecycle (imported by name: ``from deeprec.training import lifecycle``).
+"""The training wing: the plan (how a Config trains on a device), ModelOnData (one model
+on one matrix) and the Trainer (that model being trained), the epoch loop and its sinks,
+the run folder, and a run's lifecycle (imported by name: ``from deeprec.training import
+lifecycle``).
 
 plan -> optim -> assembly -> loop -> run_folder -> lifecycle: each module imports only
 those before it (tests/test_layering.py).
 """
 
-from deeprec.training.assembly import Trainer, model_inputs
+from deeprec.training.assembly import ModelOnData, Trainer, model_inputs
 from deeprec.training.loop import (
     LossTotal,
     Sink,
@@ -29,6 +30,7 @@ from deeprec.training.run_folder import FolderSink, RunFolder
 __all__ = [
     "FolderSink",
     "LossTotal",
+    "ModelOnData",
     "RunFolder",
     "Sink",
     "Trainer",

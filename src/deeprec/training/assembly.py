@@ -1,9 +1,11 @@
-"""The Trainer: one model of a Config on one rating matrix and device, ready to train.
+"""One model of a Config on one rating matrix and device (``ModelOnData``), and the
+``Trainer``: that same object with the state its training carries beside it.
 
-Built the same way for every caller (``train``, a tuning trial, each member of a blend),
-so an option such as ``--refeed``, ``--max-batches`` or ``--data-on-device`` reaches
-them all: the plan, the seeded model, the optimizer, the batch order and the batch
-source come from one ``Trainer.assemble``.
+Built the same way for every caller (``train``, the Python API, a tuning trial, each
+member of a blend), so an option such as ``--refeed``, ``--max-batches`` or
+``--data-on-device`` reaches them all: the plan, the seeded model, the optimizer, the
+batch order and the batch source come from one ``Trainer.assemble``. A finished run
+loaded back (deeprec.inference.trained) is a ``ModelOnData`` without the training state.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from deeprec.training import optim
 from deeprec.training.plan import TrainingPlan, plan
 
 
-def model_inputs(config: Config, matrix: RatingMatrix) -> tuple[RatingMatrix, Any]:
+def model_inputs(
+    config: Config, matrix: RatingMatrix
+) -> tuple[RatingMatrix, baseline.Biases | None]:
     """(the matrix the model reads and learns, offsets to add to its outputs or None).
 
     With --residual the model learns r - (mu + b_user + b_item), the regularized bias
@@ -37,18 +41,27 @@ def model_inputs(config: Config, matrix: RatingMatrix) -> tuple[RatingMatrix, An
 
 
 @dataclass
-class Trainer:
-    """Everything one model's training works on; ``history`` holds the finished epochs."""
+class ModelOnData:
+    """A model with the data it reads and the plan its ops run on: what predicting,
+    ranking, evaluating and exporting need, whether the model is training or loaded."""
 
     config: Config
     plan: TrainingPlan
     device: torch.device
     matrix: RatingMatrix  # the ratings (validation compares against these)
     inputs: RatingMatrix  # what the model reads (residuals with --residual)
-    offsets: Any  # baseline.Biases added to the model's outputs, or None
+    offsets: baseline.Biases | None  # added to the model's outputs (--residual)
     model: AutoEncoder
-    optimizer: Any
-    source: Any  # where the batches come from: inputs, or a ResidentMatrix of it
+    titles: dict[int, str] = field(default_factory=dict)  # item id -> title, where known
+
+
+@dataclass(kw_only=True)
+class Trainer(ModelOnData):
+    """A ModelOnData being trained: its optimizer, batch source and order, and the
+    finished epochs (``history``) beside the model and data."""
+
+    optimizer: torch.optim.Optimizer
+    source: RatingMatrix | ResidentMatrix  # where the batches come from
     shuffle: torch.Generator  # the batch order
     world: World = ALONE
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -61,6 +74,7 @@ class Trainer:
         device: torch.device,
         world: World = ALONE,
         training_plan: TrainingPlan | None = None,
+        titles: dict[int, str] | None = None,
     ) -> Trainer:
         """A fresh model of ``config`` for ``matrix`` on ``device``, seeded by the config.
 
@@ -78,6 +92,7 @@ class Trainer:
             inputs=inputs,
             offsets=offsets,
             model=model,
+            titles=dict(titles or {}),
             optimizer=optim.build(config, model, chosen),
             source=ResidentMatrix(inputs, device) if chosen.resident else inputs,
             shuffle=torch.Generator().manual_seed(config.seed),

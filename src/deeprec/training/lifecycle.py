@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from deeprec import __version__, checkpoint, distributed
+from deeprec import __version__, checkpoint, distributed, memory
 from deeprec.config import Config, ConfigError
 from deeprec.data import DataError, Dataset, RatingMatrix, load, split
+from deeprec.data.frames import IN_MEMORY
 from deeprec.distributed import ALONE, World
 from deeprec.training.assembly import Trainer
 from deeprec.training.loop import Sink, TrainingDiverged, console, fit
@@ -44,6 +45,11 @@ def resolve_device(name: str) -> torch.device:
 def prepare_data(config: Config, data_dir: str | None) -> tuple[Dataset, RatingMatrix]:
     """Load, split and index the data a config names."""
     dataset = load(config.data, data_dir, config.scale_range())
+    return dataset, matrix_of(config, dataset)
+
+
+def matrix_of(config: Config, dataset: Dataset) -> RatingMatrix:
+    """The dataset split and indexed as ``config`` says."""
     train_df, val_df = split(dataset.ratings, **config.split_options())
     if val_df.empty:
         raise DataError(
@@ -51,7 +57,7 @@ def prepare_data(config: Config, data_dir: str | None) -> tuple[Dataset, RatingM
             "and item also occur in training; use more data or another "
             "--split/--quantile/--val-frac"
         )
-    return dataset, RatingMatrix.from_split(train_df, val_df, config.by, dataset.scale)
+    return RatingMatrix.from_split(train_df, val_df, config.by, dataset.scale)
 
 
 @dataclass
@@ -113,7 +119,7 @@ def _assemble(
     chosen = plan(config, device)  # decided once, before any data is loaded
     dataset, matrix = prepare_data(config, data_dir)
     _agree(config, matrix, device, world)
-    return dataset, Trainer.assemble(config, matrix, device, world, chosen)
+    return dataset, Trainer.assemble(config, matrix, device, world, chosen, dataset.titles)
 
 
 def start(
@@ -123,18 +129,73 @@ def start(
     out: Path | None = None,
     world: World = ALONE,
     overwrite: bool = False,
+    carry: Dataset | None = None,
 ) -> Run:
     """A new run of ``config``, ready to train, writing to ``out``; a folder that already
-    holds a run (a model.pt) is refused unless ``overwrite``."""
+    holds a run (a model.pt) is refused unless ``overwrite``.
+
+    carry: ratings held in memory (deeprec.data.frames), written into the run folder's
+    data/ first and read from there, as every later command reads them."""
     config.check()
     folder = RunFolder(out or default_out(config))
-    if out is not None and not overwrite and folder.holds_run():
-        raise ConfigError(
-            f"--out {out} already holds a run (model.pt); continue it with --resume {out}, "
-            "replace it with --overwrite, or pick another --out"
-        )
+    _refuse_taken(folder, out is not None and not overwrite)
+    if carry is not None:
+        config = carried_config(config, folder, carry)
     dataset, trainer = _assemble(config, data_dir, device, world)
     return Run(dataset, trainer, folder)
+
+
+def _refuse_taken(folder: RunFolder, refuse: bool) -> None:
+    if refuse and folder.holds_run():
+        raise ConfigError(
+            f"--out {folder.path} already holds a run (model.pt); continue it with --resume "
+            f"{folder.path}, replace it with --overwrite, or pick another --out"
+        )
+
+
+def carried_config(config: Config, folder: RunFolder, dataset: Dataset) -> Config:
+    """``config`` reading ``dataset``'s ratings from the copy written into ``folder``'s data/
+    (with the scale stated, so the copy is read on the same scale)."""
+    where = folder.write_data(dataset.ratings, dataset.titles)
+    return config.replace(data=str(where.resolve()), scale=list(dataset.scale))
+
+
+def located(config: Config, folder: RunFolder, data_dir: str | None) -> Config:
+    """``config`` reading its ratings where they are now: a run folder's own data/ (a model
+    fitted on ratings held in memory) wherever the folder moved, unless ``data_dir`` says."""
+    if data_dir is None and folder.carried_data.is_dir():
+        return config.replace(data=str(folder.carried_data.resolve()))
+    return config
+
+
+def in_memory(config: Config, dataset: Dataset, device: torch.device) -> Trainer:
+    """A fresh Trainer of ``config`` on ``dataset`` (ratings held in memory or read by
+    name), with no run folder: ``save`` writes one when asked."""
+    config.check()
+    chosen = plan(config, device)
+    return Trainer.assemble(config, matrix_of(config, dataset), device, ALONE, chosen,
+                            dataset.titles)  # fmt: skip
+
+
+def save(
+    trainer: Trainer, dataset: Dataset, out: Path, overwrite: bool = False, slim: bool = False
+) -> Run:
+    """Write an in-memory Trainer as a run folder, as ``train`` leaves one (config.toml,
+    model.pt, metrics.json, loss.png; data/ for ratings held in memory); the trainer's
+    config then names where its data lives."""
+    folder = RunFolder(out)
+    _refuse_taken(folder, not overwrite)
+    if dataset.path == IN_MEMORY:
+        trainer.config = carried_config(trainer.config, folder, dataset)
+        dataset = replace(dataset, name=trainer.config.data, path=folder.carried_data.resolve())
+    run = Run(dataset, trainer, folder)
+    folder.write_config(trainer.config)
+    folder.save_checkpoint(checkpoint_payload(run, trainer, slim))
+    last = trainer.history[-1] if trainer.history else {}
+    final = {k: v for k, v in last.items() if k.startswith("val_")}
+    folder.write_metrics(metrics_doc(run, final, memory.peak(trainer.device)))
+    folder.plot(trainer.history)
+    return run
 
 
 def run_folder(path: Path) -> Path:
@@ -168,10 +229,10 @@ def resume(
             f"{folder}: saved with --slim (weights only, no optimizer state): it can be "
             "evaluated, recommended from and exported, but not resumed"
         )
-    config = saved_config(state, folder)
+    out = RunFolder.of(folder)
+    config = located(saved_config(state, folder), out, data_dir)
     if epochs is not None:
         config = config.replace(epochs=epochs)
-    out = RunFolder.of(folder)
     if state["epoch"] >= config.epochs:
         raise ConfigError(
             f"{out.path} already ran {state['epoch']} epochs; pass --epochs N > {state['epoch']}"

@@ -16,11 +16,12 @@ import torch
 
 from deeprec.choices import OPTIMIZERS
 from deeprec.config import Config
+from deeprec.errors import DeeprecError
 from deeprec.ops.row_adam import row_adam_step
 from deeprec.training.plan import TrainingPlan
 
 
-class OptimizerError(ValueError):
+class OptimizerError(DeeprecError):
     """An optimizer setting that cannot work with the rest of the configuration."""
 
 
@@ -160,7 +161,7 @@ def _from_item_format(state: dict[str, Any], n_items: int) -> dict[str, Any]:
     return out
 
 
-def build(config: Config, model: torch.nn.Module, plan: TrainingPlan):
+def build(config: Config, model: torch.nn.Module, plan: TrainingPlan) -> torch.optim.Optimizer:
     """The optimizer ``config`` names for ``model``, as the run's plan decided it.
 
     plan.sparse_grad: the item matrices' gradients arrive row-sparse, so Adam becomes

@@ -1,4 +1,5 @@
-"""A run folder: config.toml, metrics.json, model.pt (the checkpoint) and loss.png.
+"""A run folder: config.toml, metrics.json, model.pt (the checkpoint), loss.png and, for a
+model fitted on ratings held in memory, data/ (those ratings, so the commands read them).
 
 ``RunFolder`` owns every file of a run, so what a run writes, and how (atomically), is in
 one place; ``FolderSink`` is the sink that writes them after each epoch: the checkpoint
@@ -11,6 +12,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from deeprec import checkpoint, memory
 from deeprec.config import Config, toml_text
@@ -32,6 +35,29 @@ class RunFolder:
     @property
     def checkpoint(self) -> Path:
         return self.path / "model.pt"
+
+    @property
+    def carried_data(self) -> Path:
+        """data/: the ratings a run fitted on a DataFrame carries with it (read back by
+        evaluate, recommend and export wherever the folder moves)."""
+        return self.path / "data"
+
+    def write_data(self, ratings: pd.DataFrame, titles: dict[int, str]) -> Path:
+        """data/ratings.csv (user, item, rating[, timestamp][, validation] as validated:
+        float32 ratings round-trip exactly) and data/movies.csv (item id, title) where
+        there are titles; each file written atomically. Returns data/."""
+        folder = self.carried_data
+        text = ratings.assign(**{c: ratings[c].astype(int) for c in ("validation",)
+                                 if c in ratings.columns}).to_csv(index=False)  # fmt: skip
+        checkpoint.atomic_write(folder / "ratings.csv", lambda f: f.write(text.encode()))
+        movies = folder / "movies.csv"
+        if titles:
+            table = pd.DataFrame({"movieId": list(titles), "title": list(titles.values())})
+            names = table.to_csv(index=False)
+            checkpoint.atomic_write(movies, lambda f: f.write(names.encode()))
+        else:
+            movies.unlink(missing_ok=True)
+        return folder
 
     def holds_run(self) -> bool:
         return self.checkpoint.exists()
