@@ -16,7 +16,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # The API's main names, forwarded on first use (PEP 562) so ``import deeprec`` stays light and
 # imports nothing above the ground floor until one is asked for (tests/test_layering.py).
-FORWARDED = ("Recommender", "Config", "DeeprecError", "DataError", "ConfigError",
+FORWARDED = ("Recommender", "load_ratings", "Config", "DeeprecError", "DataError", "ConfigError",
              "CheckpointError", "presets", "load_preset")  # fmt: skip
 
 __all__ = ["__version__", *FORWARDED]

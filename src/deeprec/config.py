@@ -307,8 +307,15 @@ class Config:
         }
 
     def replace(self, **changes: Any) -> Config:
-        """A checked copy with ``changes`` applied."""
-        config = dataclasses.replace(self, **changes)
+        """A checked copy with ``changes`` applied, each of its option's type (an unknown
+        option or a value of the wrong type is a one-line ConfigError naming it)."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(fields)})")  # fmt: skip
+        typed = {k: _coerce(fields[k], v, "option") for k, v in changes.items()}
+        config = dataclasses.replace(self, **typed)
         config.check()
         return config
 

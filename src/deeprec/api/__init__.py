@@ -13,6 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from deeprec.api.datasets import load_ratings
     from deeprec.api.recommender import Recommender
     from deeprec.config import SHARED, Config, flag, load_config_file, load_preset, presets
     from deeprec.errors import CheckpointError, ConfigError, DataError, DeeprecError
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 # name -> the module that defines it
 EXPORTS = {
     "Recommender": "deeprec.api.recommender",
+    "load_ratings": "deeprec.api.datasets",
     "Config": "deeprec.config",
     "SHARED": "deeprec.config",
     "flag": "deeprec.config",
@@ -48,6 +50,7 @@ __all__ = [
     "flag",
     "load_config_file",
     "load_preset",
+    "load_ratings",
     "presets",
     "resolve_device",
     "saved_config",

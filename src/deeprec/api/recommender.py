@@ -33,7 +33,8 @@ from deeprec.inference.trained import Trained, load_trained
 from deeprec.quality.evaluation import evaluate
 from deeprec.scoring.predict import predict_entries
 from deeprec.top_items import top_k
-from deeprec.training import Trainer, console, fit, lifecycle
+from deeprec.training import ModelOnData, Trainer, console, fit, lifecycle
+from deeprec.training.plan import inference_plan
 from deeprec.training.run_folder import RunFolder
 
 Ratings = pd.DataFrame | sp.spmatrix | sp.sparray | str | Path
@@ -73,7 +74,7 @@ class Recommender:
         self.device = lifecycle.resolve_device(_text(device, "device"))
         self.progress = bool(progress)
         self._core: Trainer | Trained | None = None
-        self._dataset: Dataset | None = None  # ratings held in memory, kept for save()
+        self._dataset: Dataset | None = None  # the ratings it read, kept for save()
         self.folder: Path | None = None  # the run folder it was saved to or loaded from
         # the last epoch's validation metrics, from fit or resume in this session
         self.validation_metrics: dict[str, float] = {}
@@ -218,9 +219,10 @@ class Recommender:
                 f"{self.folder}: a loaded model is saved already; copy its folder to {out}, or "
                 "fit it again to save a new run"
             )
+        lifecycle.refuse_taken(RunFolder(out), not overwrite)
         dataset = self._dataset if self._dataset is not None else _read_back(core)
         run = lifecycle.save(core, dataset, out, overwrite, slim)
-        self._dataset, self.config, self.folder = None, core.config, run.folder.path
+        self.config, self.folder = core.config, run.folder.path
         return run.folder.path
 
     @classmethod
@@ -291,7 +293,7 @@ class Recommender:
         """Predicted ratings of (users[k], items[k]), clipped to the rating scale, as
         ``evaluate`` scores them; a known user's prediction comes from their training
         ratings."""
-        core = self._fitted("predict")
+        core = self._scoring("predict")
         if core.plan.objective == "multinomial":
             raise ConfigError(
                 "predict gives ratings, and a ranking model (objective multinomial) scores "
@@ -319,7 +321,7 @@ class Recommender:
         model's log-probability), unclipped (the score that orders the list), title.
         exclude_seen: leave out each user's training items. Scored ``batch_size`` users at
         a time (memory: one batch x the catalogue)."""
-        core = self._fitted("recommend")
+        core = self._scoring("recommend")
         k = _positive(k, "k")
         batch_size = _positive(batch_size, "batch_size")
         scorer = recommendation.TrainedScorer(core)
@@ -340,8 +342,13 @@ class Recommender:
         ``ratings`` ({item id: rating}, a Series indexed by item, or a DataFrame with item
         and rating columns), no retraining; the rated items are left out. User-based
         models only. Columns: rank, item, score, unclipped, title."""
-        core = self._fitted("recommend_new")
+        core = self._scoring("recommend_new")
         k = _positive(k, "k")
+        if not core.matrix.rows_are_users:
+            raise ConfigError(
+                "recommend_new needs a user-based model (by='user'): an item-based one has no "
+                "input row for a user it never saw"
+            )
         given = _given_ratings(ratings, core.matrix.item_ids(), core.matrix.scale)
         try:
             scores, rated = recommendation.new_user(core, given)
@@ -365,7 +372,7 @@ class Recommender:
         MAE, and with ``ranking`` Precision/Recall/NDCG@10 (interval), Recall@20, NDCG@100,
         coverage and popularity rank, on the validation split. ease_lambda: EASE's L2 weight
         (None: no EASE row)."""
-        core = self._fitted("evaluate")
+        core = self._scoring("evaluate")
         if ease_lambda is not None and not (0 < ease_lambda < float("inf")):
             raise ConfigError(f"ease_lambda must be > 0 (None: no EASE), got {ease_lambda}")
         table = evaluate(core, core.device, ranking=bool(ranking), ease_lambda=ease_lambda)
@@ -374,13 +381,24 @@ class Recommender:
     def export(self, path: str | Path) -> dict[str, float]:
         """An ONNX scorer and its sidecar (``python -m deeprec.export``), checked against the
         torch model with onnxruntime; returns the check's figures."""
-        core = self._fitted("export")
+        core = self._scoring("export")
         out = _path(path, "path")
         if out.suffix.lower() != ".onnx":
             raise ConfigError(f"export: {out}: name the file *.onnx")
         return export_onnx(core, out)
 
     # ------------------------------------------------------------ internals
+    def _scoring(self, what: str) -> ModelOnData:
+        """The model as it scores: a loaded run as loaded; a trained one on the plan a loaded
+        run of it would get (deeprec.training.plan.inference_plan), so predictions, lists
+        and metrics are the same before and after save/load, bit for bit."""
+        core = self._fitted(what)
+        if isinstance(core, Trained):
+            return core
+        chosen = inference_plan(core.config, core.device)
+        return ModelOnData(core.config, chosen, core.device, core.matrix, core.inputs,
+                           core.offsets, core.model, core.titles)  # fmt: skip
+
     def _fitted(self, what: str) -> Trainer | Trained:
         if self._core is None:
             raise ConfigError(f"{what}: this Recommender is not fitted; call fit() or load()")

@@ -54,11 +54,13 @@ _ZIP_FOLDER = {"ml-10m": "ml-10M100K"}
 
 
 def cache_dir() -> Path:
-    """The user cache for downloads (pooch's per-OS cache folder, or ~/.cache/deeprec)."""
+    """The user cache for downloads: the per-OS cache folder (platformdirs', the one pooch
+    uses), or ~/.cache/deeprec. Read from platformdirs itself: importing pooch imports
+    tqdm.auto, which warns in a notebook without ipywidgets."""
     try:
-        import pooch
+        import platformdirs
 
-        return Path(pooch.os_cache("deeprec"))
+        return Path(platformdirs.user_cache_dir("deeprec"))
     except ImportError:
         return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deeprec"
 

@@ -63,7 +63,10 @@ def new_user(run: ModelOnData, given: dict[int, float]) -> tuple[np.ndarray, np.
     x[0, torch.as_tensor(pos, device=device)] = torch.as_tensor(
         inputs, dtype=torch.float32, device=device
     )
-    scores = predict_vector(run.model, x)[0].double().cpu().numpy() + offset
+    out = predict_vector(run.model, x)
+    if run.plan.objective == "multinomial":  # log-probabilities, as TrainedScorer gives
+        out = out.double().log_softmax(1)
+    scores = out[0].double().cpu().numpy() + offset
     return scores, pos
 
 

@@ -138,14 +138,15 @@ def start(
     data/ first and read from there, as every later command reads them."""
     config.check()
     folder = RunFolder(out or default_out(config))
-    _refuse_taken(folder, out is not None and not overwrite)
+    refuse_taken(folder, out is not None and not overwrite)
     if carry is not None:
         config = carried_config(config, folder, carry)
     dataset, trainer = _assemble(config, data_dir, device, world)
     return Run(dataset, trainer, folder)
 
 
-def _refuse_taken(folder: RunFolder, refuse: bool) -> None:
+def refuse_taken(folder: RunFolder, refuse: bool) -> None:
+    """With ``refuse``: a one-line ConfigError where ``folder`` already holds a run."""
     if refuse and folder.holds_run():
         raise ConfigError(
             f"--out {folder.path} already holds a run (model.pt); continue it with --resume "
@@ -184,7 +185,7 @@ def save(
     model.pt, metrics.json, loss.png; data/ for ratings held in memory); the trainer's
     config then names where its data lives."""
     folder = RunFolder(out)
-    _refuse_taken(folder, not overwrite)
+    refuse_taken(folder, not overwrite)
     if dataset.path == IN_MEMORY:
         trainer.config = carried_config(trainer.config, folder, dataset)
         dataset = replace(dataset, name=trainer.config.data, path=folder.carried_data.resolve())
