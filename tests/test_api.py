@@ -98,6 +98,9 @@ def test_a_model_saved_from_python_is_read_by_the_commands_from_anywhere(api_fit
     assert (
         again.recommend(1, k=10)["title"].tolist() == api_fit.recommend(1, k=10)["title"].tolist()
     )
+    from deeprec.export import cli_main as export_main
+
+    assert export_main(["--checkpoint", str(moved)]) == 0 and (moved / "model.onnx").exists()
     assert train_main(["--resume", str(moved), "--epochs", "3", "--quiet"]) == 0  # resumable
 
 
@@ -285,6 +288,16 @@ def test_bad_settings_are_refused_in_one_line(make, words):
         (lambda r: r.evaluate(ease_lambda=-1), ["ease_lambda"]),
         (lambda r: r.export("model.txt"), ["onnx"]),
         (lambda r: r.save(None), ["path"]),
+        (lambda r: r.save("x", overwrite="yes"), ["overwrite", "True or False"]),
+        (lambda r: r.recommend(1, exclude_seen=None), ["exclude_seen"]),
+        (lambda r: r.evaluate(ranking="no"), ["ranking"]),
+        (lambda r: r.evaluate(ease_lambda="big"), ["ease_lambda", "number"]),
+        (lambda r: r.fit(GOOD, save_every=0), ["save_every"]),
+        (lambda r: r.fit(GOOD, out=3), ["out", "path"]),
+        (lambda r: r.fit(GOOD, titles=5), ["titles", "int"]),
+        (lambda r: r.fit(GOOD, data_dir=1.5), ["data_dir"]),
+        (lambda r: deeprec.Recommender.resume(r.folder or "nowhere", epochs=0), ["epochs"]),
+        (lambda r: r.set_params(progress=1), ["progress"]),
     ],
 )
 def test_each_entry_refuses_bad_input_in_one_line(api_fit, call, words):
@@ -330,3 +343,17 @@ def test_save_refuses_a_folder_holding_a_run(api_fit, cli_run):
     with pytest.raises(deeprec.DeeprecError) as exc:
         api_fit.save(cli_run)
     one_line(exc, "already holds a run")
+
+
+def test_ctrl_c_in_a_notebook_fit_keeps_the_finished_epochs(real):
+    ratings, _ = real
+    rec = deeprec.Recommender(**{**RECIPE, "epochs": 4})
+
+    def stop_after_two(line: str) -> None:
+        if line.startswith("epoch   2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt, match="after epoch 2"):
+        rec.fit(ratings, report=stop_after_two)
+    assert rec.epochs_trained == 2 and not rec.model.training
+    assert len(rec.recommend(1, k=5)) == 5  # usable as it stands

@@ -11,6 +11,7 @@ they write, so a model moves freely between a notebook and ``python -m deeprec.X
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ class Recommender:
         self.preset = None if config is not None else preset
         self.config = _with_options(base, options)
         self.device = lifecycle.resolve_device(_text(device, "device"))
-        self.progress = bool(progress)
+        self.progress = _switch(progress, "progress")
         self._core: Trainer | Trained | None = None
         self._dataset: Dataset | None = None  # the ratings it read, kept for save()
         self.folder: Path | None = None  # the run folder it was saved to or loaded from
@@ -93,7 +94,7 @@ class Recommender:
         if "device" in options:
             self.device = lifecycle.resolve_device(_text(options.pop("device"), "device"))
         if "progress" in options:
-            self.progress = bool(options.pop("progress"))
+            self.progress = _switch(options.pop("progress"), "progress")
         self.config = _with_options(self.config, options)
         return self
 
@@ -125,11 +126,14 @@ class Recommender:
         lives in memory until ``save``.
         """
         say = report if report is not None else (tqdm.write if self.progress else _quiet)
+        overwrite, slim = _switch(overwrite, "overwrite"), _switch(slim, "slim")
+        save_every = _positive(save_every, "save_every")
+        data_dir = _dir(data_dir)
         config, dataset = self._data(ratings, validation, titles)
         self._dataset, self.folder = dataset, None
         if out is None and not world.active:
             if dataset is None:
-                dataset = load(config.data, _dir(data_dir), config.scale_range())
+                dataset = load(config.data, data_dir, config.scale_range())
                 self._dataset = dataset
             trainer = lifecycle.in_memory(config, dataset, self.device)
             self._core, self.config = trainer, trainer.config
@@ -139,7 +143,7 @@ class Recommender:
             finally:
                 trainer.model.eval()
             return self
-        run = lifecycle.start(config, _dir(data_dir), self.device, _opt_path(out, "out"), world,
+        run = lifecycle.start(config, data_dir, self.device, _opt_path(out, "out"), world,
                               overwrite, carry=dataset)  # fmt: skip
         self._dataset = None  # read back from the run folder from here on
         self._core, self.config, self.folder = run.trainer, run.config, run.folder.path
@@ -163,8 +167,11 @@ class Recommender:
         """Continue the run folder ``path`` up to ``epochs`` (default: its config's),
         exactly where its last checkpoint left it (``python -m deeprec.train --resume``)."""
         folder = lifecycle.run_folder(_path(path, "path"))
+        save_every = _positive(save_every, "save_every")
+        if epochs is not None:
+            epochs = _positive(epochs, "epochs")
         self = cls.__new__(cls)
-        self.preset, self.progress, self._dataset = None, bool(progress), None
+        self.preset, self.progress, self._dataset = None, _switch(progress, "progress"), None
         self.validation_metrics = {}
         self.device = lifecycle.resolve_device(_text(device, "device"))
         run = lifecycle.resume(folder, _dir(data_dir), self.device, epochs, world=world)
@@ -214,6 +221,7 @@ class Recommender:
         holding a run is refused unless ``overwrite``. slim: weights only (not resumable)."""
         core = self._fitted("save")
         out = _path(path, "path")
+        overwrite, slim = _switch(overwrite, "overwrite"), _switch(slim, "slim")
         if not isinstance(core, Trainer):
             raise CheckpointError(
                 f"{self.folder}: a loaded model is saved already; copy its folder to {out}, or "
@@ -324,13 +332,14 @@ class Recommender:
         core = self._scoring("recommend")
         k = _positive(k, "k")
         batch_size = _positive(batch_size, "batch_size")
+        seen = _switch(exclude_seen, "exclude_seen")
         scorer = recommendation.TrainedScorer(core)
         if users is None:
             positions = np.arange(len(scorer.user_ids))
         else:
             positions = _positions(users, scorer.user_ids, "users")
         frames = [
-            ranking.top_frame(scorer, positions[s : s + batch_size], k, bool(exclude_seen), True)
+            ranking.top_frame(scorer, positions[s : s + batch_size], k, seen, True)
             for s in range(0, len(positions), batch_size)
         ]
         return pd.concat(frames, ignore_index=True) if frames else _empty_list(True)
@@ -373,9 +382,12 @@ class Recommender:
         coverage and popularity rank, on the validation split. ease_lambda: EASE's L2 weight
         (None: no EASE row)."""
         core = self._scoring("evaluate")
-        if ease_lambda is not None and not (0 < ease_lambda < float("inf")):
+        if ease_lambda is not None and not (0 < _number(ease_lambda, "ease_lambda") < math.inf):
             raise ConfigError(f"ease_lambda must be > 0 (None: no EASE), got {ease_lambda}")
-        table = evaluate(core, core.device, ranking=bool(ranking), ease_lambda=ease_lambda)
+        if ease_lambda is not None:
+            ease_lambda = _number(ease_lambda, "ease_lambda")
+        table = evaluate(core, core.device, ranking=_switch(ranking, "ranking"),
+                         ease_lambda=ease_lambda)  # fmt: skip
         return pd.DataFrame.from_dict(table, orient="index")
 
     def export(self, path: str | Path) -> dict[str, float]:
@@ -474,6 +486,18 @@ def _dir(value: Any) -> str | None:
 
 def _opt_path(value: Any, what: str) -> Path | None:
     return None if value is None else _path(value, what)
+
+
+def _switch(value: Any, what: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise ConfigError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ConfigError(f"{what} must be a number, got {value!r}")
+    return float(value)
 
 
 def _positive(value: Any, what: str) -> int:

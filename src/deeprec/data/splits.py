@@ -71,7 +71,7 @@ def split(
 
 def _need_time(ratings: pd.DataFrame, how: str) -> None:
     if "timestamp" not in ratings.columns:
-        raise DataError(f"--split {how} needs timestamps, and this ratings file has none")
+        raise DataError(f"--split {how} needs timestamps, and these ratings have none")
 
 
 def known_users_items(val: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:

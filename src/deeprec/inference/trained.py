@@ -29,7 +29,7 @@ class Trained(ModelOnData):
     """A trained model with the data it was trained on (eval mode, no optimizer)."""
 
     data_path: Path  # where its ratings were read from
-    history: list[dict[str, Any]] = field(default_factory=list)  # its finished epochs
+    history: list[dict[str, float]] = field(default_factory=list)  # its finished epochs
     slim: bool = False  # saved without the optimizer state (not resumable)
 
     @property

@@ -64,7 +64,7 @@ class Trainer(ModelOnData):
     source: RatingMatrix | ResidentMatrix  # where the batches come from
     shuffle: torch.Generator  # the batch order
     world: World = ALONE
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
 
     @classmethod
     def assemble(
