@@ -176,6 +176,39 @@ class Config:
         "(see --beta-cap, --anneal-steps); needs --objective multinomial",
         "model",
     )
+    recvae: bool = _option(
+        False,
+        "RecVAE (Shenbin et al. 2020): --hidden W,K is a densely connected encoder of "
+        "--recvae-depth swish + layer-norm layers of width W and a Gaussian code of width K, "
+        "decoded by one linear layer; a composite prior, a KL weight of --gamma x the user's "
+        "item count, and --encoder-passes encoder passes per decoder pass each epoch; needs "
+        "--objective multinomial",
+        "model",
+    )
+    recvae_depth: int = _option(
+        5, "--recvae: the encoder's layers", "model", range=(1, None, True, False)
+    )
+    gamma: float = _option(
+        0.005,
+        "--recvae: a user's KL weight is gamma x the number of items they rated",
+        "optimization",
+        range=(0, None, True, False),
+    )
+    encoder_passes: int = _option(
+        3,
+        "--recvae: passes over the users updating the encoder (with input dropout) before "
+        "each pass updating the decoder; the two make one epoch",
+        "optimization",
+        range=(1, None, True, False),
+    )
+    liked_at: float = _option(
+        0.0,
+        "ranking models: learn from the items a user rated at least this (e.g. 4: what "
+        "evaluate counts as relevant), input and target alike; 0: every rated item. "
+        "Lists still leave out every rated item",
+        "model",
+        range=(0, None, True, False),
+    )
     residual: bool = _option(
         False, "learn the residual over the regularized user+item bias baseline", "model"
     )
@@ -339,6 +372,15 @@ class Config:
             raise ConfigError(f"--scale must be LO,HI with LO < HI, got {self.scale}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden: layer sizes must be positive integers, got {self.hidden}")
+        if self.liked_at and self.objective != "multinomial":
+            raise ConfigError("--liked-at (learning from liked items) needs --objective "
+                              "multinomial; a rating model learns every rating")  # fmt: skip
+        if self.recvae and (self.objective != "multinomial" or self.variational
+                            or len(self.hidden) != 2 or self.tied):  # fmt: skip
+            raise ConfigError(
+                "--recvae needs --objective multinomial and --hidden WIDTH,CODE (two sizes); "
+                "it is variational itself (no --variational) and not --tied"
+            )
         if self.variational and self.objective != "multinomial":
             raise ConfigError("--variational (Mult-VAE) needs --objective multinomial")
         if self.variational and self.tied:

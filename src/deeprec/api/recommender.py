@@ -70,10 +70,15 @@ class Recommender:
         if not isinstance(preset, str):
             raise ConfigError(f"preset: expected a preset name, got {type(preset).__name__}")
         base = config if config is not None else load_preset(preset)
-        self.preset = None if config is not None else preset
+        self._blank(None if config is not None else preset, device, progress)
         self.config = _with_options(base, options)
+
+    def _blank(self, preset: str | None, device: str, progress: bool) -> None:
+        """Every attribute, before a config or a model is known."""
+        self.preset = preset
         self.device = lifecycle.resolve_device(_text(device, "device"))
         self.progress = _switch(progress, "progress")
+        self.config: Config = Config()
         self._core: Trainer | Trained | None = None
         self._dataset: Dataset | None = None  # the ratings it read, kept for save()
         self.folder: Path | None = None  # the run folder it was saved to or loaded from
@@ -129,6 +134,7 @@ class Recommender:
         overwrite, slim = _switch(overwrite, "overwrite"), _switch(slim, "slim")
         save_every = _positive(save_every, "save_every")
         data_dir = _dir(data_dir)
+        _board(tensorboard)
         config, dataset = self._data(ratings, validation, titles)
         self._dataset, self.folder = dataset, None
         if out is None and not world.active:
@@ -170,10 +176,9 @@ class Recommender:
         save_every = _positive(save_every, "save_every")
         if epochs is not None:
             epochs = _positive(epochs, "epochs")
+        _board(tensorboard)
         self = cls.__new__(cls)
-        self.preset, self.progress, self._dataset = None, _switch(progress, "progress"), None
-        self.validation_metrics = {}
-        self.device = lifecycle.resolve_device(_text(device, "device"))
+        self._blank(None, device, progress)
         run = lifecycle.resume(folder, _dir(data_dir), self.device, epochs, world=world)
         self._core, self.config, self.folder = run.trainer, run.config, run.folder.path
         say = report if report is not None else (tqdm.write if self.progress else _quiet)
@@ -196,10 +201,8 @@ class Recommender:
             say(f"removed what a stopped run left half-written in {run.folder.path}: {names}")
         _start_lines(say, run.dataset, trainer, self.device)
         log = None
-        if tensorboard is not None:
-            tensorboard_log.require()
-            if main:
-                log = tensorboard_log.EpochLog(Path(tensorboard) / run.folder.path.name, run.config)
+        if tensorboard is not None and main:
+            log = tensorboard_log.EpochLog(Path(tensorboard) / run.folder.path.name, run.config)
         try:
             self.validation_metrics = lifecycle.train(
                 run,
@@ -245,9 +248,7 @@ class Recommender:
         if given.is_dir() and not RunFolder(given).holds_run():
             raise CheckpointError(f"{given}: not a run folder (it holds no model.pt)")
         self = cls.__new__(cls)
-        self.preset, self.progress, self._dataset = None, True, None
-        self.validation_metrics = {}
-        self.device = lifecycle.resolve_device(_text(device, "device"))
+        self._blank(None, device, True)
         self._core = load_trained(given, _dir(data_dir), self.device)
         self.config, self.folder = self._core.config, RunFolder.of(given).path
         return self
@@ -486,6 +487,13 @@ def _dir(value: Any) -> str | None:
 
 def _opt_path(value: Any, what: str) -> Path | None:
     return None if value is None else _path(value, what)
+
+
+def _board(folder: Any) -> None:
+    """--tensorboard's folder, checked with its extra before any data is read."""
+    if folder is not None:
+        _path(folder, "tensorboard")
+        tensorboard_log.require()
 
 
 def _switch(value: Any, what: str) -> bool:

@@ -144,6 +144,15 @@ class RatingMatrix:
             self.scale,
         )
 
+    def at_least(self, threshold: float) -> RatingMatrix:
+        """The same matrix keeping only the training ratings >= ``threshold`` (every row and
+        column stays, an emptied one too; the validation ratings are unchanged)."""
+        keep = self.train.copy()
+        keep.data[keep.data < threshold] = 0
+        keep.eliminate_zeros()
+        return RatingMatrix(keep, self.row_ids, self.col_ids, self.by, self.val_rows,
+                            self.val_cols, self.val_ratings, self.scale)  # fmt: skip
+
     def batch(self, rows: np.ndarray, device: torch.device | str = "cpu") -> Batch:
         """Training rows ``rows`` as a CSR batch on ``device`` (canonical: the matrix is)."""
         sub = self.train[rows]

@@ -59,8 +59,13 @@ def new_user(run: ModelOnData, given: dict[int, float]) -> tuple[np.ndarray, np.
         pos, inputs, offset = new_user_row(matrix.item_ids(), given, run.offsets)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if run.config.liked_at:  # the model reads the liked items only, as it learned
+        keep = np.asarray(list(given.values())) >= run.config.liked_at
+        pos_in, inputs = pos[keep], inputs[keep]
+    else:
+        pos_in = pos
     x = torch.zeros(1, matrix.n_cols, device=device)
-    x[0, torch.as_tensor(pos, device=device)] = torch.as_tensor(
+    x[0, torch.as_tensor(pos_in, device=device)] = torch.as_tensor(
         inputs, dtype=torch.float32, device=device
     )
     out = predict_vector(run.model, x)

@@ -14,10 +14,9 @@ from typing import Any
 
 import torch
 
-from deeprec import checkpoint
+from deeprec import checkpoint, models
 from deeprec.config import Config
 from deeprec.data import Dataset, RatingMatrix
-from deeprec.model import AutoEncoder
 from deeprec.training.assembly import ModelOnData, model_inputs
 from deeprec.training.lifecycle import located, prepare_data, saved_config
 from deeprec.training.plan import inference_plan
@@ -48,7 +47,7 @@ def load_trained(path: str | Path, data_dir: str | None, device: torch.device) -
             f"{path}: the data at {dataset.path} is not the data this model was trained on "
             "(fingerprint differs)"
         )
-    model = AutoEncoder.from_config(config, matrix.n_cols)
+    model = models.build(config, matrix.n_cols)
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as exc:

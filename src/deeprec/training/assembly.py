@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
+from deeprec import models
 from deeprec.config import Config
 from deeprec.data import RatingMatrix
 from deeprec.data.resident import ResidentMatrix
 from deeprec.distributed import ALONE, World
-from deeprec.model import AutoEncoder
 from deeprec.scoring import baseline
 from deeprec.training import optim
 from deeprec.training.plan import TrainingPlan, plan
@@ -32,8 +32,11 @@ def model_inputs(
 
     With --residual the model learns r - (mu + b_user + b_item), the regularized bias
     baseline fitted on the training ratings (deterministic, so evaluate and recommend
-    rebuild it exactly); a model that learns nothing then predicts the baseline.
+    rebuild it exactly); a model that learns nothing then predicts the baseline. With
+    --liked-at a ranking model reads and learns only the ratings at or above it.
     """
+    if config.liked_at:
+        return matrix.at_least(config.liked_at), None
     if not config.residual:
         return matrix, None
     offsets = baseline.fit(matrix.train, matrix.by)
@@ -51,7 +54,7 @@ class ModelOnData:
     matrix: RatingMatrix  # the ratings (validation compares against these)
     inputs: RatingMatrix  # what the model reads (residuals with --residual)
     offsets: baseline.Biases | None  # added to the model's outputs (--residual)
-    model: AutoEncoder
+    model: models.Model
     titles: dict[int, str] = field(default_factory=dict)  # item id -> title, where known
 
 
@@ -82,7 +85,7 @@ class Trainer(ModelOnData):
         again gives the same plan)."""
         chosen = training_plan if training_plan is not None else plan(config, device)
         torch.manual_seed(config.seed)
-        model = AutoEncoder.from_config(config, matrix.n_cols).to(device)
+        model = models.build(config, matrix.n_cols).to(device)
         inputs, offsets = model_inputs(config, matrix)
         return cls(
             config=config,

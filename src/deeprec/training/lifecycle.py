@@ -146,11 +146,13 @@ def start(
 
 
 def refuse_taken(folder: RunFolder, refuse: bool) -> None:
-    """With ``refuse``: a one-line ConfigError where ``folder`` already holds a run."""
+    """With ``refuse``: a one-line ConfigError where ``folder`` already holds a run, saying
+    how to go on from the command line and from Python."""
     if refuse and folder.holds_run():
         raise ConfigError(
-            f"--out {folder.path} already holds a run (model.pt); continue it with --resume "
-            f"{folder.path}, replace it with --overwrite, or pick another --out"
+            f"{folder.path} already holds a run (model.pt); continue it (train --resume "
+            f"{folder.path}, or Recommender.resume), replace it (--overwrite, or "
+            "overwrite=True), or pick another folder"
         )
 
 

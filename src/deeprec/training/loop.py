@@ -255,7 +255,7 @@ def validate_trainer(trainer: Trainer) -> dict[str, float]:
     ranking model (multinomial) by the top-k metrics of its validation users instead."""
     t = trainer
     if t.plan.objective == "multinomial":
-        return validate_ranking(t.model, t.inputs, t.device, t.plan)
+        return validate_ranking(t.model, t.inputs, t.device, t.plan, t.matrix)
     return validate(t.model, t.inputs, t.device, t.plan, t.offsets, t.world, source=t.source)
 
 
@@ -267,11 +267,18 @@ VALIDATION_USERS = 10_000
 
 
 def validate_ranking(
-    model: AutoEncoder, matrix: RatingMatrix, device: torch.device, path: TrainingPlan
+    model: AutoEncoder,
+    inputs: RatingMatrix,
+    device: torch.device,
+    path: TrainingPlan,
+    matrix: RatingMatrix | None = None,
 ) -> dict[str, float]:
     """NDCG@10 and Recall@20 of the model's top items for the validation users (relevant:
     a validation rating >= 4; training items excluded), as evaluate reports them; at most
-    VALIDATION_USERS of them, the same ones every epoch."""
+    VALIDATION_USERS of them, the same ones every epoch. The model reads ``inputs``; the
+    training items left out and the validation ratings are ``matrix``'s (default: the
+    inputs; a model learning from liked items reads fewer than the user rated)."""
+    matrix = inputs if matrix is None else matrix
     users = np.unique(matrix.user_view()[0])
     if len(users) > VALIDATION_USERS:
         pick = np.random.default_rng(0).choice(len(users), VALIDATION_USERS, replace=False)
@@ -280,7 +287,7 @@ def validate_ranking(
         return {"val_ndcg@10": float("nan"), "val_recall@20": float("nan")}
 
     def scores(part: np.ndarray) -> np.ndarray:  # a slice of the users at a time
-        return score_items(model, matrix, part, path, device)
+        return score_items(model, inputs, part, path, device)
 
     got = ranking_metrics(scores, users, matrix, reps=0)
     return {"val_ndcg@10": got["ndcg@10"], "val_recall@20": got["recall@20"]}
@@ -312,39 +319,48 @@ def fit(
         steps = min(steps, config.max_batches)
     epoch = len(t.history)
     first = epoch + 1
+    # RecVAE's epoch: encoder passes, then a decoder pass (deeprec.recvae); else one pass
+    phases = t.model.phases(config.encoder_passes) if config.recvae else [""]
     try:
         with flushed_denormals():
             for epoch in range(len(t.history) + 1, config.epochs + 1):
-                batches = t.source.batches(
-                    config.batch_size,
-                    t.device,
-                    generator=t.shuffle,
-                    max_batches=config.max_batches,
-                    part=(world.rank, world.size),
-                )
-                if epoch == first and not quiet and world.main:
-                    batches = with_estimate(batches, steps, tqdm.write, label)
-                bar = tqdm(
-                    batches,
-                    total=steps,
-                    desc=f"{label}epoch {epoch}/{config.epochs}",
-                    leave=False,
-                    disable=True if quiet or not world.main else None,
-                )
                 t0 = time.perf_counter()
                 lr = epoch_lr(config, epoch)
                 set_lr(t.optimizer, lr)
-                train_loss = run_epoch(
-                    t.model,
-                    t.optimizer,
-                    bar,
-                    t.plan,
-                    config.refeed,
-                    world,
-                    config.loss_every,
-                    on_loss=lambda value, bar=bar: bar.set_postfix(loss=f"{value:.4f}"),
-                    first_update=(epoch - 1) * steps,
-                )
+                for n, phase in enumerate(phases):
+                    if phase:
+                        t.model.set_phase(phase)
+                    batches = t.source.batches(
+                        config.batch_size,
+                        t.device,
+                        generator=t.shuffle,
+                        max_batches=config.max_batches,
+                        part=(world.rank, world.size),
+                    )
+                    if epoch == first and n == 0 and not quiet and world.main:
+                        batches = with_estimate(batches, steps * len(phases), tqdm.write, label)
+                    bar = tqdm(
+                        batches,
+                        total=steps,
+                        desc=f"{label}epoch {epoch}/{config.epochs}{f' {phase}' if phase else ''}",
+                        leave=False,
+                        disable=True if quiet or not world.main else None,
+                    )
+                    # the last pass's loss is the epoch's (RecVAE: the decoder's, no dropout)
+                    train_loss = run_epoch(
+                        t.model,
+                        t.optimizer,
+                        bar,
+                        t.plan,
+                        config.refeed,
+                        world,
+                        config.loss_every,
+                        on_loss=lambda value, bar=bar: bar.set_postfix(loss=f"{value:.4f}"),
+                        first_update=(epoch - 1) * steps,
+                    )
+                if config.recvae:
+                    t.model.end_epoch()
+                    t.model.set_phase(phases[0])
                 seconds = time.perf_counter() - t0
                 metrics = validate_trainer(t) if evaluate else {}
                 record = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds}

@@ -173,4 +173,5 @@ def build(config: Config, model: torch.nn.Module, plan: TrainingPlan) -> torch.o
         return ItemAdam(model, lr, weight_decay, lazy=plan.lazy)
     if config.optimizer == "sparse-adam":
         raise OptimizerError("sparse-adam needs row-sparse gradients (a plan with sparse_grad)")
-    return make_optimizer(config.optimizer, model.parameters(), lr, weight_decay)
+    learnable = getattr(model, "learnable", model.parameters)  # RecVAE: not its frozen prior
+    return make_optimizer(config.optimizer, learnable(), lr, weight_decay)
