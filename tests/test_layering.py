@@ -40,7 +40,10 @@ FLOORS: list[tuple[str, set[str]]] = [
     ("config", {"deeprec.config", "deeprec.tensorboard_log"}),
     ("data", {"deeprec.data"}),
     ("ops", {"deeprec.ops", "deeprec.environment", "deeprec.precision"}),
-    ("models and scoring", {"deeprec.model", "deeprec.recvae", "deeprec.models", "deeprec.scoring"}),
+    (
+        "models and scoring",
+        {"deeprec.model", "deeprec.recvae", "deeprec.models", "deeprec.scoring"},
+    ),
     ("training", {"deeprec.training"}),
     ("inference", {"deeprec.inference"}),
     ("workflows", {"deeprec.quality"}),
