@@ -173,7 +173,8 @@ def evaluate(
         if not np.array_equal(matrix.item_ids(), train.item_ids()):
             raise AssertionError("the held-out matrix's items differ from the training users'")
         out = {"popularity": popularity(rated, len(users))}
-        out |= {name: fold_in_scores(t.model, t.offsets, rows) for name, t in trained.items()}
+        out |= {name: fold_in_scores(t.model, t.offsets, rows, liked_at=t.config.liked_at)
+                for name, t in trained.items()}  # fmt: skip
         out["EASE"] = ease_members(fits, rows)  # standardised, every form in the grid
         return matrix, users, out
 

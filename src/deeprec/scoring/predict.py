@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from deeprec.data import RatingMatrix
-from deeprec.model import AutoEncoder
+from deeprec.models import Model
 from deeprec.ops import raise_kernel_errors
 from deeprec.ops.schema import ChosenImpl
 from deeprec.scoring import baseline
@@ -36,7 +36,7 @@ class Plan(Protocol):
 
 @torch.no_grad()
 def predict_entries(
-    model: AutoEncoder,
+    model: Model,
     matrix: RatingMatrix,
     rows: np.ndarray,
     cols: np.ndarray,
@@ -94,7 +94,7 @@ def _upload(a: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_vector(model: AutoEncoder, x: torch.Tensor) -> torch.Tensor:
+def predict_vector(model: Model, x: torch.Tensor) -> torch.Tensor:
     """Dense predictions for dense input rows x (B, n_in), in eval mode."""
     was_training = model.training
     model.eval()
@@ -106,7 +106,7 @@ def predict_vector(model: AutoEncoder, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def score_items(
-    model: AutoEncoder,
+    model: Model,
     inputs: RatingMatrix,
     users: np.ndarray,
     plan: Plan,
@@ -153,16 +153,19 @@ def score_items(
 
 @torch.no_grad()
 def fold_in_scores(
-    model: AutoEncoder,
+    model: Model,
     offsets,
     rows: sp.csr_matrix,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    liked_at: float = 0.0,
 ) -> np.ndarray:
     """Scores of every item for users no model trained on, from their ratings ``rows`` (new
     users x the model's items), without retraining: a user-based autoencoder reads each row
     as it read a training row. With residual offsets (baseline.Biases) each user's bias is
-    folded in from the row first and the inputs are the residuals, as the model learned."""
+    folded in from the row first and the inputs are the residuals, as the model learned;
+    with ``liked_at`` (a model that learned from the liked items) it reads only the ratings
+    at or above it."""
     was_training = model.training
     model.eval()
     out = np.empty(rows.shape)
@@ -174,7 +177,9 @@ def fold_in_scores(
             if offsets is not None:
                 b_user = baseline.fold_in_rows(offsets, chunk.tocsr())
                 base += offsets.mu + b_user[:, None] + offsets.cols[None, :]
-            x[chunk.row, chunk.col] = chunk.data - base[chunk.row, chunk.col]
+            read = chunk.data >= liked_at if liked_at else np.ones(chunk.nnz, dtype=bool)
+            r, c = chunk.row[read], chunk.col[read]
+            x[r, c] = chunk.data[read] - base[r, c]
             got = model(torch.from_numpy(x).to(device)).double().cpu().numpy()
             out[s : s + chunk.shape[0]] = got + base
     finally:
