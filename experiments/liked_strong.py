@@ -36,7 +36,6 @@ MODELS = {  # name: (preset, options over it, candidate epoch counts)
     "Mult-DAE": ("topk", {}, (25, 50, 100, 150, 200)),
     "Mult-DAE, liked items": ("topk", LIKED, (25, 50, 100, 150, 200)),
     "Mult-VAE, liked items": ("topk-vae", LIKED, (25, 50, 100, 150, 200)),
-    "RecVAE": ("topk", RECVAE, (10, 25, 50, 75, 100)),
     "RecVAE, liked items": ("topk", RECVAE | LIKED, (10, 25, 50, 75, 100)),
 }
 
