@@ -74,3 +74,19 @@ def test_validation_leaves_out_every_rated_item(liked):
     epoch = liked.history["val_ndcg@10"].iloc[-1]
     evaluated = liked.evaluate(ease_lambda=None).loc["deeprec", "ndcg@10"]
     assert epoch == pytest.approx(evaluated, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["topk-liked", "topk-recvae"])
+def test_the_liked_presets_train_from_the_command_line(name, tmp_path, capsys):
+    """The presets chosen on the inner split load, train (one short epoch) and rank."""
+    from deeprec.config import load_preset
+    from deeprec.train import cli_main as train_main
+
+    config = load_preset(name)
+    assert config.liked_at == 4.0 and config.objective == "multinomial"
+    out = tmp_path / name
+    args = ["--preset", name, "--epochs", "1", "--max-batches", "2", "--quiet", "--out", str(out)]
+    assert train_main(args) == 0
+    assert "val NDCG@10" in capsys.readouterr().out
+    rec = deeprec.Recommender.load(out)
+    assert len(rec.recommend(1, k=10)) == 10
