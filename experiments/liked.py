@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from topk import emit
 
 from deeprec.config import Config, load_preset
 from deeprec.data import RatingMatrix, load, split
@@ -147,10 +148,7 @@ def main() -> None:
         lines.append(f"- {name}: {gain:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     lines += ["", f"{len(users)} users; {time.perf_counter() - t0:.0f} s on the machine that ran "
               "it."]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 def parse_args() -> argparse.Namespace:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from liked import LIKED, RECVAE
+from topk import emit
 
 from deeprec.config import load_preset
 from deeprec.data import RatingMatrix, load
@@ -30,8 +32,6 @@ from deeprec.scoring.metrics import RELEVANT_AT, paired_difference, ranking_metr
 from deeprec.scoring.predict import fold_in_scores
 from deeprec.training import Trainer, fit
 
-LIKED = {"liked_at": RELEVANT_AT}
-RECVAE = {"recvae": True, "hidden": [600, 200], "lr": 5e-4, "batch_size": 500}
 MODELS = {  # name: (preset, options over it, candidate epoch counts)
     "Mult-DAE": ("topk", {}, (25, 50, 100, 150, 200)),
     "Mult-DAE, liked items": ("topk", LIKED, (25, 50, 100, 150, 200)),
@@ -109,10 +109,7 @@ def main() -> None:
     n_test = next(iter(table.values()))["users"]
     lines += ["", f"{train.n_users} training users, {n_test} test users with a relevant "
               f"rating; {time.perf_counter() - t0:.0f} s."]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 def parse_args() -> argparse.Namespace:
