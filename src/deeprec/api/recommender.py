@@ -530,7 +530,7 @@ def _positions(ids: Any, known: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what}: expected integer ids, got {values.dtype}")
     as_float = values.astype(np.float64)
     if np.isnan(as_float).any():
-        raise DataError(f"{what}: id {int(np.flatnonzero(np.isnan(as_float))[0])} is NaN")
+        raise DataError(f"{what}[{int(np.flatnonzero(np.isnan(as_float))[0])}] is NaN, not an id")
     if (as_float != np.floor(as_float)).any():
         raise DataError(f"{what}: {as_float[as_float != np.floor(as_float)][0]} is not an id")
     values = values.astype(np.int64)
