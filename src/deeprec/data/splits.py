@@ -71,7 +71,10 @@ def split(
 
 def _need_time(ratings: pd.DataFrame, how: str) -> None:
     if "timestamp" not in ratings.columns:
-        raise DataError(f"--split {how} needs timestamps, and these ratings have none")
+        raise DataError(
+            f"--split {how} needs timestamps, and these ratings have none; use --split random "
+            "(split='random' in Python) or ratings with a timestamp column"
+        )
 
 
 def known_users_items(val: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
