@@ -231,3 +231,26 @@ def test_ranks_that_see_different_data_or_flags_stop_before_writing(toy, tmp_pat
         assert "see different data or settings" in last and "rank 0:" in last, err[-2000:]
         assert "rank 1:" in last and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_recvae_steps_each_half_only_in_its_own_passes(toy, tmp_path, procs):
+    """RecVAE's resting half takes no gradient, on one rank or two: Adam counts for the
+    encoder's parameters the encoder passes' updates and for the decoder's the decoder
+    pass's (a rank that reduced zeros for them would step them every pass)."""
+    import math
+
+    import torch
+
+    passes = 2
+    flags = ("--objective", "multinomial", "--recvae", "--recvae-depth", "2",
+             "--encoder-passes", str(passes), "--epochs", "1")  # fmt: skip
+    doc = _train(tmp_path / "rv", toy, procs, *flags)
+    steps = math.ceil(doc["n_users"] / 16)  # RECIPE's batch
+    state = torch.load(tmp_path / "rv" / "model.pt", weights_only=True)
+    counts = [int(s["step"]) for s in state["optimizer"]["state"].values()]
+    names = [n for n in state["state_dict"] if not n.startswith("prior.")]
+    assert len(counts) == len(names)
+    for name, count in zip(names, counts, strict=True):
+        want = passes * steps if name.startswith("encoder.") else steps
+        assert count == want, (name, count, want)

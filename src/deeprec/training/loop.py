@@ -176,7 +176,9 @@ def run_distributed_epoch(
     model.train()
     sparse = model.item_parameters() if path.sparse_grad else []
     sparse_ids = {id(p) for p in sparse}
-    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    # what takes no gradient in this pass (RecVAE's resting half, its prior) is not reduced:
+    # its grad stays None, so the optimizer leaves it and its moments alone on every rank
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
     loss_sum, count = 0.0, 0.0
     for n, batch in enumerate(batches):
         n_local = batch.col.numel()
