@@ -90,3 +90,12 @@ def test_the_liked_presets_train_from_the_command_line(name, tmp_path, capsys):
     assert "val NDCG@10" in capsys.readouterr().out
     rec = deeprec.Recommender.load(out)
     assert len(rec.recommend(1, k=10)) == 10
+
+
+def test_a_ranking_model_has_no_rmse_row(liked):
+    """Its scores are log-probabilities, not ratings: evaluate leaves its RMSE and MAE out
+    (the baselines keep theirs) and ranks it."""
+    table = liked.evaluate(ease_lambda=None)
+    assert np.isnan(table.loc["deeprec", "rmse"]) and np.isnan(table.loc["deeprec", "mae"])
+    assert table.loc["user+item bias", "rmse"] > 0
+    assert table.loc["deeprec", "ndcg@10"] > 0

@@ -41,7 +41,8 @@ def evaluate(
     ranking: bool = True,
     ease_lambda: float | None = 250.0,
 ) -> dict[str, dict]:
-    """Accuracy (RMSE with 95% interval, MAE) and ranking metrics of the model and baselines.
+    """Accuracy (RMSE with 95% interval, MAE) and ranking metrics of the model and baselines
+    (a ranking model, objective multinomial, has no RMSE: its scores are not ratings).
 
     ease_lambda: EASE's L2 weight for the EASE ranking anchor (None: no EASE row; a
     catalogue too large for EASE's solve gets a row holding only ``left_out``, the reason).
@@ -50,13 +51,15 @@ def evaluate(
     lo, hi = m.scale
     fitted = baseline.fit(m.train, m.by)
     preds = {
-        "deeprec": predict_entries(
-            run.model, run.inputs, m.val_rows, m.val_cols, run.plan, device, offsets=run.offsets
-        ),
         "global mean": np.full(len(m.val_rows), float(m.train.data.mean())),
         "user+item bias": fitted.at(m.val_rows, m.val_cols),
     }
-    table: dict[str, dict] = {}
+    table: dict[str, dict] = {"deeprec": {}}
+    if run.plan.objective != "multinomial":  # a ranking model's scores are not ratings
+        model = predict_entries(
+            run.model, run.inputs, m.val_rows, m.val_cols, run.plan, device, offsets=run.offsets
+        )
+        preds = {"deeprec": model, **preds}
     for name, pred in preds.items():
         clipped = np.clip(pred, lo, hi)
         rmse, mae = rmse_mae(clipped, m.val_ratings)
