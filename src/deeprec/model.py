@@ -37,6 +37,19 @@ def linear_output(last_activation: str) -> bool:
     return last_activation == "none"
 
 
+def unit_row_values(crow, col, dtype: torch.dtype, rows=None) -> torch.Tensor:
+    """The stored values of each CSR row's who-rated-what vector scaled to unit length:
+    1 / sqrt(the row's count) at each of its entries (what a ranking model reads)."""
+    rows = entry_rows_of(crow, col.numel()) if rows is None else rows
+    return (crow[1:] - crow[:-1]).clamp(min=1).to(dtype).rsqrt()[rows]
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Dense rows as who rated what (nonzero: 1), each scaled to unit length."""
+    rated = (x != 0).to(x.dtype)
+    return rated / rated.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 class InputLayer(nn.Module):
     """Linear n_in -> out with the weight stored item-major, (n_in, out).
 
@@ -152,8 +165,7 @@ class AutoEncoder(nn.Module):
         """The dense rows the first layer reads: the ratings (a multinomial model: who rated
         what, each row scaled to unit length), after input dropout."""
         if self.multinomial:
-            rated = (x != 0).to(x.dtype)
-            x = rated / rated.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            x = unit_rows(x)
         return nn.functional.dropout(x, self.config["input_dropout"], self.training)
 
     def encode_rest(self, z1: torch.Tensor) -> torch.Tensor:
@@ -234,9 +246,7 @@ class AutoEncoder(nn.Module):
         """The stored input values the sparse input layer reads, after input dropout: the
         ratings, or for a multinomial model 1 / sqrt(the row's count) (unit-length rows)."""
         if self.multinomial:
-            rows = entry_rows_of(crow, col.numel()) if rows is None else rows
-            counts = (crow[1:] - crow[:-1]).clamp(min=1).to(self.encoder[0].weight.dtype)
-            val = counts.rsqrt()[rows]
+            val = unit_row_values(crow, col, self.encoder[0].weight.dtype, rows)
         return nn.functional.dropout(val, self.config["input_dropout"], self.training)
 
     def sparse_loss(

@@ -32,7 +32,7 @@ from torch import nn
 
 from deeprec.config import Config
 from deeprec.csr import entry_rows as entry_rows_of
-from deeprec.model import InputLayer
+from deeprec.model import InputLayer, unit_row_values, unit_rows
 from deeprec.ops import multinomial_nll, sparse_linear
 from deeprec.ops.schema import ChosenImpl
 
@@ -138,16 +138,13 @@ class RecVAE(nn.Module):
     def input_values(self, crow, col, val=None, rows=None) -> torch.Tensor:
         """The stored input values: 1 / sqrt(the row's count) (unit-length binary rows),
         after input dropout while the encoder learns."""
-        rows = entry_rows_of(crow, col.numel()) if rows is None else rows
-        counts = (crow[1:] - crow[:-1]).clamp(min=1).to(self.decoder.weight.dtype)
-        values = counts.rsqrt()[rows]
+        values = unit_row_values(crow, col, self.decoder.weight.dtype, rows)
         drop = self.training and self.phase == "encoder"
         return nn.functional.dropout(values, self.config["input_dropout"], drop)
 
     def encode_input(self, x: torch.Tensor) -> torch.Tensor:
         """Dense rows as the encoder reads them (the dense reference path)."""
-        rated = (x != 0).to(x.dtype)
-        x = rated / rated.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        x = unit_rows(x)
         drop = self.training and self.phase == "encoder"
         return nn.functional.dropout(x, self.config["input_dropout"], drop)
 
@@ -192,7 +189,7 @@ class RecVAE(nn.Module):
                            impl=impl, backend=backend)  # fmt: skip
         prior_z1 = None
         if self.training:
-            clean = counts.clamp(min=1).to(x_val.dtype).rsqrt()[rows]  # q_old reads no dropout
+            clean = unit_row_values(crow, col, x_val.dtype, rows)  # q_old reads no dropout
             pf = self.prior.first
             prior_z1 = sparse_linear((crow, col, clean), pf.weight, pf.bias, index=index,
                                      impl=impl, backend=backend)  # fmt: skip
