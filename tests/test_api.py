@@ -357,3 +357,13 @@ def test_ctrl_c_in_a_notebook_fit_keeps_the_finished_epochs(real):
         rec.fit(ratings, report=stop_after_two)
     assert rec.epochs_trained == 2 and not rec.model.training
     assert len(rec.recommend(1, k=5)) == 5  # usable as it stands
+
+
+def test_a_saved_run_records_the_metrics_train_records(api_fit, cli_run, tmp_path):
+    """metrics.json's final validation metrics: the same keys and values as train's."""
+    import json
+
+    folder = api_fit.save(tmp_path / "m")
+    mine = json.loads((folder / "metrics.json").read_text())["final"]
+    theirs = json.loads((cli_run / "metrics.json").read_text())["final"]
+    assert mine == theirs and "val_mae" in mine

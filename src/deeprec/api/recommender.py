@@ -230,9 +230,7 @@ class Recommender:
                 f"{self.folder}: a loaded model is saved already; copy its folder to {out}, or "
                 "fit it again to save a new run"
             )
-        lifecycle.refuse_taken(RunFolder(out), not overwrite)
-        dataset = self._dataset if self._dataset is not None else _read_back(core)
-        run = lifecycle.save(core, dataset, out, overwrite, slim)
+        run = lifecycle.save(core, self._dataset, out, overwrite, slim, self.validation_metrics)
         self.config, self.folder = core.config, run.folder.path
         return run.folder.path
 
@@ -609,12 +607,6 @@ def _titles(titles: Mapping[int, str] | pd.DataFrame | None) -> dict[int, str]:
 def _empty_list(unclipped: bool) -> pd.DataFrame:
     columns = ["user", "rank", "item", "score", *(["unclipped"] if unclipped else []), "title"]
     return pd.DataFrame({c: [] for c in columns})
-
-
-def _read_back(core: Trainer) -> Dataset:
-    """The Dataset a model fitted by name read (for its run folder's record)."""
-    config = core.config
-    return load(config.data, None, config.scale_range())
 
 
 def _start_lines(say: Report, dataset: Dataset, trainer: Trainer, device: torch.device) -> None:

@@ -181,21 +181,32 @@ def in_memory(config: Config, dataset: Dataset, device: torch.device) -> Trainer
 
 
 def save(
-    trainer: Trainer, dataset: Dataset, out: Path, overwrite: bool = False, slim: bool = False
+    trainer: Trainer,
+    dataset: Dataset | None,
+    out: Path,
+    overwrite: bool = False,
+    slim: bool = False,
+    final: dict[str, float] | None = None,
 ) -> Run:
     """Write an in-memory Trainer as a run folder, as ``train`` leaves one (config.toml,
     model.pt, metrics.json, loss.png; data/ for ratings held in memory); the trainer's
-    config then names where its data lives."""
+    config then names where its data lives.
+
+    dataset: the ratings it was trained on (None: read again from its config). final: the
+    last epoch's validation metrics for metrics.json (None: those its history kept)."""
     folder = RunFolder(out)
     refuse_taken(folder, not overwrite)
+    if dataset is None:
+        dataset = load(trainer.config.data, None, trainer.config.scale_range())
     if dataset.path == IN_MEMORY:
         trainer.config = carried_config(trainer.config, folder, dataset)
         dataset = replace(dataset, name=trainer.config.data, path=folder.carried_data.resolve())
     run = Run(dataset, trainer, folder)
     folder.write_config(trainer.config)
     folder.save_checkpoint(checkpoint_payload(run, trainer, slim))
-    last = trainer.history[-1] if trainer.history else {}
-    final = {k: v for k, v in last.items() if k.startswith("val_")}
+    if not final:
+        last = trainer.history[-1] if trainer.history else {}
+        final = {k: v for k, v in last.items() if k.startswith("val_")}
     folder.write_metrics(metrics_doc(run, final, memory.peak(trainer.device)))
     folder.plot(trainer.history)
     return run
