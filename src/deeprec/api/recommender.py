@@ -278,11 +278,7 @@ class Recommender:
         core = self._fitted("data_path")
         if isinstance(core, Trained):
             return core.data_path
-        return (
-            IN_MEMORY
-            if self._dataset is not None and self._dataset.path == IN_MEMORY
-            else (Path(core.config.data))
-        )
+        return self._dataset.path if self._dataset is not None else Path(core.config.data)
 
     @property
     def validation_size(self) -> int:
@@ -363,16 +359,7 @@ class Recommender:
         except ConfigError as exc:
             raise ConfigError(f"recommend_new: {str(exc).removeprefix('--ratings: ')}") from None
         scorer = recommendation.TrainedScorer(core)
-        best = top_k(scores, rated, k)
-        return pd.DataFrame(
-            {
-                "rank": np.arange(1, len(best) + 1),
-                "item": scorer.item_ids[best],
-                "score": np.clip(scores[best], *scorer.scale),
-                "unclipped": scores[best],
-                "title": [scorer.titles.get(int(i), "") for i in scorer.item_ids[best]],
-            }
-        )
+        return ranking.list_frame(scorer, top_k(scores, rated, k), scores, unclipped=True)
 
     def evaluate(self, *, ranking: bool = True, ease_lambda: float | None = 250.0) -> pd.DataFrame:
         """The metrics ``python -m deeprec.evaluate`` prints, one row per model (deeprec,
@@ -381,10 +368,10 @@ class Recommender:
         coverage and popularity rank, on the validation split. ease_lambda: EASE's L2 weight
         (None: no EASE row)."""
         core = self._scoring("evaluate")
-        if ease_lambda is not None and not (0 < _number(ease_lambda, "ease_lambda") < math.inf):
-            raise ConfigError(f"ease_lambda must be > 0 (None: no EASE), got {ease_lambda}")
         if ease_lambda is not None:
             ease_lambda = _number(ease_lambda, "ease_lambda")
+            if not 0 < ease_lambda < math.inf:
+                raise ConfigError(f"ease_lambda must be > 0 (None: no EASE), got {ease_lambda}")
         table = evaluate(core, core.device, ranking=_switch(ranking, "ranking"),
                          ease_lambda=ease_lambda)  # fmt: skip
         return pd.DataFrame.from_dict(table, orient="index")
@@ -440,9 +427,9 @@ class Recommender:
             )
         scale = config.scale_range()
         names = _titles(titles)
-        checked, _ = from_frame(frame, titles=names, scale=scale, label="ratings")
+        checked = from_frame(frame, titles=names, scale=scale, label="ratings")
         if validation is not None:
-            held, _ = from_frame(validation, scale=scale, label="validation")
+            held = from_frame(validation, scale=scale, label="validation")
             shared = [c for c in checked.columns if c in held.columns and c != "validation"]
             checked = with_validation(checked[shared], held[shared])
             config = config.replace(split="given")

@@ -68,8 +68,9 @@ def from_frame(
     titles: dict[int, str] | None = None,
     scale: tuple[float, float] | None = None,
     label: str = "ratings",
-) -> tuple[pd.DataFrame, tuple[float, float] | None]:
-    """(validated ratings, the scale: given, else None where the ratings state none)."""
+) -> pd.DataFrame:
+    """The ratings validated as a file's are (on ``scale`` when given; else refused where a
+    rare far value would widen the range they span)."""
     cols = columns_of(frame, label)
     if frame.empty:
         raise DataError(f"{label}: no ratings (the DataFrame is empty)")
@@ -80,7 +81,7 @@ def from_frame(
             first = int(np.flatnonzero(column.isna().to_numpy())[0])
             raise DataError(f"{label} row {frame.index[first]!r}: missing {ours}")
     raw = FrameRatings(picked, IN_MEMORY, dict(titles or {}), scale, label=label, index=frame.index)
-    return check(raw, scale), scale
+    return check(raw, scale)
 
 
 def from_sparse(matrix: sp.spmatrix | sp.sparray, *, label: str = "ratings") -> pd.DataFrame:

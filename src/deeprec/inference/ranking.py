@@ -108,18 +108,27 @@ def top_frame(
     )  # fmt: skip
     frames = []
     for row, (u, best) in enumerate(zip(users, top_rows(scores, exclude, k), strict=True)):
-        items = scorer.item_ids[best]
-        columns = {
-            "user": np.full(len(best), scorer.user_ids[u]),
-            "rank": np.arange(1, len(best) + 1),
-            "item": items,
-            "score": np.clip(scores[row, best], *scorer.scale),
-        }
-        if unclipped:
-            columns["unclipped"] = scores[row, best]
-        columns["title"] = [scorer.titles.get(int(i), "") for i in items]
-        frames.append(pd.DataFrame(columns))
+        frame = list_frame(scorer, best, scores[row], unclipped)
+        frame.insert(0, "user", np.full(len(best), scorer.user_ids[u]))
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def list_frame(
+    scorer: Scorer, best: np.ndarray, scores: np.ndarray, unclipped: bool = False
+) -> pd.DataFrame:
+    """One top list, item positions ``best`` of a row of ``scores``, as rows rank, item,
+    score (clipped to the scale), [unclipped (the score that orders the list),] title."""
+    items = scorer.item_ids[best]
+    columns = {
+        "rank": np.arange(1, len(best) + 1),
+        "item": items,
+        "score": np.clip(scores[best], *scorer.scale),
+    }
+    if unclipped:
+        columns["unclipped"] = scores[best]
+    columns["title"] = [scorer.titles.get(int(i), "") for i in items]
+    return pd.DataFrame(columns)
 
 
 def write_all_users(
