@@ -29,7 +29,6 @@ class Trained(ModelOnData):
 
     data_path: Path  # where its ratings were read from
     history: list[dict[str, float]] = field(default_factory=list)  # its finished epochs
-    slim: bool = False  # saved without the optimizer state (not resumable)
 
     @property
     def epoch(self) -> int:
@@ -66,7 +65,6 @@ def load_trained(path: str | Path, data_dir: str | None, device: torch.device) -
         titles=dataset.titles,
         data_path=dataset.path,
         history=list(state.get("history", [])),
-        slim=bool(state.get("slim")),
     )
 
 
@@ -76,10 +74,8 @@ def _data(
     """The run's data: from ``data_dir`` when given; else a copy the run folder carries
     (a model fitted on a DataFrame: its folder's data/, wherever the folder moved); else
     where it was read from."""
-    here = located(config, RunFolder.of(path), data_dir)
-    if here is not config:
-        return prepare_data(here, None)
-    return prepare_data(config, data_dir or _saved_data_dir(state))
+    here = located(config, RunFolder.of(path), data_dir)  # a carried copy: an absolute path
+    return prepare_data(here, data_dir or _saved_data_dir(state))
 
 
 def _saved_data_dir(state: dict[str, Any]) -> str | None:
