@@ -7,28 +7,6 @@ Data flows one way: ratings file -> validated DataFrame -> split -> RatingMatrix
 import os
 import signal
 import sys
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("deeprec")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
-# The API's main names, forwarded on first use (PEP 562) so ``import deeprec`` stays light and
-# imports nothing above the ground floor until one is asked for (tests/test_layering.py).
-FORWARDED = ("Recommender", "load_ratings", "Config", "DeeprecError", "DataError", "ConfigError",
-             "CheckpointError", "presets", "load_preset")  # fmt: skip
-
-__all__ = ["__version__", *FORWARDED]
-
-
-def __getattr__(name: str):
-    if name in FORWARDED:
-        import importlib
-
-        return getattr(importlib.import_module("deeprec.api"), name)
-    raise AttributeError(f"module 'deeprec' has no attribute {name!r}")
-
 
 # SIGINTs received while a command started (set only when run as ``python -m deeprec.X``).
 _SIGINTS: list[int] = []
@@ -63,6 +41,29 @@ def _interrupted_while_starting(hook):
 
 
 # ``python -m deeprec.<command>`` imports this package first, with sys.argv[0] == "-m" while
-# it locates the module: only then (a command, not a library import) is the hook set.
+# it locates the module: only then (a command, not a library import) is the hook set. It is set
+# before any other import here, so the only start an interrupt escapes is the interpreter's own.
 if sys.argv[:1] == ["-m"]:
     sys.excepthook = _interrupted_while_starting(sys.excepthook)
+
+from importlib.metadata import PackageNotFoundError, version  # noqa: E402
+
+try:
+    __version__ = version("deeprec")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+# The API's main names, forwarded on first use (PEP 562) so ``import deeprec`` stays light and
+# imports nothing above the ground floor until one is asked for (tests/test_layering.py).
+FORWARDED = ("Recommender", "load_ratings", "Config", "DeeprecError", "DataError", "ConfigError",
+             "CheckpointError", "presets", "load_preset")  # fmt: skip
+
+__all__ = ["__version__", *FORWARDED]
+
+
+def __getattr__(name: str):
+    if name in FORWARDED:
+        import importlib
+
+        return getattr(importlib.import_module("deeprec.api"), name)
+    raise AttributeError(f"module 'deeprec' has no attribute {name!r}")
