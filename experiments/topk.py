@@ -107,7 +107,7 @@ def main() -> None:
     grid = topk_blend.grid_choice(
         topk_blend.ease_members(topk_blend.ease_fits(rated), rated[iu]),
         standardised(rating_inner),
-        standardised(dae_inner),
+        {"topk": standardised(dae_inner)},  # this report's blend: Mult-DAE its ranking member
         iu,
         inner,
     )

@@ -119,7 +119,8 @@ def test_blend_strong_protocol_reports_every_model_on_the_test_users(tmp_path, c
                        "--quiet"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
-    for name in ("popularity", "EASE", "rating model", "Mult-DAE", "top-k blend"):
+    for name in ("popularity", "EASE", "rating model", "Mult-DAE (--preset topk)",
+                 "Mult-VAE on liked items (--preset topk-liked)", "top-k blend"):  # fmt: skip
         assert name in out
     assert "36 training users; 12 validation and 12 test users" in out
     assert "top-k blend - EASE: NDCG@10" in out and "(paired over the same users)" in out

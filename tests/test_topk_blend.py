@@ -50,6 +50,84 @@ def test_the_blend_is_its_recipe_applied_to_its_members(saved):
     assert (z[1] == 0).all()  # a flat row stays 0
 
 
+def test_the_saved_ranking_member_is_the_preset_the_recipe_chose(saved):
+    from deeprec.config import load_preset
+    from deeprec.inference.trained import load_trained
+
+    _, folder = saved
+    recipe = topk_blend.TopkScorer(folder, None, torch.device("cpu")).recipe
+    assert recipe.ranking_preset in topk_blend.RANKING_PRESETS
+    member = load_trained(folder / "ranking", None, torch.device("cpu")).config
+    preset = load_preset(recipe.ranking_preset)
+    for option in ("variational", "liked_at", "hidden", "objective", "input_dropout"):
+        assert getattr(member, option) == getattr(preset, option), option
+
+
+@pytest.mark.parametrize("better", ["topk", "topk-liked"])
+def test_the_grid_chooses_the_ranking_member_that_ranks_better(better):
+    """Two ranking candidates, one of them the validation answer itself and the other noise:
+    the chosen recipe names the answer's preset, in either position, with a weight > 0."""
+    import pandas as pd
+    from datasets import synthetic_ratings
+
+    from deeprec.data import RatingMatrix
+
+    rows = synthetic_ratings(50, 40, 12, seed=4)
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    val = frame.groupby("user").tail(3)
+    matrix = RatingMatrix.from_split(frame.drop(val.index), val, "user", (0.5, 5.0))
+    vu, vi, vr = matrix.user_view()
+    users = np.unique(vu)
+    answer = np.zeros((len(users), matrix.n_items))
+    answer[np.searchsorted(users, vu), vi] = vr >= 4  # the relevant validation items on top
+    noise = np.random.default_rng(0).standard_normal(answer.shape)
+    rankings = {p: answer if p == better else noise for p in topk_blend.RANKING_PRESETS}
+    rankings = {p: topk_blend.standardised(v) for p, v in rankings.items()}
+    rated = matrix.by_user()
+    members = topk_blend.ease_members(topk_blend.ease_fits(rated), rated[users])
+    rating = topk_blend.standardised(noise[:, ::-1].copy())
+    scores = topk_blend.grid_choice(members, rating, rankings, users, matrix)
+    best, _ = topk_blend.chosen(scores)
+    assert best.ranking_preset == better and best.ranking_weight > 0, best
+    # a weight of 0 is scored once: the lists do not depend on the preset then
+    zero = [r for r in scores if r.ranking_weight == 0]
+    assert {r.ranking_preset for r in zero} == {"topk"}
+
+
+def test_a_blend_on_mult_vae_liked_never_lists_a_rated_item_liked_or_not(saved, tmp_path):
+    """The liked-items member reads only ratings >= 4; the blend's lists still leave out
+    every item a user rated, the low ratings too."""
+    from deeprec.config import Config
+    from deeprec.inference import ranking
+
+    data, _ = saved
+    folder = tmp_path / "liked"
+    base = Config(data=str(data), split="user-time")
+    recipe = topk_blend.Recipe(100.0, 0.25, 0.5, 4.0, "topk-liked")
+    topk_blend.save(base, folder, None, recipe=recipe, overrides={"epochs": 1})
+    scorer = topk_blend.TopkScorer(folder, None, torch.device("cpu"))
+    assert scorer.recipe == recipe and scorer.parts["ranking"].run.config.liked_at == 4.0
+    by_user = scorer.parts["ranking"].run.matrix.by_user()
+    low = np.array([u for u in range(by_user.shape[0]) if (by_user[u].data < 4).any()])
+    assert len(low), "the toy data should hold users with ratings below 4"
+    lists = ranking.top_frame(scorer, low, k=10)
+    for u in low:
+        shown = lists[lists.user == scorer.user_ids[u]].item.to_numpy()
+        assert len(shown) == 10 and not set(shown) & set(scorer.item_ids[by_user[u].indices])
+
+
+def test_a_blend_saved_without_a_ranking_preset_reads_as_mult_dae(saved, tmp_path):
+    import shutil
+
+    _, folder = saved
+    copy = tmp_path / "blend"
+    shutil.copytree(folder, copy)
+    doc = json.loads((copy / "topk.json").read_text())
+    doc["recipe"].pop("ranking_preset")
+    (copy / "topk.json").write_text(json.dumps(doc))
+    assert topk_blend.TopkScorer(copy, None, torch.device("cpu")).recipe.ranking_preset == "topk"
+
+
 def test_recommend_from_the_blend_never_shows_a_training_item(saved, capsys):
     _, folder = saved
     scorer = topk_blend.TopkScorer(folder, None, torch.device("cpu"))
@@ -89,6 +167,8 @@ def test_recipe_flags_given_with_topk_reach_both_members(saved):
         ({"rating_weight": float("nan")}, "recipe rating_weight = nan is out of range"),
         ({"ease_liked_at": True}, "recipe ease_liked_at must be a number"),
         ({"weights": [1, 2]}, "the recipe is not a mapping of ease_lambda"),
+        ({"ranking_preset": "seed"}, "recipe ranking_preset must be one of topk, topk-liked"),
+        ({"ranking_preset": None}, "recipe ranking_preset must be one of topk, topk-liked"),
     ],
 )
 def test_a_broken_saved_recipe_is_refused_in_one_line(saved, tmp_path, capsys, recipe, message):

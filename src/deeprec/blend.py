@@ -46,10 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--topk",
         action="store_true",
-        help="the top-k blend instead (EASE + the rating recipe + Mult-DAE, for lists): train "
+        help="the top-k blend instead (EASE + the rating recipe + a ranking autoencoder, "
+        "Mult-DAE or Mult-VAE on liked items, chosen on the inner split; for lists): train "
         "its members on the training part and print their and its top-k metrics on the "
         "validation users; with --save DIR keep it for recommend --blend DIR. Recipe flags "
-        "given with it (e.g. --epochs) apply to both members",
+        "given with it (e.g. --epochs) apply to every member",
     )
     p.add_argument(
         "--protocol",
@@ -134,7 +135,8 @@ def _topk(args: argparse.Namespace, config: Config) -> int:
     print(f"{config.data}, {config.split}: top 10 of every unrated item, relevant = rated >= 4")
     print(
         f"chosen on the inner split: EASE ({topk_blend.ease_form(recipe)}), rating model x "
-        f"{recipe.rating_weight:g}, Mult-DAE x {recipe.ranking_weight:g}"
+        f"{recipe.rating_weight:g}, {topk_blend.ranking_name(recipe.ranking_preset)} x "
+        f"{recipe.ranking_weight:g}"
     )
     _topk_table(table)
     if args.save is not None:
@@ -160,7 +162,8 @@ def _strong(args: argparse.Namespace, config: Config) -> int:
     print(f"{config.data}, strong generalization: top 10, relevant = rated >= 4")
     print(
         f"chosen on the validation users: EASE ({topk_blend.ease_form(r)}), rating model x "
-        f"{r.rating_weight:g}, Mult-DAE x {r.ranking_weight:g} (NDCG@10 {result.val_ndcg:.4f})"
+        f"{r.rating_weight:g}, {topk_blend.ranking_name(r.ranking_preset)} x "
+        f"{r.ranking_weight:g} (NDCG@10 {result.val_ndcg:.4f})"
     )
     _topk_table(result.table)
     print(f"({next(iter(result.table.values()))['users']} test users with a target rated >= 4)")

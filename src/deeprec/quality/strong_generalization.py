@@ -10,9 +10,9 @@ rated are dropped (no model can score them), as Liang et al. do.
 Every member of the top-k blend folds in except the item-based rating recipe (I-AutoRec,
 ``--preset best``: a new user would be a new input coordinate it has no weights for); here
 the rating member is the same recipe by user (U-AutoRec on the residuals over the bias
-baseline, the new user's bias folded in too). EASE's form and lambda and the blend's
-weights are chosen on the validation users from topk_blend.GRID, and everything is reported
-once on the test users.
+baseline, the new user's bias folded in too). EASE's form and lambda, the ranking
+autoencoder and the blend's weights are chosen on the validation users from topk_blend.GRID,
+and everything is reported once on the test users.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from deeprec.data.ids import contained
 from deeprec.data.splits import rows_where
 from deeprec.quality.topk_blend import (
     EMPTY,
+    RANKING_PRESETS,
     Recipe,
     blended,
     chosen,
@@ -40,6 +41,8 @@ from deeprec.quality.topk_blend import (
     ease_members,
     grid_choice,
     member_configs,
+    ranking_configs,
+    ranking_name,
     standardised,
     versus_ease,
 )
@@ -143,10 +146,11 @@ def evaluate(
     report: Callable[[str], None] = lambda _line: None,
     overrides: Mapping[str, Any] = EMPTY,
 ) -> StrongResult:
-    """Popularity, EASE, the rating recipe by user, Mult-DAE and their top-k blend under
-    strong generalization on ``base``'s data (the split options are not used: the users
-    are split instead, seeded by ``base.seed``); ``overrides``: options set explicitly
-    for both members (topk_blend.member_configs)."""
+    """Popularity, EASE, the rating recipe by user, each ranking autoencoder the blend
+    chooses from (topk_blend.RANKING_PRESETS) and their top-k blend under strong
+    generalization on ``base``'s data (the split options are not used: the users are split
+    instead, seeded by ``base.seed``); ``overrides``: options set explicitly for every
+    member (topk_blend.member_configs)."""
     from deeprec.training import Trainer, fit
 
     dataset = load(base.data, data_dir, base.scale_range())
@@ -157,12 +161,13 @@ def evaluate(
         f"{train.n_users} training users; {split.val.targets['user'].nunique()} validation "
         f"and {split.test.targets['user'].nunique()} test users, {FOLD_IN:g} of each folded in"
     )
-    configs = member_configs(base, overrides)
-    configs["rating"] = configs["rating"].replace(by="user")
+    configs = {"rating": member_configs(base, overrides)["rating"].replace(by="user")}
+    configs |= ranking_configs(base, overrides)
     trained = {}
     for name, config in configs.items():
         trainer = Trainer.assemble(config, train, torch.device("cpu"))
-        label = f"{name} member on the training users" if progress else ""
+        label = f"{RANKING_PRESETS.get(name, name)} member on the training users"
+        label = label if progress else ""
         fit(trainer, quiet=not progress, label=label, evaluate=False)
         trained[name] = trainer
     rated = train.by_user()
@@ -179,9 +184,8 @@ def evaluate(
         return matrix, users, out
 
     matrix, users, s = scores(split.val)
-    grid = grid_choice(
-        s["EASE"], standardised(s["rating"]), standardised(s["ranking"]), users, matrix
-    )
+    rankings = {preset: standardised(s[preset]) for preset in configs if preset != "rating"}
+    grid = grid_choice(s["EASE"], standardised(s["rating"]), rankings, users, matrix)
     if all(np.isnan(v) for v in grid.values()):
         raise DataError(_NONE_RELEVANT.format(who="validation", data=base.data))
     best, alone = chosen(grid)
@@ -193,12 +197,12 @@ def evaluate(
         ]
     rows |= {
         "rating model (--preset best --by user)": s["rating"],
-        "Mult-DAE (--preset topk)": s["ranking"],
+        **{ranking_name(preset): s[preset] for preset in rankings},
         "top-k blend": blended(
             best,
             s["EASE"][best.ease_liked_at, best.ease_lambda],
             standardised(s["rating"]),
-            standardised(s["ranking"]),
+            standardised(s[best.ranking_preset]),
         ),
     }
     table = {name: ranking_metrics(v, users, matrix) for name, v in rows.items()}

@@ -7,12 +7,14 @@ summed with fixed weights:
   counts as relevant), which ranks what a user will like;
 - the rating recipe (``--preset best``: I-AutoRec on the residuals over the bias baseline),
   which predicts how much they will like it ("relevant" asks for both);
-- Mult-DAE (``--preset topk``), an autoencoder trained to rank.
+- a ranking autoencoder: Mult-DAE (``--preset topk``) or Mult-VAE on the liked items
+  (``--preset topk-liked``).
 
-EASE's form and lambda and the two weights are chosen on the inner split of the training
-ratings of whatever data and split the blend is built for (the split's rule applied again to
-its training part), as the rating blend fits its weights; the members are then trained on
-the whole training part (experiments/results/topk.md has the choices on ml-latest-small).
+EASE's form and lambda, the ranking autoencoder and the two weights are chosen on the inner
+split of the training ratings of whatever data and split the blend is built for (the split's
+rule applied again to its training part), as the rating blend fits its weights; the members
+are then trained on the whole training part (experiments/results/topk.md and
+topk-members.md have the choices on ml-latest-small).
 ``python -m deeprec.blend --topk --data SET --split SPLIT``.
 """
 
@@ -42,12 +44,14 @@ from deeprec.training import lifecycle
 class Recipe:
     """How the members are summed: EASE's L2 weight and form (``ease_liked_at``: fitted on
     the items rated at least this; None: every rated item), then the weights of the rating
-    recipe's and Mult-DAE's standardised scores."""
+    recipe's and the ranking autoencoder's standardised scores; ``ranking_preset`` names
+    that autoencoder (a key of RANKING_PRESETS)."""
 
     ease_lambda: float = 100.0
     rating_weight: float = 0.5
     ranking_weight: float = 0.25
     ease_liked_at: float | None = None
+    ranking_preset: str = "topk"
 
     @classmethod
     def from_doc(cls, doc: object, where: str) -> Recipe:
@@ -56,7 +60,16 @@ class Recipe:
             names = ", ".join(f.name for f in fields(cls))
             raise DataError(f"{where}: the recipe is not a mapping of {names}")
         recipe = cls(**doc)
-        numbers = {f.name: getattr(recipe, f.name) for f in fields(cls)}
+        if not isinstance(recipe.ranking_preset, str) or (
+            recipe.ranking_preset not in RANKING_PRESETS
+        ):
+            raise DataError(
+                f"{where}: recipe ranking_preset must be one of {', '.join(RANKING_PRESETS)}, "
+                f"got {recipe.ranking_preset!r}"
+            )
+        numbers = {
+            f.name: getattr(recipe, f.name) for f in fields(cls) if f.name != "ranking_preset"
+        }
         for name, value in numbers.items():
             if value is None and name == "ease_liked_at":
                 continue
@@ -68,39 +81,51 @@ class Recipe:
 
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
-MEMBERS = ("rating", "ranking")  # run folders: --preset best, --preset topk
+MEMBERS = ("rating", "ranking")  # run folders: --preset best, the recipe's ranking_preset
+# The ranking autoencoders a blend may take, by preset, with the name its tables show: Mult-DAE,
+# and Mult-VAE on the liked items (the best autoencoder alone on ml-latest-small,
+# docs/quality.md). RecVAE is left out: it ranks below Mult-VAE on liked items there
+# (experiments/results/liked-recvae.md) at several times its training time.
+RANKING_PRESETS = MappingProxyType({"topk": "Mult-DAE", "topk-liked": "Mult-VAE on liked items"})
 # What the inner split chooses from.
 GRID = {
     "ease_liked_at": (None, RELEVANT_AT),
     "ease_lambda": (50.0, 100.0, 250.0, 500.0, 1000.0),
     "rating_weight": (0.0, 0.25, 0.5, 0.75),
     "ranking_weight": (0.0, 0.1, 0.25, 0.5),
+    "ranking_preset": tuple(RANKING_PRESETS),
 }
 EASE_FORMS = [(liked, lam) for liked in GRID["ease_liked_at"] for lam in GRID["ease_lambda"]]
 
 
 def blended(recipe: Recipe, ease_scores: np.ndarray, rating: np.ndarray, ranking: np.ndarray):
-    """The recipe applied to its members' standardised scores (EASE's in the recipe's form)."""
+    """The recipe applied to its members' standardised scores (EASE's in the recipe's form,
+    ``ranking`` the recipe's ranking autoencoder's)."""
     return ease_scores + recipe.rating_weight * rating + recipe.ranking_weight * ranking
 
 
 def grid_choice(
     ease_scores: Mapping[tuple[float | None, float], np.ndarray],
     rating: np.ndarray,
-    ranking: np.ndarray,
+    rankings: Mapping[str, np.ndarray],
     users: np.ndarray,
     matrix: RatingMatrix,
 ) -> dict[Recipe, float]:
     """NDCG@10 of every GRID point on ``matrix``'s validation ratings for ``users``, from
-    standardised member scores (``ease_scores`` by (liked_at, lambda)), in the grid's order
-    (max() then picks the first of equals)."""
+    standardised member scores (``ease_scores`` by (liked_at, lambda), ``rankings`` by
+    ranking preset, the ones to choose from), in the grid's order (max() then picks the
+    first of equals). A ranking weight of 0 is scored once, with the first preset: the
+    others would give the same lists."""
     out = {}
     for liked, lam in EASE_FORMS:
         for w1 in GRID["rating_weight"]:
-            for w2 in GRID["ranking_weight"]:
-                recipe = Recipe(lam, w1, w2, liked)
-                mix = blended(recipe, ease_scores[liked, lam], rating, ranking)
-                out[recipe] = ranking_metrics(mix, users, matrix, reps=0)["ndcg@10"]
+            for k, (preset, ranking) in enumerate(rankings.items()):
+                for w2 in GRID["ranking_weight"]:
+                    if w2 == 0 and k > 0:
+                        continue
+                    recipe = Recipe(lam, w1, w2, liked, preset)
+                    mix = blended(recipe, ease_scores[liked, lam], rating, ranking)
+                    out[recipe] = ranking_metrics(mix, users, matrix, reps=0)["ndcg@10"]
     return out
 
 
@@ -114,14 +139,24 @@ def ease_members(fits: Mapping, rows) -> dict[tuple[float | None, float], np.nda
     return {form: standardised(model.scores(rows)) for form, model in fits.items()}
 
 
-def member_configs(base: Config, overrides: Mapping[str, Any] = EMPTY) -> dict[str, Config]:
-    """The two trained members on ``base``'s data and split, each its own recipe with the
-    options a caller set explicitly (``overrides``, e.g. --epochs) over both."""
+def member_configs(
+    base: Config, overrides: Mapping[str, Any] = EMPTY, ranking: str = "topk"
+) -> dict[str, Config]:
+    """The two trained members on ``base``'s data and split (the ranking one from preset
+    ``ranking``), each its own recipe with the options a caller set explicitly
+    (``overrides``, e.g. --epochs) over both."""
+    return {"rating": _on(base, "best", overrides), "ranking": _on(base, ranking, overrides)}
+
+
+def ranking_configs(base: Config, overrides: Mapping[str, Any] = EMPTY) -> dict[str, Config]:
+    """Every ranking autoencoder the blend chooses from (RANKING_PRESETS), by preset, on
+    ``base``'s data and split with ``overrides`` over each (as member_configs)."""
+    return {preset: _on(base, preset, overrides) for preset in RANKING_PRESETS}
+
+
+def _on(base: Config, preset: str, overrides: Mapping[str, Any]) -> Config:
     keep = {k: getattr(base, k) for k in SHARED}
-    return {
-        "rating": load_preset("best").replace(**keep, **overrides),
-        "ranking": load_preset("topk").replace(**keep, **overrides),
-    }
+    return load_preset(preset).replace(**keep, **overrides)
 
 
 def standardised(scores: np.ndarray) -> np.ndarray:
@@ -172,17 +207,18 @@ def choose_recipe(
             f"the inner {base.split} split of {base.data} leaves no validation user to choose "
             "the top-k blend's weights on; use more data or another --split"
         )
-    configs = member_configs(base, overrides)
     stage = "choosing on the inner split: " if progress else None
     rating = standardised(member_scores(
-        configs["rating"], by_item, by_user, users, stage and stage + "rating model "
+        member_configs(base, overrides)["rating"], by_item, by_user, users,
+        stage and stage + "rating model ",
     ))  # fmt: skip
-    ranking = standardised(member_scores(
-        configs["ranking"], by_user, by_user, users, stage and stage + "Mult-DAE "
-    ))  # fmt: skip
+    rankings = {}
+    for preset, config in ranking_configs(base, overrides).items():
+        label = stage and f"{stage}{RANKING_PRESETS[preset]} "
+        rankings[preset] = standardised(member_scores(config, by_user, by_user, users, label))
     rated = by_user.by_user()
     members = ease_members(ease_fits(rated), rated[users])
-    scores = grid_choice(members, rating, ranking, users, by_user)
+    scores = grid_choice(members, rating, rankings, users, by_user)
     if all(np.isnan(v) for v in scores.values()):
         raise DataError(
             f"the inner {base.split} split of {base.data} has no validation rating >= 4 to "
@@ -207,8 +243,9 @@ def save(
     progress: bool = False,
     overrides: Mapping[str, Any] = EMPTY,
 ) -> Recipe:
-    """Choose the recipe on the inner split (unless given), train both members on the whole
-    training part into folder/rating and folder/ranking (run folders) and write
+    """Choose the recipe on the inner split (unless given), train both members (the ranking
+    one the recipe names) on the whole training part into folder/rating and folder/ranking
+    (run folders) and write
     folder/topk.json, for ``recommend --blend folder``: the recipe, its inner NDCG@10 and
     the lambda EASE alone chose there (the anchor evaluate_saved compares with). Returns
     the recipe."""
@@ -218,7 +255,7 @@ def save(
         recipe, anchor_lambda = chosen(scores)
         inner_ndcg = scores[recipe]
     folder.mkdir(parents=True, exist_ok=True)
-    for name, config in member_configs(base, overrides).items():
+    for name, config in member_configs(base, overrides, recipe.ranking_preset).items():
         job = lifecycle.start(config, data_dir, torch.device("cpu"), folder / name)
         lifecycle.train(job, quiet=not progress, report=lambda _line: None)
     doc = {
@@ -293,7 +330,7 @@ def evaluate_saved(folder: Path, data_dir: str | None) -> dict[str, dict]:
         rows[f"the blend's EASE ({ease_form(r)})"] = scorer.ease.scores(rows_in)
     rows |= {
         "rating model (--preset best)": scorer.parts["rating"].score_users(users),
-        "Mult-DAE (--preset topk)": scorer.parts["ranking"].score_users(users),
+        ranking_name(r.ranking_preset): scorer.parts["ranking"].score_users(users),
         "top-k blend": scorer.score_users(users),
     }
     table = {name: ranking_metrics(s, users, matrix) for name, s in rows.items()}
@@ -301,6 +338,11 @@ def evaluate_saved(folder: Path, data_dir: str | None) -> dict[str, dict]:
         raise DataError(f"{folder}: no validation rating >= 4 to score the top-k blend on")
     table["top-k blend"] |= versus_ease(rows["top-k blend"], anchor, users, matrix)
     return table
+
+
+def ranking_name(preset: str) -> str:
+    """A ranking member's row name in the tables: its model and preset."""
+    return f"{RANKING_PRESETS[preset]} (--preset {preset})"
 
 
 def ease_form(recipe: Recipe) -> str:
