@@ -171,10 +171,11 @@ def _strong(args: argparse.Namespace, config: Config) -> int:
 
 
 def _topk_table(table: dict[str, dict]) -> None:
-    print(f"{'model':<44} {'P@10':>7} {'R@20':>7} {'NDCG@10':>8} {'95% interval':>18}")
+    width = max(44, *map(len, table))
+    print(f"{'model':<{width}} {'P@10':>7} {'R@20':>7} {'NDCG@10':>8} {'95% interval':>18}")
     for name, row in table.items():
         lo, hi = row["ndcg@10_ci95"]
-        print(f"{name:<44} {row['precision@10']:7.4f} {row['recall@20']:7.4f} "
+        print(f"{name:<{width}} {row['precision@10']:7.4f} {row['recall@20']:7.4f} "
               f"{row['ndcg@10']:8.4f} [{lo:.4f}, {hi:.4f}]")  # fmt: skip
     gain = table["top-k blend"]
     lo, hi = gain["ndcg@10_minus_ease_ci95"]
