@@ -10,6 +10,7 @@ import torch
 from datasets import write_movielens_csv
 
 from deeprec.blend import cli_main as blend_main
+from deeprec.data import DataError
 from deeprec.quality import topk_blend
 from deeprec.recommend import cli_main as recommend_main
 from deeprec.scoring import ease
@@ -116,16 +117,34 @@ def test_a_blend_on_mult_vae_liked_never_lists_a_rated_item_liked_or_not(saved, 
         assert len(shown) == 10 and not set(shown) & set(scorer.item_ids[by_user[u].indices])
 
 
-def test_a_blend_saved_without_a_ranking_preset_reads_as_mult_dae(saved, tmp_path):
+def test_a_recipe_naming_another_ranking_model_than_the_saved_one_is_refused(saved, tmp_path):
     import shutil
 
     _, folder = saved
     copy = tmp_path / "blend"
     shutil.copytree(folder, copy)
     doc = json.loads((copy / "topk.json").read_text())
-    doc["recipe"].pop("ranking_preset")
+    other = next(p for p in topk_blend.RANKING_PRESETS if p != doc["recipe"]["ranking_preset"])
+    doc["recipe"]["ranking_preset"] = other
     (copy / "topk.json").write_text(json.dumps(doc))
-    assert topk_blend.TopkScorer(copy, None, torch.device("cpu")).recipe.ranking_preset == "topk"
+    with pytest.raises(DataError, match=r"/ranking: not the .* model topk.json names"):
+        topk_blend.TopkScorer(copy, None, torch.device("cpu"))
+
+
+def test_a_blend_saved_without_a_ranking_preset_reads_as_mult_dae(saved, tmp_path):
+    """A topk.json whose recipe names no ranking preset (the format without the field) has
+    Mult-DAE as its member and loads as such."""
+    from deeprec.config import Config
+
+    data, _ = saved
+    folder = tmp_path / "dae"
+    recipe = topk_blend.Recipe(100.0, 0.25, 0.5, 4.0, "topk")
+    topk_blend.save(Config(data=str(data), split="user-time"), folder, None, recipe=recipe,
+                    overrides={"epochs": 1})  # fmt: skip
+    doc = json.loads((folder / "topk.json").read_text())
+    doc["recipe"].pop("ranking_preset")
+    (folder / "topk.json").write_text(json.dumps(doc))
+    assert topk_blend.TopkScorer(folder, None, torch.device("cpu")).recipe == recipe
 
 
 def test_recommend_from_the_blend_never_shows_a_training_item(saved, capsys):

@@ -87,13 +87,14 @@ MEMBERS = ("rating", "ranking")  # run folders: --preset best, the recipe's rank
 # docs/quality.md). RecVAE is left out: it ranks below Mult-VAE on liked items there
 # (experiments/results/liked-recvae.md) at several times its training time.
 RANKING_PRESETS = MappingProxyType({"topk": "Mult-DAE", "topk-liked": "Mult-VAE on liked items"})
+# The options that tell those models apart (a saved ranking member is checked against them).
+MODEL_KINDS = ("objective", "variational", "recvae", "liked_at")
 # What the inner split chooses from.
 GRID = {
     "ease_liked_at": (None, RELEVANT_AT),
     "ease_lambda": (50.0, 100.0, 250.0, 500.0, 1000.0),
     "rating_weight": (0.0, 0.25, 0.5, 0.75),
     "ranking_weight": (0.0, 0.1, 0.25, 0.5),
-    "ranking_preset": tuple(RANKING_PRESETS),
 }
 EASE_FORMS = [(liked, lam) for liked in GRID["ease_liked_at"] for lam in GRID["ease_lambda"]]
 
@@ -245,10 +246,9 @@ def save(
 ) -> Recipe:
     """Choose the recipe on the inner split (unless given), train both members (the ranking
     one the recipe names) on the whole training part into folder/rating and folder/ranking
-    (run folders) and write
-    folder/topk.json, for ``recommend --blend folder``: the recipe, its inner NDCG@10 and
-    the lambda EASE alone chose there (the anchor evaluate_saved compares with). Returns
-    the recipe."""
+    (run folders) and write folder/topk.json, for ``recommend --blend folder``: the recipe,
+    its inner NDCG@10 and the lambda EASE alone chose there (the anchor evaluate_saved
+    compares with). Returns the recipe."""
     inner_ndcg, anchor_lambda = None, None
     if recipe is None:
         scores = choose_recipe(base, data_dir, progress, overrides)
@@ -296,6 +296,12 @@ class TopkScorer:
         if not (np.array_equal(rating.user_ids, ranking.user_ids)
                 and np.array_equal(rating.item_ids, ranking.item_ids)):  # fmt: skip
             raise DataError(f"{folder}: the blend's members were trained on different data")
+        model = load_preset(self.recipe.ranking_preset)
+        if any(getattr(ranking.run.config, k) != getattr(model, k) for k in MODEL_KINDS):
+            raise DataError(
+                f"{folder}/ranking: not the {ranking_name(self.recipe.ranking_preset)} model "
+                "topk.json names"
+            )
         self.user_ids, self.item_ids = ranking.user_ids, ranking.item_ids
         self.titles = ranking.titles
         self.scale = (-np.inf, np.inf)  # standardised scores, not ratings
