@@ -27,9 +27,13 @@ def batch(n_rows: int, n_items: int, density: float, seed: int):
     return sparse.crow_indices(), sparse.col_indices(), x
 
 
-def model(n_items: int, seed: int, gamma: float = 0.005, depth: int = 3) -> RecVAE:
+PAPER = (0.15, 0.75, 0.1)
+
+
+def model(n_items: int, seed: int, gamma: float = 0.005, depth: int = 3, prior=PAPER) -> RecVAE:
     torch.manual_seed(seed)
-    m = RecVAE(n_items, width=7, code=5, depth=depth, input_dropout=0.5, gamma=gamma).double()
+    m = RecVAE(n_items, width=7, code=5, depth=depth, input_dropout=0.5, gamma=gamma,
+               prior_weights=prior).double()  # fmt: skip
     with torch.no_grad():  # a prior that differs from the encoder, as after an epoch
         for p in m.prior.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -39,10 +43,11 @@ def model(n_items: int, seed: int, gamma: float = 0.005, depth: int = 3) -> RecV
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 9), items=st.integers(2, 40),
        density=st.floats(0.05, 0.6), gamma=st.sampled_from([0.0, 0.005, 0.5]),
-       depth=st.integers(1, 5), impl=st.sampled_from(["reference", "fused"]))  # fmt: skip
-def test_the_loss_is_its_float64_definition(seed, rows, items, density, gamma, depth, impl):
+       depth=st.integers(1, 5), impl=st.sampled_from(["reference", "fused"]),
+       prior=st.sampled_from([PAPER, (1, 0, 0), (0, 1, 0), (0.2, 0.3, 0.5)]))  # fmt: skip
+def test_the_loss_is_its_float64_definition(seed, rows, items, density, gamma, depth, impl, prior):
     crow, col, x = batch(rows, items, density, seed)
-    m = model(items, seed, gamma, depth).train()
+    m = model(items, seed, gamma, depth, prior).train()
     m.set_phase("decoder")  # no input dropout: the only draw is the code's noise
     torch.manual_seed(seed)
     got = m.multinomial_loss(crow, col, impl=impl, backend="torch")
@@ -102,6 +107,10 @@ def test_the_composite_prior_and_the_user_size_weight_are_in_the_loss():
     before = loss(base)
     base.end_epoch()  # q_old := the encoder
     assert loss(base) != before
+    standard = model(20, 4, prior=(1.0, 0.0, 0.0)).train()
+    standard.set_phase("decoder")
+    standard.load_state_dict(base.state_dict())
+    assert loss(standard) != loss(base)  # the mixture weights are read
 
 
 def test_an_epoch_alternates_and_refreshes_the_prior():
@@ -154,12 +163,36 @@ def test_recvae_options_are_checked(options, words):
         Config(**options).check()
 
 
+@pytest.mark.parametrize(
+    "weights, words",
+    [
+        ([0.5, 0.5], "three numbers >= 0"),
+        ([0.5, 0.6, -0.1], "three numbers >= 0"),
+        ([float("nan"), 0.5, 0.5], "three numbers >= 0"),
+        ([1.0, 1.0, 1.0], "must sum to 1 \\(they sum to 3\\)"),
+    ],
+)
+def test_bad_prior_weights_are_refused_in_one_line(weights, words, capsys):
+    from deeprec.train import cli_main as train_main
+
+    with pytest.raises(ConfigError, match="--prior-weights: .*" + words):
+        Config().replace(prior_weights=weights)
+    text = ",".join(map(str, weights))
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--recvae", "--objective", "multinomial", f"--prior-weights={text}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "--prior-weights" in err[0], err
+
+
 def test_a_saved_recvae_scores_the_same_after_load(tmp_path):
     ratings, _ = deeprec.load_ratings("ml-latest-small")
     rec = deeprec.Recommender("topk", recvae=True, hidden=[16, 8], recvae_depth=2, epochs=1,
-                              fused=True, progress=False)  # fmt: skip
+                              fused=True, progress=False,
+                              prior_weights=[0.5, 0.25, 0.25])  # fmt: skip
     rec.fit(ratings)
+    assert rec.model.config["prior_weights"] == (0.5, 0.25, 0.25)
     back = deeprec.Recommender.load(rec.save(tmp_path / "rv"))
+    assert back.model.config["prior_weights"] == (0.5, 0.25, 0.25)
     assert back.recommend([1, 2], k=10).equals(rec.recommend([1, 2], k=10))
     assert back.evaluate(ease_lambda=None).loc["deeprec", "ndcg@10"] == pytest.approx(
         rec.history["val_ndcg@10"].iloc[-1], abs=1e-12

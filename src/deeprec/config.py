@@ -69,6 +69,28 @@ def parse_scale(text: str) -> list[float]:
     return values
 
 
+def parse_prior_weights(text: str) -> list[float]:
+    """'0.15,0.75,0.1' -> [0.15, 0.75, 0.1] (an argparse type): RecVAE's prior mixture."""
+    try:
+        weights = [float(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected S,P,W (three numbers), got {text!r}") from None
+    problem = prior_weights_problem(weights)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+    return weights
+
+
+def prior_weights_problem(weights: Sequence[float]) -> str | None:
+    """What is wrong with RecVAE's prior mixture weights, or None: three finite numbers
+    >= 0 summing to 1 (a mixture's weights)."""
+    if len(weights) != 3 or not all(map(math.isfinite, weights)) or min(weights) < 0:
+        return "expected three numbers >= 0 (standard, posterior, wide)"
+    if abs(sum(weights) - 1.0) > 1e-6:
+        return f"the three weights must sum to 1 (they sum to {sum(weights):g})"
+    return None
+
+
 def _option(
     default: Any,
     help: str,
@@ -193,6 +215,17 @@ class Config:
         "--recvae: a user's KL weight is gamma x the number of items they rated",
         "optimization",
         range=(0, None, True, False),
+    )
+    prior_weights: list[float] = field(
+        default_factory=lambda: [0.15, 0.75, 0.1],
+        metadata=_meta(
+            "--recvae: the composite prior's mixture weights S,P,W of N(0, I), the previous "
+            "epoch's posterior and the wide N(0, e^10 I); three numbers >= 0 summing to 1 "
+            "(the paper's 0.15,0.75,0.1; 1,0,0 is a standard-normal prior)",
+            "model",
+            parse=parse_prior_weights,
+            show=lambda w: ",".join(f"{v:g}" for v in w),
+        ),
     )
     encoder_passes: int = _option(
         3,
@@ -370,6 +403,9 @@ class Config:
             or self.scale[0] >= self.scale[1]
         ):
             raise ConfigError(f"--scale must be LO,HI with LO < HI, got {self.scale}")
+        problem = prior_weights_problem(self.prior_weights)
+        if problem:
+            raise ConfigError(f"--prior-weights: {problem}, got {self.prior_weights}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden: layer sizes must be positive integers, got {self.hidden}")
         if self.liked_at and self.objective != "multinomial":

@@ -11,8 +11,9 @@ weight, alternating encoder/decoder updates and a densely connected encoder.
 - Loss of a batch: the multinomial NLL (the mean over users of -sum log softmax at their
   items) plus the mean over users of ``gamma * |x_u| * KL_u``, where KL_u is the one-sample
   estimate log q(z|x) - log p(z) at the sampled code and the prior is the mixture
-  3/20 N(0, I) + 15/20 q_old(z|x) + 2/20 N(0, e^10 I); q_old is the encoder as it stood at
-  the end of the previous epoch (a frozen copy, kept in the checkpoint).
+  w_s N(0, I) + w_p q_old(z|x) + w_w N(0, e^10 I) (``prior_weights``, the paper's 3/20,
+  15/20, 2/20 by default); q_old is the encoder as it stood at the end of the previous epoch
+  (a frozen copy, kept in the checkpoint).
 - Schedule: each epoch makes ``encoder_passes`` passes over the users updating the encoder
   only (input dropout on), then one pass updating the decoder only (no dropout), then
   refreshes q_old (``phases`` and ``end_epoch``, read by deeprec.training.loop).
@@ -30,15 +31,13 @@ import math
 import torch
 from torch import nn
 
-from deeprec.config import Config
+from deeprec.config import Config, prior_weights_problem
 from deeprec.csr import entry_rows as entry_rows_of
 from deeprec.model import InputLayer, unit_row_values, unit_rows
 from deeprec.ops import multinomial_nll, sparse_linear
 from deeprec.ops.schema import ChosenImpl
 
-# The composite prior's weights (standard, posterior of the previous epoch, wide) and the
-# wide component's log-variance, as the paper fixes them.
-PRIOR_WEIGHTS = (3 / 20, 15 / 20, 2 / 20)
+# The wide component's log-variance, as the paper fixes it.
 WIDE_LOGVAR = 10.0
 LAYER_NORM_EPS = 0.1
 LOG_2PI = math.log(2 * math.pi)
@@ -91,6 +90,7 @@ class RecVAE(nn.Module):
         depth: int = 5,
         input_dropout: float = 0.5,
         gamma: float = 0.005,
+        prior_weights: tuple[float, float, float] = (0.15, 0.75, 0.1),
     ) -> None:
         super().__init__()
         if n_in < 1 or min(width, code, depth) < 1:
@@ -98,9 +98,13 @@ class RecVAE(nn.Module):
                              f"depth={depth}")  # fmt: skip
         if not 0.0 <= input_dropout < 1.0:
             raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
+        problem = prior_weights_problem(list(prior_weights))
+        if problem:
+            raise ValueError(f"prior_weights: {problem}, got {prior_weights}")
         self.config = dict(n_in=n_in, width=width, code=code, depth=depth,
-                           input_dropout=input_dropout, gamma=gamma, objective="multinomial",
-                           recvae=True)  # fmt: skip
+                           input_dropout=input_dropout, gamma=gamma,
+                           prior_weights=tuple(map(float, prior_weights)),
+                           objective="multinomial", recvae=True)  # fmt: skip
         self.encoder = Encoder(n_in, width, code, depth)
         self.decoder = nn.Linear(code, n_in)
         nn.init.xavier_uniform_(self.decoder.weight)
@@ -110,9 +114,11 @@ class RecVAE(nn.Module):
 
     @classmethod
     def from_config(cls, config: Config, n_in: int) -> RecVAE:
-        """hidden = [width, code]; depth, gamma and input dropout from the config."""
+        """hidden = [width, code]; depth, gamma, prior weights and input dropout from the
+        config."""
         width, code = config.hidden
-        return cls(n_in, width, code, config.recvae_depth, config.input_dropout, config.gamma)
+        return cls(n_in, width, code, config.recvae_depth, config.input_dropout, config.gamma,
+                   tuple(config.prior_weights))  # fmt: skip
 
     # ------------------------------------------------------------ the schedule
     def phases(self, encoder_passes: int) -> list[str]:
@@ -166,11 +172,14 @@ class RecVAE(nn.Module):
         with torch.no_grad():
             old_mu, old_logvar = self.prior.layers(prior_z1)
         zeros = torch.zeros_like(z)
-        parts = torch.stack([
-            log_normal(z, zeros, zeros) + math.log(PRIOR_WEIGHTS[0]),
-            log_normal(z, old_mu, old_logvar) + math.log(PRIOR_WEIGHTS[1]),
-            log_normal(z, zeros, zeros + WIDE_LOGVAR) + math.log(PRIOR_WEIGHTS[2]),
-        ])  # fmt: skip
+        densities = (
+            lambda: log_normal(z, zeros, zeros),
+            lambda: log_normal(z, old_mu, old_logvar),
+            lambda: log_normal(z, zeros, zeros + WIDE_LOGVAR),
+        )
+        parts = torch.stack([density() + math.log(w)  # a weight of 0 drops its component
+                             for density, w in zip(densities, self.config["prior_weights"],
+                                                   strict=True) if w > 0])  # fmt: skip
         log_p = torch.logsumexp(parts, dim=0)
         kl = (log_normal(z, mu, logvar) - log_p).sum(-1)
         return (self.config["gamma"] * counts.to(kl.dtype) * kl).mean()
@@ -238,7 +247,7 @@ def recvae_reference(model: RecVAE, x: torch.Tensor, eps: torch.Tensor) -> torch
     std = -0.5 * (LOG_2PI + z**2)
     old = -0.5 * (LOG_2PI + old_logvar + (z - old_mu) ** 2 / torch.exp(old_logvar))
     wide = -0.5 * (LOG_2PI + WIDE_LOGVAR + z**2 / math.exp(WIDE_LOGVAR))
-    w = PRIOR_WEIGHTS
+    w = model.config["prior_weights"]
     log_p = torch.log(w[0] * std.exp() + w[1] * old.exp() + w[2] * wide.exp()).sum(1)
     logits = z @ model.decoder.weight.T + model.decoder.bias
     nll = -(rated * torch.log_softmax(logits, dim=1)).sum(1).mean()
