@@ -131,6 +131,23 @@ def test_a_recipe_naming_another_ranking_model_than_the_saved_one_is_refused(sav
         topk_blend.TopkScorer(copy, None, torch.device("cpu"))
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [([1], "member_overrides is not a mapping"), ({"epochz": 2}, "member_overrides: unknown")],
+)
+def test_broken_member_overrides_are_refused_naming_the_file(saved, tmp_path, overrides, message):
+    import shutil
+
+    _, folder = saved
+    copy = tmp_path / "blend"
+    shutil.copytree(folder, copy)
+    doc = json.loads((copy / "topk.json").read_text())
+    doc["member_overrides"] = overrides
+    (copy / "topk.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=f"topk.json: {message}"):
+        topk_blend.TopkScorer(copy, None, torch.device("cpu"))
+
+
 def test_a_blend_saved_without_a_ranking_preset_reads_as_mult_dae(saved, tmp_path):
     """A topk.json whose recipe names no ranking preset (the format without the field) has
     Mult-DAE as its member and loads as such."""

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deeprec.config import SHARED, Config, load_preset
+from deeprec.config import SHARED, Config, ConfigError, load_preset
 from deeprec.data import DataError, RatingMatrix, load, split
 from deeprec.inference.recommendation import TrainedScorer
 from deeprec.inference.trained import load_trained
@@ -296,7 +296,13 @@ class TopkScorer:
         if not (np.array_equal(rating.user_ids, ranking.user_ids)
                 and np.array_equal(rating.item_ids, ranking.item_ids)):  # fmt: skip
             raise DataError(f"{folder}: the blend's members were trained on different data")
-        model = load_preset(self.recipe.ranking_preset)
+        overrides = doc.get("member_overrides") or {}
+        if not isinstance(overrides, dict):
+            raise DataError(f"{folder}/topk.json: member_overrides is not a mapping")
+        try:
+            model = load_preset(self.recipe.ranking_preset).replace(**overrides)
+        except ConfigError as exc:
+            raise DataError(f"{folder}/topk.json: member_overrides: {exc}") from None
         if any(getattr(ranking.run.config, k) != getattr(model, k) for k in MODEL_KINDS):
             raise DataError(
                 f"{folder}/ranking: not the {ranking_name(self.recipe.ranking_preset)} model "
