@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from topk import emit
+from topk import emit, table_lines
 
 from deeprec.config import Config, load_preset
 from deeprec.data import RatingMatrix, load, split
@@ -132,15 +132,8 @@ def main() -> None:
         f"liked-items EASE lambda {lam:g}; inner "
         f"NDCG@10 {json.dumps({k: round(v, 4) for k, v in inner_ndcg.items()})}.",
         "",
-        "| model | NDCG@10 [95% interval] | R@20 | NDCG@100 | coverage@10 |",
-        "|---|---|---:|---:|---:|",
+        *table_lines(table, ["ndcg@10", "recall@20", "ndcg@100", "coverage@10"]),
     ]
-    for name, r in table.items():
-        lo, hi = r["ndcg@10_ci95"]
-        lines.append(
-            f"| {name} | {r['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}] | {r['recall@20']:.4f} | "
-            f"{r['ndcg@100']:.4f} | {r['coverage@10']:.3f} |"
-        )
     lines += ["", "Paired differences of NDCG@10 against EASE on liked items, over the same "
               "users (bootstrap 95% interval):", ""]  # fmt: skip
     for name, s in list(rows.items())[1:]:

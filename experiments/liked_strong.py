@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from liked import LIKED, RECVAE
-from topk import emit
+from topk import emit, table_lines
 
 from deeprec.config import load_preset
 from deeprec.data import RatingMatrix, load
@@ -95,13 +95,8 @@ def main() -> None:
         f"Chosen on the validation users: epochs {json.dumps(chosen)}, liked-items EASE lambda "
         f"{lam:g}; validation NDCG@10 {json.dumps({k: round(v, 4) for k, v in val_ndcg.items()})}.",
         "",
-        "| model (test users) | NDCG@10 [95% interval] | R@20 | NDCG@100 |",
-        "|---|---|---:|---:|",
+        *table_lines(table, ["ndcg@10", "recall@20", "ndcg@100"], "model (test users)"),
     ]
-    for name, r in table.items():
-        lo, hi = r["ndcg@10_ci95"]
-        lines.append(f"| {name} | {r['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}] | "
-                     f"{r['recall@20']:.4f} | {r['ndcg@100']:.4f} |")  # fmt: skip
     lines += ["", "Paired differences of NDCG@10 against EASE on liked items (test users):", ""]
     for name, s in rows.items():
         gain, (lo, hi) = paired_difference(s, anchor, users, matrix)

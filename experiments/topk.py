@@ -150,23 +150,43 @@ def main() -> None:
         f"Chosen on the inner split: {json.dumps(chosen)}; inner NDCG@10 "
         f"{json.dumps({k: round(v, 4) for k, v in inner_scores.items()})}.",
         "",
-        "| model | P@10 | R@10 | NDCG@10 [95% interval] | R@20 | NDCG@100 | coverage@10 | "
-        "pop. rank@10 |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        *table_lines(table, list(COLUMNS)),
     ]
-    for name, r in table.items():
-        lo, hi = r["ndcg@10_ci95"]
-        lines.append(
-            f"| {name} | {r['precision@10']:.4f} | {r['recall@10']:.4f} | "
-            f"{r['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}] | {r['recall@20']:.4f} | "
-            f"{r['ndcg@100']:.4f} | {r['coverage@10']:.3f} | {r['popularity_rank@10']:.0f} |"
-        )
     lines += ["", "Paired differences of NDCG@10 over the same users (bootstrap 95% interval):", ""]
     for name, other in (("EASE", anchor), ("EASE on liked items", liked_ease)):
         gain, (lo, hi) = paired_difference(blend, other, ou, outer)
         lines.append(f"- top-k blend - {name}: {gain:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     lines += ["", f"{table[next(iter(table))]['users']} users; {time.perf_counter() - t0:.0f} s."]
     emit(lines, args.out)
+
+
+# How each metric of deeprec.scoring.metrics.ranking_metrics shows in a report's table:
+# (header, Markdown alignment, the cell from a row of metrics).
+COLUMNS = {
+    "precision@10": ("P@10", "---:", lambda r: f"{r['precision@10']:.4f}"),
+    "recall@10": ("R@10", "---:", lambda r: f"{r['recall@10']:.4f}"),
+    "ndcg@10": (
+        "NDCG@10 [95% interval]",
+        "---",
+        lambda r: "{:.4f} [{:.4f}, {:.4f}]".format(r["ndcg@10"], *r["ndcg@10_ci95"]),
+    ),
+    "recall@20": ("R@20", "---:", lambda r: f"{r['recall@20']:.4f}"),
+    "ndcg@100": ("NDCG@100", "---:", lambda r: f"{r['ndcg@100']:.4f}"),
+    "coverage@10": ("coverage@10", "---:", lambda r: f"{r['coverage@10']:.3f}"),
+    "popularity_rank@10": ("pop. rank@10", "---:", lambda r: f"{r['popularity_rank@10']:.0f}"),
+}
+
+
+def table_lines(table: dict[str, dict], columns: list[str], first: str = "model") -> list[str]:
+    """A Markdown table, a row per model of ``table`` (name -> ranking_metrics), with the
+    metrics ``columns`` (keys of COLUMNS) after the ``first`` column of names."""
+    lines = [
+        "| " + " | ".join([first, *(COLUMNS[c][0] for c in columns)]) + " |",
+        "|" + "|".join(["---", *(COLUMNS[c][1] for c in columns)]) + "|",
+    ]
+    for name, row in table.items():
+        lines.append("| " + " | ".join([name, *(COLUMNS[c][2](row) for c in columns)]) + " |")
+    return lines
 
 
 def emit(lines: list[str], out: Path | None) -> None:

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict
 
 import numpy as np
-from topk import emit, matrices, parse_args, val_users
+from topk import emit, matrices, parse_args, table_lines, val_users
 
 from deeprec.config import load_preset
 from deeprec.quality import topk_blend
@@ -91,15 +91,8 @@ def main() -> None:
         f"candidate, inner NDCG@10: {json.dumps(inner_scores)}; liked EASE alone "
         f"{grid[topk_blend.Recipe(liked_lambda, 0.0, 0.0, 4.0)]:.4f}.",
         "",
-        "| model | P@10 | NDCG@10 [95% interval] | R@20 | NDCG@100 | coverage@10 |",
-        "|---|---:|---|---:|---:|---:|",
+        *table_lines(table, ["precision@10", "ndcg@10", "recall@20", "ndcg@100", "coverage@10"]),
     ]
-    for name, r in table.items():
-        lo, hi = r["ndcg@10_ci95"]
-        lines.append(
-            f"| {name} | {r['precision@10']:.4f} | {r['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}] | "
-            f"{r['recall@20']:.4f} | {r['ndcg@100']:.4f} | {r['coverage@10']:.3f} |"
-        )
     lines += ["", "Paired differences of NDCG@10 over the same users (bootstrap 95% interval):", ""]
     pairs = [(f"blend with {p} - EASE on liked items", blends[p], liked_ease) for p in blends]
     pairs.append(("blend with topk-liked - blend with topk", blends["topk-liked"], blends["topk"]))
