@@ -48,7 +48,7 @@ def main() -> None:
     (inner, inner_items), (outer, outer_items) = split_of["inner"], split_of["outer"]
     base = load_preset("topk").replace(data=args.data, split=args.split)
     config_of = {
-        "rating": topk_blend.member_configs(base)["rating"].replace(fused=True),
+        "rating": topk_blend.member_config(base, topk_blend.RATING_PRESET).replace(fused=True),
         "rankings": {p: c.replace(fused=True) for p, c in topk_blend.ranking_configs(base).items()},
     }
     iu, ou = val_users(inner), val_users(outer)

@@ -33,6 +33,7 @@ from deeprec.data.splits import rows_where
 from deeprec.quality.topk_blend import (
     EMPTY,
     RANKING_PRESETS,
+    RATING_PRESET,
     Recipe,
     blended,
     chosen,
@@ -40,7 +41,7 @@ from deeprec.quality.topk_blend import (
     ease_form,
     ease_members,
     grid_choice,
-    member_configs,
+    member_config,
     ranking_configs,
     ranking_name,
     standardised,
@@ -150,7 +151,7 @@ def evaluate(
     chooses from (topk_blend.RANKING_PRESETS) and their top-k blend under strong
     generalization on ``base``'s data (the split options are not used: the users are split
     instead, seeded by ``base.seed``); ``overrides``: options set explicitly for every
-    member (topk_blend.member_configs)."""
+    member (topk_blend.member_config)."""
     from deeprec.training import Trainer, fit
 
     dataset = load(base.data, data_dir, base.scale_range())
@@ -161,7 +162,7 @@ def evaluate(
         f"{train.n_users} training users; {split.val.targets['user'].nunique()} validation "
         f"and {split.test.targets['user'].nunique()} test users, {FOLD_IN:g} of each folded in"
     )
-    configs = {"rating": member_configs(base, overrides)["rating"].replace(by="user")}
+    configs = {"rating": member_config(base, RATING_PRESET, overrides).replace(by="user")}
     configs |= ranking_configs(base, overrides)
     trained = {}
     for name, config in configs.items():

@@ -81,7 +81,8 @@ class Recipe:
 
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
-MEMBERS = ("rating", "ranking")  # run folders: --preset best, the recipe's ranking_preset
+MEMBERS = ("rating", "ranking")  # run folders: RATING_PRESET, the recipe's ranking_preset
+RATING_PRESET = "best"
 # The ranking autoencoders a blend may take, by preset, with the name its tables show: Mult-DAE,
 # and Mult-VAE on the liked items (the best autoencoder alone on ml-latest-small,
 # docs/quality.md). RecVAE is left out: it ranks below Mult-VAE on liked items there
@@ -146,16 +147,20 @@ def member_configs(
     """The two trained members on ``base``'s data and split (the ranking one from preset
     ``ranking``), each its own recipe with the options a caller set explicitly
     (``overrides``, e.g. --epochs) over both."""
-    return {"rating": _on(base, "best", overrides), "ranking": _on(base, ranking, overrides)}
+    return {
+        "rating": member_config(base, RATING_PRESET, overrides),
+        "ranking": member_config(base, ranking, overrides),
+    }
 
 
 def ranking_configs(base: Config, overrides: Mapping[str, Any] = EMPTY) -> dict[str, Config]:
     """Every ranking autoencoder the blend chooses from (RANKING_PRESETS), by preset, on
     ``base``'s data and split with ``overrides`` over each (as member_configs)."""
-    return {preset: _on(base, preset, overrides) for preset in RANKING_PRESETS}
+    return {preset: member_config(base, preset, overrides) for preset in RANKING_PRESETS}
 
 
-def _on(base: Config, preset: str, overrides: Mapping[str, Any]) -> Config:
+def member_config(base: Config, preset: str, overrides: Mapping[str, Any] = EMPTY) -> Config:
+    """Member ``preset`` on ``base``'s data and split, with ``overrides`` over it."""
     keep = {k: getattr(base, k) for k in SHARED}
     return load_preset(preset).replace(**keep, **overrides)
 
@@ -210,7 +215,7 @@ def choose_recipe(
         )
     stage = "choosing on the inner split: " if progress else None
     rating = standardised(member_scores(
-        member_configs(base, overrides)["rating"], by_item, by_user, users,
+        member_config(base, RATING_PRESET, overrides), by_item, by_user, users,
         stage and stage + "rating model ",
     ))  # fmt: skip
     rankings = {}
