@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +29,18 @@ def saved(tmp_path_factory):
                        "--save", str(folder), "--quiet"])  # fmt: skip
     assert code == 0
     return data, folder
+
+
+def edited(folder: Path, change: Callable[[dict], object], copy_to: Path | None = None) -> Path:
+    """``folder`` (first copied to ``copy_to``, when given) with ``change`` applied to the
+    document in its topk.json; returns the folder changed."""
+    if copy_to is not None:
+        shutil.copytree(folder, copy_to)
+        folder = copy_to
+    doc = json.loads((folder / "topk.json").read_text())
+    change(doc)
+    (folder / "topk.json").write_text(json.dumps(doc))
+    return folder
 
 
 def test_the_blend_is_its_recipe_applied_to_its_members(saved):
@@ -118,15 +133,15 @@ def test_a_blend_on_mult_vae_liked_never_lists_a_rated_item_liked_or_not(saved, 
 
 
 def test_a_recipe_naming_another_ranking_model_than_the_saved_one_is_refused(saved, tmp_path):
-    import shutil
-
     _, folder = saved
-    copy = tmp_path / "blend"
-    shutil.copytree(folder, copy)
-    doc = json.loads((copy / "topk.json").read_text())
-    other = next(p for p in topk_blend.RANKING_PRESETS if p != doc["recipe"]["ranking_preset"])
-    doc["recipe"]["ranking_preset"] = other
-    (copy / "topk.json").write_text(json.dumps(doc))
+
+    def swap(doc):
+        recipe = doc["recipe"]
+        recipe["ranking_preset"] = next(
+            p for p in topk_blend.RANKING_PRESETS if p != recipe["ranking_preset"]
+        )
+
+    copy = edited(folder, swap, tmp_path / "blend")
     with pytest.raises(DataError, match=r"/ranking: not the .* model topk.json names"):
         topk_blend.TopkScorer(copy, None, torch.device("cpu"))
 
@@ -136,14 +151,8 @@ def test_a_recipe_naming_another_ranking_model_than_the_saved_one_is_refused(sav
     [([1], "member_overrides is not a mapping"), ({"epochz": 2}, "member_overrides: unknown")],
 )
 def test_broken_member_overrides_are_refused_naming_the_file(saved, tmp_path, overrides, message):
-    import shutil
-
     _, folder = saved
-    copy = tmp_path / "blend"
-    shutil.copytree(folder, copy)
-    doc = json.loads((copy / "topk.json").read_text())
-    doc["member_overrides"] = overrides
-    (copy / "topk.json").write_text(json.dumps(doc))
+    copy = edited(folder, lambda doc: doc.update(member_overrides=overrides), tmp_path / "blend")
     with pytest.raises(DataError, match=f"topk.json: {message}"):
         topk_blend.TopkScorer(copy, None, torch.device("cpu"))
 
@@ -158,9 +167,7 @@ def test_a_blend_saved_without_a_ranking_preset_reads_as_mult_dae(saved, tmp_pat
     recipe = topk_blend.Recipe(100.0, 0.25, 0.5, 4.0, "topk")
     topk_blend.save(Config(data=str(data), split="user-time"), folder, None, recipe=recipe,
                     overrides={"epochs": 1})  # fmt: skip
-    doc = json.loads((folder / "topk.json").read_text())
-    doc["recipe"].pop("ranking_preset")
-    (folder / "topk.json").write_text(json.dumps(doc))
+    edited(folder, lambda doc: doc["recipe"].pop("ranking_preset"))
     assert topk_blend.TopkScorer(folder, None, torch.device("cpu")).recipe == recipe
 
 
@@ -208,14 +215,8 @@ def test_recipe_flags_given_with_topk_reach_both_members(saved):
     ],
 )
 def test_a_broken_saved_recipe_is_refused_in_one_line(saved, tmp_path, capsys, recipe, message):
-    import shutil
-
     _, folder = saved
-    copy = tmp_path / "blend"
-    shutil.copytree(folder, copy)
-    doc = json.loads((copy / "topk.json").read_text())
-    doc["recipe"] |= recipe
-    (copy / "topk.json").write_text(json.dumps(doc))
+    copy = edited(folder, lambda doc: doc["recipe"].update(recipe), tmp_path / "blend")
     capsys.readouterr()
     assert recommend_main(["--blend", str(copy), "--user", "1", "-k", "5"]) == 2
     err = capsys.readouterr().err.strip()
