@@ -172,14 +172,12 @@ class RecVAE(nn.Module):
         with torch.no_grad():
             old_mu, old_logvar = self.prior.layers(prior_z1)
         zeros = torch.zeros_like(z)
-        densities = (
-            lambda: log_normal(z, zeros, zeros),
-            lambda: log_normal(z, old_mu, old_logvar),
-            lambda: log_normal(z, zeros, zeros + WIDE_LOGVAR),
-        )
-        parts = torch.stack([density() + math.log(w)  # a weight of 0 drops its component
-                             for density, w in zip(densities, self.config["prior_weights"],
-                                                   strict=True) if w > 0])  # fmt: skip
+        # (mean, log-variance) of the standard, the previous posterior and the wide parts
+        components = ((zeros, zeros), (old_mu, old_logvar), (zeros, zeros + WIDE_LOGVAR))
+        parts = torch.stack([log_normal(z, mean, lv) + math.log(w)
+                             for (mean, lv), w in zip(components, self.config["prior_weights"],
+                                                      strict=True)
+                             if w > 0])  # a weight of 0 drops its component  # fmt: skip
         log_p = torch.logsumexp(parts, dim=0)
         kl = (log_normal(z, mu, logvar) - log_p).sum(-1)
         return (self.config["gamma"] * counts.to(kl.dtype) * kl).mean()
